@@ -1,0 +1,414 @@
+//! The headline report: evergreen against tokio and may, in one run, written to
+//! `benches/REPORT.md` and printed.
+//!
+//! Timing is deliberately simple (not criterion): for each workload and runtime the iteration
+//! count is doubled until one run takes at least [`TARGET_RUN`], then [`RUNS`] runs are timed
+//! and the median time per op is reported. The one-way throughput of [`BIG_MESSAGES`] messages
+//! is measured once per runtime. Memory per parked task comes from a fresh child process per
+//! runtime (see `common/memory.rs`). Each row is compared with tokio `current_thread` and
+//! checked against the targets of the issue:
+//!
+//! | workload         | target |
+//! |------------------|--------|
+//! | yield            | evergreen ≤ 1/15 of tokio-ct's time |
+//! | spawn+join       | evergreen ≤ 1/5 of tokio-ct's time |
+//! | queue ping-pong  | evergreen ≤ 1/4 of tokio-ct's time |
+//! | parked greenlet  | ≤ 4.5 KiB of RSS each, at 100k |
+//!
+//! Run: `cargo bench --bench report`; restrict runtimes with `EVERGREEN_BENCH_RUNTIMES`.
+//! Under `cargo test --benches` it does a quick smoke run (one short run per cell, 1,000
+//! parked tasks) and prints the table without writing `REPORT.md`.
+
+mod common;
+
+use std::fmt::Write as _;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::memory::{measure_in_child, ParkedMemory, PARKED_TASKS, SMOKE_PARKED_TASKS};
+use common::{median, Runners, Runtime, Workload};
+
+/// Timed runs per (workload, runtime); the median is reported.
+const RUNS: usize = 21;
+
+/// Minimum duration of one timed run; the iteration count is doubled until a run is this long.
+const TARGET_RUN: Duration = Duration::from_millis(20);
+
+/// Messages in the one-shot throughput measurement.
+const BIG_MESSAGES: u64 = 10_000_000;
+
+/// How much to measure: the full report, or a smoke run under `cargo test --benches`.
+struct Settings {
+    /// Timed runs per cell.
+    runs: usize,
+    /// Minimum duration of one timed run.
+    target_run: Duration,
+    /// Messages in the one-shot throughput measurement.
+    big_messages: u64,
+    /// Tasks parked in the memory measurement.
+    parked_tasks: usize,
+}
+
+impl Settings {
+    /// The full report.
+    const FULL: Settings = Settings {
+        runs: RUNS,
+        target_run: TARGET_RUN,
+        big_messages: BIG_MESSAGES,
+        parked_tasks: PARKED_TASKS,
+    };
+
+    /// A smoke run: every code path once, quickly.
+    const SMOKE: Settings = Settings {
+        runs: 1,
+        target_run: Duration::ZERO,
+        big_messages: 100_000,
+        parked_tasks: SMOKE_PARKED_TASKS,
+    };
+}
+
+/// Memory target: RSS per parked greenlet, in bytes (4.5 KiB).
+const MEMORY_TARGET_BYTES: f64 = 4.5 * 1024.0;
+
+/// What evergreen's number must be, at most, as a fraction of tokio-ct's; `None`: no target.
+fn ratio_target(workload: Workload) -> Option<(f64, &'static str)> {
+    match workload {
+        Workload::SpawnJoin => Some((1.0 / 5.0, "≤ 1/5")),
+        Workload::Yield => Some((1.0 / 15.0, "≤ 1/15")),
+        Workload::PingPong => Some((1.0 / 4.0, "≤ 1/4")),
+        Workload::Throughput => None,
+    }
+}
+
+/// Human-readable row title for a workload.
+fn title(workload: Workload) -> &'static str {
+    match workload {
+        Workload::SpawnJoin => "spawn + join (ns/op)",
+        Workload::Yield => "yield (ns/yield)",
+        Workload::PingPong => "queue ping-pong (ns/round trip)",
+        Workload::Throughput => "one-way throughput (ns/msg)",
+    }
+}
+
+/// Median ns per op of `workload` on `rt`: calibrates the iteration count, then times
+/// `settings.runs` runs.
+fn median_ns_per_op(
+    settings: &Settings,
+    runners: &mut Runners,
+    rt: Runtime,
+    workload: Workload,
+) -> f64 {
+    let runner = runners.get(rt);
+    let mut iters = 1_000u64;
+    loop {
+        let elapsed = runner.run(workload, iters);
+        if elapsed >= settings.target_run || iters >= 1 << 26 {
+            break;
+        }
+        iters *= 2;
+    }
+    let mut samples: Vec<f64> = (0..settings.runs)
+        .map(|_| runner.run(workload, iters).as_nanos() as f64 / iters as f64)
+        .collect();
+    median(&mut samples)
+}
+
+/// One runtime's results; `None` where the measurement failed.
+struct Column {
+    rt: Runtime,
+    ns_per_op: Vec<Option<f64>>,
+    big_throughput: Option<Duration>,
+    memory: Result<ParkedMemory, String>,
+}
+
+/// Runs `f`, turning a panic into `None` (the panic message is already on stderr).
+fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Option<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(value) => Some(value),
+        Err(_) => {
+            eprintln!("report: {what} failed; reported as an error");
+            None
+        }
+    }
+}
+
+/// Measures every workload, the 10M throughput and the parked memory of `rt`.
+fn measure(settings: &Settings, runners: &mut Runners, rt: Runtime) -> Column {
+    let mut ns_per_op = Vec::new();
+    for workload in Workload::ALL {
+        let started = Instant::now();
+        let value = guarded(&format!("{} on {}", workload.name(), rt.name()), || {
+            median_ns_per_op(settings, runners, rt, workload)
+        });
+        eprintln!(
+            "report: {:<10} {:<20} {:>12} ({:.1} s)",
+            rt.name(),
+            workload.name(),
+            value.map_or("error".to_string(), |ns| format!("{ns:.1} ns/op")),
+            started.elapsed().as_secs_f64()
+        );
+        ns_per_op.push(value);
+    }
+    let big_throughput = guarded(&format!("10M messages on {}", rt.name()), || {
+        runners
+            .get(rt)
+            .run(Workload::Throughput, settings.big_messages)
+    });
+    let memory = measure_in_child(rt, settings.parked_tasks);
+    Column {
+        rt,
+        ns_per_op,
+        big_throughput,
+        memory,
+    }
+}
+
+/// `10M`, `100k` or the plain number.
+fn count_label(n: usize) -> String {
+    if n >= 1_000_000 && n.checked_rem(1_000_000) == Some(0) {
+        format!("{}M", n / 1_000_000)
+    } else if n >= 1_000 && n.checked_rem(1_000) == Some(0) {
+        format!("{}k", n / 1_000)
+    } else {
+        n.to_string()
+    }
+}
+
+/// Formats a nanosecond value with a precision that suits its size.
+fn fmt_ns(ns: f64) -> String {
+    if ns >= 100.0 {
+        format!("{ns:.0}")
+    } else {
+        format!("{ns:.1}")
+    }
+}
+
+/// PASS/FAIL cell for `value ≤ limit`; `n/a` when there is no value.
+fn verdict(value: Option<f64>, limit: f64) -> &'static str {
+    match value {
+        Some(v) if v <= limit => "PASS",
+        Some(_) => "FAIL",
+        None => "n/a",
+    }
+}
+
+/// A few facts about the machine, for the report header.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_string());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".to_string());
+    format!("{cpu}, {cores} cores available, Linux {kernel}")
+}
+
+/// Renders the markdown report.
+fn render(settings: &Settings, columns: &[Column]) -> String {
+    let tokio_ct = columns
+        .iter()
+        .position(|c| c.rt == Runtime::TokioCurrentThread);
+    let evergreen = columns.iter().position(|c| c.rt == Runtime::Evergreen);
+    let mut md = String::new();
+    let _ = writeln!(md, "# evergreen benchmark report\n");
+    let _ = writeln!(
+        md,
+        "Generated by `cargo bench --bench report` (benches/report.rs) on: {}.\n",
+        machine()
+    );
+    let _ = writeln!(
+        md,
+        "Median of {} timed runs per cell (each run ≥ {} ms, iteration count calibrated \
+         per cell); memory from a fresh process per runtime with {} parked tasks. \
+         Ratio = evergreen ÷ tokio-ct (time or bytes: lower is better for evergreen).\n",
+        settings.runs,
+        settings.target_run.as_millis(),
+        settings.parked_tasks
+    );
+
+    let _ = write!(md, "| workload |");
+    for c in columns {
+        let _ = write!(md, " {} |", c.rt.name());
+    }
+    let _ = writeln!(md, " evergreen ÷ tokio-ct | target | result |");
+    let _ = write!(md, "|---|");
+    for _ in columns {
+        let _ = write!(md, "---:|");
+    }
+    let _ = writeln!(md, "---:|---|---|");
+
+    // Timed workloads.
+    for (row, workload) in Workload::ALL.into_iter().enumerate() {
+        let _ = write!(md, "| {} |", title(workload));
+        for c in columns {
+            let _ = write!(
+                md,
+                " {} |",
+                c.ns_per_op[row].map_or("error".to_string(), fmt_ns)
+            );
+        }
+        let ratio = match (evergreen, tokio_ct) {
+            (Some(e), Some(t)) => columns[e].ns_per_op[row]
+                .zip(columns[t].ns_per_op[row])
+                .map(|(e, t)| e / t),
+            _ => None,
+        };
+        let ratio_cell = ratio.map_or("n/a".to_string(), |r| format!("{r:.3}"));
+        match ratio_target(workload) {
+            Some((limit, text)) => {
+                let _ = writeln!(md, " {ratio_cell} | {text} | {} |", verdict(ratio, limit));
+            }
+            None => {
+                let _ = writeln!(md, " {ratio_cell} | — | — |");
+            }
+        }
+    }
+
+    // 10M messages, once.
+    let _ = write!(
+        md,
+        "| one-way throughput, {} messages once (M msg/s) |",
+        count_label(settings.big_messages as usize)
+    );
+    for c in columns {
+        let cell = c.big_throughput.map_or("error".to_string(), |d| {
+            format!(
+                "{:.1}",
+                settings.big_messages as f64 / d.as_secs_f64() / 1e6
+            )
+        });
+        let _ = write!(md, " {cell} |");
+    }
+    let ratio = match (evergreen, tokio_ct) {
+        (Some(e), Some(t)) => columns[e]
+            .big_throughput
+            .zip(columns[t].big_throughput)
+            .map(|(e, t)| e.as_secs_f64() / t.as_secs_f64()),
+        _ => None,
+    };
+    let _ = writeln!(
+        md,
+        " {} (time) | — | — |",
+        ratio.map_or("n/a".to_string(), |r| format!("{r:.3}"))
+    );
+
+    // Memory per parked task.
+    let _ = write!(
+        md,
+        "| memory per parked task at {} (bytes) |",
+        count_label(settings.parked_tasks)
+    );
+    for c in columns {
+        let cell = match &c.memory {
+            Ok(m) if m.note.is_some() => format!("{:.0} ¹", m.bytes_per_task()),
+            Ok(m) => format!("{:.0}", m.bytes_per_task()),
+            Err(_) => "error".to_string(),
+        };
+        let _ = write!(md, " {cell} |");
+    }
+    let memory_of = |i: Option<usize>| {
+        i.and_then(|i| columns[i].memory.as_ref().ok())
+            .map(ParkedMemory::bytes_per_task)
+    };
+    let evergreen_bytes = memory_of(evergreen);
+    let ratio = evergreen_bytes
+        .zip(memory_of(tokio_ct))
+        .map(|(e, t)| format!("{:.3}", e / t));
+    let _ = writeln!(
+        md,
+        " {} | ≤ 4.5 KiB ({:.0} B) | {} |",
+        ratio.unwrap_or_else(|| "n/a".to_string()),
+        MEMORY_TARGET_BYTES,
+        verdict(evergreen_bytes, MEMORY_TARGET_BYTES)
+    );
+
+    // Notes.
+    let _ = writeln!(md, "\nNotes:\n");
+    for c in columns {
+        match &c.memory {
+            Ok(m) => {
+                if let Some(note) = &m.note {
+                    let _ = writeln!(
+                        md,
+                        "- ¹ {}: memory measured with {} parked tasks: {note}.",
+                        c.rt.name(),
+                        m.tasks
+                    );
+                }
+            }
+            Err(reason) => {
+                let _ = writeln!(md, "- {}: memory measurement failed: {reason}", c.rt.name());
+            }
+        }
+    }
+    let _ = writeln!(
+        md,
+        "- Runtimes: evergreen (one thread, cooperative hub); tokio-ct = tokio `current_thread`; \
+         tokio-mt2 = tokio `multi_thread` (work-stealing) with 2 workers; may-1 / may-2 = may \
+         with 1 / 2 workers, each in its own child process because may's worker count is \
+         process-global and fixed at first use (pinning off)."
+    );
+    let _ = writeln!(
+        md,
+        "- Every number is timed inside the runtime by a driver task (greenlet / task / \
+         coroutine), so entering the runtime from `main` is not counted."
+    );
+    let _ = writeln!(
+        md,
+        "- yield: two tasks each yield N times (evergreen `sleep(Duration::ZERO)`, \
+         `tokio::task::yield_now`, `may::coroutine::yield_now`); time ÷ 2N. On the 2-worker \
+         runtimes the two tasks can run in parallel, so that is wall time per yield."
+    );
+    let _ = writeln!(
+        md,
+        "- queue ping-pong: evergreen unbounded `Queue`, tokio unbounded `mpsc`, may `mpsc`. \
+         One-way throughput: bounded queue of {} (evergreen `Queue::bounded`, tokio `mpsc::channel`); \
+         may has no bounded channel, so it uses its unbounded `mpsc`.",
+        common::THROUGHPUT_QUEUE_CAPACITY
+    );
+    let _ = writeln!(
+        md,
+        "- Parked tasks wait on one shared object: evergreen `Event`, tokio `Notify`, may \
+         `SyncFlag`; RSS from `/proc/self/statm`, after − before, ÷ tasks."
+    );
+    md
+}
+
+fn main() {
+    common::dispatch_child();
+    let started = Instant::now();
+    let bench_mode = common::bench_mode();
+    let settings = if bench_mode {
+        Settings::FULL
+    } else {
+        Settings::SMOKE
+    };
+    let mut runners = Runners::default();
+    let columns: Vec<Column> = Runtime::selected()
+        .into_iter()
+        .map(|rt| measure(&settings, &mut runners, rt))
+        .collect();
+    drop(runners);
+    let md = render(&settings, &columns);
+    if !bench_mode {
+        println!("{md}");
+        println!("(smoke run under `cargo test`: REPORT.md not written)");
+        return;
+    }
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/REPORT.md");
+    std::fs::write(&path, &md).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    println!("{md}");
+    println!(
+        "(written to {} in {:.0} s)",
+        path.display(),
+        started.elapsed().as_secs_f64()
+    );
+}

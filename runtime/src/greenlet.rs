@@ -1,0 +1,962 @@
+//! Greenlets: green threads on stackful coroutines (gevent's `greenlet.py`).
+//!
+//! # Mechanism
+//!
+//! A greenlet is a corosensei coroutine on a pooled [stack](crate::stack) plus the state the
+//! hub needs: its id and name, its run state, what it is waiting on, a pending interrupt, its
+//! joiners and links. [`spawn`] creates one and puts it at the back of the hub's run queue; it
+//! does **not** run until the spawner blocks or yields, and greenlets start in FIFO order.
+//!
+//! The coroutine body calls the user's function inside `catch_unwind`. When it returns, the
+//! value is stored; when it panics, the panic is the greenlet's *failure*: it is stored, logged
+//! once through `log::error!` (like gevent's "... failed with ..." report) and returned by
+//! [`Greenlet::get`]; it never reaches the hub.
+//!
+//! # Kill
+//!
+//! [`Greenlet::kill`] sets a pending interrupt on the victim and makes it runnable. When the
+//! victim next runs, the blocking call it is parked in unwinds with a [`GreenletExit`]
+//! payload (`std::panic::resume_unwind`, so no panic hook prints anything): every `Drop` on its
+//! stack runs, like gevent's `finally` blocks. The greenlet then ends *successfully* with
+//! [`Error::Killed`] as its `exception`, as `GreenletExit` counts as success in gevent.
+//! A greenlet killed before it started never runs (its function is dropped unrun), and its
+//! links still fire. Killing a dead greenlet, or twice, is harmless.
+//!
+//! # Differences from gevent
+//!
+//! * `get()` of a killed greenlet returns `Err(Error::Killed)` (gevent returns the
+//!   `GreenletExit` instance as the value); [`Greenlet::successful`] is still `true`.
+//! * A kill (or `Timeout`) that arrives after the victim's wait was already completed (an item
+//!   handed to it, say) stays pending and is delivered at its next blocking point, instead of
+//!   dropping the item.
+//! * `link` callbacks receive the greenlet; each runs in its own new greenlet, as gevent's
+//!   `link` does, so it may block. [`Greenlet::rawlink`] runs on the hub and must not block.
+//! * Code that catches panics inside a greenlet also catches `GreenletExit` (as a bare
+//!   `except:` would): re-raise it with `resume_unwind`.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell, UnsafeCell};
+use std::collections::HashMap;
+use std::fmt;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
+
+use corosensei::{Coroutine, Yielder};
+
+use crate::error::{Error, GreenletExit};
+use crate::hub::{hub, TimerAction};
+use crate::stack::{GreenStack, OverflowInfo};
+use crate::timeout::TimeoutExpired;
+use crate::timer::TimerId;
+use crate::waiter::{LinkId, Links, WaitFail, WaitList, Waitable};
+
+pub(crate) type Coro = Coroutine<(), (), (), GreenStack>;
+pub(crate) type GRef = Rc<dyn GreenletObj>;
+
+/// Run state of a greenlet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Created, not started (`Greenlet::new`).
+    New,
+    /// Waiting for its `spawn_later` timer.
+    Later,
+    /// On the run queue.
+    Runnable,
+    /// Its code is running.
+    Running,
+    /// Blocked in a wait.
+    Parked,
+    /// Finished.
+    Dead,
+}
+
+/// An interrupt delivered at a blocking point.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Interrupt {
+    Kill,
+    Timeout { id: u64, after: Duration },
+}
+
+impl Interrupt {
+    pub(crate) fn raise(self) -> ! {
+        match self {
+            Interrupt::Kill => resume_unwind(Box::new(GreenletExit)),
+            Interrupt::Timeout { id, after } => resume_unwind(Box::new(TimeoutExpired { id, after })),
+        }
+    }
+}
+
+/// How a greenlet ended, for type-erased queries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ended {
+    No,
+    Value,
+    Killed,
+    Failed,
+}
+
+/// The untyped part of a greenlet, shared by the hub and every handle.
+pub(crate) struct Core {
+    pub(crate) id: u64,
+    pub(crate) name: Option<Box<str>>,
+    pub(crate) is_root: bool,
+    pub(crate) state: Cell<State>,
+    pub(crate) started: Cell<bool>,
+    pub(crate) ended: Cell<Ended>,
+    pub(crate) coroutine: UnsafeCell<Option<Coro>>,
+    pub(crate) yielder: Cell<*const Yielder<(), ()>>,
+    pub(crate) interrupt: Cell<Option<Interrupt>>,
+    pub(crate) deadline_hit: Cell<bool>,
+    pub(crate) waiting_on: Cell<&'static str>,
+    pub(crate) park_seq: Cell<u64>,
+    pub(crate) live_slot: Cell<usize>,
+    pub(crate) overflow_info: Cell<OverflowInfo>,
+    pub(crate) stack_size: usize,
+    pub(crate) start_timer: Cell<Option<TimerId>>,
+    pub(crate) joiners: WaitList<()>,
+    pub(crate) links: Links,
+    pub(crate) locals: RefCell<Option<HashMap<usize, Box<dyn Any>>>>,
+}
+
+impl Core {
+    fn new(id: u64, name: Option<Box<str>>, is_root: bool, stack_size: usize) -> Core {
+        Core {
+            id,
+            name,
+            is_root,
+            state: Cell::new(if is_root { State::Running } else { State::New }),
+            started: Cell::new(is_root),
+            ended: Cell::new(Ended::No),
+            coroutine: UnsafeCell::new(None),
+            yielder: Cell::new(std::ptr::null()),
+            interrupt: Cell::new(None),
+            deadline_hit: Cell::new(false),
+            waiting_on: Cell::new(""),
+            park_seq: Cell::new(0),
+            live_slot: Cell::new(usize::MAX),
+            overflow_info: Cell::new(OverflowInfo::NONE),
+            stack_size,
+            start_timer: Cell::new(None),
+            joiners: WaitList::new(),
+            links: Links::default(),
+            locals: RefCell::new(None),
+        }
+    }
+
+    /// Whether an interrupt is pending and can be delivered now (not while unwinding).
+    #[inline]
+    pub(crate) fn interrupt_pending(&self) -> bool {
+        self.interrupt.get().is_some() && !std::thread::panicking()
+    }
+
+    /// Sets an interrupt; a kill takes precedence over a timeout, and an earlier timeout over a
+    /// later one.
+    pub(crate) fn set_interrupt(&self, i: Interrupt) {
+        match (self.interrupt.get(), i) {
+            (None, _) | (Some(Interrupt::Timeout { .. }), Interrupt::Kill) => {
+                self.interrupt.set(Some(i))
+            }
+            _ => {}
+        }
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        let mut s = format!("#{}", self.id);
+        if let Some(n) = &self.name {
+            s.push_str(&format!(" '{n}'"));
+        }
+        let w = self.waiting_on.get();
+        match self.state.get() {
+            State::Parked if !w.is_empty() => s.push_str(&format!(" (waiting on {w})")),
+            st => s.push_str(&format!(" ({})", state_name(st))),
+        }
+        s
+    }
+
+    pub(crate) fn check_canary(&self) {
+        let info = self.overflow_info.get();
+        if info.unguarded {
+            let intact =
+                // SAFETY: `lo` is the lowest usable word of this greenlet's (unguarded) stack.
+                unsafe { std::ptr::read_volatile(info.lo as *const u64) } == crate::stack::CANARY;
+            if !intact {
+                eprintln!(
+                    "evergreen: greenlet {} overflowed its {}-byte stack (canary clobbered; this \
+                     hub runs without guard pages); raise EVERGREEN_STACK_SIZE or use \
+                     Builder::stack_size. Aborting.",
+                    self.describe(),
+                    self.stack_size
+                );
+                std::process::abort();
+            }
+        }
+    }
+
+    /// Drops the function of a greenlet that never started and returns its stack.
+    fn release_unstarted(&self) {
+        // SAFETY: the greenlet is not running (it never started), so nothing else touches the
+        // coroutine.
+        let co = unsafe { (*self.coroutine.get()).take() };
+        if let Some(mut co) = co {
+            co.force_unwind();
+            if co.done() {
+                let st = co.into_stack();
+                if crate::hub::exists() {
+                    hub().stacks.borrow_mut().put(st);
+                }
+            }
+        }
+    }
+
+    /// Leaks the coroutine (and its stack) of a greenlet that cannot be finished at hub
+    /// teardown, so no code runs on it again.
+    pub(crate) fn leak_coroutine(&self) {
+        // SAFETY: called by `destroy` from the root while the greenlet is suspended.
+        let co = unsafe { (*self.coroutine.get()).take() };
+        std::mem::forget(co);
+        self.state.set(State::Dead);
+        if let Some(g) = hub().unregister_live(self) {
+            drop(g);
+        }
+    }
+
+    /// Marks the greenlet dead, frees its locals, wakes joiners and schedules links.
+    fn complete(&self, ended: Ended) {
+        self.ended.set(ended);
+        self.state.set(State::Dead);
+        self.interrupt.set(None);
+        let locals = self.locals.borrow_mut().take();
+        drop(locals);
+        self.joiners.wake_all_unit();
+        self.links.fire_all();
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        if !self.is_root {
+            self.release_unstarted();
+        }
+    }
+}
+
+fn state_name(s: State) -> &'static str {
+    match s {
+        State::New => "not started",
+        State::Later => "scheduled to start later",
+        State::Runnable => "runnable",
+        State::Running => "running",
+        State::Parked => "parked",
+        State::Dead => "dead",
+    }
+}
+
+/// Type-erased access to a greenlet for the hub.
+pub(crate) trait GreenletObj {
+    fn core(&self) -> &Core;
+    /// Completes a greenlet that never started as killed.
+    fn complete_killed(&self);
+    /// The error it ended with, if any (`Killed` included).
+    fn error(&self) -> Option<Error>;
+}
+
+pub(crate) struct RootGreenlet {
+    core: Core,
+}
+
+impl RootGreenlet {
+    pub(crate) fn new() -> RootGreenlet {
+        RootGreenlet {
+            core: Core::new(0, Some("root".into()), true, 0),
+        }
+    }
+}
+
+impl GreenletObj for RootGreenlet {
+    fn core(&self) -> &Core {
+        &self.core
+    }
+    fn complete_killed(&self) {}
+    fn error(&self) -> Option<Error> {
+        None
+    }
+}
+
+struct Inner<T> {
+    core: Core,
+    result: RefCell<Option<Result<T, Error>>>,
+    payload: RefCell<Option<Box<dyn Any + Send>>>,
+}
+
+impl<T: 'static> GreenletObj for Inner<T> {
+    fn core(&self) -> &Core {
+        &self.core
+    }
+
+    fn complete_killed(&self) {
+        *self.result.borrow_mut() = Some(Err(Error::Killed));
+        self.core.complete(Ended::Killed);
+    }
+
+    fn error(&self) -> Option<Error> {
+        match &*self.result.borrow() {
+            Some(Err(e)) => Some(e.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl<T: 'static> Inner<T> {
+    /// Called on the greenlet's own stack when its function returned or unwound.
+    fn finish(&self, r: std::thread::Result<T>) {
+        let (res, ended) = match r {
+            Ok(v) => (Ok(v), Ended::Value),
+            Err(p) => {
+                if p.is::<GreenletExit>() {
+                    (Err(Error::Killed), Ended::Killed)
+                } else if let Some(t) = p.downcast_ref::<TimeoutExpired>() {
+                    log::error!(
+                        "greenlet {} failed with: an uncaught Timeout of {:?}",
+                        self.core.describe_short(),
+                        t.after
+                    );
+                    (Err(Error::TimedOut(t.after)), Ended::Failed)
+                } else {
+                    let msg = panic_message(&*p);
+                    let loc = LAST_PANIC_LOCATION.with(|l| l.borrow_mut().take());
+                    let full = match loc {
+                        Some(l) => format!("{msg} (at {l})"),
+                        None => msg,
+                    };
+                    log::error!("greenlet {} failed with: {full}", self.core.describe_short());
+                    *self.payload.borrow_mut() = Some(p);
+                    (Err(Error::Panicked(full)), Ended::Failed)
+                }
+            }
+        };
+        *self.result.borrow_mut() = Some(res);
+        self.core.complete(ended);
+    }
+}
+
+impl Core {
+    fn describe_short(&self) -> String {
+        match &self.name {
+            Some(n) => format!("#{} '{n}'", self.id),
+            None => format!("#{}", self.id),
+        }
+    }
+}
+
+thread_local! {
+    static LAST_PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Installs (once per process) a panic hook that keeps greenlet panics from being printed
+/// twice: a panic inside a greenlet is reported once, by the greenlet's failure log line
+/// (with the location the hook saw). Panics elsewhere go to the previous hook unchanged, and
+/// a [`LoopExit`](crate::LoopExit) is printed with its full explanation.
+pub(crate) fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if let Some(le) = info.payload().downcast_ref::<crate::error::LoopExit>() {
+                let loc = info.location().map(|l| l.to_string()).unwrap_or_default();
+                eprintln!("{le} (raised at {loc})");
+                return;
+            }
+            let in_greenlet = crate::stack::RUNNING
+                .try_with(|r| r.get().hi != 0)
+                .unwrap_or(false);
+            if in_greenlet {
+                let loc = info.location().map(|l| l.to_string());
+                let _ = LAST_PANIC_LOCATION.try_with(|l| *l.borrow_mut() = loc);
+                return;
+            }
+            prev(info)
+        }));
+    });
+}
+
+/// The message of a panic payload (`&str` or `String`), or a description of its type.
+pub(crate) fn panic_message(p: &(dyn Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else if let Some(l) = p.downcast_ref::<crate::error::LoopExit>() {
+        l.to_string()
+    } else if p.is::<GreenletExit>() {
+        "GreenletExit".into()
+    } else {
+        "a panic with a non-string payload".into()
+    }
+}
+
+/// A handle to a greenlet that returns a `T` (gevent's `Greenlet`).
+///
+/// Handles are cheap to clone and `!Send`: a greenlet belongs to the hub of the thread that
+/// created it. Dropping every handle does not stop the greenlet; the hub keeps it alive until
+/// it ends.
+///
+/// ```
+/// let g = evergreen::spawn(|| 6 * 7);
+/// assert_eq!(g.get(), Ok(42));
+/// ```
+pub struct Greenlet<T> {
+    inner: Rc<Inner<T>>,
+}
+
+impl<T> Clone for Greenlet<T> {
+    fn clone(&self) -> Self {
+        Greenlet {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<T> fmt::Debug for Greenlet<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Greenlet({})", self.inner.core.describe())
+    }
+}
+
+/// Spawns a greenlet running `f` (gevent's `gevent.spawn`). It starts after the current
+/// greenlet blocks or yields, after the greenlets spawned before it.
+pub fn spawn<T: 'static, F: FnOnce() -> T + 'static>(f: F) -> Greenlet<T> {
+    Builder::new().spawn(f)
+}
+
+/// Spawns a greenlet that starts after `delay` (gevent's `spawn_later`).
+pub fn spawn_later<T: 'static, F: FnOnce() -> T + 'static>(delay: Duration, f: F) -> Greenlet<T> {
+    Builder::new().spawn_later(delay, f)
+}
+
+/// Configures a greenlet before it is created: its name and stack size.
+///
+/// ```
+/// let g = evergreen::Builder::new().name("worker").stack_size(64 * 1024).spawn(|| 1);
+/// assert_eq!(g.name(), Some("worker"));
+/// g.join();
+/// ```
+#[derive(Debug, Default, Clone)]
+pub struct Builder {
+    name: Option<String>,
+    stack_size: Option<usize>,
+}
+
+impl Builder {
+    /// A builder with no name and the default stack size.
+    pub fn new() -> Builder {
+        Builder::default()
+    }
+
+    /// Names the greenlet (shown in logs, run-info dumps and overflow reports).
+    pub fn name(mut self, name: impl Into<String>) -> Builder {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Sets the usable stack size in bytes (rounded up to a page, at least 16 KiB).
+    pub fn stack_size(mut self, bytes: usize) -> Builder {
+        self.stack_size = Some(bytes);
+        self
+    }
+
+    /// Creates the greenlet without starting it (gevent's `Greenlet(f)`); see
+    /// [`Greenlet::start`].
+    ///
+    /// # Panics
+    ///
+    /// If no stack can be allocated; the message names the limit and the fix.
+    pub fn create<T: 'static, F: FnOnce() -> T + 'static>(self, f: F) -> Greenlet<T> {
+        let hub = hub();
+        let stack = hub
+            .stacks
+            .borrow_mut()
+            .get(self.stack_size)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (lo, hi) = stack.overflow_range();
+        let size = stack.size();
+        let guarded = stack.guarded();
+        let inner = Rc::new(Inner {
+            core: Core::new(
+                hub.next_id(),
+                self.name.map(String::into_boxed_str),
+                false,
+                size,
+            ),
+            result: RefCell::new(None),
+            payload: RefCell::new(None),
+        });
+        let (name_ptr, name_len) = match &inner.core.name {
+            Some(n) => (n.as_ptr(), n.len()),
+            None => (std::ptr::null(), 0),
+        };
+        inner.core.overflow_info.set(OverflowInfo {
+            lo,
+            hi,
+            id: inner.core.id,
+            size,
+            name: name_ptr,
+            name_len,
+            unguarded: !guarded,
+        });
+        let weak: Weak<Inner<T>> = Rc::downgrade(&inner);
+        let co = Coro::with_stack(stack, move |y: &Yielder<(), ()>, ()| {
+            let me = weak.upgrade().expect("a running greenlet is kept alive by the hub");
+            drop(weak);
+            me.core.yielder.set(y as *const _);
+            me.core.started.set(true);
+            let r = catch_unwind(AssertUnwindSafe(f));
+            me.finish(r);
+        });
+        // SAFETY: the greenlet is new; nothing else can reach its coroutine yet.
+        unsafe { *inner.core.coroutine.get() = Some(co) };
+        if let Some(m) = hub.monitor() {
+            if let Some(n) = &inner.core.name {
+                m.name(inner.core.id, n);
+            }
+        }
+        Greenlet { inner }
+    }
+
+    /// Creates and starts the greenlet (see [`spawn`]).
+    pub fn spawn<T: 'static, F: FnOnce() -> T + 'static>(self, f: F) -> Greenlet<T> {
+        let g = self.create(f);
+        g.start();
+        g
+    }
+
+    /// Creates the greenlet and starts it after `delay` (see [`spawn_later`]).
+    pub fn spawn_later<T: 'static, F: FnOnce() -> T + 'static>(
+        self,
+        delay: Duration,
+        f: F,
+    ) -> Greenlet<T> {
+        let g = self.create(f);
+        g.start_later(delay);
+        g
+    }
+}
+
+impl<T: 'static> Greenlet<T> {
+    /// Creates a greenlet without starting it (gevent's `Greenlet(run)`).
+    pub fn new<F: FnOnce() -> T + 'static>(f: F) -> Greenlet<T> {
+        Builder::new().create(f)
+    }
+
+    fn gref(&self) -> GRef {
+        self.inner.clone()
+    }
+
+    /// Schedules the greenlet to start (gevent's `start`). No effect if it was already started
+    /// or scheduled, or is dead.
+    pub fn start(&self) {
+        let core = &self.inner.core;
+        if core.state.get() != State::New {
+            return;
+        }
+        let hub = hub();
+        let g = self.gref();
+        hub.register_live(&g);
+        hub.unpark(&g);
+    }
+
+    /// Schedules the greenlet to start after `delay` (gevent's `start_later`).
+    pub fn start_later(&self, delay: Duration) {
+        let core = &self.inner.core;
+        if core.state.get() != State::New {
+            return;
+        }
+        let hub = hub();
+        let g = self.gref();
+        hub.register_live(&g);
+        core.state.set(State::Later);
+        let t = hub.add_timer(hub.now() + delay, TimerAction::Start(g));
+        core.start_timer.set(Some(t));
+    }
+
+    /// A small id, unique per hub (the root is 0).
+    pub fn id(&self) -> u64 {
+        self.inner.core.id
+    }
+
+    /// The name given with [`Builder::name`].
+    pub fn name(&self) -> Option<&str> {
+        self.inner.core.name.as_deref()
+    }
+
+    /// Whether it has finished (gevent's `ready()`; same as [`dead`](Self::dead)).
+    pub fn ready(&self) -> bool {
+        self.inner.core.state.get() == State::Dead
+    }
+
+    /// Whether it has finished (gevent's `dead`).
+    pub fn dead(&self) -> bool {
+        self.ready()
+    }
+
+    /// Whether its function has started running (gevent's `bool(g)` before death).
+    pub fn started(&self) -> bool {
+        self.inner.core.started.get()
+    }
+
+    /// Whether it finished without failing; being killed counts as success, as in gevent.
+    pub fn successful(&self) -> bool {
+        matches!(self.inner.core.ended.get(), Ended::Value | Ended::Killed)
+    }
+
+    /// How it failed or was killed; `None` while running or after a normal return.
+    pub fn exception(&self) -> Option<Error> {
+        self.inner.error()
+    }
+
+    /// Its value, if it returned one (clone).
+    pub fn value(&self) -> Option<T>
+    where
+        T: Clone,
+    {
+        match &*self.inner.result.borrow() {
+            Some(Ok(v)) => Some(v.clone()),
+            _ => None,
+        }
+    }
+
+    /// Moves out the panic payload of a failed greenlet (to `resume_unwind` it elsewhere).
+    pub fn take_panic_payload(&self) -> Option<Box<dyn Any + Send>> {
+        self.inner.payload.borrow_mut().take()
+    }
+
+    /// Blocks until the greenlet has finished (gevent's `join()`).
+    pub fn join(&self) {
+        join_core(&self.inner.core, None);
+    }
+
+    /// Blocks until the greenlet has finished or `timeout` passed; `true` if it finished.
+    pub fn join_timeout(&self, timeout: Duration) -> bool {
+        join_core(&self.inner.core, Some(hub().now() + timeout))
+    }
+
+    /// Blocks until the greenlet has finished and returns its value or how it failed
+    /// (gevent's `get()`).
+    pub fn get(&self) -> Result<T, Error>
+    where
+        T: Clone,
+    {
+        self.join();
+        self.result_now()
+    }
+
+    /// Like [`get`](Self::get) with a timeout: `Err(Error::Timeout)` if it has not finished.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, Error>
+    where
+        T: Clone,
+    {
+        if self.join_timeout(timeout) {
+            self.result_now()
+        } else {
+            Err(Error::Timeout(timeout))
+        }
+    }
+
+    fn result_now(&self) -> Result<T, Error>
+    where
+        T: Clone,
+    {
+        match &*self.inner.result.borrow() {
+            Some(r) => r.clone(),
+            None => Err(Error::ValueTaken),
+        }
+    }
+
+    /// Blocks until the greenlet has finished and moves its value out (no `Clone` needed).
+    /// Later calls of `get`/`into_result` on other handles return [`Error::ValueTaken`].
+    pub fn into_result(self) -> Result<T, Error> {
+        self.join();
+        let mut r = self.inner.result.borrow_mut();
+        match r.as_ref() {
+            Some(Ok(_)) => r.take().expect("checked"),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(Error::ValueTaken),
+        }
+    }
+
+    /// Kills the greenlet and blocks until it has finished (its cleanup ran). See the
+    /// [module docs](self#kill).
+    pub fn kill(&self) {
+        self.kill_nowait();
+        self.join();
+    }
+
+    /// Kills and waits at most `timeout`; `true` if it finished.
+    pub fn kill_timeout(&self, timeout: Duration) -> bool {
+        self.kill_nowait();
+        self.join_timeout(timeout)
+    }
+
+    /// Delivers the kill and returns at once (gevent's `kill(block=False)`).
+    pub fn kill_nowait(&self) {
+        kill_dyn(&self.gref());
+    }
+
+    /// Calls `f(&greenlet)` in a new greenlet when this one finishes (gevent's `link`).
+    /// Links run in registration order, also when added after death.
+    pub fn link(&self, f: impl FnOnce(&Greenlet<T>) + 'static) -> LinkId {
+        let me = self.clone();
+        self.rawlink_box(Box::new(move || {
+            spawn(move || f(&me));
+        }))
+    }
+
+    /// Like [`link`](Self::link), only if it finished successfully (gevent's `link_value`).
+    pub fn link_value(&self, f: impl FnOnce(&Greenlet<T>) + 'static) -> LinkId {
+        self.link(move |g| {
+            if g.successful() {
+                f(g)
+            }
+        })
+    }
+
+    /// Like [`link`](Self::link), only if it failed (gevent's `link_exception`).
+    pub fn link_exception(&self, f: impl FnOnce(&Greenlet<T>) + 'static) -> LinkId {
+        self.link(move |g| {
+            if !g.successful() {
+                f(g)
+            }
+        })
+    }
+
+    /// Runs `f` on the hub when this greenlet finishes (gevent's `rawlink`). `f` must not
+    /// block.
+    pub fn rawlink(&self, f: impl FnOnce() + 'static) -> LinkId {
+        self.rawlink_box(Box::new(f))
+    }
+
+    fn rawlink_box(&self, f: Box<dyn FnOnce()>) -> LinkId {
+        let core = &self.inner.core;
+        let id = core.links.add(f);
+        if core.state.get() == State::Dead {
+            core.links.fire_all();
+        }
+        id
+    }
+
+    /// Removes a link that has not fired yet.
+    pub fn unlink(&self, id: LinkId) -> bool {
+        self.inner.core.links.remove(id)
+    }
+
+    /// A type-erased handle.
+    pub fn handle(&self) -> GreenletRef {
+        GreenletRef { g: self.gref() }
+    }
+}
+
+impl<T: 'static> Waitable for Greenlet<T> {
+    fn ready(&self) -> bool {
+        Greenlet::ready(self)
+    }
+    fn rawlink(&self, f: Box<dyn FnOnce()>) -> LinkId {
+        self.rawlink_box(f)
+    }
+    fn unlink(&self, id: LinkId) -> bool {
+        Greenlet::unlink(self, id)
+    }
+}
+
+fn join_core(core: &Core, deadline: Option<Instant>) -> bool {
+    if core.state.get() == State::Dead {
+        return true;
+    }
+    match core.joiners.wait(None, deadline, "Greenlet::join") {
+        Ok(_) => true,
+        Err(WaitFail::Deadline(_)) => core.state.get() == State::Dead,
+    }
+}
+
+/// Kill without waiting, for any greenlet.
+pub(crate) fn kill_dyn(g: &GRef) {
+    let core = g.core();
+    if core.is_root {
+        log::warn!("evergreen: ignoring an attempt to kill the root context");
+        return;
+    }
+    match core.state.get() {
+        State::Dead => {}
+        State::Running => {
+            // Killing oneself: gevent raises GreenletExit at once.
+            if !std::thread::panicking() {
+                resume_unwind(Box::new(GreenletExit));
+            }
+        }
+        _ if !core.started.get() => {
+            let hub = hub();
+            if let Some(t) = core.start_timer.take() {
+                hub.cancel_timer(t);
+            }
+            core.release_unstarted();
+            g.complete_killed();
+            hub.unregister_live(core);
+        }
+        _ => {
+            core.set_interrupt(Interrupt::Kill);
+            hub().unpark(g);
+        }
+    }
+}
+
+/// A type-erased greenlet handle (what [`getcurrent`] returns; gevent's `getcurrent()`).
+#[derive(Clone)]
+pub struct GreenletRef {
+    g: GRef,
+}
+
+impl fmt::Debug for GreenletRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GreenletRef({})", self.g.core().describe())
+    }
+}
+
+impl PartialEq for GreenletRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.id() == other.id()
+    }
+}
+
+impl GreenletRef {
+    /// Its id (0 for the root context).
+    pub fn id(&self) -> u64 {
+        self.g.core().id
+    }
+    /// Its name.
+    pub fn name(&self) -> Option<&str> {
+        self.g.core().name.as_deref()
+    }
+    /// Whether this is the root context (code outside any greenlet).
+    pub fn is_root(&self) -> bool {
+        self.g.core().is_root
+    }
+    /// Whether it has finished.
+    pub fn dead(&self) -> bool {
+        self.g.core().state.get() == State::Dead
+    }
+    /// Whether it finished without failing (killed counts as success).
+    pub fn successful(&self) -> bool {
+        matches!(self.g.core().ended.get(), Ended::Value | Ended::Killed)
+    }
+    /// How it failed or was killed.
+    pub fn exception(&self) -> Option<Error> {
+        self.g.error()
+    }
+    /// Blocks until it has finished.
+    pub fn join(&self) {
+        join_core(self.g.core(), None);
+    }
+    /// Blocks until it has finished or `timeout` passed; `true` if it finished.
+    pub fn join_timeout(&self, timeout: Duration) -> bool {
+        join_core(self.g.core(), Some(hub().now() + timeout))
+    }
+    /// Kills it and waits until it has finished.
+    pub fn kill(&self) {
+        kill_dyn(&self.g);
+        self.join();
+    }
+    /// Kills it without waiting.
+    pub fn kill_nowait(&self) {
+        kill_dyn(&self.g);
+    }
+}
+
+impl Waitable for GreenletRef {
+    fn ready(&self) -> bool {
+        self.dead()
+    }
+    fn rawlink(&self, f: Box<dyn FnOnce()>) -> LinkId {
+        let core = self.g.core();
+        let id = core.links.add(f);
+        if core.state.get() == State::Dead {
+            core.links.fire_all();
+        }
+        id
+    }
+    fn unlink(&self, id: LinkId) -> bool {
+        self.g.core().links.remove(id)
+    }
+}
+
+/// The greenlet whose code is running; the root context outside any greenlet and in hub
+/// callbacks (where gevent would return the hub).
+pub fn getcurrent() -> GreenletRef {
+    GreenletRef {
+        g: hub().current().clone(),
+    }
+}
+
+/// Kills every greenlet in `gs` and waits until all have finished (gevent's `killall`).
+/// With a `timeout`, returns `false` if some were still alive when it passed.
+pub fn killall<T: 'static>(gs: &[Greenlet<T>], timeout: Option<Duration>) -> bool {
+    for g in gs {
+        g.kill_nowait();
+    }
+    let deadline = timeout.map(|t| hub().now() + t);
+    for g in gs {
+        let ok = match deadline {
+            None => {
+                g.join();
+                true
+            }
+            Some(d) => {
+                let left = d.saturating_duration_since(hub().now());
+                g.join_timeout(left)
+            }
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// Waits for every greenlet and returns them in the order they finished (gevent's
+/// `joinall`).
+pub fn joinall<T: 'static>(gs: &[Greenlet<T>]) -> Vec<Greenlet<T>> {
+    joinall_inner(gs, None, false).unwrap_or_else(|(done, _)| done)
+}
+
+/// Waits for the greenlets until `timeout`; returns those that finished, in completion
+/// order.
+pub fn joinall_timeout<T: 'static>(gs: &[Greenlet<T>], timeout: Duration) -> Vec<Greenlet<T>> {
+    joinall_inner(gs, Some(timeout), false).unwrap_or_else(|(done, _)| done)
+}
+
+/// Waits for the greenlets, but stops at the first one (in completion order) that failed and
+/// returns its error (gevent's `joinall(raise_error=True)`). Killed greenlets are not
+/// failures. With a timeout, returns the finished ones when it passes.
+pub fn joinall_raise<T: 'static>(
+    gs: &[Greenlet<T>],
+    timeout: Option<Duration>,
+) -> Result<Vec<Greenlet<T>>, Error> {
+    joinall_inner(gs, timeout, true).map_err(|(_, e)| e)
+}
+
+fn joinall_inner<T: 'static>(
+    gs: &[Greenlet<T>],
+    timeout: Option<Duration>,
+    raise: bool,
+) -> Result<Vec<Greenlet<T>>, (Vec<Greenlet<T>>, Error)> {
+    let mut done = Vec::with_capacity(gs.len());
+    let objs: Vec<&dyn Waitable> = gs.iter().map(|g| g as &dyn Waitable).collect();
+    for i in crate::wait::iwait(&objs, timeout) {
+        let g = gs[i].clone();
+        let failed = !g.successful();
+        done.push(g);
+        if raise && failed {
+            let e = done.last().and_then(|g| g.exception()).expect("failed greenlet");
+            return Err((done, e));
+        }
+    }
+    Ok(done)
+}

@@ -1,0 +1,731 @@
+//! The hub: one cooperative scheduler per OS thread (gevent's `hub.py`).
+//!
+//! # Mechanism
+//!
+//! The hub owns a FIFO *run queue* of tasks (a greenlet to resume, or a callback), a timer
+//! heap, and a mio `Poll`. It is created lazily the first time a thread uses evergreen, and is
+//! reached through a thread-local pointer.
+//!
+//! **Only the hub switches.** A greenlet that blocks *parks*: it records what it waits on and
+//! suspends its coroutine, which returns control to the hub loop. Whatever later satisfies the
+//! wait *unparks* it, which only pushes it on the run queue; the hub resumes it in turn.
+//! Wake-ups never switch, so the code that wakes a greenlet keeps running until it blocks
+//! itself, exactly as with gevent's `hub.loop.run_callback(waiter.switch)`.
+//!
+//! ```text
+//!   greenlet A            hub loop (root stack)            greenlet B
+//!   q.get() ──park──▶     pop B, resume B ───────────▶     q.put(x): hand x to A,
+//!                                                           unpark A (push on queue)
+//!                         ◀──────────────────────────────  B blocks / ends
+//!   ◀──resume──           pop A, resume A
+//!   returns x
+//! ```
+//!
+//! **Blocking from the root.** Code outside any greenlet (`main`) has no coroutine to suspend.
+//! When it blocks, it runs the hub loop itself until its own wait is satisfied, the way
+//! gevent's main greenlet switches into the hub. If the run queue is empty, no timer is
+//! pending and no I/O is being waited for, nothing can ever satisfy the wait, and the call
+//! panics with a [`LoopExit`] payload naming what it waited for and what was still parked.
+//!
+//! # Fairness policy
+//!
+//! * Wake-ups are FIFO: the run queue is a `VecDeque`, and every primitive wakes its waiters in
+//!   the order they started waiting.
+//! * `sleep(Duration::ZERO)` really yields: the caller goes to the back of the run queue and
+//!   runs again only after everything that was already runnable.
+//! * I/O and timers are never starved: after at most [`Config::event_interval`] tasks (61 by
+//!   default, tokio's number), the hub fires due timers and polls I/O without blocking, even if
+//!   the run queue never empties (so a `Timeout` around `loop { sleep(ZERO) }` fires). When the
+//!   run queue is empty the hub blocks in `epoll_wait` until the next timer.
+//!
+//! # Virtual clock
+//!
+//! A hub can run on a virtual clock ([`use_virtual_clock`], or `EVERGREEN_CLOCK=virtual`):
+//! [`now`] starts at the real time of the switch and then advances only when every greenlet is
+//! blocked, jumping straight to the next timer's deadline. Tests with timeouts then run
+//! instantly and deterministically. I/O is still polled (without blocking) before each jump.
+//!
+//! # Differences from gevent
+//!
+//! * gevent's hub is itself a greenlet that the main greenlet switches to; here the hub loop
+//!   runs on the thread's own stack, inside whichever root-level call is blocking. The
+//!   observable order of events is the same.
+//! * Callbacks scheduled on the hub (raw links, timer callbacks) must not block: a blocking
+//!   call made there fails with [`Error::LoopExit`]-style panic, as gevent's
+//!   `BlockingSwitchOutError` does.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell, UnsafeCell};
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::error::LoopExit;
+use crate::greenlet::{Core, GRef, Interrupt, RootGreenlet, State};
+use crate::stack::{self, StackPool};
+use crate::timer::{TimerId, Timers};
+use crate::waiter::WaitList;
+
+/// A unit of work on the run queue.
+pub(crate) enum Task {
+    /// Start or resume a greenlet.
+    Resume(GRef),
+    /// Run a callback in hub context (it must not block).
+    Callback(Box<dyn FnOnce()>),
+    /// Wake the root context if it is still in the `sleep(ZERO)` with this sequence number.
+    WakeRoot(u64),
+}
+
+/// What a timer does when it fires.
+pub(crate) enum TimerAction {
+    /// A parked greenlet's deadline passed: flag it and wake it.
+    Deadline(GRef),
+    /// Deliver an interrupt (a scoped `Timeout`) to a greenlet.
+    Interrupt(GRef, Interrupt),
+    /// Start a greenlet made with `spawn_later`.
+    Start(GRef),
+    /// Run a callback in hub context.
+    Callback(Box<dyn FnOnce()>),
+}
+
+/// How a park ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// Someone unparked the greenlet.
+    Woken,
+    /// The park's own deadline passed.
+    Deadline,
+    /// An interrupt (kill or scoped timeout) is pending; the caller must clean up and call
+    /// [`Hub::deliver_interrupt`], unless its wait completed anyway.
+    Interrupted,
+}
+
+struct Slab {
+    entries: Vec<Option<GRef>>,
+    free: Vec<usize>,
+    len: usize,
+}
+
+/// The per-thread hub. See the [module docs](self).
+pub struct Hub {
+    pub(crate) config: Config,
+    run_queue: RefCell<VecDeque<Task>>,
+    /// The greenlet whose code is running (the root when none is).
+    current: UnsafeCell<GRef>,
+    root: GRef,
+    /// Set while a hub callback runs: blocking there is an error.
+    in_callback: Cell<bool>,
+    pub(crate) timers: RefCell<Timers<TimerAction>>,
+    pub(crate) stacks: RefCell<StackPool>,
+    live: RefCell<Slab>,
+    next_id: Cell<u64>,
+    virtual_clock: Cell<Option<Instant>>,
+    pub(crate) reactor: RefCell<crate::reactor::Reactor>,
+    pub(crate) idle_waiters: WaitList<()>,
+    monitor: std::cell::OnceCell<crate::monitor::MonitorHandle>,
+    destroying: Cell<bool>,
+}
+
+thread_local! {
+    static HUB: Cell<*const Hub> = const { Cell::new(std::ptr::null()) };
+    static GUARD: HubGuard = const { HubGuard };
+}
+
+struct HubGuard;
+
+impl Drop for HubGuard {
+    fn drop(&mut self) {
+        destroy();
+    }
+}
+
+/// Whether this thread's hub exists.
+pub fn exists() -> bool {
+    !HUB.with(|h| h.get()).is_null()
+}
+
+/// This thread's hub, created on first use.
+#[inline]
+pub(crate) fn hub() -> &'static Hub {
+    let p = HUB.with(|h| h.get());
+    if p.is_null() {
+        return create();
+    }
+    // SAFETY: the pointer was made by `Box::into_raw` in `create` and is only freed by
+    // `destroy`, which nulls it first; the hub is only ever used by this thread. The 'static
+    // lifetime does not escape the crate's internal use between those two points.
+    unsafe { &*p }
+}
+
+#[cold]
+fn create() -> &'static Hub {
+    let config = crate::config::current();
+    stack::install_overflow_handler();
+    crate::greenlet::install_panic_hook();
+    let monitor = std::cell::OnceCell::new();
+    if config.monitor {
+        let _ = monitor.set(crate::monitor::MonitorHandle::start(config.monitor_threshold));
+    }
+    let root: GRef = Rc::new(RootGreenlet::new());
+    let hub = Box::new(Hub {
+        run_queue: RefCell::new(VecDeque::with_capacity(64)),
+        current: UnsafeCell::new(root.clone()),
+        root,
+        in_callback: Cell::new(false),
+        timers: RefCell::new(Timers::default()),
+        stacks: RefCell::new(StackPool::new(
+            config.stack_size,
+            config.stack_pool_max,
+            config.guard_mode,
+        )),
+        live: RefCell::new(Slab {
+            entries: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }),
+        next_id: Cell::new(1),
+        virtual_clock: Cell::new(config.virtual_clock.then(Instant::now)),
+        reactor: RefCell::new(crate::reactor::Reactor::new()),
+        idle_waiters: WaitList::new(),
+        monitor,
+        destroying: Cell::new(false),
+        config,
+    });
+    let p = Box::into_raw(hub);
+    HUB.with(|h| h.set(p));
+    // Registers the thread-exit teardown.
+    GUARD.with(|_| {});
+    // SAFETY: just created above; see `hub()`.
+    unsafe { &*p }
+}
+
+/// Tears down this thread's hub (gevent's `hub.destroy()`): every live greenlet is killed and
+/// given the chance to run its cleanup (its `Drop`s run as it unwinds), then the hub is freed.
+/// A later use of evergreen on this thread creates a fresh hub.
+///
+/// Runs automatically when the thread exits. Must be called from the root context.
+pub fn destroy() {
+    let p = HUB.with(|h| h.get());
+    if p.is_null() {
+        return;
+    }
+    {
+        // SAFETY: see `hub()`; still valid until freed below.
+        let hub = unsafe { &*p };
+        assert!(
+            hub.current().core().is_root,
+            "evergreen::hub::destroy() must be called outside any greenlet"
+        );
+        hub.destroying.set(true);
+        // Kill everything, repeatedly (a cleanup may spawn), running the queue without ever
+        // blocking on timers or I/O.
+        for _ in 0..16 {
+            let victims: Vec<GRef> = hub.live_greenlets();
+            if victims.is_empty() {
+                break;
+            }
+            for g in &victims {
+                crate::greenlet::kill_dyn(g);
+            }
+            while let Some(t) = hub.pop_task() {
+                hub.run_task(t);
+            }
+        }
+        let left = hub.live_greenlets();
+        if !left.is_empty() {
+            log::warn!(
+                "evergreen: hub destroyed with {} greenlet(s) that did not finish after being \
+                 killed (their cleanup blocked); their stacks are leaked: {}",
+                left.len(),
+                left.iter()
+                    .map(|g| g.core().describe())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            for g in left {
+                g.core().leak_coroutine();
+            }
+        }
+        let _ = hub.timers.borrow_mut().drain();
+        hub.run_queue.borrow_mut().clear();
+    }
+    HUB.with(|h| h.set(std::ptr::null()));
+    // SAFETY: `p` came from `Box::into_raw` and the thread-local no longer points to it.
+    drop(unsafe { Box::from_raw(p as *mut Hub) });
+}
+
+/// Switches this thread's hub to the virtual clock (see the [module docs](self)). Returns
+/// `false` if timers are already pending (switching then would reorder them).
+pub fn use_virtual_clock() -> bool {
+    let hub = hub();
+    if hub.virtual_clock.get().is_some() {
+        return true;
+    }
+    if !hub.timers.borrow().is_empty() {
+        return false;
+    }
+    hub.virtual_clock.set(Some(Instant::now()));
+    true
+}
+
+/// The hub's current time: the real monotonic clock, or the virtual clock if enabled.
+pub fn now() -> Instant {
+    hub().now()
+}
+
+/// The number of greenlets that are alive (started or scheduled, not yet dead) on this thread.
+pub fn live_count() -> usize {
+    if !exists() {
+        return 0;
+    }
+    hub().live.borrow().len
+}
+
+/// The number of timers pending on this thread's hub.
+pub fn timer_count() -> usize {
+    if !exists() {
+        return 0;
+    }
+    hub().timers.borrow().len()
+}
+
+/// Runs `f` on the hub after `delay` (a libev timer watcher, as gevent's
+/// `hub.loop.timer(...).start(f)`). `f` runs as a hub callback and must not block. Returns an
+/// id for [`cancel_timer`].
+pub fn call_later(delay: Duration, f: impl FnOnce() + 'static) -> TimerId {
+    let hub = hub();
+    hub.add_timer(hub.now() + delay, TimerAction::Callback(Box::new(f)))
+}
+
+/// Cancels a timer made by [`call_later`]; `true` if it had not fired.
+pub fn cancel_timer(id: TimerId) -> bool {
+    hub().cancel_timer(id)
+}
+
+/// Runs `f` on the hub as a callback, after the tasks already queued (gevent's
+/// `hub.loop.run_callback`). The callback must not block.
+pub fn run_callback(f: impl FnOnce() + 'static) {
+    hub().schedule_callback(Box::new(f));
+}
+
+impl Hub {
+    #[inline]
+    pub(crate) fn current(&self) -> &GRef {
+        // SAFETY: `current` is only replaced by the hub loop (`resume_greenlet`) while no
+        // reference obtained here is held across it: callers use the reference immediately
+        // or clone it.
+        unsafe { &*self.current.get() }
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        id
+    }
+
+    #[inline]
+    pub(crate) fn now(&self) -> Instant {
+        match self.virtual_clock.get() {
+            Some(t) => t,
+            None => Instant::now(),
+        }
+    }
+
+    pub(crate) fn monitor(&self) -> Option<&crate::monitor::MonitorHandle> {
+        self.monitor.get()
+    }
+
+    pub(crate) fn start_monitor(&self, threshold: Duration) {
+        let _ = self
+            .monitor
+            .get_or_init(|| crate::monitor::MonitorHandle::start(threshold));
+    }
+
+    // ---- live registry ------------------------------------------------------------------
+
+    pub(crate) fn register_live(&self, g: &GRef) {
+        let mut live = self.live.borrow_mut();
+        let idx = match live.free.pop() {
+            Some(i) => {
+                live.entries[i] = Some(g.clone());
+                i
+            }
+            None => {
+                live.entries.push(Some(g.clone()));
+                live.entries.len() - 1
+            }
+        };
+        live.len += 1;
+        g.core().live_slot.set(idx);
+    }
+
+    pub(crate) fn unregister_live(&self, core: &Core) -> Option<GRef> {
+        let idx = core.live_slot.replace(usize::MAX);
+        if idx == usize::MAX {
+            return None;
+        }
+        let mut live = self.live.borrow_mut();
+        let g = live.entries[idx].take();
+        live.free.push(idx);
+        live.len -= 1;
+        g
+    }
+
+    pub(crate) fn live_greenlets(&self) -> Vec<GRef> {
+        self.live.borrow().entries.iter().flatten().cloned().collect()
+    }
+
+    // ---- scheduling -----------------------------------------------------------------------
+
+    /// Makes a parked or new greenlet runnable (FIFO). Idempotent; never switches.
+    #[inline]
+    pub(crate) fn unpark(&self, g: &GRef) {
+        let core = g.core();
+        match core.state.get() {
+            State::Parked | State::New | State::Later => {
+                core.state.set(State::Runnable);
+                if core.is_root {
+                    return;
+                }
+                self.run_queue.borrow_mut().push_back(Task::Resume(g.clone()));
+            }
+            _ => {}
+        }
+    }
+
+    pub(crate) fn schedule_callback(&self, f: Box<dyn FnOnce()>) {
+        self.run_queue.borrow_mut().push_back(Task::Callback(f));
+    }
+
+    pub(crate) fn add_timer(&self, deadline: Instant, action: TimerAction) -> TimerId {
+        self.timers.borrow_mut().insert(deadline, action)
+    }
+
+    pub(crate) fn cancel_timer(&self, id: TimerId) -> bool {
+        // Drop the action outside the borrow: it may hold the last reference to a greenlet.
+        let a = self.timers.borrow_mut().cancel(id);
+        a.is_some()
+    }
+
+    fn pop_task(&self) -> Option<Task> {
+        self.run_queue.borrow_mut().pop_front()
+    }
+
+    // ---- parking --------------------------------------------------------------------------
+
+    /// Parks the current greenlet until it is unparked, `deadline` passes, or an interrupt is
+    /// pending. `what` names the wait for diagnostics.
+    ///
+    /// In the root context this runs the hub loop; if nothing can ever wake the root, it
+    /// panics with [`LoopExit`].
+    pub(crate) fn park(&self, deadline: Option<Instant>, what: &'static str) -> Wake {
+        let cur = self.current().clone();
+        let core = cur.core();
+        if self.in_callback.get() {
+            blocking_in_callback(what);
+        }
+        if core.interrupt_pending() {
+            return Wake::Interrupted;
+        }
+        let timer = deadline.map(|d| self.add_timer(d, TimerAction::Deadline(cur.clone())));
+        core.deadline_hit.set(false);
+        core.waiting_on.set(what);
+        core.park_seq.set(core.park_seq.get() + 1);
+        core.state.set(State::Parked);
+        self.switch_out(&cur, what);
+        core.waiting_on.set("");
+        let hit = core.deadline_hit.replace(false);
+        if let Some(t) = timer {
+            if !hit {
+                self.cancel_timer(t);
+            }
+        }
+        if core.interrupt_pending() {
+            Wake::Interrupted
+        } else if hit {
+            Wake::Deadline
+        } else {
+            Wake::Woken
+        }
+    }
+
+    /// Yields: the current greenlet goes to the back of the run queue (`sleep(ZERO)`).
+    pub(crate) fn yield_now(&self) {
+        let cur = self.current().clone();
+        let core = cur.core();
+        if self.in_callback.get() {
+            blocking_in_callback("sleep(0)");
+        }
+        if core.interrupt_pending() {
+            self.deliver_interrupt();
+        }
+        if core.is_root {
+            core.state.set(State::Parked);
+            let seq = core.park_seq.get() + 1;
+            core.park_seq.set(seq);
+            self.run_queue.borrow_mut().push_back(Task::WakeRoot(seq));
+        } else {
+            core.state.set(State::Runnable);
+            self.run_queue.borrow_mut().push_back(Task::Resume(cur.clone()));
+        }
+        core.waiting_on.set("sleep(0)");
+        self.switch_out(&cur, "sleep(0)");
+        core.waiting_on.set("");
+        if core.interrupt_pending() {
+            self.deliver_interrupt();
+        }
+    }
+
+    /// Delivers the pending interrupt of the current greenlet by unwinding its stack. Does
+    /// nothing while the thread is already unwinding (a second panic would abort): the
+    /// interrupt then stays pending for the next blocking point.
+    pub(crate) fn deliver_interrupt(&self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let cur = self.current();
+        if let Some(i) = cur.core().interrupt.take() {
+            i.raise();
+        }
+    }
+
+    #[inline]
+    fn switch_out(&self, cur: &GRef, what: &'static str) {
+        let core = cur.core();
+        if core.is_root {
+            self.run_until_root_woken(what);
+            core.state.set(State::Running);
+        } else {
+            let y = core.yielder.get();
+            debug_assert!(!y.is_null(), "parking a greenlet that has not started");
+            // SAFETY: `yielder` was set by the greenlet's own coroutine body, which is running
+            // (we are on its stack), so the yielder it points to is alive.
+            unsafe { (*y).suspend(()) };
+            debug_assert_eq!(
+                core.state.get(),
+                State::Running,
+                "greenlet #{} resumed in the wrong state while waiting on {what}",
+                core.id
+            );
+        }
+    }
+
+    // ---- the loop -------------------------------------------------------------------------
+
+    fn run_until_root_woken(&self, what: &'static str) {
+        let root = self.root.core();
+        let interval = self.config.event_interval;
+        loop {
+            let mut budget = interval;
+            while budget > 0 {
+                if root.state.get() == State::Runnable {
+                    return;
+                }
+                let Some(task) = self.pop_task() else { break };
+                self.run_task(task);
+                budget -= 1;
+            }
+            if root.state.get() == State::Runnable {
+                return;
+            }
+            self.poll_events(what);
+        }
+    }
+
+    #[inline]
+    fn run_task(&self, task: Task) {
+        match task {
+            Task::Resume(g) => self.resume_greenlet(g),
+            Task::Callback(f) => self.run_hub_callback(f),
+            Task::WakeRoot(seq) => {
+                let root = self.root.core();
+                if root.park_seq.get() == seq {
+                    self.unpark(&self.root.clone());
+                }
+            }
+        }
+    }
+
+    pub(crate) fn run_hub_callback(&self, f: Box<dyn FnOnce()>) {
+        let was = self.in_callback.replace(true);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        self.in_callback.set(was);
+        if let Err(p) = r {
+            log::error!(
+                "evergreen: a hub callback panicked (ignored): {}",
+                crate::greenlet::panic_message(&*p)
+            );
+        }
+    }
+
+    #[inline]
+    fn resume_greenlet(&self, g: GRef) {
+        let core = g.core();
+        if core.state.get() != State::Runnable {
+            // Killed before it ran, or a stale entry.
+            return;
+        }
+        core.state.set(State::Running);
+        // SAFETY: only the hub loop replaces `current`, and no reference to it is live here.
+        let prev = unsafe { std::mem::replace(&mut *self.current.get(), g.clone()) };
+        stack::RUNNING.with(|r| r.set(core.overflow_info.get()));
+        if let Some(m) = self.monitor.get() {
+            m.entered(core.id);
+        }
+        // SAFETY: the coroutine is only touched by the hub loop (here) and by `kill` of a
+        // greenlet that has not started (never while it runs); no other reference exists.
+        let co = unsafe { &mut *core.coroutine.get() };
+        let done = match co.as_mut() {
+            Some(c) => c.resume(()).as_return().is_some(),
+            None => true,
+        };
+        if let Some(m) = self.monitor.get() {
+            m.left();
+        }
+        stack::RUNNING.with(|r| r.set(stack::OverflowInfo::NONE));
+        // SAFETY: as above.
+        unsafe { *self.current.get() = prev };
+        if done {
+            self.reap(&g);
+        } else {
+            core.check_canary();
+            if core.state.get() == State::Running {
+                // Suspended without saying why: only possible through a bug in evergreen.
+                debug_assert!(false, "greenlet #{} switched out while running", core.id);
+                core.state.set(State::Parked);
+            }
+        }
+    }
+
+    /// Frees a finished greenlet's stack and registry slot.
+    fn reap(&self, g: &GRef) {
+        let core = g.core();
+        // SAFETY: see `resume_greenlet`; the coroutine has returned.
+        let co = unsafe { (*core.coroutine.get()).take() };
+        if let Some(co) = co {
+            core.check_canary();
+            self.stacks.borrow_mut().put(co.into_stack());
+        }
+        let me = self.unregister_live(core);
+        drop(me);
+    }
+
+    /// Fires due timers, then polls I/O (blocking until the next timer if nothing is
+    /// runnable), then fires due timers again. Detects `LoopExit`.
+    fn poll_events(&self, what: &'static str) {
+        self.fire_due_timers();
+        let runnable = !self.run_queue.borrow().is_empty()
+            || self.root.core().state.get() == State::Runnable;
+        if runnable {
+            self.poll_io(Some(Duration::ZERO));
+        } else {
+            // Nothing runnable: block until I/O or the next timer.
+            let next = self.timers.borrow_mut().next_deadline();
+            let io_pending = self.reactor.borrow().has_waiters();
+            if next.is_none() && !io_pending && self.idle_waiters.is_empty() {
+                self.loop_exit(what);
+            }
+            if !self.idle_waiters.is_empty() {
+                self.idle_waiters.wake_all_unit();
+                return;
+            }
+            match (self.virtual_clock.get(), next) {
+                (Some(_), Some(d)) => {
+                    // Virtual time: see if I/O is ready right now, else jump to the deadline.
+                    if self.poll_io(Some(Duration::ZERO)) == 0 {
+                        self.virtual_clock.set(Some(d));
+                    }
+                }
+                (_, next) => {
+                    let timeout = next.map(|d| d.saturating_duration_since(self.now()));
+                    self.poll_io(timeout);
+                }
+            }
+        }
+        self.fire_due_timers();
+    }
+
+    fn poll_io(&self, timeout: Option<Duration>) -> usize {
+        let ready = self.reactor.borrow_mut().poll(timeout);
+        let n = ready.len();
+        for g in ready {
+            self.unpark(&g);
+        }
+        n
+    }
+
+    fn fire_due_timers(&self) {
+        if self.timers.borrow().is_empty() {
+            return;
+        }
+        let now = self.now();
+        loop {
+            let a = self.timers.borrow_mut().pop_due(now);
+            let Some(a) = a else { break };
+            match a {
+                TimerAction::Deadline(g) => {
+                    if g.core().state.get() == State::Parked {
+                        g.core().deadline_hit.set(true);
+                        self.unpark(&g);
+                    }
+                }
+                TimerAction::Interrupt(g, i) => {
+                    let c = g.core();
+                    if c.state.get() != State::Dead {
+                        c.set_interrupt(i);
+                        self.unpark(&g);
+                    }
+                }
+                TimerAction::Start(g) => self.unpark(&g),
+                TimerAction::Callback(f) => self.run_hub_callback(f),
+            }
+        }
+    }
+
+    #[cold]
+    fn loop_exit(&self, what: &'static str) -> ! {
+        let msg = format!(
+            "the root is waiting on {what}, and nothing can wake it: the run queue is empty, no \
+             timer is pending and no I/O is awaited. {}",
+            self.describe_parked()
+        );
+        // The root is running again (it is unwinding).
+        self.root.core().state.set(State::Running);
+        std::panic::panic_any(LoopExit(msg))
+    }
+
+    fn describe_parked(&self) -> String {
+        let gs = self.live_greenlets();
+        if gs.is_empty() {
+            return "No greenlet is alive.".into();
+        }
+        let mut s = format!("{} greenlet(s) parked forever: ", gs.len());
+        for (i, g) in gs.iter().enumerate() {
+            if i > 0 {
+                s.push_str(", ");
+            }
+            if i == 10 {
+                let _ = write!(s, "... and {} more", gs.len() - 10);
+                break;
+            }
+            s.push_str(&g.core().describe());
+        }
+        s
+    }
+}
+
+#[cold]
+fn blocking_in_callback(what: &'static str) -> ! {
+    std::panic::panic_any(LoopExit(format!(
+        "a blocking call ({what}) was made from a hub callback (a raw link or timer callback), \
+         which runs on the hub and cannot block (gevent's BlockingSwitchOutError); use \
+         `link` or `spawn` to run blocking code in a greenlet"
+    )))
+}
+
+/// Whether the payload of a caught panic is a [`LoopExit`].
+pub fn is_loop_exit(payload: &(dyn Any + Send)) -> bool {
+    payload.downcast_ref::<LoopExit>().is_some()
+}

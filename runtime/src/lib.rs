@@ -1,0 +1,103 @@
+//! # evergreen
+//!
+//! gevent's model in Rust: **greenlets** (green threads on stackful corosensei coroutines)
+//! driven by one cooperative scheduler per OS thread, the **hub**, over a mio reactor. Code is
+//! written in plain blocking style; whenever a greenlet would block, it parks and the hub runs
+//! another one.
+//!
+//! ```
+//! use std::rc::Rc;
+//! use std::time::Duration;
+//! use evergreen::{spawn, sleep, with_timeout, Queue, Error};
+//!
+//! let q = Rc::new(Queue::new());
+//! let producer = {
+//!     let q = q.clone();
+//!     spawn(move || for i in 0..3 { q.put(i).unwrap(); sleep(Duration::from_millis(1)); })
+//! };
+//! let got: Vec<i32> = (0..3).map(|_| q.get().unwrap()).collect();
+//! assert_eq!(got, vec![0, 1, 2]);
+//! producer.join();
+//! assert_eq!(with_timeout(Duration::from_millis(5), || q.get()), Err(Error::Timeout(Duration::from_millis(5))));
+//! ```
+//!
+//! # Implementation
+//!
+//! * [`hub`]: the scheduler. A FIFO run queue, a timer heap, a mio poll. Only the hub
+//!   switches: blocking parks the greenlet (suspends its coroutine back to the hub loop);
+//!   wake-ups only enqueue. Blocking from `main` runs the hub loop until the wait is satisfied,
+//!   or panics with [`LoopExit`] when nothing could ever satisfy it.
+//! * [`waiter`]: the one park/unpark primitive (a FIFO of waiters pinned on the waiting
+//!   stacks, with direct hand-off) that every blocking object is built on.
+//! * [`stack`]: pooled stacks with guard pages, 64 per mapping (`MADV_GUARD_INSTALL` keeps
+//!   100k+ greenlets under Linux's default `vm.max_map_count`), and a `SIGSEGV` handler that
+//!   names the greenlet whose stack overflowed.
+//! * Kill and scoped [`Timeout`]s unwind the victim's stack from its blocking point, so every
+//!   `Drop` runs.
+//!
+//! # gevent → evergreen
+//!
+//! | gevent | evergreen | semantic differences |
+//! |---|---|---|
+//! | `gevent.spawn`, `spawn_later` | [`spawn`], [`spawn_later`], [`Builder`] | typed result `T`; name and stack size set on the `Builder` |
+//! | `Greenlet(run)`, `start`, `start_later` | [`Greenlet::new`], [`Greenlet::start`], [`Greenlet::start_later`] | |
+//! | `g.join(timeout)` | [`Greenlet::join`], [`Greenlet::join_timeout`] (returns whether it finished) | |
+//! | `g.get()` | [`Greenlet::get`] (`T: Clone`), [`Greenlet::into_result`] | a killed greenlet gives `Err(Error::Killed)`, not the `GreenletExit` value |
+//! | `g.kill(block, timeout)` | [`Greenlet::kill`], [`Greenlet::kill_timeout`], [`Greenlet::kill_nowait`] | a kill arriving after the victim's wait completed is delivered at its next blocking point |
+//! | `GreenletExit` | [`GreenletExit`] (unwinding payload), [`Error::Killed`] | counts as success, as in gevent |
+//! | `gevent.killall`, `joinall` | [`killall`], [`joinall`], [`joinall_timeout`], [`joinall_raise`] | |
+//! | `g.link`, `link_value`, `link_exception`, `rawlink`, `unlink` | same names on [`Greenlet`] | |
+//! | `ready()`, `successful()`, `dead`, `value`, `exception` | same names | `exception()` is an [`Error`] |
+//! | `gevent.getcurrent()` | [`getcurrent`] | returns the root context in hub callbacks (gevent: the hub) |
+//! | `gevent.sleep`, `sleep(0)`, `idle` | [`sleep`], `sleep(Duration::ZERO)`, [`idle`] | |
+//! | `Timeout`, `Timeout.start_new`, `with_timeout` | [`Timeout`], [`Timeout::start_new`], [`Timeout::run`], [`with_timeout`] | the expiry is always [`TimeoutExpired`]; caught by `run`/`with_timeout` |
+//! | `Event`, `AsyncResult` | [`Event`], [`AsyncResult`] | `AsyncResult::get_nowait` on an empty result is `Err(Error::Empty)` |
+//! | `Semaphore`, `BoundedSemaphore`, `RLock` | [`Semaphore`], [`BoundedSemaphore`], [`RLock`] | strict FIFO hand-off: no barging |
+//! | `Queue`, `JoinableQueue`, `LifoQueue`, `PriorityQueue`, `Channel` | [`Queue`] (joinable), [`LifoQueue`], [`PriorityQueue`], [`Channel`] | `maxsize=0` is not unbounded: use `Queue::new` / `Channel`; `shutdown` as in Python 3.13 |
+//! | `gevent.wait`, `iwait` | [`wait()`], [`iwait`] | return indices into the slice given |
+//! | `Group`, `Pool`, `PoolFull` | [`Group`], [`Pool`], [`Error::PoolFull`] | |
+//! | `gevent.local.local` | [`Local`] | one typed value per greenlet, made by an initialiser |
+//! | `LoopExit` | [`LoopExit`] panic payload, printed with what was pending | |
+//! | `ConcurrentObjectUseError`, `BlockingSwitchOutError` | [`Error::ConcurrentObjectUse`], a [`LoopExit`] panic | |
+//! | `hub.destroy()` | [`hub::destroy`] | also runs at thread exit |
+//! | `gevent.util.format_run_info` | [`debug::format_run_info`], [`debug::run_info`] | |
+//! | `config.monitor_thread`, `max_blocking_time` | [`monitor`], `EVERGREEN_MONITOR`, `EVERGREEN_MONITOR_THRESHOLD_MS` | |
+//! | `gevent._config` | [`config`], `EVERGREEN_*` variables | |
+//!
+//! Everything is single-threaded: handles are `!Send`, and each OS thread that uses evergreen
+//! gets its own hub.
+
+#![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod config;
+pub mod debug;
+mod error;
+mod event;
+mod greenlet;
+pub mod hub;
+mod local;
+mod lock;
+pub mod monitor;
+mod pool;
+mod queue;
+mod reactor;
+pub mod stack;
+mod timeout;
+pub mod timer;
+mod wait;
+pub mod waiter;
+
+pub use error::{Error, GreenletExit, LoopExit, Rejected};
+pub use event::{AsyncResult, Event};
+pub use greenlet::{
+    getcurrent, joinall, joinall_raise, joinall_timeout, killall, spawn, spawn_later, Builder,
+    Greenlet, GreenletRef,
+};
+pub use local::Local;
+pub use lock::{BoundedSemaphore, RLock, Semaphore, SemaphoreGuard};
+pub use pool::{Group, IMap, Pool};
+pub use queue::{BaseQueue, Channel, Fifo, Lifo, LifoQueue, Priority, PriorityQueue, Queue, Store};
+pub use timeout::{idle, sleep, with_timeout, Timeout, TimeoutExpired};
+pub use wait::{iwait, wait, IWait};
+pub use waiter::{LinkId, Waitable};

@@ -1,0 +1,82 @@
+//! Greenlet-local storage (gevent's `local.py`).
+//!
+//! Each greenlet (and the root context) has its own value per [`Local`]; the values of a
+//! greenlet are dropped when it finishes, on its own stack, before its joiners wake.
+//!
+//! Difference from gevent: gevent's `local` is an object with attributes; a `Local<T>` holds
+//! one typed value per greenlet, created on first access by the initialiser given to
+//! [`Local::new`].
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::hub::hub;
+
+static NEXT_KEY: AtomicUsize = AtomicUsize::new(1);
+
+/// A value per greenlet.
+///
+/// ```
+/// let counter = std::rc::Rc::new(evergreen::Local::new(|| 0u32));
+/// let c2 = counter.clone();
+/// counter.with(|v| *v += 5);
+/// let g = evergreen::spawn(move || c2.with(|v| { *v += 1; *v }));
+/// assert_eq!(g.get(), Ok(1)); // its own value
+/// assert_eq!(counter.with(|v| *v), 5);
+/// ```
+pub struct Local<T: 'static> {
+    key: usize,
+    init: Box<dyn Fn() -> T>,
+    _marker: PhantomData<*const T>,
+}
+
+impl<T: 'static> std::fmt::Debug for Local<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Local(key={})", self.key)
+    }
+}
+
+impl<T: 'static> Local<T> {
+    /// A local whose value is made by `init` the first time a greenlet uses it.
+    pub fn new(init: impl Fn() -> T + 'static) -> Local<T> {
+        Local {
+            key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
+            init: Box::new(init),
+            _marker: PhantomData,
+        }
+    }
+
+    /// Runs `f` with the current greenlet's value. (While `f` runs, the value is lent out: a
+    /// nested `with` on the same `Local` from inside `f` sees a fresh value.)
+    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        let cur = hub().current().clone();
+        let core = cur.core();
+        let mut slot = {
+            let mut map = core.locals.borrow_mut();
+            let map = map.get_or_insert_with(HashMap::new);
+            map.remove(&self.key)
+        };
+        let mut b: Box<dyn Any> = slot.take().unwrap_or_else(|| Box::new((self.init)()));
+        let r = f(b.downcast_mut::<T>().expect("a Local's key is unique to its type"));
+        core.locals
+            .borrow_mut()
+            .get_or_insert_with(HashMap::new)
+            .insert(self.key, b);
+        r
+    }
+
+    /// Replaces the current greenlet's value.
+    pub fn set(&self, v: T) {
+        self.with(|x| *x = v)
+    }
+
+    /// A clone of the current greenlet's value.
+    pub fn get(&self) -> T
+    where
+        T: Clone,
+    {
+        self.with(|x| x.clone())
+    }
+}

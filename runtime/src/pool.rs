@@ -1,0 +1,380 @@
+//! `Group` and `Pool` (gevent's `pool.py`).
+//!
+//! A [`Group`] tracks a set of greenlets: members leave it when they finish (through a raw
+//! link), so [`Group::join`] waits until it is empty. A [`Pool`] is a group with a
+//! [`Semaphore`] of `size` permits: [`Pool::spawn`] blocks (FIFO) while the pool is full,
+//! [`Pool::add`] can refuse with [`Error::PoolFull`] instead, and a member's permit is given
+//! back when it finishes.
+//!
+//! `map`, `imap` and `imap_unordered` run a function over an iterator of items with at most
+//! `size` at a time: a feeder greenlet spawns the tasks (blocking while the pool is full), and
+//! each task's result, or how it failed, reaches the consumer; `imap_unordered` yields in
+//! completion order, `imap` in input order. Dropping the iterator stops the feeder.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::ops::Deref;
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::greenlet::{spawn, Greenlet, GreenletRef};
+use crate::hub::hub;
+use crate::lock::Semaphore;
+use crate::queue::Queue;
+use crate::waiter::{LinkId, WaitList, Waitable};
+
+struct Inner {
+    members: RefCell<Vec<(GreenletRef, LinkId)>>,
+    empty: WaitList<()>,
+    sem: Option<Semaphore>,
+    size: Option<usize>,
+}
+
+/// A pool of at most `size` running greenlets (gevent's `Pool`).
+///
+/// ```
+/// let pool = evergreen::Pool::new(2);
+/// let squares = pool.map(|x: u64| x * x, 1..=5).unwrap();
+/// assert_eq!(squares, vec![1, 4, 9, 16, 25]);
+/// ```
+#[derive(Clone)]
+pub struct Pool {
+    inner: Rc<Inner>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pool(len={}, size={:?})", self.len(), self.inner.size)
+    }
+}
+
+impl Pool {
+    /// A pool that runs at most `size` greenlets at a time.
+    ///
+    /// # Panics
+    ///
+    /// If `size` is 0.
+    pub fn new(size: usize) -> Pool {
+        assert!(size > 0, "a Pool needs a size of at least 1");
+        Pool::make(Some(size))
+    }
+
+    fn make(size: Option<usize>) -> Pool {
+        Pool {
+            inner: Rc::new(Inner {
+                members: RefCell::new(Vec::new()),
+                empty: WaitList::new(),
+                sem: size.map(Semaphore::new),
+                size,
+            }),
+        }
+    }
+
+    /// The bound (`None` for a [`Group`]).
+    pub fn size(&self) -> Option<usize> {
+        self.inner.size
+    }
+
+    /// Number of members (running or scheduled greenlets).
+    pub fn len(&self) -> usize {
+        self.inner.members.borrow().len()
+    }
+
+    /// Whether it has no member.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the greenlet is a member.
+    pub fn contains(&self, g: &GreenletRef) -> bool {
+        self.inner.members.borrow().iter().any(|(m, _)| m == g)
+    }
+
+    /// Handles to the members.
+    pub fn greenlets(&self) -> Vec<GreenletRef> {
+        self.inner.members.borrow().iter().map(|(g, _)| g.clone()).collect()
+    }
+
+    /// Free slots (`usize::MAX` for a group).
+    pub fn free_count(&self) -> usize {
+        match &self.inner.sem {
+            Some(s) => s.count(),
+            None => usize::MAX,
+        }
+    }
+
+    /// Whether `spawn` would block.
+    pub fn full(&self) -> bool {
+        self.free_count() == 0
+    }
+
+    /// Blocks until a slot is free or `timeout` passed; returns the free count (gevent's
+    /// `wait_available`).
+    pub fn wait_available(&self, timeout: Option<Duration>) -> usize {
+        match &self.inner.sem {
+            Some(s) => s.wait_timeout(timeout),
+            None => usize::MAX,
+        }
+    }
+
+    /// Spawns `f` in the pool, first blocking (FIFO) while the pool is full.
+    pub fn spawn<T: 'static>(&self, f: impl FnOnce() -> T + 'static) -> Greenlet<T> {
+        if let Some(s) = &self.inner.sem {
+            s.acquire();
+        }
+        let g = spawn(f);
+        self.track(&g.handle());
+        g
+    }
+
+    /// Adds a greenlet (started or not) to the pool. When the pool is full, blocks if
+    /// `blocking`, else fails with [`Error::PoolFull`] (gevent's `add(greenlet, blocking)`).
+    pub fn add<T: 'static>(&self, g: &Greenlet<T>, blocking: bool) -> Result<(), Error> {
+        let h = g.handle();
+        if self.contains(&h) {
+            return Ok(());
+        }
+        if let Some(s) = &self.inner.sem {
+            if blocking {
+                s.acquire();
+            } else if !s.acquire_nowait() {
+                return Err(Error::PoolFull);
+            }
+        }
+        self.track(&h);
+        Ok(())
+    }
+
+    fn track(&self, h: &GreenletRef) {
+        let inner = Rc::downgrade(&self.inner);
+        let id = h.id();
+        let link = Waitable::rawlink(
+            h,
+            Box::new(move || {
+                if let Some(inner) = inner.upgrade() {
+                    Pool { inner }.discard_id(id);
+                }
+            }),
+        );
+        self.inner.members.borrow_mut().push((h.clone(), link));
+    }
+
+    fn discard_id(&self, id: u64) {
+        let removed = {
+            let mut m = self.inner.members.borrow_mut();
+            m.iter().position(|(g, _)| g.id() == id).map(|p| m.remove(p))
+        };
+        if let Some((g, link)) = removed {
+            Waitable::unlink(&g, link);
+            if let Some(s) = &self.inner.sem {
+                s.release();
+            }
+            if self.is_empty() {
+                self.inner.empty.wake_all_unit();
+            }
+        }
+    }
+
+    /// Removes a greenlet from the pool without killing it, freeing its slot.
+    pub fn discard(&self, g: &GreenletRef) {
+        self.discard_id(g.id())
+    }
+
+    /// Blocks until every member has finished.
+    pub fn join(&self) {
+        if !self.is_empty() {
+            let _ = self.inner.empty.wait(None, None, "Pool::join");
+        }
+    }
+
+    /// Like [`join`](Self::join) with a timeout; `false` if members were still running.
+    pub fn join_timeout(&self, timeout: Duration) -> bool {
+        if self.is_empty() {
+            return true;
+        }
+        let hub = hub();
+        self.inner
+            .empty
+            .wait(None, Some(hub.now() + timeout), "Pool::join")
+            .is_ok()
+    }
+
+    /// Kills every member and waits until they have finished.
+    pub fn kill(&self) {
+        for g in self.greenlets() {
+            g.kill_nowait();
+        }
+        self.join();
+    }
+
+    /// Runs `f` in the pool and waits for its result (gevent's `apply`).
+    pub fn apply<R: 'static>(&self, f: impl FnOnce() -> R + 'static) -> Result<R, Error> {
+        self.spawn(f).into_result()
+    }
+
+    /// Runs `f` over `items` with the pool's concurrency and returns the results in input
+    /// order; the first failure (in input order) is returned instead (gevent's `map`).
+    pub fn map<I, F, R>(&self, f: F, items: I) -> Result<Vec<R>, Error>
+    where
+        I: IntoIterator + 'static,
+        I::Item: 'static,
+        F: Fn(I::Item) -> R + 'static,
+        R: 'static,
+    {
+        self.imap(f, items).collect()
+    }
+
+    /// Like [`map`](Self::map), lazily: yields each result in input order as soon as it and
+    /// all earlier ones are done (gevent's `imap`).
+    pub fn imap<I, F, R>(&self, f: F, items: I) -> IMap<R>
+    where
+        I: IntoIterator + 'static,
+        I::Item: 'static,
+        F: Fn(I::Item) -> R + 'static,
+        R: 'static,
+    {
+        self.imap_inner(f, items, true)
+    }
+
+    /// Yields results in completion order (gevent's `imap_unordered`).
+    pub fn imap_unordered<I, F, R>(&self, f: F, items: I) -> IMap<R>
+    where
+        I: IntoIterator + 'static,
+        I::Item: 'static,
+        F: Fn(I::Item) -> R + 'static,
+        R: 'static,
+    {
+        self.imap_inner(f, items, false)
+    }
+
+    fn imap_inner<I, F, R>(&self, f: F, items: I, ordered: bool) -> IMap<R>
+    where
+        I: IntoIterator + 'static,
+        I::Item: 'static,
+        F: Fn(I::Item) -> R + 'static,
+        R: 'static,
+    {
+        let results: Rc<Queue<Msg<R>>> = Rc::new(Queue::new());
+        let pool = self.clone();
+        let f = Rc::new(f);
+        let q = results.clone();
+        let feeder = crate::greenlet::Builder::new()
+            .name("imap feeder")
+            .spawn(move || {
+                let mut n = 0usize;
+                for item in items {
+                    let f = f.clone();
+                    let g = pool.spawn(move || f(item));
+                    let g2 = g.clone();
+                    let q = q.clone();
+                    let idx = n;
+                    g.rawlink(move || {
+                        let _ = q.put_nowait(Msg::Item(idx, g2.into_result()));
+                    });
+                    n += 1;
+                }
+                let _ = q.put_nowait(Msg::Done(n));
+            });
+        IMap {
+            results,
+            feeder,
+            ordered,
+            total: Cell::new(None),
+            yielded: 0,
+            next_index: 0,
+            buffer: BTreeMap::new(),
+        }
+    }
+}
+
+enum Msg<R> {
+    Item(usize, Result<R, Error>),
+    Done(usize),
+}
+
+/// The iterator of [`Pool::imap`] and [`Pool::imap_unordered`].
+pub struct IMap<R: 'static> {
+    results: Rc<Queue<Msg<R>>>,
+    feeder: Greenlet<()>,
+    ordered: bool,
+    total: Cell<Option<usize>>,
+    yielded: usize,
+    next_index: usize,
+    buffer: BTreeMap<usize, Result<R, Error>>,
+}
+
+impl<R> std::fmt::Debug for IMap<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IMap(yielded={}, ordered={})", self.yielded, self.ordered)
+    }
+}
+
+impl<R: 'static> Iterator for IMap<R> {
+    type Item = Result<R, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.total.get() == Some(self.yielded) {
+                return None;
+            }
+            if self.ordered {
+                if let Some(r) = self.buffer.remove(&self.next_index) {
+                    self.next_index += 1;
+                    self.yielded += 1;
+                    return Some(r);
+                }
+            }
+            match self.results.get() {
+                Ok(Msg::Done(n)) => self.total.set(Some(n)),
+                Ok(Msg::Item(i, r)) => {
+                    if self.ordered {
+                        self.buffer.insert(i, r);
+                    } else {
+                        self.yielded += 1;
+                        return Some(r);
+                    }
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+impl<R: 'static> Drop for IMap<R> {
+    fn drop(&mut self) {
+        self.feeder.kill_nowait();
+    }
+}
+
+/// A set of greenlets that can be joined or killed together (gevent's `Group`): a [`Pool`]
+/// without a bound.
+///
+/// ```
+/// let group = evergreen::Group::new();
+/// for i in 0..3 { group.spawn(move || i); }
+/// group.join();
+/// assert!(group.is_empty());
+/// ```
+#[derive(Clone, Debug)]
+pub struct Group(Pool);
+
+impl Default for Group {
+    fn default() -> Self {
+        Group::new()
+    }
+}
+
+impl Group {
+    /// An empty group.
+    pub fn new() -> Group {
+        Group(Pool::make(None))
+    }
+}
+
+impl Deref for Group {
+    type Target = Pool;
+    fn deref(&self) -> &Pool {
+        &self.0
+    }
+}

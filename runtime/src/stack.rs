@@ -1,0 +1,664 @@
+//! Greenlet stacks: slab allocation, guard pages, a recycling pool, and loud overflow reports.
+//!
+//! gevent's greenlets copy slices of the C stack in and out of the heap; evergreen gives every
+//! greenlet its own fixed-size stack instead (what corosensei switches between), so the two
+//! costs that matter are *making* a stack and *guarding* it.
+//!
+//! # Layout
+//!
+//! Stacks of the default size are carved out of slabs: one anonymous `mmap` holds
+//! [`SLAB_STACKS`] stacks, each preceded (at the lower address, where the stack grows to) by
+//! one guard page:
+//!
+//! ```text
+//!   low addresses                                                         high addresses
+//!   | guard | usable stack 0 ...... top0 | guard | usable stack 1 ...... top1 | ...
+//!     ^ overflow of stack 0 faults here     ^ overflow of stack 1 faults here
+//! ```
+//!
+//! Pages are committed lazily by the kernel, so a parked greenlet that used less than a page
+//! of stack costs one page of RAM, whatever the configured size.
+//!
+//! # Guard pages and `vm.max_map_count`
+//!
+//! * On Linux ≥ 6.13, `madvise(MADV_GUARD_INSTALL)` turns a page into a guard *inside* the
+//!   slab's one mapping: 100,000 guarded stacks cost ~1,600 mappings.
+//! * Elsewhere, `mprotect(PROT_NONE)` splits the mapping at every guard: two mappings per
+//!   stack, so Linux's default `vm.max_map_count` of 65530 caps guarded stacks at ~32,000.
+//!   When `mprotect` fails for that reason, [`GuardMode::Auto`] falls back to a dense slab
+//!   without guard pages and logs one warning saying so (raise the limit with
+//!   `sysctl -w vm.max_map_count=262144` to keep guards). Unguarded stacks carry a canary word
+//!   at their bottom that is checked whenever the greenlet switches out; a clobbered canary
+//!   aborts the process with the greenlet's name.
+//!
+//! # Overflow reports
+//!
+//! A stack overflow into a guard page is a `SIGSEGV`. The handler installed by
+//! [`install_overflow_handler`] runs on the thread's alternate signal stack, checks whether the
+//! faulting address is the guard page of the greenlet that is running, and if so writes
+//!
+//! ```text
+//! evergreen: greenlet #12 'fetcher' overflowed its 262144-byte stack;
+//! raise EVERGREEN_STACK_SIZE or use Builder::stack_size
+//! ```
+//!
+//! and aborts. Any other fault is passed on to the handler that was installed before (Rust's
+//! own, which reports overflows of thread stacks), so nothing is ever a silent `SIGSEGV`.
+
+use std::cell::Cell;
+use std::io;
+use std::ptr;
+use std::sync::Once;
+
+use corosensei::stack::{Stack, StackPointer};
+
+use crate::config::GuardMode;
+
+/// Stacks per slab mapping.
+pub const SLAB_STACKS: usize = 64;
+
+/// `MADV_GUARD_INSTALL` (Linux 6.13, `include/uapi/asm-generic/mman-common.h`).
+const MADV_GUARD_INSTALL: libc::c_int = 102;
+
+/// The canary written at the bottom of unguarded stacks.
+pub(crate) const CANARY: u64 = 0x6576_6572_6772_6e21; // "evergrn!"
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as usize
+    } else {
+        4096
+    }
+}
+
+fn round_up(n: usize, to: usize) -> usize {
+    n.div_ceil(to) * to
+}
+
+/// One greenlet stack. Owned by exactly one coroutine at a time, or by the pool.
+#[derive(Debug)]
+pub struct GreenStack {
+    /// Highest address (exclusive): where the stack starts.
+    top: usize,
+    /// Lowest usable address.
+    bottom: usize,
+    /// Bytes of guard below `bottom` (0 for unguarded stacks).
+    guard: usize,
+    /// `Some((addr, len))` for a stack with its own mapping, unmapped on drop; `None` for a
+    /// stack inside a slab, which lives as long as the slab.
+    own_mapping: Option<(usize, usize)>,
+}
+
+impl GreenStack {
+    /// Usable bytes.
+    pub fn size(&self) -> usize {
+        self.top - self.bottom
+    }
+
+    /// The range `[lo, hi)` whose access means an overflow: the guard page, or for an
+    /// unguarded stack its lowest page (where the canary is).
+    pub fn overflow_range(&self) -> (usize, usize) {
+        if self.guard > 0 {
+            (self.bottom - self.guard, self.bottom)
+        } else {
+            (self.bottom, self.bottom + page_size())
+        }
+    }
+
+    /// Whether the stack has a guard page (otherwise it has a canary).
+    pub fn guarded(&self) -> bool {
+        self.guard > 0
+    }
+
+    /// Checks the canary of an unguarded stack; `true` if intact (always for guarded stacks).
+    pub fn canary_intact(&self) -> bool {
+        if self.guarded() {
+            return true;
+        }
+        // SAFETY: `bottom` is the start of this stack's mapped, readable memory, 8-aligned.
+        unsafe { ptr::read_volatile(self.bottom as *const u64) == CANARY }
+    }
+
+    fn write_canary(&self) {
+        if !self.guarded() {
+            // SAFETY: as in `canary_intact`; the stack is not in use by any coroutine now.
+            unsafe { ptr::write_volatile(self.bottom as *mut u64, CANARY) }
+        }
+    }
+
+    /// Returns the stack's pages to the kernel (the range stays reserved, guards stay).
+    fn release_memory(&self) {
+        // SAFETY: the range is this stack's own usable memory and no coroutine uses it.
+        unsafe {
+            libc::madvise(
+                self.bottom as *mut libc::c_void,
+                self.size(),
+                libc::MADV_DONTNEED,
+            );
+        }
+        self.write_canary();
+    }
+}
+
+impl Drop for GreenStack {
+    fn drop(&mut self) {
+        if let Some((addr, len)) = self.own_mapping {
+            // SAFETY: this mapping was created for this stack alone by `map_single`.
+            unsafe {
+                libc::munmap(addr as *mut libc::c_void, len);
+            }
+        }
+    }
+}
+
+// SAFETY: `top` and `bottom - guard` are page-aligned (so aligned to STACK_ALIGNMENT); the
+// usable range is at least MIN_STACK_SIZE (sizes are >= 16 KiB); every stack either has a
+// guard page below it or, in the documented `GuardMode::None` fallback, a canary that is
+// checked on every switch-out (the one case where the trait's guard requirement is relaxed,
+// chosen knowingly, logged, and documented in the module docs).
+unsafe impl Stack for GreenStack {
+    fn base(&self) -> StackPointer {
+        StackPointer::new(self.top).expect("stack top is never null")
+    }
+
+    fn limit(&self) -> StackPointer {
+        StackPointer::new(self.bottom - self.guard).expect("stack limit is never null")
+    }
+}
+
+/// The per-hub stack allocator and pool.
+pub struct StackPool {
+    page: usize,
+    /// Usable size of default stacks.
+    default_size: usize,
+    mode: GuardMode,
+    /// The mode that was actually used after probing (never `Auto`).
+    effective: Option<GuardMode>,
+    /// Free default-size stacks, most recently freed last.
+    free: Vec<GreenStack>,
+    /// How many free stacks keep their memory; beyond that, freed stacks are `MADV_DONTNEED`ed.
+    keep_warm: usize,
+    /// Every slab mapping `(addr, len)`.
+    slabs: Vec<(usize, usize)>,
+    /// Default-size stacks handed out and not yet returned.
+    outstanding: usize,
+}
+
+impl StackPool {
+    /// A pool for stacks of `default_size` usable bytes.
+    pub fn new(default_size: usize, keep_warm: usize, mode: GuardMode) -> StackPool {
+        let page = page_size();
+        StackPool {
+            page,
+            default_size: round_up(default_size.max(16 * 1024), page),
+            mode,
+            effective: None,
+            free: Vec::new(),
+            keep_warm,
+            slabs: Vec::new(),
+            outstanding: 0,
+        }
+    }
+
+    /// The default usable stack size.
+    pub fn default_size(&self) -> usize {
+        self.default_size
+    }
+
+    /// The guard mode in effect (after probing and any fallback), if a stack was made yet.
+    pub fn effective_mode(&self) -> Option<GuardMode> {
+        self.effective
+    }
+
+    /// Number of free stacks in the pool.
+    pub fn free_len(&self) -> usize {
+        self.free.len()
+    }
+
+    /// A stack of `size` usable bytes (`None`: the default size).
+    pub fn get(&mut self, size: Option<usize>) -> io::Result<GreenStack> {
+        match size {
+            Some(s) if round_up(s.max(16 * 1024), self.page) != self.default_size => {
+                self.map_single(round_up(s.max(16 * 1024), self.page))
+            }
+            _ => {
+                if self.free.is_empty() {
+                    self.map_slab()?;
+                }
+                self.outstanding += 1;
+                Ok(self.free.pop().expect("slab refilled the pool"))
+            }
+        }
+    }
+
+    /// Returns a stack whose coroutine has finished.
+    pub fn put(&mut self, stack: GreenStack) {
+        if stack.own_mapping.is_some() {
+            drop(stack);
+            return;
+        }
+        self.outstanding -= 1;
+        if self.free.len() >= self.keep_warm {
+            stack.release_memory();
+            self.free.insert(0, stack);
+        } else {
+            self.free.push(stack);
+        }
+    }
+
+    fn guard_mode(&mut self) -> GuardMode {
+        if let Some(m) = self.effective {
+            return m;
+        }
+        let m = match self.mode {
+            GuardMode::Auto => {
+                if madvise_guard_supported(self.page) {
+                    GuardMode::Madvise
+                } else {
+                    GuardMode::Mprotect
+                }
+            }
+            GuardMode::Madvise if !madvise_guard_supported(self.page) => {
+                log::warn!(
+                    "evergreen: EVERGREEN_GUARD=madvise but this kernel has no MADV_GUARD_INSTALL \
+                     (Linux >= 6.13); using mprotect guard pages instead"
+                );
+                GuardMode::Mprotect
+            }
+            m => m,
+        };
+        self.effective = Some(m);
+        m
+    }
+
+    fn map_slab(&mut self) -> io::Result<()> {
+        let mode = self.guard_mode();
+        let guard = if mode == GuardMode::None { 0 } else { self.page };
+        let stride = guard + self.default_size;
+        let len = stride * SLAB_STACKS;
+        let base = mmap_anon(len)?;
+        let mut made = Vec::with_capacity(SLAB_STACKS);
+        for i in 0..SLAB_STACKS {
+            let lo = base + i * stride;
+            made.push(GreenStack {
+                top: lo + stride,
+                bottom: lo + guard,
+                guard,
+                own_mapping: None,
+            });
+        }
+        if mode != GuardMode::None {
+            for (i, s) in made.iter().enumerate() {
+                if let Err(e) = install_guard(mode, s.bottom - guard, guard) {
+                    if mode == GuardMode::Mprotect
+                        && self.mode == GuardMode::Auto
+                        && e.raw_os_error() == Some(libc::ENOMEM)
+                    {
+                        log::warn!(
+                            "evergreen: mprotect guard pages hit vm.max_map_count ({}): \
+                             switching to unguarded stacks with canaries for the rest of this \
+                             hub's life. Raise the limit (sysctl -w vm.max_map_count=262144) or \
+                             use Linux >= 6.13 to keep guard pages.",
+                            max_map_count()
+                        );
+                        self.effective = Some(GuardMode::None);
+                        // The stacks already guarded keep their guards; the others get canaries.
+                        for s in &mut made[i..] {
+                            s.bottom -= guard;
+                            s.guard = 0;
+                        }
+                        break;
+                    }
+                    // SAFETY: unmapping the slab we just mapped; no stack of it was handed out.
+                    unsafe { libc::munmap(base as *mut libc::c_void, len) };
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!(
+                            "evergreen: cannot install a stack guard page ({e}); with mprotect \
+                             guards every live greenlet costs two memory mappings and \
+                             vm.max_map_count is {}. Raise it (sysctl -w vm.max_map_count=262144), \
+                             or set EVERGREEN_GUARD=none",
+                            max_map_count()
+                        ),
+                    ));
+                }
+            }
+        }
+        for s in &made {
+            s.write_canary();
+        }
+        self.slabs.push((base, len));
+        // Pop order: lowest address first.
+        made.reverse();
+        self.free.extend(made);
+        Ok(())
+    }
+
+    fn map_single(&mut self, size: usize) -> io::Result<GreenStack> {
+        let mode = self.guard_mode();
+        let guard = if mode == GuardMode::None { 0 } else { self.page };
+        let len = guard + size;
+        let base = mmap_anon(len)?;
+        if guard > 0 {
+            // A single mapping: mprotect splits it into two, which is unavoidable here.
+            let m = if mode == GuardMode::Madvise {
+                GuardMode::Madvise
+            } else {
+                GuardMode::Mprotect
+            };
+            if let Err(e) = install_guard(m, base, guard) {
+                // SAFETY: unmapping the mapping we just made.
+                unsafe { libc::munmap(base as *mut libc::c_void, len) };
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("evergreen: cannot install a stack guard page: {e}"),
+                ));
+            }
+        }
+        let s = GreenStack {
+            top: base + len,
+            bottom: base + guard,
+            guard,
+            own_mapping: Some((base, len)),
+        };
+        s.write_canary();
+        Ok(s)
+    }
+}
+
+impl Drop for StackPool {
+    fn drop(&mut self) {
+        if self.outstanding != 0 {
+            // Some coroutine still owns a stack of a slab (it was leaked); keep the memory.
+            return;
+        }
+        self.free.clear();
+        for &(addr, len) in &self.slabs {
+            // SAFETY: every stack of these slabs is back in the pool (outstanding == 0) and the
+            // pool was just cleared, so nothing refers to this memory any more.
+            unsafe {
+                libc::munmap(addr as *mut libc::c_void, len);
+            }
+        }
+    }
+}
+
+fn mmap_anon(len: usize) -> io::Result<usize> {
+    // SAFETY: an anonymous private mapping at an address of the kernel's choosing; no existing
+    // memory is affected.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("evergreen: cannot map {len} bytes of greenlet stacks: {e}"),
+        ));
+    }
+    Ok(p as usize)
+}
+
+fn install_guard(mode: GuardMode, addr: usize, len: usize) -> io::Result<()> {
+    let r = match mode {
+        // SAFETY: `addr..addr+len` is a page of a mapping we own that holds no live data.
+        GuardMode::Madvise => unsafe {
+            libc::madvise(addr as *mut libc::c_void, len, MADV_GUARD_INSTALL)
+        },
+        // SAFETY: as above.
+        _ => unsafe { libc::mprotect(addr as *mut libc::c_void, len, libc::PROT_NONE) },
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Probes `MADV_GUARD_INSTALL` once per process.
+fn madvise_guard_supported(page: usize) -> bool {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    static STATE: AtomicU8 = AtomicU8::new(0); // 0 unknown, 1 yes, 2 no
+    match STATE.load(Ordering::Relaxed) {
+        1 => return true,
+        2 => return false,
+        _ => {}
+    }
+    let ok = match mmap_anon(2 * page) {
+        Ok(p) => {
+            // SAFETY: probing on a fresh private mapping that nothing else uses.
+            let r = unsafe { libc::madvise(p as *mut libc::c_void, page, MADV_GUARD_INSTALL) };
+            // SAFETY: unmapping the probe mapping.
+            unsafe { libc::munmap(p as *mut libc::c_void, 2 * page) };
+            r == 0
+        }
+        Err(_) => false,
+    };
+    STATE.store(if ok { 1 } else { 2 }, Ordering::Relaxed);
+    ok
+}
+
+/// The current `vm.max_map_count`, for messages.
+pub fn max_map_count() -> String {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Overflow reporting
+// ---------------------------------------------------------------------------------------------
+
+/// What the signal handler needs to know about the running greenlet. Written by the hub on
+/// every switch into a greenlet (a few stores), read only by the signal handler of the same
+/// thread.
+#[derive(Clone, Copy)]
+pub(crate) struct OverflowInfo {
+    pub lo: usize,
+    pub hi: usize,
+    pub id: u64,
+    pub size: usize,
+    /// Pointer and length of the greenlet's name (immutable for its whole life), or null.
+    pub name: *const u8,
+    pub name_len: usize,
+    /// The stack has no guard page; its canary sits at `lo`.
+    pub unguarded: bool,
+}
+
+impl OverflowInfo {
+    pub(crate) const NONE: OverflowInfo = OverflowInfo {
+        lo: 0,
+        hi: 0,
+        id: 0,
+        size: 0,
+        name: ptr::null(),
+        name_len: 0,
+        unguarded: false,
+    };
+}
+
+thread_local! {
+    pub(crate) static RUNNING: Cell<OverflowInfo> = const { Cell::new(OverflowInfo::NONE) };
+}
+
+static mut PREVIOUS: Option<libc::sigaction> = None;
+static mut PREVIOUS_BUS: Option<libc::sigaction> = None;
+static INSTALL: Once = Once::new();
+
+/// Installs (once per process) the `SIGSEGV`/`SIGBUS` handler that reports greenlet stack
+/// overflows, and makes sure the calling thread has an alternate signal stack.
+pub fn install_overflow_handler() {
+    INSTALL.call_once(|| {
+        // SAFETY: installing a handler with a zeroed-then-filled sigaction; the previous action
+        // is saved before any signal can reach our handler, inside `Once`.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = overflow_handler as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+            libc::sigemptyset(&mut sa.sa_mask);
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(libc::SIGSEGV, &sa, &mut old) == 0 {
+                PREVIOUS = Some(old);
+            }
+            let mut old_bus: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(libc::SIGBUS, &sa, &mut old_bus) == 0 {
+                PREVIOUS_BUS = Some(old_bus);
+            }
+        }
+    });
+    ensure_altstack();
+}
+
+/// Gives the thread an alternate signal stack if it has none (Rust's runtime gives one to the
+/// threads it starts; foreign threads may have none). Without one, a stack overflow could not
+/// run the handler at all.
+fn ensure_altstack() {
+    thread_local! { static DONE: Cell<bool> = const { Cell::new(false) }; }
+    if DONE.with(|d| d.replace(true)) {
+        return;
+    }
+    // SAFETY: querying and, if disabled, installing a leaked, never-freed alternate stack.
+    unsafe {
+        let mut cur: libc::stack_t = std::mem::zeroed();
+        if libc::sigaltstack(ptr::null(), &mut cur) != 0 {
+            return;
+        }
+        if cur.ss_flags & libc::SS_DISABLE == 0 {
+            return;
+        }
+        let size = 64 * 1024;
+        let Ok(mem) = mmap_anon(size) else { return };
+        let st = libc::stack_t {
+            ss_sp: mem as *mut libc::c_void,
+            ss_flags: 0,
+            ss_size: size,
+        };
+        libc::sigaltstack(&st, ptr::null_mut());
+    }
+}
+
+/// Writes bytes to stderr without allocating (async-signal-safe).
+fn raw_write(b: &[u8]) {
+    // SAFETY: writing from a valid slice to fd 2.
+    unsafe {
+        libc::write(2, b.as_ptr() as *const libc::c_void, b.len());
+    }
+}
+
+fn raw_write_num(mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    raw_write(&buf[i..]);
+}
+
+extern "C" fn overflow_handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    let running = RUNNING.try_with(|r| r.get()).unwrap_or(OverflowInfo::NONE);
+    if running.hi != 0 && addr >= running.lo && addr < running.hi {
+        raw_write(b"\nevergreen: greenlet #");
+        raw_write_num(running.id);
+        if !running.name.is_null() {
+            raw_write(b" '");
+            // SAFETY: the name is an immutable string owned by the running greenlet, which is
+            // alive while it runs.
+            raw_write(unsafe { std::slice::from_raw_parts(running.name, running.name_len) });
+            raw_write(b"'");
+        }
+        raw_write(b" overflowed its ");
+        raw_write_num(running.size as u64);
+        raw_write(
+            b"-byte stack; raise EVERGREEN_STACK_SIZE or use Builder::stack_size for this greenlet\n",
+        );
+        // SAFETY: abort is async-signal-safe.
+        unsafe { libc::abort() };
+    }
+    // Not ours: hand over to whoever handled it before us.
+    // SAFETY: PREVIOUS* were written once inside `Once` before this handler was installed.
+    let prev = unsafe {
+        if sig == libc::SIGBUS {
+            *ptr::addr_of!(PREVIOUS_BUS)
+        } else {
+            *ptr::addr_of!(PREVIOUS)
+        }
+    };
+    match prev {
+        Some(p) if p.sa_sigaction != libc::SIG_DFL && p.sa_sigaction != libc::SIG_IGN => {
+            if p.sa_flags & libc::SA_SIGINFO != 0 {
+                // SAFETY: the previous handler was installed with SA_SIGINFO, so it has this
+                // signature.
+                let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                    unsafe { std::mem::transmute(p.sa_sigaction) };
+                f(sig, info, ctx);
+            } else {
+                // SAFETY: a plain handler installed without SA_SIGINFO.
+                let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(p.sa_sigaction) };
+                f(sig);
+            }
+        }
+        _ => {
+            // Restore the default action; returning re-executes the faulting instruction,
+            // which now kills the process with the signal (and a core dump where enabled).
+            // SAFETY: resetting a signal disposition to its default.
+            unsafe {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(sig, &sa, ptr::null_mut());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slab_stacks_are_distinct_aligned_and_recycled() {
+        let mut pool = StackPool::new(64 * 1024, 4, GuardMode::Auto);
+        let a = pool.get(None).unwrap();
+        let b = pool.get(None).unwrap();
+        assert_ne!(a.top, b.top);
+        assert_eq!(a.top % 4096, 0);
+        assert_eq!(a.size(), 64 * 1024);
+        assert!(a.guarded());
+        let top = b.top;
+        pool.put(b);
+        let c = pool.get(None).unwrap();
+        assert_eq!(c.top, top, "the most recently freed stack is reused first");
+        pool.put(a);
+        pool.put(c);
+        let odd = pool.get(Some(100 * 1024)).unwrap();
+        assert_eq!(odd.size(), 100 * 1024);
+        assert!(odd.own_mapping.is_some());
+    }
+
+    #[test]
+    fn unguarded_stacks_have_canaries() {
+        let mut pool = StackPool::new(16 * 1024, 4, GuardMode::None);
+        let s = pool.get(None).unwrap();
+        assert!(!s.guarded());
+        assert!(s.canary_intact());
+        // SAFETY: writing into the stack's own memory, which no coroutine uses.
+        unsafe { ptr::write_volatile(s.bottom as *mut u64, 0) };
+        assert!(!s.canary_intact());
+        pool.put(s);
+    }
+}

@@ -1,0 +1,283 @@
+//! The one park/unpark primitive every blocking object is built on (gevent's `_waiter.py` and
+//! `_abstract_linkable.py`).
+//!
+//! # Mechanism
+//!
+//! A [`WaitList`] is a FIFO of waiters. A waiter lives *on the waiting greenlet's stack* for
+//! the duration of the wait, and the list holds a pointer to it, so waiting allocates nothing.
+//! A waiter carries one value slot:
+//!
+//! * a *getter* waits with an empty slot; whoever completes the wait puts a value in it
+//!   (**direct hand-off**), unlinks it and unparks its greenlet;
+//! * a *putter* waits with its item in the slot; whoever completes the wait takes the item
+//!   out, unlinks it and unparks its greenlet.
+//!
+//! Completing a wait is therefore a single step done by the waker, and a waiter that has been
+//! completed can no longer time out or be skipped: **a wait that was completed always wins**
+//! over a timeout or interrupt that arrives before the greenlet runs again. This is how "a
+//! getter whose timeout fired does not swallow an item" and "each `put` completes exactly one
+//! waiting `get`" hold by construction. (The interrupt is not lost: it stays pending and is
+//! delivered at the greenlet's next blocking point.)
+//!
+//! When a wait ends any other way (its deadline, a kill or a `Timeout` unwinding through it),
+//! a guard on the waiter's frame unlinks it, so a list never points to a dead frame.
+//!
+//! [`Links`] are the other half of gevent's `AbstractLinkable`: callbacks registered on an
+//! object (greenlet death, event set) that run *as hub callbacks*, in registration order.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::ptr::NonNull;
+use std::time::Instant;
+
+use crate::greenlet::GRef;
+use crate::hub::{hub, Wake};
+
+/// A waiter, pinned on the waiting frame.
+pub(crate) struct Waiter<T> {
+    greenlet: GRef,
+    slot: Cell<Option<T>>,
+    linked: Cell<bool>,
+}
+
+/// How a wait on a [`WaitList`] ended without completing.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum WaitFail<T> {
+    /// The deadline passed; the slot's content (a putter's item) is handed back.
+    Deadline(Option<T>),
+}
+
+/// A FIFO list of waiting greenlets. See the [module docs](self).
+pub(crate) struct WaitList<T> {
+    q: RefCell<VecDeque<NonNull<Waiter<T>>>>,
+}
+
+impl<T> Default for WaitList<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+struct Unlink<'a, T> {
+    list: &'a WaitList<T>,
+    w: &'a Waiter<T>,
+}
+
+impl<T> Drop for Unlink<'_, T> {
+    fn drop(&mut self) {
+        if self.w.linked.get() {
+            self.w.linked.set(false);
+            let p = NonNull::from(self.w);
+            let mut q = self.list.q.borrow_mut();
+            if let Some(i) = q.iter().position(|x| *x == p) {
+                q.remove(i);
+            }
+        }
+    }
+}
+
+impl<T> WaitList<T> {
+    /// An empty list.
+    pub(crate) const fn new() -> Self {
+        WaitList {
+            q: RefCell::new(VecDeque::new()),
+        }
+    }
+
+    /// Number of waiters.
+    pub(crate) fn len(&self) -> usize {
+        self.q.borrow().len()
+    }
+
+    /// Whether nobody waits.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.q.borrow().is_empty()
+    }
+
+    /// Waits at the back of the list until a waker completes the wait, `deadline` passes, or
+    /// an interrupt is delivered (by unwinding, after unlinking). `slot` is the initial slot
+    /// content (a putter's item); on completion the slot's final content is returned.
+    pub(crate) fn wait(
+        &self,
+        slot: Option<T>,
+        deadline: Option<Instant>,
+        what: &'static str,
+    ) -> Result<Option<T>, WaitFail<T>> {
+        let hub = hub();
+        let w = Waiter {
+            greenlet: hub.current().clone(),
+            slot: Cell::new(slot),
+            linked: Cell::new(true),
+        };
+        self.q.borrow_mut().push_back(NonNull::from(&w));
+        let guard = Unlink { list: self, w: &w };
+        loop {
+            let wake = hub.park(deadline, what);
+            if !w.linked.get() {
+                // Completed by a waker: that wins over a deadline or interrupt.
+                drop(guard);
+                return Ok(w.slot.take());
+            }
+            match wake {
+                Wake::Woken => {
+                    debug_assert!(
+                        false,
+                        "greenlet #{} was woken while still waiting on {what}: a wake-up for \
+                         the wrong reason (a bug in evergreen)",
+                        w.greenlet.core().id
+                    );
+                }
+                Wake::Deadline => {
+                    drop(guard);
+                    return Err(WaitFail::Deadline(w.slot.take()));
+                }
+                Wake::Interrupted => {
+                    // Unwinds (the guard unlinks the waiter). Returns only while the thread is
+                    // already unwinding, when the interrupt must stay pending: keep waiting.
+                    hub.deliver_interrupt();
+                }
+            }
+        }
+    }
+
+    fn pop(&self) -> Option<&Waiter<T>> {
+        let p = self.q.borrow_mut().pop_front()?;
+        // SAFETY: a waiter stays in the list only while its frame is alive: the frame's
+        // `Unlink` guard removes it on every exit path (return or unwind) unless a waker
+        // already removed it.
+        let w = unsafe { p.as_ref() };
+        w.linked.set(false);
+        Some(w)
+    }
+
+    /// Completes the first wait by handing it `v`; gives `v` back if nobody waits.
+    pub(crate) fn wake_one_with(&self, v: T) -> Result<(), T> {
+        match self.pop() {
+            Some(w) => {
+                w.slot.set(Some(v));
+                hub().unpark(&w.greenlet);
+                Ok(())
+            }
+            None => Err(v),
+        }
+    }
+
+    /// Completes the first wait by taking its slot's content (a putter's item).
+    pub(crate) fn take_one(&self) -> Option<T> {
+        let w = self.pop()?;
+        let v = w.slot.take();
+        hub().unpark(&w.greenlet);
+        v
+    }
+
+    /// Calls `f` on the first waiter's slot content without completing the wait.
+    pub(crate) fn with_front<R>(&self, f: impl FnOnce(Option<&T>) -> R) -> R {
+        let q = self.q.borrow();
+        match q.front() {
+            Some(p) => {
+                // SAFETY: see `pop`.
+                let w = unsafe { p.as_ref() };
+                let v = w.slot.take();
+                let r = f(v.as_ref());
+                w.slot.set(v);
+                r
+            }
+            None => f(None),
+        }
+    }
+
+    /// Completes every wait, in FIFO order, with values from `f`.
+    pub(crate) fn wake_all_with(&self, mut f: impl FnMut() -> T) -> usize {
+        let mut n = 0;
+        while let Some(w) = self.pop() {
+            w.slot.set(Some(f()));
+            hub().unpark(&w.greenlet);
+            n += 1;
+        }
+        n
+    }
+}
+
+impl<T> WaitList<T> {
+    /// Completes every wait without handing anything: getters get `None`, putters get their
+    /// item back (used by `shutdown`).
+    pub(crate) fn release_all(&self) -> usize {
+        let mut n = 0;
+        while let Some(w) = self.pop() {
+            hub().unpark(&w.greenlet);
+            n += 1;
+        }
+        n
+    }
+}
+
+impl WaitList<()> {
+    /// Completes every wait, in FIFO order.
+    pub(crate) fn wake_all_unit(&self) -> usize {
+        self.wake_all_with(|| ())
+    }
+}
+
+/// Identifies a link registered with `rawlink`, for `unlink`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LinkId(pub(crate) u64);
+
+/// Callbacks to run (as hub callbacks, in registration order) when an object becomes ready.
+pub(crate) struct Links {
+    next: Cell<u64>,
+    list: RefCell<Vec<(u64, Box<dyn FnOnce()>)>>,
+}
+
+impl Default for Links {
+    fn default() -> Self {
+        Links {
+            next: Cell::new(1),
+            list: RefCell::new(Vec::new()),
+        }
+    }
+}
+
+impl Links {
+    pub(crate) fn add(&self, f: Box<dyn FnOnce()>) -> LinkId {
+        let id = self.next.get();
+        self.next.set(id + 1);
+        self.list.borrow_mut().push((id, f));
+        LinkId(id)
+    }
+
+    pub(crate) fn remove(&self, id: LinkId) -> bool {
+        let mut l = self.list.borrow_mut();
+        match l.iter().position(|(i, _)| *i == id.0) {
+            Some(p) => {
+                drop(l.remove(p));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Schedules every link as a hub callback, in registration order, and forgets them.
+    pub(crate) fn fire_all(&self) {
+        let l = std::mem::take(&mut *self.list.borrow_mut());
+        if l.is_empty() {
+            return;
+        }
+        let hub = hub();
+        for (_, f) in l {
+            hub.schedule_callback(f);
+        }
+    }
+}
+
+/// Something a greenlet can wait for with [`wait`](crate::wait) and [`iwait`](crate::iwait):
+/// greenlets, [`Event`](crate::Event)s, [`AsyncResult`](crate::AsyncResult)s
+/// (gevent's objects with `rawlink`).
+pub trait Waitable {
+    /// Whether the object is ready now (the greenlet is dead, the event set, ...).
+    fn ready(&self) -> bool;
+    /// Registers `f` to run as a hub callback when the object becomes ready (once). If it is
+    /// ready already, `f` is scheduled at once. `f` must not block.
+    fn rawlink(&self, f: Box<dyn FnOnce()>) -> LinkId;
+    /// Removes a link that has not fired; `false` if it had fired or was unknown.
+    fn unlink(&self, id: LinkId) -> bool;
+}
