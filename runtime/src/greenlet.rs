@@ -53,6 +53,9 @@ use crate::waiter::{LinkId, Links, WaitFail, WaitList, Waitable};
 
 pub(crate) type Coro = Coroutine<(), (), (), GreenStack>;
 pub(crate) type GRef = Rc<dyn GreenletObj>;
+/// A pointer to a greenlet's core, for the hot paths (run queue, waiters). Valid while the
+/// greenlet is registered with the hub (see `Hub::resume_greenlet`).
+pub(crate) type CorePtr = std::ptr::NonNull<Core>;
 
 /// Run state of a greenlet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,6 +115,7 @@ pub(crate) struct Core {
     pub(crate) park_seq: Cell<u64>,
     pub(crate) live_slot: Cell<usize>,
     pub(crate) overflow_info: Cell<OverflowInfo>,
+    pub(crate) unguarded: bool,
     pub(crate) stack_size: usize,
     pub(crate) start_timer: Cell<Option<TimerId>>,
     pub(crate) joiners: WaitList<()>,
@@ -120,7 +124,13 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    fn new(id: u64, name: Option<Box<str>>, is_root: bool, stack_size: usize) -> Core {
+    fn new(
+        id: u64,
+        name: Option<Box<str>>,
+        is_root: bool,
+        stack_size: usize,
+        unguarded: bool,
+    ) -> Core {
         Core {
             id,
             name,
@@ -136,12 +146,18 @@ impl Core {
             park_seq: Cell::new(0),
             live_slot: Cell::new(usize::MAX),
             overflow_info: Cell::new(OverflowInfo::NONE),
+            unguarded,
             stack_size,
             start_timer: Cell::new(None),
             joiners: WaitList::new(),
             links: Links::default(),
             locals: RefCell::new(None),
         }
+    }
+
+    #[inline]
+    pub(crate) fn ptr(&self) -> CorePtr {
+        CorePtr::from(self)
     }
 
     /// Whether an interrupt is pending and can be delivered now (not while unwinding).
@@ -176,7 +192,7 @@ impl Core {
 
     pub(crate) fn check_canary(&self) {
         let info = self.overflow_info.get();
-        if info.unguarded {
+        {
             let intact =
                 // SAFETY: `lo` is the lowest usable word of this greenlet's (unguarded) stack.
                 unsafe { std::ptr::read_volatile(info.lo as *const u64) } == crate::stack::CANARY;
@@ -268,7 +284,7 @@ pub(crate) struct RootGreenlet {
 impl RootGreenlet {
     pub(crate) fn new() -> RootGreenlet {
         RootGreenlet {
-            core: Core::new(0, Some("root".into()), true, 0),
+            core: Core::new(0, Some("root".into()), true, 0, false),
         }
     }
 }
@@ -368,7 +384,7 @@ pub(crate) fn install_panic_hook() {
                 return;
             }
             let in_greenlet = crate::stack::RUNNING
-                .try_with(|r| r.get().hi != 0)
+                .try_with(|r| !r.get().is_null())
                 .unwrap_or(false);
             if in_greenlet {
                 let loc = info.location().map(|l| l.to_string());
@@ -487,6 +503,7 @@ impl Builder {
                 self.name.map(String::into_boxed_str),
                 false,
                 size,
+                !guarded,
             ),
             result: RefCell::new(None),
             payload: RefCell::new(None),
@@ -502,7 +519,6 @@ impl Builder {
             size,
             name: name_ptr,
             name_len,
-            unguarded: !guarded,
         });
         let weak: Weak<Inner<T>> = Rc::downgrade(&inner);
         let co = Coro::with_stack(stack, move |y: &Yielder<(), ()>, ()| {
@@ -562,7 +578,7 @@ impl<T: 'static> Greenlet<T> {
         let hub = hub();
         let g = self.gref();
         hub.register_live(&g);
-        hub.unpark(&g);
+        hub.unpark(core);
     }
 
     /// Schedules the greenlet to start after `delay` (gevent's `start_later`).
@@ -792,18 +808,21 @@ pub(crate) fn kill_dyn(g: &GRef) {
                 resume_unwind(Box::new(GreenletExit));
             }
         }
-        _ if !core.started.get() => {
+        st if !core.started.get() => {
             let hub = hub();
             if let Some(t) = core.start_timer.take() {
                 hub.cancel_timer(t);
             }
             core.release_unstarted();
             g.complete_killed();
-            hub.unregister_live(core);
+            // A queued greenlet stays registered until the hub pops its entry.
+            if st != State::Runnable {
+                drop(hub.unregister_live(core));
+            }
         }
         _ => {
             core.set_interrupt(Interrupt::Kill);
-            hub().unpark(g);
+            hub().unpark(core);
         }
     }
 }
@@ -891,7 +910,7 @@ impl Waitable for GreenletRef {
 /// callbacks (where gevent would return the hub).
 pub fn getcurrent() -> GreenletRef {
     GreenletRef {
-        g: hub().current().clone(),
+        g: hub().current_gref(),
     }
 }
 

@@ -55,7 +55,7 @@
 //!   `BlockingSwitchOutError` does.
 
 use std::any::Any;
-use std::cell::{Cell, RefCell, UnsafeCell};
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::rc::Rc;
@@ -63,15 +63,16 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::error::LoopExit;
-use crate::greenlet::{Core, GRef, Interrupt, RootGreenlet, State};
+use crate::greenlet::{Core, CorePtr, GRef, Interrupt, RootGreenlet, State};
 use crate::stack::{self, StackPool};
 use crate::timer::{TimerId, Timers};
 use crate::waiter::WaitList;
 
 /// A unit of work on the run queue.
 pub(crate) enum Task {
-    /// Start or resume a greenlet.
-    Resume(GRef),
+    /// Start or resume a greenlet. The pointer is valid: a greenlet on the run queue is in
+    /// the hub's live registry, which owns it (see `resume_greenlet`).
+    Resume(CorePtr),
     /// Run a callback in hub context (it must not block).
     Callback(Box<dyn FnOnce()>),
     /// Wake the root context if it is still in the `sleep(ZERO)` with this sequence number.
@@ -112,9 +113,12 @@ struct Slab {
 pub struct Hub {
     pub(crate) config: Config,
     run_queue: RefCell<VecDeque<Task>>,
-    /// The greenlet whose code is running (the root when none is).
-    current: UnsafeCell<GRef>,
+    /// The greenlet whose code is running (the root when none is). Always a live greenlet
+    /// (owned by the registry) or the root (owned by `root`).
+    current: Cell<CorePtr>,
     root: GRef,
+    /// `root`'s core (cached: checked after every task).
+    root_core: CorePtr,
     /// Set while a hub callback runs: blocking there is an error.
     in_callback: Cell<bool>,
     pub(crate) timers: RefCell<Timers<TimerAction>>,
@@ -171,7 +175,8 @@ fn create() -> &'static Hub {
     let root: GRef = Rc::new(RootGreenlet::new());
     let hub = Box::new(Hub {
         run_queue: RefCell::new(VecDeque::with_capacity(64)),
-        current: UnsafeCell::new(root.clone()),
+        current: Cell::new(root.core().ptr()),
+        root_core: root.core().ptr(),
         root,
         in_callback: Cell::new(false),
         timers: RefCell::new(Timers::default()),
@@ -215,7 +220,7 @@ pub fn destroy() {
         // SAFETY: see `hub()`; still valid until freed below.
         let hub = unsafe { &*p };
         assert!(
-            hub.current().core().is_root,
+            hub.current().is_root,
             "evergreen::hub::destroy() must be called outside any greenlet"
         );
         hub.destroying.set(true);
@@ -311,12 +316,24 @@ pub fn run_callback(f: impl FnOnce() + 'static) {
 }
 
 impl Hub {
+    /// The running greenlet's core.
     #[inline]
-    pub(crate) fn current(&self) -> &GRef {
-        // SAFETY: `current` is only replaced by the hub loop (`resume_greenlet`) while no
-        // reference obtained here is held across it: callers use the reference immediately
-        // or clone it.
-        unsafe { &*self.current.get() }
+    pub(crate) fn current(&self) -> &Core {
+        // SAFETY: `current` always points to the root (owned by `self.root`) or to a greenlet
+        // that is running, hence registered in `live`, which owns it until it is reaped after
+        // its coroutine returned, when `current` has already been switched back to the root.
+        unsafe { self.current.get().as_ref() }
+    }
+
+    /// An owning handle to the running greenlet.
+    pub(crate) fn current_gref(&self) -> GRef {
+        let c = self.current();
+        if c.is_root {
+            return self.root.clone();
+        }
+        self.live.borrow().entries[c.live_slot.get()]
+            .clone()
+            .expect("a running greenlet is registered")
     }
 
     pub(crate) fn next_id(&self) -> u64 {
@@ -380,16 +397,17 @@ impl Hub {
     // ---- scheduling -----------------------------------------------------------------------
 
     /// Makes a parked or new greenlet runnable (FIFO). Idempotent; never switches.
+    ///
+    /// The greenlet must be registered (live) or the root.
     #[inline]
-    pub(crate) fn unpark(&self, g: &GRef) {
-        let core = g.core();
+    pub(crate) fn unpark(&self, core: &Core) {
         match core.state.get() {
             State::Parked | State::New | State::Later => {
                 core.state.set(State::Runnable);
                 if core.is_root {
                     return;
                 }
-                self.run_queue.borrow_mut().push_back(Task::Resume(g.clone()));
+                self.run_queue.borrow_mut().push_back(Task::Resume(core.ptr()));
             }
             _ => {}
         }
@@ -421,20 +439,19 @@ impl Hub {
     /// In the root context this runs the hub loop; if nothing can ever wake the root, it
     /// panics with [`LoopExit`].
     pub(crate) fn park(&self, deadline: Option<Instant>, what: &'static str) -> Wake {
-        let cur = self.current().clone();
-        let core = cur.core();
+        let core = self.current();
         if self.in_callback.get() {
             blocking_in_callback(what);
         }
         if core.interrupt_pending() {
             return Wake::Interrupted;
         }
-        let timer = deadline.map(|d| self.add_timer(d, TimerAction::Deadline(cur.clone())));
+        let timer = deadline.map(|d| self.add_timer(d, TimerAction::Deadline(self.current_gref())));
         core.deadline_hit.set(false);
         core.waiting_on.set(what);
         core.park_seq.set(core.park_seq.get() + 1);
         core.state.set(State::Parked);
-        self.switch_out(&cur, what);
+        self.switch_out(core, what);
         core.waiting_on.set("");
         let hit = core.deadline_hit.replace(false);
         if let Some(t) = timer {
@@ -452,9 +469,9 @@ impl Hub {
     }
 
     /// Yields: the current greenlet goes to the back of the run queue (`sleep(ZERO)`).
+    #[inline]
     pub(crate) fn yield_now(&self) {
-        let cur = self.current().clone();
-        let core = cur.core();
+        let core = self.current();
         if self.in_callback.get() {
             blocking_in_callback("sleep(0)");
         }
@@ -468,11 +485,9 @@ impl Hub {
             self.run_queue.borrow_mut().push_back(Task::WakeRoot(seq));
         } else {
             core.state.set(State::Runnable);
-            self.run_queue.borrow_mut().push_back(Task::Resume(cur.clone()));
+            self.run_queue.borrow_mut().push_back(Task::Resume(core.ptr()));
         }
-        core.waiting_on.set("sleep(0)");
-        self.switch_out(&cur, "sleep(0)");
-        core.waiting_on.set("");
+        self.switch_out(core, "sleep(0)");
         if core.interrupt_pending() {
             self.deliver_interrupt();
         }
@@ -485,15 +500,13 @@ impl Hub {
         if std::thread::panicking() {
             return;
         }
-        let cur = self.current();
-        if let Some(i) = cur.core().interrupt.take() {
+        if let Some(i) = self.current().interrupt.take() {
             i.raise();
         }
     }
 
-    #[inline]
-    fn switch_out(&self, cur: &GRef, what: &'static str) {
-        let core = cur.core();
+    #[inline(always)]
+    fn switch_out(&self, core: &Core, what: &'static str) {
         if core.is_root {
             self.run_until_root_woken(what);
             core.state.set(State::Running);
@@ -515,7 +528,8 @@ impl Hub {
     // ---- the loop -------------------------------------------------------------------------
 
     fn run_until_root_woken(&self, what: &'static str) {
-        let root = self.root.core();
+        // SAFETY: the root core lives as long as the hub (owned by `self.root`).
+        let root = unsafe { self.root_core.as_ref() };
         let interval = self.config.event_interval;
         loop {
             let mut budget = interval;
@@ -523,8 +537,12 @@ impl Hub {
                 if root.state.get() == State::Runnable {
                     return;
                 }
-                let Some(task) = self.pop_task() else { break };
-                self.run_task(task);
+                let task = self.run_queue.borrow_mut().pop_front();
+                match task {
+                    Some(Task::Resume(p)) => self.resume_greenlet(p),
+                    Some(t) => self.run_task(t),
+                    None => break,
+                }
                 budget -= 1;
             }
             if root.state.get() == State::Runnable {
@@ -542,7 +560,7 @@ impl Hub {
             Task::WakeRoot(seq) => {
                 let root = self.root.core();
                 if root.park_seq.get() == seq {
-                    self.unpark(&self.root.clone());
+                    self.unpark(root);
                 }
             }
         }
@@ -560,17 +578,29 @@ impl Hub {
         }
     }
 
-    #[inline]
-    fn resume_greenlet(&self, g: GRef) {
-        let core = g.core();
-        if core.state.get() != State::Runnable {
-            // Killed before it ran, or a stale entry.
-            return;
+    #[inline(always)]
+    fn resume_greenlet(&self, ptr: CorePtr) {
+        // SAFETY: a greenlet on the run queue is registered in `live` (it is registered before
+        // it is first made runnable, and unregistered only when reaped: after its coroutine
+        // returned, when it was Running and so not queued, or here when it was killed before
+        // it started while queued).
+        let core = unsafe { ptr.as_ref() };
+        match core.state.get() {
+            State::Runnable => {}
+            State::Dead => {
+                // Killed before it started while queued: its registration was kept for this
+                // entry.
+                drop(self.unregister_live(core));
+                return;
+            }
+            _ => {
+                debug_assert!(false, "a queued greenlet in state {:?}", core.state.get());
+                return;
+            }
         }
         core.state.set(State::Running);
-        // SAFETY: only the hub loop replaces `current`, and no reference to it is live here.
-        let prev = unsafe { std::mem::replace(&mut *self.current.get(), g.clone()) };
-        stack::RUNNING.with(|r| r.set(core.overflow_info.get()));
+        self.current.set(ptr);
+        stack::RUNNING.with(|r| r.set(core.overflow_info.as_ptr()));
         if let Some(m) = self.monitor.get() {
             m.entered(core.id);
         }
@@ -584,32 +614,29 @@ impl Hub {
         if let Some(m) = self.monitor.get() {
             m.left();
         }
-        stack::RUNNING.with(|r| r.set(stack::OverflowInfo::NONE));
-        // SAFETY: as above.
-        unsafe { *self.current.get() = prev };
-        if done {
-            self.reap(&g);
-        } else {
+        stack::RUNNING.with(|r| r.set(std::ptr::null()));
+        self.current.set(self.root_core);
+        if core.unguarded {
             core.check_canary();
-            if core.state.get() == State::Running {
-                // Suspended without saying why: only possible through a bug in evergreen.
-                debug_assert!(false, "greenlet #{} switched out while running", core.id);
-                core.state.set(State::Parked);
-            }
+        }
+        if done {
+            self.reap(core);
+        } else if core.state.get() == State::Running {
+            // Suspended without saying why: only possible through a bug in evergreen.
+            debug_assert!(false, "greenlet #{} switched out while running", core.id);
+            core.state.set(State::Parked);
         }
     }
 
-    /// Frees a finished greenlet's stack and registry slot.
-    fn reap(&self, g: &GRef) {
-        let core = g.core();
+    /// Frees a finished greenlet's stack and registry slot. `core` must not be used after.
+    fn reap(&self, core: &Core) {
         // SAFETY: see `resume_greenlet`; the coroutine has returned.
         let co = unsafe { (*core.coroutine.get()).take() };
         if let Some(co) = co {
-            core.check_canary();
             self.stacks.borrow_mut().put(co.into_stack());
         }
-        let me = self.unregister_live(core);
-        drop(me);
+        // Dropping the registry's handle may free the greenlet (and `core`).
+        drop(self.unregister_live(core));
     }
 
     /// Fires due timers, then polls I/O (blocking until the next timer if nothing is
@@ -651,7 +678,7 @@ impl Hub {
         let ready = self.reactor.borrow_mut().poll(timeout);
         let n = ready.len();
         for g in ready {
-            self.unpark(&g);
+            self.unpark(g.core());
         }
         n
     }
@@ -668,17 +695,17 @@ impl Hub {
                 TimerAction::Deadline(g) => {
                     if g.core().state.get() == State::Parked {
                         g.core().deadline_hit.set(true);
-                        self.unpark(&g);
+                        self.unpark(g.core());
                     }
                 }
                 TimerAction::Interrupt(g, i) => {
                     let c = g.core();
                     if c.state.get() != State::Dead {
                         c.set_interrupt(i);
-                        self.unpark(&g);
+                        self.unpark(c);
                     }
                 }
-                TimerAction::Start(g) => self.unpark(&g),
+                TimerAction::Start(g) => self.unpark(g.core()),
                 TimerAction::Callback(f) => self.run_hub_callback(f),
             }
         }

@@ -51,8 +51,7 @@ impl<T: 'static> Local<T> {
     /// Runs `f` with the current greenlet's value. (While `f` runs, the value is lent out: a
     /// nested `with` on the same `Local` from inside `f` sees a fresh value.)
     pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        let cur = hub().current().clone();
-        let core = cur.core();
+        let core = hub().current();
         let mut slot = {
             let mut map = core.locals.borrow_mut();
             let map = map.get_or_insert_with(HashMap::new);

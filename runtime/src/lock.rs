@@ -205,7 +205,7 @@ impl RLock {
     }
 
     fn me() -> u64 {
-        hub().current().core().id
+        hub().current().id
     }
 
     /// Acquires, blocking while another greenlet owns it; reentrant for the owner.

@@ -176,9 +176,12 @@ pub struct StackPool {
     mode: GuardMode,
     /// The mode that was actually used after probing (never `Auto`).
     effective: Option<GuardMode>,
-    /// Free default-size stacks, most recently freed last.
-    free: Vec<GreenStack>,
-    /// How many free stacks keep their memory; beyond that, freed stacks are `MADV_DONTNEED`ed.
+    /// Recently freed default-size stacks whose pages are still committed, most recent last
+    /// (reused first: their memory is hot).
+    warm: Vec<GreenStack>,
+    /// Free stacks with no committed memory (fresh from a slab, or released).
+    cold: Vec<GreenStack>,
+    /// How many freed stacks stay warm; beyond that, freed stacks are `MADV_DONTNEED`ed.
     keep_warm: usize,
     /// Every slab mapping `(addr, len)`.
     slabs: Vec<(usize, usize)>,
@@ -195,7 +198,8 @@ impl StackPool {
             default_size: round_up(default_size.max(16 * 1024), page),
             mode,
             effective: None,
-            free: Vec::new(),
+            warm: Vec::new(),
+            cold: Vec::new(),
             keep_warm,
             slabs: Vec::new(),
             outstanding: 0,
@@ -214,7 +218,7 @@ impl StackPool {
 
     /// Number of free stacks in the pool.
     pub fn free_len(&self) -> usize {
-        self.free.len()
+        self.warm.len() + self.cold.len()
     }
 
     /// A stack of `size` usable bytes (`None`: the default size).
@@ -224,11 +228,15 @@ impl StackPool {
                 self.map_single(round_up(s.max(16 * 1024), self.page))
             }
             _ => {
-                if self.free.is_empty() {
+                if let Some(s) = self.warm.pop() {
+                    self.outstanding += 1;
+                    return Ok(s);
+                }
+                if self.cold.is_empty() {
                     self.map_slab()?;
                 }
                 self.outstanding += 1;
-                Ok(self.free.pop().expect("slab refilled the pool"))
+                Ok(self.cold.pop().expect("slab refilled the pool"))
             }
         }
     }
@@ -240,11 +248,11 @@ impl StackPool {
             return;
         }
         self.outstanding -= 1;
-        if self.free.len() >= self.keep_warm {
+        if self.warm.len() >= self.keep_warm {
             stack.release_memory();
-            self.free.insert(0, stack);
+            self.cold.push(stack);
         } else {
-            self.free.push(stack);
+            self.warm.push(stack);
         }
     }
 
@@ -332,7 +340,7 @@ impl StackPool {
         self.slabs.push((base, len));
         // Pop order: lowest address first.
         made.reverse();
-        self.free.extend(made);
+        self.cold.extend(made);
         Ok(())
     }
 
@@ -374,7 +382,8 @@ impl Drop for StackPool {
             // Some coroutine still owns a stack of a slab (it was leaked); keep the memory.
             return;
         }
-        self.free.clear();
+        self.warm.clear();
+        self.cold.clear();
         for &(addr, len) in &self.slabs {
             // SAFETY: every stack of these slabs is back in the pool (outstanding == 0) and the
             // pool was just cleared, so nothing refers to this memory any more.
@@ -470,8 +479,6 @@ pub(crate) struct OverflowInfo {
     /// Pointer and length of the greenlet's name (immutable for its whole life), or null.
     pub name: *const u8,
     pub name_len: usize,
-    /// The stack has no guard page; its canary sits at `lo`.
-    pub unguarded: bool,
 }
 
 impl OverflowInfo {
@@ -482,12 +489,12 @@ impl OverflowInfo {
         size: 0,
         name: ptr::null(),
         name_len: 0,
-        unguarded: false,
     };
 }
 
 thread_local! {
-    pub(crate) static RUNNING: Cell<OverflowInfo> = const { Cell::new(OverflowInfo::NONE) };
+    /// The running greenlet's overflow info (inside its core), null outside greenlets.
+    pub(crate) static RUNNING: Cell<*const OverflowInfo> = const { Cell::new(ptr::null()) };
 }
 
 static mut PREVIOUS: Option<libc::sigaction> = None;
@@ -571,7 +578,14 @@ fn raw_write_num(mut n: u64) {
 extern "C" fn overflow_handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
     let addr = unsafe { (*info).si_addr() } as usize;
-    let running = RUNNING.try_with(|r| r.get()).unwrap_or(OverflowInfo::NONE);
+    let p = RUNNING.try_with(|r| r.get()).unwrap_or(ptr::null());
+    let running = if p.is_null() {
+        OverflowInfo::NONE
+    } else {
+        // SAFETY: RUNNING points into the core of the greenlet running on this thread, which
+        // is alive while it runs.
+        unsafe { *p }
+    };
     if running.hi != 0 && addr >= running.lo && addr < running.hi {
         raw_write(b"\nevergreen: greenlet #");
         raw_write_num(running.id);

@@ -93,7 +93,7 @@ impl Timeout {
     pub fn start(&mut self) {
         self.cancel();
         let hub = hub();
-        let owner = hub.current().clone();
+        let owner = hub.current_gref();
         let action = TimerAction::Interrupt(
             owner.clone(),
             Interrupt::Timeout {
@@ -173,12 +173,17 @@ pub fn with_timeout<R>(duration: Duration, f: impl FnOnce() -> R) -> Result<R, E
 
 /// Blocks the current greenlet for `duration` (gevent's `sleep`). `sleep(Duration::ZERO)`
 /// yields: the greenlet runs again after every greenlet that was already runnable.
+#[inline]
 pub fn sleep(duration: Duration) {
-    let hub = hub();
     if duration.is_zero() {
-        hub.yield_now();
+        hub().yield_now();
         return;
     }
+    sleep_for(duration)
+}
+
+fn sleep_for(duration: Duration) {
+    let hub = hub();
     let deadline = hub.now() + duration;
     loop {
         match hub.park(Some(deadline), "sleep") {

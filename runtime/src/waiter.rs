@@ -30,12 +30,13 @@ use std::collections::VecDeque;
 use std::ptr::NonNull;
 use std::time::Instant;
 
-use crate::greenlet::GRef;
+use crate::greenlet::CorePtr;
 use crate::hub::{hub, Wake};
 
 /// A waiter, pinned on the waiting frame.
 pub(crate) struct Waiter<T> {
-    greenlet: GRef,
+    /// The waiting greenlet; alive (registered, or the root) while it waits.
+    greenlet: CorePtr,
     slot: Cell<Option<T>>,
     linked: Cell<bool>,
 }
@@ -105,7 +106,7 @@ impl<T> WaitList<T> {
     ) -> Result<Option<T>, WaitFail<T>> {
         let hub = hub();
         let w = Waiter {
-            greenlet: hub.current().clone(),
+            greenlet: hub.current().ptr(),
             slot: Cell::new(slot),
             linked: Cell::new(true),
         };
@@ -124,7 +125,7 @@ impl<T> WaitList<T> {
                         false,
                         "greenlet #{} was woken while still waiting on {what}: a wake-up for \
                          the wrong reason (a bug in evergreen)",
-                        w.greenlet.core().id
+                        hub.current().id
                     );
                 }
                 Wake::Deadline => {
@@ -155,7 +156,7 @@ impl<T> WaitList<T> {
         match self.pop() {
             Some(w) => {
                 w.slot.set(Some(v));
-                hub().unpark(&w.greenlet);
+                wake(w.greenlet);
                 Ok(())
             }
             None => Err(v),
@@ -166,7 +167,7 @@ impl<T> WaitList<T> {
     pub(crate) fn take_one(&self) -> Option<T> {
         let w = self.pop()?;
         let v = w.slot.take();
-        hub().unpark(&w.greenlet);
+        wake(w.greenlet);
         v
     }
 
@@ -191,7 +192,7 @@ impl<T> WaitList<T> {
         let mut n = 0;
         while let Some(w) = self.pop() {
             w.slot.set(Some(f()));
-            hub().unpark(&w.greenlet);
+            wake(w.greenlet);
             n += 1;
         }
         n
@@ -204,7 +205,7 @@ impl<T> WaitList<T> {
     pub(crate) fn release_all(&self) -> usize {
         let mut n = 0;
         while let Some(w) = self.pop() {
-            hub().unpark(&w.greenlet);
+            wake(w.greenlet);
             n += 1;
         }
         n
@@ -216,6 +217,13 @@ impl WaitList<()> {
     pub(crate) fn wake_all_unit(&self) -> usize {
         self.wake_all_with(|| ())
     }
+}
+
+#[inline]
+fn wake(g: CorePtr) {
+    // SAFETY: a waiter's greenlet is parked on this wait, so it is registered with the hub
+    // (which owns it) or is the root.
+    hub().unpark(unsafe { g.as_ref() });
 }
 
 /// Identifies a link registered with `rawlink`, for `unlink`.
