@@ -130,6 +130,8 @@ pub struct Hub {
     pub(crate) idle_waiters: WaitList<()>,
     monitor: std::cell::OnceCell<crate::monitor::MonitorHandle>,
     destroying: Cell<bool>,
+    /// Tasks left before the hub must poll timers and I/O (the fairness policy).
+    budget: Cell<u32>,
 }
 
 thread_local! {
@@ -196,6 +198,7 @@ fn create() -> &'static Hub {
         idle_waiters: WaitList::new(),
         monitor,
         destroying: Cell::new(false),
+        budget: Cell::new(config.event_interval),
         config,
     });
     let p = Box::into_raw(hub);
@@ -459,7 +462,9 @@ impl Hub {
                 self.cancel_timer(t);
             }
         }
-        if core.interrupt_pending() {
+        // Also while unwinding, when the interrupt cannot be delivered: the caller's
+        // `deliver_interrupt` is then a no-op and it waits again.
+        if core.interrupt.get().is_some() {
             Wake::Interrupted
         } else if hit {
             Wake::Deadline
@@ -530,25 +535,29 @@ impl Hub {
     fn run_until_root_woken(&self, what: &'static str) {
         // SAFETY: the root core lives as long as the hub (owned by `self.root`).
         let root = unsafe { self.root_core.as_ref() };
-        let interval = self.config.event_interval;
         loop {
-            let mut budget = interval;
-            while budget > 0 {
-                if root.state.get() == State::Runnable {
-                    return;
-                }
-                let task = self.run_queue.borrow_mut().pop_front();
-                match task {
-                    Some(Task::Resume(p)) => self.resume_greenlet(p),
-                    Some(t) => self.run_task(t),
-                    None => break,
-                }
-                budget -= 1;
-            }
             if root.state.get() == State::Runnable {
                 return;
             }
-            self.poll_events(what);
+            // The budget is the hub's, not this call's: a root that keeps yielding returns
+            // from here after every turn, and must not starve timers and I/O either.
+            let budget = self.budget.get();
+            if budget == 0 {
+                self.budget.set(self.config.event_interval);
+                self.poll_events(what);
+                continue;
+            }
+            let task = self.run_queue.borrow_mut().pop_front();
+            match task {
+                Some(Task::Resume(p)) => self.resume_greenlet(p),
+                Some(t) => self.run_task(t),
+                None => {
+                    self.budget.set(self.config.event_interval);
+                    self.poll_events(what);
+                    continue;
+                }
+            }
+            self.budget.set(budget - 1);
         }
     }
 
