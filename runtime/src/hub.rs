@@ -402,7 +402,7 @@ impl Hub {
     /// Makes a parked or new greenlet runnable (FIFO). Idempotent; never switches.
     ///
     /// The greenlet must be registered (live) or the root.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn unpark(&self, core: &Core) {
         match core.state.get() {
             State::Parked | State::New | State::Later => {
@@ -441,6 +441,7 @@ impl Hub {
     ///
     /// In the root context this runs the hub loop; if nothing can ever wake the root, it
     /// panics with [`LoopExit`].
+    #[inline(always)]
     pub(crate) fn park(&self, deadline: Option<Instant>, what: &'static str) -> Wake {
         let core = self.current();
         if self.in_callback.get() {
@@ -449,15 +450,16 @@ impl Hub {
         if core.interrupt_pending() {
             return Wake::Interrupted;
         }
-        let timer = deadline.map(|d| self.add_timer(d, TimerAction::Deadline(self.current_gref())));
-        core.deadline_hit.set(false);
+        let timer = match deadline {
+            Some(d) => Some(self.add_deadline(d)),
+            None => None,
+        };
         core.waiting_on.set(what);
-        core.park_seq.set(core.park_seq.get() + 1);
         core.state.set(State::Parked);
         self.switch_out(core, what);
-        core.waiting_on.set("");
-        let hit = core.deadline_hit.replace(false);
+        let mut hit = false;
         if let Some(t) = timer {
+            hit = core.deadline_hit.replace(false);
             if !hit {
                 self.cancel_timer(t);
             }
@@ -474,7 +476,7 @@ impl Hub {
     }
 
     /// Yields: the current greenlet goes to the back of the run queue (`sleep(ZERO)`).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn yield_now(&self) {
         let core = self.current();
         if self.in_callback.get() {
@@ -485,8 +487,8 @@ impl Hub {
         }
         if core.is_root {
             core.state.set(State::Parked);
+            // `switch_out` makes this the root's park sequence number.
             let seq = core.park_seq.get() + 1;
-            core.park_seq.set(seq);
             self.run_queue.borrow_mut().push_back(Task::WakeRoot(seq));
         } else {
             core.state.set(State::Runnable);
@@ -510,9 +512,17 @@ impl Hub {
         }
     }
 
+    #[cold]
+    #[inline(never)]
+    fn add_deadline(&self, d: Instant) -> TimerId {
+        self.current().deadline_hit.set(false);
+        self.add_timer(d, TimerAction::Deadline(self.current_gref()))
+    }
+
     #[inline(always)]
     fn switch_out(&self, core: &Core, what: &'static str) {
         if core.is_root {
+            core.park_seq.set(core.park_seq.get() + 1);
             self.run_until_root_woken(what);
             core.state.set(State::Running);
         } else {

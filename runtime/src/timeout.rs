@@ -173,7 +173,7 @@ pub fn with_timeout<R>(duration: Duration, f: impl FnOnce() -> R) -> Result<R, E
 
 /// Blocks the current greenlet for `duration` (gevent's `sleep`). `sleep(Duration::ZERO)`
 /// yields: the greenlet runs again after every greenlet that was already runnable.
-#[inline]
+#[inline(always)]
 pub fn sleep(duration: Duration) {
     if duration.is_zero() {
         hub().yield_now();

@@ -26,19 +26,23 @@
 //! object (greenlet death, event set) that run *as hub callbacks*, in registration order.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::ptr::NonNull;
 use std::time::Instant;
 
 use crate::greenlet::CorePtr;
 use crate::hub::{hub, Wake};
 
-/// A waiter, pinned on the waiting frame.
+type Link<T> = Cell<Option<NonNull<Waiter<T>>>>;
+
+/// A waiter, pinned on the waiting frame, and a node of its list (intrusive, doubly linked:
+/// linking and unlinking never allocate).
 pub(crate) struct Waiter<T> {
     /// The waiting greenlet; alive (registered, or the root) while it waits.
     greenlet: CorePtr,
     slot: Cell<Option<T>>,
     linked: Cell<bool>,
+    prev: Link<T>,
+    next: Link<T>,
 }
 
 /// How a wait on a [`WaitList`] ended without completing.
@@ -49,8 +53,13 @@ pub(crate) enum WaitFail<T> {
 }
 
 /// A FIFO list of waiting greenlets. See the [module docs](self).
+///
+/// The list is intrusive: its nodes are the [`Waiter`]s on the waiting greenlets' stacks.
+/// Invariant: every node reachable from `head` is a live frame's waiter with `linked` set.
 pub(crate) struct WaitList<T> {
-    q: RefCell<VecDeque<NonNull<Waiter<T>>>>,
+    head: Link<T>,
+    tail: Link<T>,
+    len: Cell<usize>,
 }
 
 impl<T> Default for WaitList<T> {
@@ -67,12 +76,7 @@ struct Unlink<'a, T> {
 impl<T> Drop for Unlink<'_, T> {
     fn drop(&mut self) {
         if self.w.linked.get() {
-            self.w.linked.set(false);
-            let p = NonNull::from(self.w);
-            let mut q = self.list.q.borrow_mut();
-            if let Some(i) = q.iter().position(|x| *x == p) {
-                q.remove(i);
-            }
+            self.list.unlink(self.w);
         }
     }
 }
@@ -81,23 +85,62 @@ impl<T> WaitList<T> {
     /// An empty list.
     pub(crate) const fn new() -> Self {
         WaitList {
-            q: RefCell::new(VecDeque::new()),
+            head: Cell::new(None),
+            tail: Cell::new(None),
+            len: Cell::new(0),
         }
     }
 
     /// Number of waiters.
     pub(crate) fn len(&self) -> usize {
-        self.q.borrow().len()
+        self.len.get()
     }
 
     /// Whether nobody waits.
     pub(crate) fn is_empty(&self) -> bool {
-        self.q.borrow().is_empty()
+        self.head.get().is_none()
+    }
+
+    #[inline(always)]
+    fn push_back(&self, w: &Waiter<T>) {
+        let p = NonNull::from(w);
+        w.prev.set(self.tail.get());
+        w.next.set(None);
+        match self.tail.get() {
+            // SAFETY: nodes in the list are live waiters (see the type's invariant).
+            Some(t) => unsafe { t.as_ref() }.next.set(Some(p)),
+            None => self.head.set(Some(p)),
+        }
+        self.tail.set(Some(p));
+        w.linked.set(true);
+        self.len.set(self.len.get() + 1);
+    }
+
+    /// Removes a linked waiter from anywhere in the list.
+    #[inline(always)]
+    fn unlink(&self, w: &Waiter<T>) {
+        debug_assert!(w.linked.get());
+        let (prev, next) = (w.prev.get(), w.next.get());
+        match prev {
+            // SAFETY: neighbours of a linked node are live waiters of this list.
+            Some(p) => unsafe { p.as_ref() }.next.set(next),
+            None => self.head.set(next),
+        }
+        match next {
+            // SAFETY: as above.
+            Some(n) => unsafe { n.as_ref() }.prev.set(prev),
+            None => self.tail.set(prev),
+        }
+        w.prev.set(None);
+        w.next.set(None);
+        w.linked.set(false);
+        self.len.set(self.len.get() - 1);
     }
 
     /// Waits at the back of the list until a waker completes the wait, `deadline` passes, or
     /// an interrupt is delivered (by unwinding, after unlinking). `slot` is the initial slot
     /// content (a putter's item); on completion the slot's final content is returned.
+    #[inline(always)]
     pub(crate) fn wait(
         &self,
         slot: Option<T>,
@@ -108,9 +151,11 @@ impl<T> WaitList<T> {
         let w = Waiter {
             greenlet: hub.current().ptr(),
             slot: Cell::new(slot),
-            linked: Cell::new(true),
+            linked: Cell::new(false),
+            prev: Cell::new(None),
+            next: Cell::new(None),
         };
-        self.q.borrow_mut().push_back(NonNull::from(&w));
+        self.push_back(&w);
         let guard = Unlink { list: self, w: &w };
         loop {
             let wake = hub.park(deadline, what);
@@ -141,17 +186,20 @@ impl<T> WaitList<T> {
         }
     }
 
+    #[inline(always)]
     fn pop(&self) -> Option<&Waiter<T>> {
-        let p = self.q.borrow_mut().pop_front()?;
+        let p = self.head.get()?;
         // SAFETY: a waiter stays in the list only while its frame is alive: the frame's
         // `Unlink` guard removes it on every exit path (return or unwind) unless a waker
-        // already removed it.
+        // already removed it. The reference does not outlive the waker's use of it, during
+        // which the waiting greenlet cannot run.
         let w = unsafe { p.as_ref() };
-        w.linked.set(false);
+        self.unlink(w);
         Some(w)
     }
 
     /// Completes the first wait by handing it `v`; gives `v` back if nobody waits.
+    #[inline]
     pub(crate) fn wake_one_with(&self, v: T) -> Result<(), T> {
         match self.pop() {
             Some(w) => {
@@ -173,8 +221,7 @@ impl<T> WaitList<T> {
 
     /// Calls `f` on the first waiter's slot content without completing the wait.
     pub(crate) fn with_front<R>(&self, f: impl FnOnce(Option<&T>) -> R) -> R {
-        let q = self.q.borrow();
-        match q.front() {
+        match self.head.get() {
             Some(p) => {
                 // SAFETY: see `pop`.
                 let w = unsafe { p.as_ref() };
@@ -219,7 +266,7 @@ impl WaitList<()> {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn wake(g: CorePtr) {
     // SAFETY: a waiter's greenlet is parked on this wait, so it is registered with the hub
     // (which owns it) or is the root.
