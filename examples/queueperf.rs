@@ -2,7 +2,10 @@
 use std::rc::Rc;
 use std::time::Instant;
 fn main() {
-    let m: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let m: u64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
     let q1 = Rc::new(evergreen::Queue::new());
     let q2 = Rc::new(evergreen::Queue::new());
     let (a1, a2) = (q1.clone(), q2.clone());
@@ -21,5 +24,8 @@ fn main() {
     });
     pinger.join();
     echo.join();
-    println!("queue ping-pong: {:.1} ns/round trip", t.elapsed().as_nanos() as f64 / m as f64);
+    println!(
+        "queue ping-pong: {:.1} ns/round trip",
+        t.elapsed().as_nanos() as f64 / m as f64
+    );
 }

@@ -7,11 +7,22 @@ fn main() {
     let n = 2_000_000u64;
     // yield ping-pong
     let t = Instant::now();
-    let a = evergreen::spawn(move || for _ in 0..n { evergreen::sleep(Duration::ZERO) });
-    let b = evergreen::spawn(move || for _ in 0..n { evergreen::sleep(Duration::ZERO) });
+    let a = evergreen::spawn(move || {
+        for _ in 0..n {
+            evergreen::sleep(Duration::ZERO)
+        }
+    });
+    let b = evergreen::spawn(move || {
+        for _ in 0..n {
+            evergreen::sleep(Duration::ZERO)
+        }
+    });
     a.join();
     b.join();
-    println!("yield: {:.1} ns", t.elapsed().as_nanos() as f64 / (2 * n) as f64);
+    println!(
+        "yield: {:.1} ns",
+        t.elapsed().as_nanos() as f64 / (2 * n) as f64
+    );
 
     let m = 1_000_000u64;
     let t = Instant::now();
@@ -19,7 +30,10 @@ fn main() {
         let g = evergreen::spawn(move || i + 1);
         g.join();
     }
-    println!("spawn+join: {:.1} ns", t.elapsed().as_nanos() as f64 / m as f64);
+    println!(
+        "spawn+join: {:.1} ns",
+        t.elapsed().as_nanos() as f64 / m as f64
+    );
 
     let q1 = Rc::new(evergreen::Queue::new());
     let q2 = Rc::new(evergreen::Queue::new());
@@ -39,5 +53,8 @@ fn main() {
     });
     pinger.join();
     echo.join();
-    println!("queue ping-pong: {:.1} ns/round trip", t.elapsed().as_nanos() as f64 / m as f64);
+    println!(
+        "queue ping-pong: {:.1} ns/round trip",
+        t.elapsed().as_nanos() as f64 / m as f64
+    );
 }

@@ -111,7 +111,11 @@ impl Config {
         if let Some(v) = get("EVERGREEN_STACK_SIZE") {
             match parse_size(&v) {
                 Some(n) if n >= 16 * 1024 => c.stack_size = n,
-                _ => bad("EVERGREEN_STACK_SIZE", &v, "a size of at least 16k, e.g. 262144 or 256k"),
+                _ => bad(
+                    "EVERGREEN_STACK_SIZE",
+                    &v,
+                    "a size of at least 16k, e.g. 262144 or 256k",
+                ),
             }
         }
         if let Some(v) = get("EVERGREEN_STACK_POOL_MAX") {
@@ -132,7 +136,11 @@ impl Config {
                 "madvise" => c.guard_mode = GuardMode::Madvise,
                 "mprotect" => c.guard_mode = GuardMode::Mprotect,
                 "none" => c.guard_mode = GuardMode::None,
-                _ => bad("EVERGREEN_GUARD", &v, "one of auto, madvise, mprotect, none"),
+                _ => bad(
+                    "EVERGREEN_GUARD",
+                    &v,
+                    "one of auto, madvise, mprotect, none",
+                ),
             }
         }
         if let Some(v) = get("EVERGREEN_MONITOR") {

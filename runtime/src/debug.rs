@@ -39,7 +39,7 @@ pub fn run_info() -> Vec<GreenletInfo> {
                     State::Dead => "dead",
                 },
                 waiting_on: c.waiting_on.get(),
-                stack_size: c.stack_size,
+                stack_size: c.stack_size(),
             }
         })
         .collect();

@@ -65,9 +65,9 @@ impl fmt::Display for Error {
             Error::ReleasedTooManyTimes => {
                 f.write_str("BoundedSemaphore released too many times (a programming error)")
             }
-            Error::NotOwner => {
-                f.write_str("cannot release an RLock owned by another greenlet (a programming error)")
-            }
+            Error::NotOwner => f.write_str(
+                "cannot release an RLock owned by another greenlet (a programming error)",
+            ),
             Error::ConcurrentObjectUse(m) => {
                 write!(f, "concurrent use of one object by two greenlets (usually a programming error): {m}")
             }
@@ -111,6 +111,10 @@ pub struct LoopExit(pub String);
 
 impl fmt::Display for LoopExit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "LoopExit: this operation would block forever: {}", self.0)
+        write!(
+            f,
+            "LoopExit: this operation would block forever: {}",
+            self.0
+        )
     }
 }

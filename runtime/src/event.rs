@@ -33,7 +33,12 @@ pub struct Event {
 
 impl std::fmt::Debug for Event {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Event(set={}, waiters={})", self.flag.get(), self.waiters.len())
+        write!(
+            f,
+            "Event(set={}, waiters={})",
+            self.flag.get(),
+            self.waiters.len()
+        )
     }
 }
 

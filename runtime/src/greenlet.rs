@@ -78,14 +78,21 @@ pub(crate) enum State {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Interrupt {
     Kill,
-    Timeout { id: u64, after: Duration },
+    /// `after_ns`: the timeout's duration in nanoseconds (kept small: this sits in every core).
+    Timeout {
+        id: u64,
+        after_ns: u64,
+    },
 }
 
 impl Interrupt {
     pub(crate) fn raise(self) -> ! {
         match self {
             Interrupt::Kill => resume_unwind(Box::new(GreenletExit)),
-            Interrupt::Timeout { id, after } => resume_unwind(Box::new(TimeoutExpired { id, after })),
+            Interrupt::Timeout { id, after_ns } => resume_unwind(Box::new(TimeoutExpired {
+                id,
+                after: Duration::from_nanos(after_ns),
+            })),
         }
     }
 }
@@ -112,15 +119,15 @@ pub(crate) struct Core {
     pub(crate) interrupt: Cell<Option<Interrupt>>,
     pub(crate) deadline_hit: Cell<bool>,
     pub(crate) waiting_on: Cell<&'static str>,
-    pub(crate) park_seq: Cell<u64>,
     pub(crate) live_slot: Cell<usize>,
+    /// Stack bounds and identity for the overflow handler (set once, before the greenlet can
+    /// run).
     pub(crate) overflow_info: Cell<OverflowInfo>,
     pub(crate) unguarded: bool,
-    pub(crate) stack_size: usize,
     pub(crate) start_timer: Cell<Option<TimerId>>,
     pub(crate) joiners: WaitList<()>,
     pub(crate) links: Links,
-    pub(crate) locals: RefCell<Option<HashMap<usize, Box<dyn Any>>>>,
+    pub(crate) locals: RefCell<Option<Box<HashMap<usize, Box<dyn Any>>>>>,
 }
 
 impl Core {
@@ -143,16 +150,22 @@ impl Core {
             interrupt: Cell::new(None),
             deadline_hit: Cell::new(false),
             waiting_on: Cell::new(""),
-            park_seq: Cell::new(0),
             live_slot: Cell::new(usize::MAX),
-            overflow_info: Cell::new(OverflowInfo::NONE),
+            overflow_info: Cell::new(OverflowInfo {
+                size: stack_size,
+                ..OverflowInfo::NONE
+            }),
             unguarded,
-            stack_size,
             start_timer: Cell::new(None),
             joiners: WaitList::new(),
             links: Links::default(),
             locals: RefCell::new(None),
         }
+    }
+
+    /// Usable stack size in bytes (0 for the root).
+    pub(crate) fn stack_size(&self) -> usize {
+        self.overflow_info.get().size
     }
 
     #[inline]
@@ -202,7 +215,7 @@ impl Core {
                      hub runs without guard pages); raise EVERGREEN_STACK_SIZE or use \
                      Builder::stack_size. Aborting.",
                     self.describe(),
-                    self.stack_size
+                    self.stack_size()
                 );
                 std::process::abort();
             }
@@ -345,7 +358,10 @@ impl<T: 'static> Inner<T> {
                         Some(l) => format!("{msg} (at {l})"),
                         None => msg,
                     };
-                    log::error!("greenlet {} failed with: {full}", self.core.describe_short());
+                    log::error!(
+                        "greenlet {} failed with: {full}",
+                        self.core.describe_short()
+                    );
                     *self.payload.borrow_mut() = Some(p);
                     (Err(Error::Panicked(full)), Ended::Failed)
                 }
@@ -522,7 +538,9 @@ impl Builder {
         });
         let weak: Weak<Inner<T>> = Rc::downgrade(&inner);
         let co = Coro::with_stack(stack, move |y: &Yielder<(), ()>, ()| {
-            let me = weak.upgrade().expect("a running greenlet is kept alive by the hub");
+            let me = weak
+                .upgrade()
+                .expect("a running greenlet is kept alive by the hub");
             drop(weak);
             me.core.yielder.set(y as *const _);
             me.core.started.set(true);
@@ -973,7 +991,10 @@ fn joinall_inner<T: 'static>(
         let failed = !g.successful();
         done.push(g);
         if raise && failed {
-            let e = done.last().and_then(|g| g.exception()).expect("failed greenlet");
+            let e = done
+                .last()
+                .and_then(|g| g.exception())
+                .expect("failed greenlet");
             return Err((done, e));
         }
     }

@@ -130,6 +130,8 @@ pub struct Hub {
     pub(crate) idle_waiters: WaitList<()>,
     monitor: std::cell::OnceCell<crate::monitor::MonitorHandle>,
     destroying: Cell<bool>,
+    /// Counts the root's parks, so a stale `WakeRoot` is ignored.
+    root_park_seq: Cell<u64>,
     /// Tasks left before the hub must poll timers and I/O (the fairness policy).
     budget: Cell<u32>,
 }
@@ -172,7 +174,9 @@ fn create() -> &'static Hub {
     crate::greenlet::install_panic_hook();
     let monitor = std::cell::OnceCell::new();
     if config.monitor {
-        let _ = monitor.set(crate::monitor::MonitorHandle::start(config.monitor_threshold));
+        let _ = monitor.set(crate::monitor::MonitorHandle::start(
+            config.monitor_threshold,
+        ));
     }
     let root: GRef = Rc::new(RootGreenlet::new());
     let hub = Box::new(Hub {
@@ -199,6 +203,7 @@ fn create() -> &'static Hub {
         monitor,
         destroying: Cell::new(false),
         budget: Cell::new(config.event_interval),
+        root_park_seq: Cell::new(0),
         config,
     });
     let p = Box::into_raw(hub);
@@ -394,7 +399,13 @@ impl Hub {
     }
 
     pub(crate) fn live_greenlets(&self) -> Vec<GRef> {
-        self.live.borrow().entries.iter().flatten().cloned().collect()
+        self.live
+            .borrow()
+            .entries
+            .iter()
+            .flatten()
+            .cloned()
+            .collect()
     }
 
     // ---- scheduling -----------------------------------------------------------------------
@@ -410,7 +421,9 @@ impl Hub {
                 if core.is_root {
                     return;
                 }
-                self.run_queue.borrow_mut().push_back(Task::Resume(core.ptr()));
+                self.run_queue
+                    .borrow_mut()
+                    .push_back(Task::Resume(core.ptr()));
             }
             _ => {}
         }
@@ -488,11 +501,13 @@ impl Hub {
         if core.is_root {
             core.state.set(State::Parked);
             // `switch_out` makes this the root's park sequence number.
-            let seq = core.park_seq.get() + 1;
+            let seq = self.root_park_seq.get() + 1;
             self.run_queue.borrow_mut().push_back(Task::WakeRoot(seq));
         } else {
             core.state.set(State::Runnable);
-            self.run_queue.borrow_mut().push_back(Task::Resume(core.ptr()));
+            self.run_queue
+                .borrow_mut()
+                .push_back(Task::Resume(core.ptr()));
         }
         self.switch_out(core, "sleep(0)");
         if core.interrupt_pending() {
@@ -522,7 +537,7 @@ impl Hub {
     #[inline(always)]
     fn switch_out(&self, core: &Core, what: &'static str) {
         if core.is_root {
-            core.park_seq.set(core.park_seq.get() + 1);
+            self.root_park_seq.set(self.root_park_seq.get() + 1);
             self.run_until_root_woken(what);
             core.state.set(State::Running);
         } else {
@@ -578,7 +593,7 @@ impl Hub {
             Task::Callback(f) => self.run_hub_callback(f),
             Task::WakeRoot(seq) => {
                 let root = self.root.core();
-                if root.park_seq.get() == seq {
+                if self.root_park_seq.get() == seq {
                     self.unpark(root);
                 }
             }
@@ -662,8 +677,8 @@ impl Hub {
     /// runnable), then fires due timers again. Detects `LoopExit`.
     fn poll_events(&self, what: &'static str) {
         self.fire_due_timers();
-        let runnable = !self.run_queue.borrow().is_empty()
-            || self.root.core().state.get() == State::Runnable;
+        let runnable =
+            !self.run_queue.borrow().is_empty() || self.root.core().state.get() == State::Runnable;
         if runnable {
             self.poll_io(Some(Duration::ZERO));
         } else {

@@ -8,7 +8,6 @@
 //! [`Local::new`].
 
 use std::any::Any;
-use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -54,14 +53,16 @@ impl<T: 'static> Local<T> {
         let core = hub().current();
         let mut slot = {
             let mut map = core.locals.borrow_mut();
-            let map = map.get_or_insert_with(HashMap::new);
+            let map = map.get_or_insert_with(Default::default);
             map.remove(&self.key)
         };
         let mut b: Box<dyn Any> = slot.take().unwrap_or_else(|| Box::new((self.init)()));
-        let r = f(b.downcast_mut::<T>().expect("a Local's key is unique to its type"));
+        let r = f(b
+            .downcast_mut::<T>()
+            .expect("a Local's key is unique to its type"));
         core.locals
             .borrow_mut()
-            .get_or_insert_with(HashMap::new)
+            .get_or_insert_with(Default::default)
             .insert(self.key, b);
         r
     }

@@ -31,7 +31,12 @@ pub struct Semaphore {
 
 impl std::fmt::Debug for Semaphore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Semaphore(count={}, waiters={})", self.count(), self.waiter_count())
+        write!(
+            f,
+            "Semaphore(count={}, waiters={})",
+            self.count(),
+            self.waiter_count()
+        )
     }
 }
 

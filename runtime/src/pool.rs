@@ -93,7 +93,12 @@ impl Pool {
 
     /// Handles to the members.
     pub fn greenlets(&self) -> Vec<GreenletRef> {
-        self.inner.members.borrow().iter().map(|(g, _)| g.clone()).collect()
+        self.inner
+            .members
+            .borrow()
+            .iter()
+            .map(|(g, _)| g.clone())
+            .collect()
     }
 
     /// Free slots (`usize::MAX` for a group).
@@ -163,7 +168,9 @@ impl Pool {
     fn discard_id(&self, id: u64) {
         let removed = {
             let mut m = self.inner.members.borrow_mut();
-            m.iter().position(|(g, _)| g.id() == id).map(|p| m.remove(p))
+            m.iter()
+                .position(|(g, _)| g.id() == id)
+                .map(|p| m.remove(p))
         };
         if let Some((g, link)) = removed {
             Waitable::unlink(&g, link);
@@ -306,7 +313,11 @@ pub struct IMap<R: 'static> {
 
 impl<R> std::fmt::Debug for IMap<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "IMap(yielded={}, ordered={})", self.yielded, self.ordered)
+        write!(
+            f,
+            "IMap(yielded={}, ordered={})",
+            self.yielded, self.ordered
+        )
     }
 }
 

@@ -396,11 +396,7 @@ impl<T, S: Store<T>> BaseQueue<T, S> {
                 Err(Error::Empty) => {}
                 r => return r,
             }
-            if self
-                .peekers
-                .wait(None, deadline, "Queue::peek")
-                .is_err()
-            {
+            if self.peekers.wait(None, deadline, "Queue::peek").is_err() {
                 return Err(Error::Timeout(timeout.unwrap_or_default()));
             }
         }

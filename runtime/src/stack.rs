@@ -86,9 +86,9 @@ pub struct GreenStack {
     bottom: usize,
     /// Bytes of guard below `bottom` (0 for unguarded stacks).
     guard: usize,
-    /// `Some((addr, len))` for a stack with its own mapping, unmapped on drop; `None` for a
-    /// stack inside a slab, which lives as long as the slab.
-    own_mapping: Option<(usize, usize)>,
+    /// The length of the stack's own mapping (which starts at `bottom - guard`), unmapped on
+    /// drop; 0 for a stack inside a slab, which lives as long as the slab.
+    own_mapping_len: usize,
 }
 
 impl GreenStack {
@@ -144,10 +144,13 @@ impl GreenStack {
 
 impl Drop for GreenStack {
     fn drop(&mut self) {
-        if let Some((addr, len)) = self.own_mapping {
+        if self.own_mapping_len != 0 {
             // SAFETY: this mapping was created for this stack alone by `map_single`.
             unsafe {
-                libc::munmap(addr as *mut libc::c_void, len);
+                libc::munmap(
+                    (self.bottom - self.guard) as *mut libc::c_void,
+                    self.own_mapping_len,
+                );
             }
         }
     }
@@ -243,7 +246,7 @@ impl StackPool {
 
     /// Returns a stack whose coroutine has finished.
     pub fn put(&mut self, stack: GreenStack) {
-        if stack.own_mapping.is_some() {
+        if stack.own_mapping_len != 0 {
             drop(stack);
             return;
         }
@@ -283,7 +286,11 @@ impl StackPool {
 
     fn map_slab(&mut self) -> io::Result<()> {
         let mode = self.guard_mode();
-        let guard = if mode == GuardMode::None { 0 } else { self.page };
+        let guard = if mode == GuardMode::None {
+            0
+        } else {
+            self.page
+        };
         let stride = guard + self.default_size;
         let len = stride * SLAB_STACKS;
         let base = mmap_anon(len)?;
@@ -294,7 +301,7 @@ impl StackPool {
                 top: lo + stride,
                 bottom: lo + guard,
                 guard,
-                own_mapping: None,
+                own_mapping_len: 0,
             });
         }
         if mode != GuardMode::None {
@@ -346,7 +353,11 @@ impl StackPool {
 
     fn map_single(&mut self, size: usize) -> io::Result<GreenStack> {
         let mode = self.guard_mode();
-        let guard = if mode == GuardMode::None { 0 } else { self.page };
+        let guard = if mode == GuardMode::None {
+            0
+        } else {
+            self.page
+        };
         let len = guard + size;
         let base = mmap_anon(len)?;
         if guard > 0 {
@@ -369,7 +380,7 @@ impl StackPool {
             top: base + len,
             bottom: base + guard,
             guard,
-            own_mapping: Some((base, len)),
+            own_mapping_len: len,
         };
         s.write_canary();
         Ok(s)
@@ -575,7 +586,11 @@ fn raw_write_num(mut n: u64) {
     raw_write(&buf[i..]);
 }
 
-extern "C" fn overflow_handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+extern "C" fn overflow_handler(
+    sig: libc::c_int,
+    info: *mut libc::siginfo_t,
+    ctx: *mut libc::c_void,
+) {
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
     let addr = unsafe { (*info).si_addr() } as usize;
     let p = RUNNING.try_with(|r| r.get()).unwrap_or(ptr::null());
@@ -661,7 +676,7 @@ mod tests {
         pool.put(c);
         let odd = pool.get(Some(100 * 1024)).unwrap();
         assert_eq!(odd.size(), 100 * 1024);
-        assert!(odd.own_mapping.is_some());
+        assert_ne!(odd.own_mapping_len, 0);
     }
 
     #[test]

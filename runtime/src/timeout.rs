@@ -98,7 +98,7 @@ impl Timeout {
             owner.clone(),
             Interrupt::Timeout {
                 id: self.id,
-                after: self.duration,
+                after_ns: self.duration.as_nanos().min(u64::MAX as u128) as u64,
             },
         );
         self.timer = Some(hub.add_timer(hub.now() + self.duration, action));
@@ -112,7 +112,9 @@ impl Timeout {
 
     fn expired(&self) -> bool {
         match &self.owner {
-            Some(o) => matches!(o.core().interrupt.get(), Some(Interrupt::Timeout { id, .. }) if id == self.id),
+            Some(o) => {
+                matches!(o.core().interrupt.get(), Some(Interrupt::Timeout { id, .. }) if id == self.id)
+            }
             None => false,
         }
     }
@@ -189,7 +191,9 @@ fn sleep_for(duration: Duration) {
         match hub.park(Some(deadline), "sleep") {
             Wake::Deadline => return,
             Wake::Interrupted => hub.deliver_interrupt(),
-            Wake::Woken => debug_assert!(false, "a sleeping greenlet was woken (a bug in evergreen)"),
+            Wake::Woken => {
+                debug_assert!(false, "a sleeping greenlet was woken (a bug in evergreen)")
+            }
         }
         if hub.now() >= deadline {
             return;

@@ -278,24 +278,22 @@ fn wake(g: CorePtr) {
 pub struct LinkId(pub(crate) u64);
 
 /// Callbacks to run (as hub callbacks, in registration order) when an object becomes ready.
+#[derive(Default)]
 pub(crate) struct Links {
-    next: Cell<u64>,
     list: RefCell<Vec<(u64, Box<dyn FnOnce()>)>>,
 }
 
-impl Default for Links {
-    fn default() -> Self {
-        Links {
-            next: Cell::new(1),
-            list: RefCell::new(Vec::new()),
-        }
-    }
+thread_local! {
+    static NEXT_LINK: Cell<u64> = const { Cell::new(1) };
 }
 
 impl Links {
     pub(crate) fn add(&self, f: Box<dyn FnOnce()>) -> LinkId {
-        let id = self.next.get();
-        self.next.set(id + 1);
+        let id = NEXT_LINK.with(|n| {
+            let id = n.get();
+            n.set(id + 1);
+            id
+        });
         self.list.borrow_mut().push((id, f));
         LinkId(id)
     }
