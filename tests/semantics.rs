@@ -96,7 +96,11 @@ fn a_sleep_zero_loop_does_not_starve_timers() {
         let other = spawn(|| loop {
             sleep(ZERO)
         });
-        let g = spawn(|| with_timeout(ms(5), || loop { sleep(ZERO) }));
+        let g = spawn(|| {
+            with_timeout(ms(5), || loop {
+                sleep(ZERO)
+            })
+        });
         assert_eq!(g.get(), Ok(Err(Error::Timeout(ms(5)))));
         other.kill();
     });
@@ -123,7 +127,7 @@ fn timers_fire_in_deadline_order_then_creation_order() {
 fn spawn_later_starts_after_its_delay() {
     run_virtual(|| {
         let t0 = evergreen::hub::now();
-        let g = spawn_later(ms(50), move || evergreen::hub::now());
+        let g = spawn_later(ms(50), evergreen::hub::now);
         assert!(!g.started());
         let started_at = g.get().unwrap();
         assert_eq!(started_at - t0, ms(50));
@@ -183,7 +187,10 @@ fn killing_a_greenlet_that_has_not_started_means_it_never_runs_and_its_links_fir
             l2.set(l2.get() + 1);
         });
         g.kill();
-        assert!(!ran.get(), "a greenlet killed before it started must never run");
+        assert!(
+            !ran.get(),
+            "a greenlet killed before it started must never run"
+        );
         assert_eq!(dc.count(), 1, "its function (and what it owns) was dropped");
         assert!(g.dead() && g.successful());
         assert_eq!(g.get(), Err(Error::Killed));
@@ -320,10 +327,12 @@ fn joinall_returns_greenlets_in_completion_order() {
     run_virtual(|| {
         let gs: Vec<Greenlet<u64>> = [30u64, 10, 20]
             .into_iter()
-            .map(|d| spawn(move || {
-                sleep(ms(d));
-                d
-            }))
+            .map(|d| {
+                spawn(move || {
+                    sleep(ms(d));
+                    d
+                })
+            })
             .collect();
         let done: Vec<u64> = joinall(&gs).iter().map(|g| g.value().unwrap()).collect();
         assert_eq!(done, [10, 20, 30]);
@@ -394,7 +403,10 @@ fn links_fire_in_registration_order_also_after_death_and_survive_a_failing_link(
         assert_eq!(log.take(), ["raw1", "raw2", "link"]);
         let l = log.clone();
         g.link(move |g| l.push(format!("late {:?}", g.value())));
-        assert!(log.take().is_empty(), "links are scheduled, never run synchronously");
+        assert!(
+            log.take().is_empty(),
+            "links are scheduled, never run synchronously"
+        );
         common::settle();
         assert_eq!(log.take(), ["late Some(2)"]);
     });
@@ -417,7 +429,10 @@ fn link_value_and_link_exception_filter_on_success() {
         got.sort();
         assert_eq!(
             got,
-            [format!("exception {}", bad.id()), format!("value {}", ok.id())]
+            [
+                format!("exception {}", bad.id()),
+                format!("value {}", ok.id())
+            ]
         );
     });
 }
@@ -624,7 +639,10 @@ fn a_putter_blocked_at_maxsize_continues_after_a_get() {
         let q = Rc::new(Queue::bounded(1));
         q.put(1).unwrap();
         assert!(q.is_full());
-        assert_eq!(q.put_nowait(9).map_err(|r| (r.item, r.reason)), Err((9, Error::Full)));
+        assert_eq!(
+            q.put_nowait(9).map_err(|r| (r.item, r.reason)),
+            Err((9, Error::Full))
+        );
         let log = Log::new();
         let (q2, l2) = (q.clone(), log.clone());
         let putter = spawn(move || {
@@ -698,7 +716,11 @@ fn queue_shutdown_drains_then_fails_and_wakes_blocked_getters_and_putters() {
         let putter = spawn(move || b2.put(2).map_err(|r| (r.item, r.reason)));
         sleep(ZERO);
         b.shutdown(false);
-        assert_eq!(putter.get(), Ok(Err((2, Error::ShutDown))), "the item comes back");
+        assert_eq!(
+            putter.get(),
+            Ok(Err((2, Error::ShutDown))),
+            "the item comes back"
+        );
         assert_eq!(b.get(), Ok(1), "remaining items are still delivered");
         assert_eq!(b.get(), Err(Error::ShutDown));
 
@@ -737,7 +759,10 @@ fn channel_is_a_rendezvous() {
         });
         sleep(ZERO);
         sleep(ZERO);
-        assert!(log.take().is_empty(), "put blocks until a getter takes the item");
+        assert!(
+            log.take().is_empty(),
+            "put blocks until a getter takes the item"
+        );
         assert_eq!(ch.putter_count(), 1);
         assert_eq!(ch.get(), Ok(1));
         putter.join();
@@ -761,10 +786,15 @@ fn nested_timeouts_the_outer_one_passes_through_inner_scopes() {
             l2.push(format!("inner returned {inner:?}")); // must not happen
         });
         assert_eq!(outer, Err(Error::Timeout(ms(10))));
-        assert!(log.take().is_empty(), "the inner scope did not swallow the outer timeout");
+        assert!(
+            log.take().is_empty(),
+            "the inner scope did not swallow the outer timeout"
+        );
 
         // The inner one firing first is caught by the inner scope.
-        let r = with_timeout(ms(1000), || with_timeout(ms(10), || sleep(Duration::from_secs(10))));
+        let r = with_timeout(ms(1000), || {
+            with_timeout(ms(10), || sleep(Duration::from_secs(10)))
+        });
         assert_eq!(r, Ok(Err(Error::Timeout(ms(10)))));
     });
 }
@@ -1000,8 +1030,15 @@ fn blocking_in_the_root_with_nothing_alive_is_loop_exit_not_a_hang() {
         let q2 = q.clone();
         let g = Builder::new().name("stuck-getter").spawn(move || q2.get());
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| g.join()));
-        let msg = r.unwrap_err().downcast_ref::<evergreen::LoopExit>().unwrap().to_string();
-        assert!(msg.contains("stuck-getter") && msg.contains("Queue::get"), "{msg}");
+        let msg = r
+            .unwrap_err()
+            .downcast_ref::<evergreen::LoopExit>()
+            .unwrap()
+            .to_string();
+        assert!(
+            msg.contains("stuck-getter") && msg.contains("Queue::get"),
+            "{msg}"
+        );
         g.kill();
         assert_eq!(ev.waiter_count(), 0);
     });
@@ -1027,7 +1064,9 @@ fn run_info_names_every_live_greenlet_and_what_it_waits_on() {
         let q: Rc<Queue<u8>> = Rc::new(Queue::new());
         let q2 = q.clone();
         let g = Builder::new().name("reader").spawn(move || q2.get());
-        let s = Builder::new().name("sleeper").spawn(|| sleep(Duration::from_secs(60)));
+        let s = Builder::new()
+            .name("sleeper")
+            .spawn(|| sleep(Duration::from_secs(60)));
         sleep(ZERO);
         let info = evergreen::debug::run_info();
         assert_eq!(info.len(), 2);
@@ -1110,7 +1149,11 @@ fn greenlet_local_values_are_per_greenlet_and_dropped_at_death() {
             .collect();
         let vals: Vec<u32> = gs.iter().map(|g| g.get().unwrap()).collect();
         assert_eq!(vals, [1, 2, 3]);
-        assert_eq!(dc.count(), 3, "each greenlet's value was dropped when it died");
+        assert_eq!(
+            dc.count(),
+            3,
+            "each greenlet's value was dropped when it died"
+        );
     });
 }
 
@@ -1124,7 +1167,11 @@ fn monitor_reports_a_greenlet_that_holds_the_hub() {
         });
         g.join();
         assert!(evergreen::monitor::reports() >= 1);
-        let quick = spawn(|| for _ in 0..100 { sleep(ZERO) });
+        let quick = spawn(|| {
+            for _ in 0..100 {
+                sleep(ZERO)
+            }
+        });
         let before = evergreen::monitor::reports();
         quick.join();
         assert_eq!(evergreen::monitor::reports(), before);

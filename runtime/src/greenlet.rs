@@ -53,6 +53,10 @@ use crate::waiter::{LinkId, Links, WaitFail, WaitList, Waitable};
 
 pub(crate) type Coro = Coroutine<(), (), (), GreenStack>;
 pub(crate) type GRef = Rc<dyn GreenletObj>;
+/// A greenlet's local values, by `Local` key.
+pub(crate) type LocalMap = HashMap<usize, Box<dyn Any>>;
+/// `joinall`'s outcome: the finished greenlets, or them and the first failure.
+type JoinAll<T> = Result<Vec<Greenlet<T>>, (Vec<Greenlet<T>>, Error)>;
 /// A pointer to a greenlet's core, for the hot paths (run queue, waiters). Valid while the
 /// greenlet is registered with the hub (see `Hub::resume_greenlet`).
 pub(crate) type CorePtr = std::ptr::NonNull<Core>;
@@ -127,7 +131,7 @@ pub(crate) struct Core {
     pub(crate) start_timer: Cell<Option<TimerId>>,
     pub(crate) joiners: WaitList<()>,
     pub(crate) links: Links,
-    pub(crate) locals: RefCell<Option<Box<HashMap<usize, Box<dyn Any>>>>>,
+    pub(crate) locals: RefCell<Option<Box<LocalMap>>>,
 }
 
 impl Core {
@@ -983,7 +987,7 @@ fn joinall_inner<T: 'static>(
     gs: &[Greenlet<T>],
     timeout: Option<Duration>,
     raise: bool,
-) -> Result<Vec<Greenlet<T>>, (Vec<Greenlet<T>>, Error)> {
+) -> JoinAll<T> {
     let mut done = Vec::with_capacity(gs.len());
     let objs: Vec<&dyn Waitable> = gs.iter().map(|g| g as &dyn Waitable).collect();
     for i in crate::wait::iwait(&objs, timeout) {

@@ -463,10 +463,7 @@ impl Hub {
         if core.interrupt_pending() {
             return Wake::Interrupted;
         }
-        let timer = match deadline {
-            Some(d) => Some(self.add_deadline(d)),
-            None => None,
-        };
+        let timer = deadline.map(|d| self.add_deadline(d));
         core.waiting_on.set(what);
         core.state.set(State::Parked);
         self.switch_out(core, what);

@@ -277,10 +277,13 @@ fn wake(g: CorePtr) {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct LinkId(pub(crate) u64);
 
+/// A callback run on the hub.
+pub(crate) type Callback = Box<dyn FnOnce()>;
+
 /// Callbacks to run (as hub callbacks, in registration order) when an object becomes ready.
 #[derive(Default)]
 pub(crate) struct Links {
-    list: RefCell<Vec<(u64, Box<dyn FnOnce()>)>>,
+    list: RefCell<Vec<(u64, Callback)>>,
 }
 
 thread_local! {
