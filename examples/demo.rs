@@ -67,7 +67,10 @@ fn main() {
         "finished"
     });
     assert_eq!(slow, Err(Error::Timeout(Duration::from_millis(50))));
-    println!("[{}] with_timeout(50 ms) around a 10 s sleep -> {slow:?}", at());
+    println!(
+        "[{}] with_timeout(50 ms) around a 10 s sleep -> {slow:?}",
+        at()
+    );
 
     // A kill unwinds the victim at its blocking point: its destructors run.
     struct Goodbye;

@@ -232,7 +232,6 @@ fn stack_overflow_of_a_pooled_stack_is_reported_with_mprotect_guard_pages() {
 /// its lowest, mapped and writable page, where no fault can ever happen; the fault happens
 /// below it (or, inside a slab, the recursion silently writes over the neighbouring stack).
 #[test]
-#[ignore = "runtime bug: an overflow of an unguarded stack is a silent SIGSEGV"]
 fn stack_overflow_is_reported_without_guard_pages() {
     let (status, stderr) = overflow_in_child("small", Some("none"));
     assert_overflow_reported(status, &stderr, 32 * 1024);

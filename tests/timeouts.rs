@@ -981,7 +981,6 @@ fn handover_at_the_timeout_instant_loses_nothing_from_root() {
 /// root times out and the value goes to the queue (nothing is lost, but the hand-off does not
 /// win as it does for a greenlet waiter, and wake-ups are not FIFO).
 #[test]
-#[ignore = "runtime bug: the root is resumed ahead of greenlets queued before it"]
 fn handover_at_the_timeout_instant_wins_from_root() {
     common::run_virtual(|| {
         let won = same_instant_races(true);
@@ -1000,7 +999,6 @@ fn handover_at_the_timeout_instant_wins_from_root() {
 /// any other interrupt: the second victim's kill is not raised, it parks again with the kill
 /// pending, and nothing wakes it once the first victim's cleanup ends.
 #[test]
-#[ignore = "runtime bug: interrupts are not delivered while another greenlet unwinds"]
 fn a_kill_is_not_lost_while_another_victims_cleanup_blocks() {
     common::run_virtual(|| {
         let release = Rc::new(Event::new());
@@ -1019,7 +1017,6 @@ fn a_kill_is_not_lost_while_another_victims_cleanup_blocks() {
 /// greenlet is suspended in its blocking cleanup; its expiry is swallowed, and once the
 /// cleanup ends the root waits forever (LoopExit).
 #[test]
-#[ignore = "runtime bug: interrupts are not delivered while another greenlet unwinds"]
 fn a_timeout_fires_while_another_victims_cleanup_blocks() {
     common::run_virtual(|| {
         let release = Rc::new(Event::new());

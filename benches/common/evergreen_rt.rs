@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use evergreen::{Event, Queue};
 
-use super::memory::{rss_bytes, ParkedMemory};
+use super::memory::{prefaulted_vec, rss_bytes, ParkedMemory};
 use super::{Runner, Workload, THROUGHPUT_QUEUE_CAPACITY};
 
 /// Runs workloads on the calling thread's evergreen hub.
@@ -132,7 +132,7 @@ pub fn parked_memory(n: usize) -> ParkedMemory {
     evergreen::spawn(|| ()).join();
     let release = Rc::new(Event::new());
     let parked = Rc::new(Cell::new(0usize));
-    let mut greenlets = Vec::with_capacity(n);
+    let mut greenlets = prefaulted_vec(n);
     let before = rss_bytes();
     for _ in 0..n {
         let release = release.clone();

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use may::go;
 use may::sync::{mpsc, SyncFlag};
 
-use super::memory::{rss_bytes, ParkedMemory};
+use super::memory::{prefaulted_vec, rss_bytes, ParkedMemory};
 use super::{Runner, Workload};
 
 /// Command-line flag that turns a bench binary into a may child serving timing requests.
@@ -240,7 +240,7 @@ pub fn parked_memory(n: usize) -> ParkedMemory {
     go!(|| {}).join().expect("may warm-up coroutine");
     let release = Arc::new(SyncFlag::new());
     let parked = Arc::new(AtomicUsize::new(0));
-    let mut handles = Vec::with_capacity(n);
+    let mut handles = prefaulted_vec(n);
     let mut note = None;
     let limit = max_map_count().parse::<usize>().ok();
     let budget = limit.map_or(n, |limit| {

@@ -8,10 +8,14 @@
 //! `parked-memory tasks=<n> before=<bytes> after=<bytes>`, which the parent parses, preceded
 //! by `parked-memory-note <text>` when fewer tasks than asked could be parked.
 //!
+//! The vector that holds the join handles is pre-faulted before the first reading
+//! ([`prefaulted_vec`]), so only the tasks themselves are counted.
+//!
 //! A fresh process per runtime keeps one runtime's freed-but-retained heap and stacks from
 //! hiding another's growth. RSS counts what the tasks really touched (stack pages, task
 //! structs, queue nodes), not address space reserved for stacks.
 
+use std::mem::MaybeUninit;
 use std::process::Command;
 
 use super::Runtime;
@@ -43,6 +47,18 @@ impl ParkedMemory {
     pub fn bytes_per_task(&self) -> f64 {
         self.rss_after.saturating_sub(self.rss_before) as f64 / self.tasks as f64
     }
+}
+
+/// An empty `Vec` with room for `n` handles whose pages are already resident, so that storing
+/// the tasks' join handles during the measurement does not count as the tasks' memory.
+pub fn prefaulted_vec<T>(n: usize) -> Vec<T> {
+    let mut v = Vec::with_capacity(n);
+    for slot in v.spare_capacity_mut() {
+        *slot = MaybeUninit::zeroed();
+    }
+    // Keep the stores: the compiler must assume the buffer is observed.
+    std::hint::black_box(&mut v);
+    v
 }
 
 /// Resident set size of this process in bytes, from the second field of `/proc/self/statm`.

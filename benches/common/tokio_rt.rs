@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::runtime::{Builder, Runtime};
 use tokio::sync::{mpsc, Notify};
 
-use super::memory::{rss_bytes, ParkedMemory};
+use super::memory::{prefaulted_vec, rss_bytes, ParkedMemory};
 use super::{Runner, Workload, THROUGHPUT_QUEUE_CAPACITY};
 
 /// Runs workloads on one tokio runtime, built once and reused for every run.
@@ -146,7 +146,7 @@ pub fn parked_memory(runner: &TokioRunner, n: usize) -> ParkedMemory {
 
         let release = Arc::new(Notify::new());
         let parked = Arc::new(AtomicUsize::new(0));
-        let mut handles = Vec::with_capacity(n);
+        let mut handles = prefaulted_vec(n);
         let before = rss_bytes();
         for _ in 0..n {
             let release = release.clone();

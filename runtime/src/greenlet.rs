@@ -121,6 +121,9 @@ pub(crate) struct Core {
     pub(crate) coroutine: UnsafeCell<Option<Coro>>,
     pub(crate) yielder: Cell<*const Yielder<(), ()>>,
     pub(crate) interrupt: Cell<Option<Interrupt>>,
+    /// Set when an unwind starts in this greenlet (an interrupt raised, or a panic seen by the
+    /// hook); see [`Core::is_unwinding`].
+    pub(crate) unwinding: Cell<bool>,
     pub(crate) deadline_hit: Cell<bool>,
     pub(crate) waiting_on: Cell<&'static str>,
     pub(crate) live_slot: Cell<usize>,
@@ -152,6 +155,7 @@ impl Core {
             coroutine: UnsafeCell::new(None),
             yielder: Cell::new(std::ptr::null()),
             interrupt: Cell::new(None),
+            unwinding: Cell::new(false),
             deadline_hit: Cell::new(false),
             waiting_on: Cell::new(""),
             live_slot: Cell::new(usize::MAX),
@@ -180,7 +184,26 @@ impl Core {
     /// Whether an interrupt is pending and can be delivered now (not while unwinding).
     #[inline]
     pub(crate) fn interrupt_pending(&self) -> bool {
-        self.interrupt.get().is_some() && !std::thread::panicking()
+        self.interrupt.get().is_some() && !self.is_unwinding()
+    }
+
+    /// Whether *this* greenlet is unwinding, so an interrupt must not be raised in it now (an
+    /// unwind escaping a `Drop` that runs during unwinding aborts the process).
+    ///
+    /// `std::thread::panicking()` cannot answer this alone: it is per OS thread, and a greenlet
+    /// whose cleanup blocks during its unwinding leaves it set while other greenlets run. So an
+    /// unwind is recorded per greenlet when it starts (when an interrupt is raised, and by the
+    /// panic hook for panics), and forgotten as soon as the thread is seen not panicking.
+    #[inline]
+    pub(crate) fn is_unwinding(&self) -> bool {
+        if !self.unwinding.get() {
+            return false;
+        }
+        if !std::thread::panicking() {
+            self.unwinding.set(false);
+            return false;
+        }
+        true
     }
 
     /// Sets an interrupt; a kill takes precedence over a timeout, and an earlier timeout over a
@@ -257,6 +280,7 @@ impl Core {
     /// Marks the greenlet dead, frees its locals, wakes joiners and schedules links.
     fn complete(&self, ended: Ended) {
         self.ended.set(ended);
+        self.unwinding.set(false);
         self.state.set(State::Dead);
         self.interrupt.set(None);
         let locals = self.locals.borrow_mut().take();
@@ -403,6 +427,10 @@ pub(crate) fn install_panic_hook() {
                 eprintln!("{le} (raised at {loc})");
                 return;
             }
+            if crate::hub::exists() {
+                // Record that an unwind starts in the running greenlet (or the root).
+                crate::hub::hub().current().unwinding.set(true);
+            }
             let in_greenlet = crate::stack::RUNNING
                 .try_with(|r| !r.get().is_null())
                 .unwrap_or(false);
@@ -515,6 +543,7 @@ impl Builder {
             .get(self.stack_size)
             .unwrap_or_else(|e| panic!("{e}"));
         let (lo, hi) = stack.overflow_range();
+        let bottom = stack.bottom();
         let size = stack.size();
         let guarded = stack.guarded();
         let inner = Rc::new(Inner {
@@ -535,6 +564,7 @@ impl Builder {
         inner.core.overflow_info.set(OverflowInfo {
             lo,
             hi,
+            bottom,
             id: inner.core.id,
             size,
             name: name_ptr,
@@ -826,9 +856,11 @@ pub(crate) fn kill_dyn(g: &GRef) {
         State::Dead => {}
         State::Running => {
             // Killing oneself: gevent raises GreenletExit at once.
-            if !std::thread::panicking() {
+            if !core.is_unwinding() {
+                core.unwinding.set(true);
                 resume_unwind(Box::new(GreenletExit));
             }
+            core.set_interrupt(Interrupt::Kill);
         }
         st if !core.started.get() => {
             let hub = hub();

@@ -419,6 +419,10 @@ impl Hub {
             State::Parked | State::New | State::Later => {
                 core.state.set(State::Runnable);
                 if core.is_root {
+                    // The root takes its turn in FIFO order too.
+                    self.run_queue
+                        .borrow_mut()
+                        .push_back(Task::WakeRoot(self.root_park_seq.get()));
                     return;
                 }
                 self.run_queue
@@ -513,13 +517,15 @@ impl Hub {
     }
 
     /// Delivers the pending interrupt of the current greenlet by unwinding its stack. Does
-    /// nothing while the thread is already unwinding (a second panic would abort): the
-    /// interrupt then stays pending for the next blocking point.
+    /// nothing while this greenlet is already unwinding (an unwind escaping a `Drop` during
+    /// unwinding would abort): the interrupt then stays pending for its next blocking point.
     pub(crate) fn deliver_interrupt(&self) {
-        if std::thread::panicking() {
+        let core = self.current();
+        if core.is_unwinding() {
             return;
         }
-        if let Some(i) = self.current().interrupt.take() {
+        if let Some(i) = core.interrupt.take() {
+            core.unwinding.set(true);
             i.raise();
         }
     }
@@ -558,9 +564,6 @@ impl Hub {
         // SAFETY: the root core lives as long as the hub (owned by `self.root`).
         let root = unsafe { self.root_core.as_ref() };
         loop {
-            if root.state.get() == State::Runnable {
-                return;
-            }
             // The budget is the hub's, not this call's: a root that keeps yielding returns
             // from here after every turn, and must not starve timers and I/O either.
             let budget = self.budget.get();
@@ -572,6 +575,15 @@ impl Hub {
             let task = self.run_queue.borrow_mut().pop_front();
             match task {
                 Some(Task::Resume(p)) => self.resume_greenlet(p),
+                Some(Task::WakeRoot(seq)) => {
+                    // The root's turn (a `sleep(0)` of the root, or a wake-up of it): stale
+                    // markers from an earlier park carry an older sequence number.
+                    if seq == self.root_park_seq.get() && root.state.get() != State::Running {
+                        root.state.set(State::Runnable);
+                        self.budget.set(budget.saturating_sub(1));
+                        return;
+                    }
+                }
                 Some(t) => self.run_task(t),
                 None => {
                     self.budget.set(self.config.event_interval);
@@ -588,12 +600,9 @@ impl Hub {
         match task {
             Task::Resume(g) => self.resume_greenlet(g),
             Task::Callback(f) => self.run_hub_callback(f),
-            Task::WakeRoot(seq) => {
-                let root = self.root.core();
-                if self.root_park_seq.get() == seq {
-                    self.unpark(root);
-                }
-            }
+            // Only `run_until_root_woken` acts on the root's markers; elsewhere (teardown)
+            // the root is running and they are stale.
+            Task::WakeRoot(_) => {}
         }
     }
 

@@ -107,6 +107,11 @@ impl GreenStack {
         }
     }
 
+    /// The lowest usable address.
+    pub fn bottom(&self) -> usize {
+        self.bottom
+    }
+
     /// Whether the stack has a guard page (otherwise it has a canary).
     pub fn guarded(&self) -> bool {
         self.guard > 0
@@ -483,8 +488,11 @@ pub fn max_map_count() -> String {
 /// thread.
 #[derive(Clone, Copy)]
 pub(crate) struct OverflowInfo {
+    /// The guard range `[lo, hi)` (or the lowest page of an unguarded stack).
     pub lo: usize,
     pub hi: usize,
+    /// The lowest usable address of the stack.
+    pub bottom: usize,
     pub id: u64,
     pub size: usize,
     /// Pointer and length of the greenlet's name (immutable for its whole life), or null.
@@ -496,6 +504,7 @@ impl OverflowInfo {
     pub(crate) const NONE: OverflowInfo = OverflowInfo {
         lo: 0,
         hi: 0,
+        bottom: 0,
         id: 0,
         size: 0,
         name: ptr::null(),
@@ -564,6 +573,29 @@ fn ensure_altstack() {
     }
 }
 
+/// The stack pointer of the interrupted context, or 0 where unknown.
+fn interrupted_stack_pointer(ctx: *mut libc::c_void) -> usize {
+    if ctx.is_null() {
+        return 0;
+    }
+    let uc = ctx as *const libc::ucontext_t;
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: the kernel passes a valid ucontext_t to SA_SIGINFO handlers.
+        unsafe { (*uc).uc_mcontext.gregs[libc::REG_RSP as usize] as usize }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        // SAFETY: as above.
+        unsafe { (*uc).uc_mcontext.sp as usize }
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = uc;
+        0
+    }
+}
+
 /// Writes bytes to stderr without allocating (async-signal-safe).
 fn raw_write(b: &[u8]) {
     // SAFETY: writing from a valid slice to fd 2.
@@ -601,7 +633,15 @@ extern "C" fn overflow_handler(
         // is alive while it runs.
         unsafe { *p }
     };
-    if running.hi != 0 && addr >= running.lo && addr < running.hi {
+    let sp = interrupted_stack_pointer(ctx);
+    const NEAR: usize = 1 << 20;
+    let overflowed = running.hi != 0
+        && ((addr >= running.lo && addr < running.hi)
+            // The stack pointer ran off the bottom (an unguarded stack has no guard page for
+            // the fault to land in).
+            || (sp != 0 && sp < running.bottom && running.bottom - sp <= NEAR)
+            || (addr < running.bottom && running.bottom - addr <= NEAR && sp < running.bottom + 4096));
+    if overflowed {
         raw_write(b"\nevergreen: greenlet #");
         raw_write_num(running.id);
         if !running.name.is_null() {

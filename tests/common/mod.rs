@@ -23,11 +23,7 @@ fn run_inner<F: FnOnce() + Send + 'static>(virtual_clock: bool, f: F) {
                 let live = evergreen::hub::live_count();
                 let info = evergreen::debug::format_run_info();
                 assert_eq!(live, 0, "greenlets outlived the test:\n{info}");
-                assert_eq!(
-                    evergreen::hub::timer_count(),
-                    0,
-                    "timers outlived the test"
-                );
+                assert_eq!(evergreen::hub::timer_count(), 0, "timers outlived the test");
             }
             evergreen::hub::destroy();
             let _ = tx.send(());
