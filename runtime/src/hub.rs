@@ -715,11 +715,17 @@ impl Hub {
     }
 
     fn poll_io(&self, timeout: Option<Duration>) -> usize {
-        let ready = self.reactor.borrow_mut().poll(timeout);
-        let n = ready.len();
-        for g in ready {
-            self.unpark(g.core());
+        let (n, woken) = {
+            let mut r = self.reactor.borrow_mut();
+            let n = r.poll(timeout);
+            (n, r.take_woken())
+        };
+        for g in &woken {
+            // SAFETY: the reactor only holds greenlets parked in `wait_io`, which are alive;
+            // their slots are cleared (by the wait's guard) before they can die.
+            self.unpark(unsafe { g.as_ref() });
         }
+        self.reactor.borrow_mut().give_back_woken(woken);
         n
     }
 

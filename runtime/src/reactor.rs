@@ -1,18 +1,89 @@
-//! The hub's I/O reactor: a mio `Poll` polled once per loop turn.
+//! The hub's I/O reactor (gevent's `hub.loop.io` watchers, over mio's epoll).
 //!
-//! This part of the runtime only provides the poll the hub blocks in while it waits for
-//! timers; socket readiness is registered here by the cooperative I/O layer.
+//! # Contract
+//!
+//! This is mio's contract, followed literally:
+//!
+//! * **Register once.** A file descriptor is registered with epoll (edge-triggered, for
+//!   reading and writing) the first time anyone waits on it, or when an evergreen socket is
+//!   created, and stays registered until it is closed. Waiting never calls `epoll_ctl`.
+//! * **Readiness is kept.** Every event sets the fd's `readable`/`writable` flags; they are
+//!   cleared only when an operation on the fd reports `WouldBlock` (*draining readiness*). So a
+//!   wait that starts after the event arrived returns at once, and an edge is never lost.
+//! * **Try first, wait on `WouldBlock`.** Sockets try the syscall first and only wait when it
+//!   would block; waits tolerate spurious wake-ups (the caller simply tries again).
+//! * **One reader and one writer per fd.** A second greenlet waiting to read (or write) the same
+//!   fd while the first one waits is an error, [`Error::ConcurrentObjectUse`], as in gevent.
+//! * **Closing wakes waiters.** [`close_fd`] deregisters the fd and wakes its reader and writer,
+//!   whose waits fail with `EBADF` ("file descriptor was closed in another greenlet").
+//!
+//! Events are processed only by the hub, between greenlet switches, so a greenlet that saw
+//! `WouldBlock` and then waits can never miss the edge that follows: no event is processed in
+//! between.
 
-use std::time::Duration;
+use std::io;
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
 
-use crate::greenlet::GRef;
+use mio::unix::SourceFd;
+use mio::{Interest, Token};
+
+use crate::error::Error;
+use crate::greenlet::CorePtr;
+use crate::hub::{hub, Wake};
+
+/// Direction of an I/O wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dir {
+    Read,
+    Write,
+}
+
+/// What the monkey-patching hooks learned about an fd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub(crate) enum FdKind {
+    /// Not examined yet.
+    #[default]
+    Unknown,
+    /// A socket that evergreen's `net` owns (non-blocking): hooks pass it through.
+    Owned,
+    /// A socket created elsewhere (blocking unless its owner says otherwise).
+    Socket,
+    /// Not a socket (file, pipe, tty): hooks pass it through.
+    Other,
+}
+
+/// Per-fd state. Indexed by fd number.
+#[derive(Default)]
+pub(crate) struct FdState {
+    /// Registered with epoll.
+    registered: bool,
+    /// An event said readable (or closed/error) since the last `WouldBlock` on read.
+    readable: bool,
+    /// An event said writable (or closed/error) since the last `WouldBlock` on write.
+    writable: bool,
+    /// The greenlet waiting to read, if any.
+    reader: Option<CorePtr>,
+    /// The greenlet waiting to write, if any.
+    writer: Option<CorePtr>,
+    /// Incremented by `close_fd`: a waiter that sees another generation was closed on.
+    generation: u64,
+    /// What the hooks know about the fd.
+    pub(crate) kind: FdKind,
+}
 
 /// The per-hub reactor.
 pub(crate) struct Reactor {
+    /// The epoll instance (`None` if it could not be created: then only timers work).
     poll: Option<mio::Poll>,
+    /// Reused event buffer.
     events: mio::Events,
-    /// Greenlets currently waiting for I/O readiness.
-    waiters: usize,
+    /// Per-fd state, indexed by fd.
+    fds: Vec<FdState>,
+    /// Occupied reader/writer slots: while non-zero, the hub may block on I/O.
+    waiting: usize,
+    /// Greenlets to wake after a poll (reused buffer).
+    woken: Vec<CorePtr>,
 }
 
 impl Reactor {
@@ -26,39 +97,326 @@ impl Reactor {
         };
         Reactor {
             poll,
-            events: mio::Events::with_capacity(256),
-            waiters: 0,
+            events: mio::Events::with_capacity(1024),
+            fds: Vec::new(),
+            waiting: 0,
+            woken: Vec::new(),
         }
     }
 
     /// Whether some greenlet waits for I/O (so the hub may not declare `LoopExit`).
     pub(crate) fn has_waiters(&self) -> bool {
-        self.waiters > 0
+        self.waiting > 0
     }
 
-    /// Polls for readiness for at most `timeout` (`None`: forever); returns the greenlets to
-    /// wake.
-    pub(crate) fn poll(&mut self, timeout: Option<Duration>) -> Vec<GRef> {
+    pub(crate) fn state(&mut self, fd: RawFd) -> &mut FdState {
+        let i = fd as usize;
+        if i >= self.fds.len() {
+            self.fds.resize_with(i + 1, FdState::default);
+        }
+        &mut self.fds[i]
+    }
+
+    /// The kind recorded for `fd` (without growing the table).
+    pub(crate) fn kind(&self, fd: RawFd) -> FdKind {
+        self.fds
+            .get(fd as usize)
+            .map(|s| s.kind)
+            .unwrap_or_default()
+    }
+
+    /// Registers `fd` with epoll if it is not yet.
+    pub(crate) fn register(&mut self, fd: RawFd) -> io::Result<()> {
+        if fd < 0 {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        if self.state(fd).registered {
+            return Ok(());
+        }
+        let Some(poll) = self.poll.as_ref() else {
+            return Err(io::Error::other("evergreen: the hub has no epoll instance"));
+        };
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        let r = poll
+            .registry()
+            .register(&mut SourceFd(&fd), Token(fd as usize), interest);
+        match r {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                poll.registry()
+                    .reregister(&mut SourceFd(&fd), Token(fd as usize), interest)?;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("evergreen: fd {fd} cannot be polled (a regular file?)"),
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+        // Readiness flags start clear: with edge-triggered epoll, registering an fd that is
+        // already ready produces an event at the next poll, which sets them.
+        self.state(fd).registered = true;
+        Ok(())
+    }
+
+    /// Forgets `fd` (it is being closed): deregisters it and returns the greenlets waiting on
+    /// it, whose waits will fail with `EBADF`.
+    fn close(&mut self, fd: RawFd) -> [Option<CorePtr>; 2] {
+        if fd < 0 || fd as usize >= self.fds.len() {
+            return [None, None];
+        }
+        let registered = self.fds[fd as usize].registered;
+        if registered {
+            if let Some(poll) = self.poll.as_ref() {
+                let _ = poll.registry().deregister(&mut SourceFd(&fd));
+            }
+        }
+        let st = &mut self.fds[fd as usize];
+        let woken = [st.reader.take(), st.writer.take()];
+        let gen = st.generation + 1;
+        *st = FdState {
+            generation: gen,
+            ..FdState::default()
+        };
+        self.waiting -= woken.iter().flatten().count();
+        woken
+    }
+
+    /// Polls for at most `timeout` (`None`: forever); returns how many events arrived. The
+    /// greenlets to wake are left in `woken`.
+    pub(crate) fn poll(&mut self, timeout: Option<Duration>) -> usize {
         let Some(poll) = self.poll.as_mut() else {
             if let Some(t) = timeout {
                 std::thread::sleep(t);
             }
-            return Vec::new();
+            return 0;
         };
-        if timeout == Some(Duration::ZERO) && self.waiters == 0 {
-            // Nothing registered: skip the syscall.
-            return Vec::new();
+        if timeout == Some(Duration::ZERO) && self.waiting == 0 && self.fds.is_empty() {
+            // Nothing was ever registered: skip the syscall.
+            return 0;
         }
         loop {
             match poll.poll(&mut self.events, timeout) {
                 Ok(()) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    if timeout.is_some() {
+                        // Let the hub recompute the timeout.
+                        return 0;
+                    }
+                }
                 Err(e) => {
                     log::error!("evergreen: epoll_wait failed: {e}");
-                    break;
+                    return 0;
                 }
             }
         }
-        Vec::new()
+        let mut n = 0;
+        for ev in self.events.iter() {
+            n += 1;
+            let fd = ev.token().0;
+            let Some(st) = self.fds.get_mut(fd) else {
+                continue;
+            };
+            if !st.registered {
+                continue;
+            }
+            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                st.readable = true;
+                if let Some(g) = st.reader {
+                    self.woken.push(g);
+                }
+            }
+            if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
+                st.writable = true;
+                if let Some(g) = st.writer {
+                    self.woken.push(g);
+                }
+            }
+        }
+        n
     }
+
+    pub(crate) fn take_woken(&mut self) -> Vec<CorePtr> {
+        std::mem::take(&mut self.woken)
+    }
+
+    pub(crate) fn give_back_woken(&mut self, mut v: Vec<CorePtr>) {
+        v.clear();
+        if self.woken.is_empty() {
+            self.woken = v;
+        }
+    }
+}
+
+/// Clears the slot of a waiter on every exit path.
+struct SlotGuard {
+    fd: RawFd,
+    dir: Dir,
+    me: CorePtr,
+    generation: u64,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let hub = hub();
+        let mut r = hub.reactor.borrow_mut();
+        let mut freed = false;
+        if let Some(st) = r.fds.get_mut(self.fd as usize) {
+            if st.generation == self.generation {
+                let slot = match self.dir {
+                    Dir::Read => &mut st.reader,
+                    Dir::Write => &mut st.writer,
+                };
+                if *slot == Some(self.me) {
+                    *slot = None;
+                    freed = true;
+                }
+            }
+        }
+        if freed {
+            r.waiting -= 1;
+        }
+    }
+}
+
+fn dir_name(dir: Dir) -> &'static str {
+    match dir {
+        Dir::Read => "readable",
+        Dir::Write => "writable",
+    }
+}
+
+/// Waits until `fd` is ready in `dir`, `deadline` passes (`TimedOut`), or the fd is closed by
+/// another greenlet (`EBADF`). With `after_would_block`, the fd's readiness is drained first
+/// (the caller just saw `WouldBlock`); otherwise a readiness already seen returns at once.
+pub(crate) fn wait_io(
+    fd: RawFd,
+    dir: Dir,
+    deadline: Option<Instant>,
+    after_would_block: bool,
+) -> io::Result<()> {
+    let hub = hub();
+    let me = hub.current().ptr();
+    let generation = {
+        let mut r = hub.reactor.borrow_mut();
+        r.register(fd)?;
+        let st = r.state(fd);
+        let (ready, slot) = match dir {
+            Dir::Read => (&mut st.readable, &mut st.reader),
+            Dir::Write => (&mut st.writable, &mut st.writer),
+        };
+        if after_would_block {
+            *ready = false;
+        } else if *ready {
+            return Ok(());
+        }
+        if let Some(other) = *slot {
+            // SAFETY: a slot holds a greenlet that is parked waiting on this fd, hence alive.
+            let other_id = unsafe { other.as_ref() }.id;
+            return Err(io::Error::other(Error::ConcurrentObjectUse(format!(
+                "greenlet #{} waits for fd {fd} to become {} while greenlet #{other_id} already \
+                 does",
+                hub.current().id,
+                dir_name(dir)
+            ))));
+        }
+        *slot = Some(me);
+        let g = st.generation;
+        r.waiting += 1;
+        g
+    };
+    let _guard = SlotGuard {
+        fd,
+        dir,
+        me,
+        generation,
+    };
+    let what = match dir {
+        Dir::Read => "wait_read",
+        Dir::Write => "wait_write",
+    };
+    loop {
+        let wake = hub.park(deadline, what);
+        {
+            let mut r = hub.reactor.borrow_mut();
+            let st = r.state(fd);
+            if st.generation != generation {
+                return Err(io::Error::other(EbadfClosed(fd)));
+            }
+            let ready = match dir {
+                Dir::Read => st.readable,
+                Dir::Write => st.writable,
+            };
+            if ready {
+                return Ok(());
+            }
+        }
+        match wake {
+            Wake::Deadline => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("timed out waiting for fd {fd} to become {}", dir_name(dir)),
+                ))
+            }
+            Wake::Interrupted => hub.deliver_interrupt(),
+            // Spurious: wait again.
+            Wake::Woken => {}
+        }
+    }
+}
+
+/// The error of a wait whose fd was closed by another greenlet (gevent's `cancel_wait_ex`).
+#[derive(Debug)]
+struct EbadfClosed(RawFd);
+
+impl std::fmt::Display for EbadfClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "file descriptor {} was closed in another greenlet (EBADF)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for EbadfClosed {}
+
+/// Forgets `fd` before it is closed: deregisters it and wakes its waiters with `EBADF`.
+/// Safe to call for fds the reactor never saw.
+pub(crate) fn close_fd(fd: RawFd) {
+    if !crate::hub::exists() {
+        return;
+    }
+    let hub = hub();
+    let woken = hub.reactor.borrow_mut().close(fd);
+    for g in woken.into_iter().flatten() {
+        // SAFETY: the greenlet was parked waiting on this fd, hence alive.
+        hub.unpark(unsafe { g.as_ref() });
+    }
+}
+
+/// Records that `fd` is a non-blocking socket owned by evergreen's `net`, and registers it.
+pub(crate) fn adopt_fd(fd: RawFd) -> io::Result<()> {
+    let hub = hub();
+    let mut r = hub.reactor.borrow_mut();
+    r.register(fd)?;
+    r.state(fd).kind = FdKind::Owned;
+    Ok(())
+}
+
+/// Blocks the current greenlet until `fd` is readable (gevent's `wait_read`), or `timeout`
+/// passes (`io::ErrorKind::TimedOut`), or the fd is closed by another greenlet.
+///
+/// Works on any pollable fd (sockets, pipes, eventfds...). May return spuriously: try the
+/// operation and wait again if it would block.
+pub fn wait_read(fd: RawFd, timeout: Option<Duration>) -> io::Result<()> {
+    let deadline = timeout.map(|t| hub().now() + t);
+    wait_io(fd, Dir::Read, deadline, false)
+}
+
+/// Like [`wait_read`], for writability (gevent's `wait_write`).
+pub fn wait_write(fd: RawFd, timeout: Option<Duration>) -> io::Result<()> {
+    let deadline = timeout.map(|t| hub().now() + t);
+    wait_io(fd, Dir::Write, deadline, false)
 }

