@@ -125,6 +125,11 @@ impl Reactor {
             .unwrap_or_default()
     }
 
+    /// Whether `fd` is registered with epoll.
+    pub(crate) fn is_registered(&self, fd: RawFd) -> bool {
+        fd >= 0 && self.fds.get(fd as usize).is_some_and(|s| s.registered)
+    }
+
     /// Registers `fd` with epoll if it is not yet.
     pub(crate) fn register(&mut self, fd: RawFd) -> io::Result<()> {
         if fd < 0 {

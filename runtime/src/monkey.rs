@@ -1,0 +1,807 @@
+//! Monkey patching: making *unmodified* blocking code cooperative (gevent's `monkey`).
+//!
+//! gevent swaps Python's `socket` and `time` modules. The Rust equivalent works one level
+//! lower: this crate defines the libc entry points that blocking socket code ends up calling
+//! (`connect`, `accept`, `accept4`, `read`, `write`, `readv`, `writev`, `recv`, `send`,
+//! `recvfrom`, `sendto`, `recvmsg`, `sendmsg`, `poll`, `close`, and for [`patch_time`]
+//! `nanosleep` and `clock_nanosleep`) as `#[no_mangle]` functions. The executable's definitions
+//! take precedence over libc's (symbol interposition), so `std::net`, `socket2` and crates built
+//! on them (the `mysql` crate, for one) call these hooks.
+//!
+//! # What a hook does
+//!
+//! * **Outside a greenlet** (the root context, a hub callback, another thread), or before the
+//!   relevant `patch_*` call, or on an fd that is not a socket, or on a socket its owner made
+//!   non-blocking: it is a pure pass-through to the real system call (`libc::syscall`, never
+//!   the libc wrapper of the same name, which would call the hook again).
+//! * **Inside a greenlet, on a blocking socket**: it tries the call without blocking
+//!   (`MSG_DONTWAIT`, or a temporary `O_NONBLOCK` for `connect` and `accept`, restored at once:
+//!   file descriptors are never left non-blocking). If it would block, the greenlet parks on
+//!   the [reactor](crate::reactor) until the fd is ready, and the call is retried. A socket's
+//!   `SO_RCVTIMEO` / `SO_SNDTIMEO` is honoured: when it passes, the call fails with `EAGAIN`,
+//!   exactly as the kernel's blocking call would.
+//! * `nanosleep`/`clock_nanosleep` in a greenlet after [`patch_time`] become
+//!   [`sleep`](crate::sleep), so `std::thread::sleep` yields.
+//! * `close` of an fd the reactor knows deregisters it first and wakes its waiters with
+//!   `EBADF` (so fd numbers can be reused safely).
+//!
+//! A kill or `Timeout` delivered to a greenlet parked in a hook unwinds out of the hook (the
+//! hooks use the `C-unwind` ABI) into the Rust code that called it.
+//!
+//! # Not covered
+//!
+//! * **glibc's internal calls** do not go through the dynamic symbol table: `getaddrinfo`
+//!   (and so `std`'s `ToSocketAddrs` for host names) blocks the hub. Resolve names with
+//!   [`net::dns`](crate::net::dns) instead, or use IP literals.
+//! * **`std::sync::Mutex`/`Condvar` held across a blocking call** deadlock the thread: the
+//!   greenlet parks holding the lock, and the next greenlet to take it blocks the OS thread,
+//!   so the first never runs again. This is why `mysql::Pool` (a `Mutex` + `Condvar` pool)
+//!   cannot be used cooperatively: use one connection per greenlet, or a pool built on
+//!   evergreen's [`Semaphore`](crate::Semaphore)/[`Queue`](crate::Queue).
+//! * `poll` on more than one fd is emulated by polling without blocking every millisecond
+//!   (or less), since a greenlet can wait on one fd at a time; `select`, `epoll_wait`,
+//!   `usleep`/`sleep` (glibc-internal nanosleep) and file I/O are not patched.
+//! * A kill delivered while a greenlet is parked in a hook called from **C code** (not Rust)
+//!   would unwind through C frames, which is undefined behaviour: do not kill greenlets that
+//!   are inside C libraries.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::io::Read;
+//! evergreen::monkey::patch_all();
+//! let gs: Vec<_> = (0..3)
+//!     .map(|_| evergreen::spawn(|| {
+//!         // unmodified blocking code: yields to the other greenlets
+//!         std::thread::sleep(std::time::Duration::from_millis(100));
+//!     }))
+//!     .collect();
+//! evergreen::joinall(&gs); // ~100 ms, not 300 ms
+//! ```
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use libc::{c_int, c_void, size_t, sockaddr, socklen_t, ssize_t};
+
+use crate::hub::hub;
+use crate::reactor::{self, Dir, FdKind};
+
+static SOCKET: AtomicBool = AtomicBool::new(false);
+static TIME: AtomicBool = AtomicBool::new(false);
+
+/// Patches sockets and time (gevent's `patch_all`).
+pub fn patch_all() {
+    patch_socket();
+    patch_time();
+}
+
+/// Makes blocking socket calls made inside greenlets cooperative (gevent's `patch_socket`).
+pub fn patch_socket() {
+    assert!(
+        hooks_linked(),
+        "evergreen's libc hooks are not linked into this executable; monkey patching cannot work"
+    );
+    SOCKET.store(true, Ordering::SeqCst);
+}
+
+/// Makes `nanosleep`/`clock_nanosleep` (so `std::thread::sleep`) inside greenlets
+/// cooperative (gevent's `patch_time`).
+pub fn patch_time() {
+    assert!(
+        hooks_linked(),
+        "evergreen's libc hooks are not linked into this executable; monkey patching cannot work"
+    );
+    TIME.store(true, Ordering::SeqCst);
+}
+
+/// Turns the hooks back into pure pass-throughs (for tests and benchmarks).
+pub fn unpatch_all() {
+    SOCKET.store(false, Ordering::SeqCst);
+    TIME.store(false, Ordering::SeqCst);
+}
+
+/// Whether anything is patched (gevent's `is_anything_patched`).
+pub fn is_patched() -> bool {
+    is_socket_patched() || is_time_patched()
+}
+
+/// Whether sockets are patched.
+pub fn is_socket_patched() -> bool {
+    SOCKET.load(Ordering::Relaxed)
+}
+
+/// Whether time is patched.
+pub fn is_time_patched() -> bool {
+    TIME.load(Ordering::Relaxed)
+}
+
+/// Whether this executable's `connect`, `recv`, `send` and `nanosleep` symbols resolve to
+/// evergreen's hooks (checked with `dlsym`). False means the hooks were not linked in, or
+/// another library interposes the same symbols first.
+pub fn hooks_linked() -> bool {
+    let ours: [(&[u8], usize); 4] = [
+        (b"connect\0", connect as *const () as usize),
+        (b"recv\0", recv as *const () as usize),
+        (b"send\0", send as *const () as usize),
+        (b"nanosleep\0", nanosleep as *const () as usize),
+    ];
+    ours.iter().all(|(name, addr)| {
+        // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only reads.
+        let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr() as *const libc::c_char) };
+        p as usize == *addr
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw system calls (never the libc wrappers: those are the hooks)
+// ---------------------------------------------------------------------------------------------
+
+fn errno() -> c_int {
+    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn set_errno(e: c_int) {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() = e };
+}
+
+macro_rules! sys {
+    ($nr:expr $(, $a:expr)*) => {
+        // SAFETY: a raw system call with the caller's arguments, exactly as the libc wrapper
+        // would make it; the hooks' callers guarantee the pointers are valid.
+        unsafe { libc::syscall($nr $(, $a)*) }
+    };
+}
+
+fn fcntl_getfl(fd: RawFd) -> c_int {
+    sys!(libc::SYS_fcntl, fd, libc::F_GETFL) as c_int
+}
+
+fn fcntl_setfl(fd: RawFd, flags: c_int) {
+    sys!(libc::SYS_fcntl, fd, libc::F_SETFL, flags);
+}
+
+fn is_nonblocking(fd: RawFd) -> bool {
+    let fl = fcntl_getfl(fd);
+    fl >= 0 && fl & libc::O_NONBLOCK != 0
+}
+
+/// `SO_RCVTIMEO`/`SO_SNDTIMEO` of a socket, if set.
+fn sock_timeout(fd: RawFd, dir: Dir) -> Option<Duration> {
+    let opt = match dir {
+        Dir::Read => libc::SO_RCVTIMEO,
+        Dir::Write => libc::SO_SNDTIMEO,
+    };
+    let mut tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    let mut len = std::mem::size_of::<libc::timeval>() as socklen_t;
+    let r = sys!(
+        libc::SYS_getsockopt,
+        fd,
+        libc::SOL_SOCKET,
+        opt,
+        &mut tv as *mut libc::timeval,
+        &mut len as *mut socklen_t
+    );
+    if r != 0 || (tv.tv_sec == 0 && tv.tv_usec == 0) {
+        return None;
+    }
+    Some(Duration::new(tv.tv_sec as u64, tv.tv_usec as u32 * 1000))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The decision: cooperate or pass through
+// ---------------------------------------------------------------------------------------------
+
+/// Whether the calling code runs in a greenlet (not the root, not a hub callback).
+#[inline]
+fn in_greenlet() -> bool {
+    crate::stack::RUNNING
+        .try_with(|r| !r.get().is_null())
+        .unwrap_or(false)
+}
+
+/// Whether a socket call on `fd` must be made cooperative here.
+#[inline]
+fn cooperative_socket(fd: RawFd) -> bool {
+    if !SOCKET.load(Ordering::Relaxed) || fd < 0 || !in_greenlet() {
+        return false;
+    }
+    let hub = hub();
+    let Ok(mut r) = hub.reactor.try_borrow_mut() else {
+        return false;
+    };
+    match r.kind(fd) {
+        FdKind::Socket => true,
+        FdKind::Owned | FdKind::Other => false,
+        FdKind::Unknown => {
+            // SAFETY: a zeroed stat buffer filled by fstat(2).
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            let ok = sys!(libc::SYS_fstat, fd, &mut st as *mut libc::stat) == 0;
+            let kind = if ok && st.st_mode & libc::S_IFMT == libc::S_IFSOCK {
+                FdKind::Socket
+            } else {
+                FdKind::Other
+            };
+            if ok {
+                r.state(fd).kind = kind;
+            }
+            kind == FdKind::Socket
+        }
+    }
+}
+
+/// Runs `op` (which returns -1 and sets errno on failure) cooperatively: retried after
+/// waiting for `fd` whenever it fails with `EAGAIN` on a blocking socket.
+fn coop<R: Copy + PartialOrd + From<i8>>(fd: RawFd, dir: Dir, mut op: impl FnMut() -> R) -> R {
+    let fail: R = R::from(-1);
+    let mut deadline: Option<Option<Instant>> = None;
+    loop {
+        let r = op();
+        if r != fail {
+            return r;
+        }
+        let e = errno();
+        if e == libc::EINTR {
+            continue;
+        }
+        if e != libc::EAGAIN && e != libc::EWOULDBLOCK {
+            return r;
+        }
+        if is_nonblocking(fd) {
+            // The owner made it non-blocking and expects EAGAIN.
+            set_errno(e);
+            return r;
+        }
+        let d = *deadline.get_or_insert_with(|| sock_timeout(fd, dir).map(|t| hub().now() + t));
+        match reactor::wait_io(fd, dir, d, true) {
+            Ok(()) => {}
+            Err(err) => {
+                set_errno(match err.kind() {
+                    io::ErrorKind::TimedOut => libc::EAGAIN,
+                    _ => err.raw_os_error().unwrap_or(libc::EBADF),
+                });
+                return fail;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The hooks
+// ---------------------------------------------------------------------------------------------
+
+/// Hook for `recv(2)`. See the [module docs](self).
+///
+/// # Safety
+///
+/// The same contract as libc's `recv`: `buf` must be valid for `len` bytes.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn recv(
+    fd: c_int,
+    buf: *mut c_void,
+    len: size_t,
+    flags: c_int,
+) -> ssize_t {
+    if !cooperative_socket(fd) {
+        return sys!(libc::SYS_recvfrom, fd, buf, len, flags, 0usize, 0usize) as ssize_t;
+    }
+    coop(fd, Dir::Read, || {
+        sys!(
+            libc::SYS_recvfrom,
+            fd,
+            buf,
+            len,
+            flags | libc::MSG_DONTWAIT,
+            0usize,
+            0usize
+        ) as ssize_t
+    })
+}
+
+/// Hook for `recvfrom(2)`.
+///
+/// # Safety
+///
+/// The same contract as libc's `recvfrom`.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn recvfrom(
+    fd: c_int,
+    buf: *mut c_void,
+    len: size_t,
+    flags: c_int,
+    addr: *mut sockaddr,
+    addrlen: *mut socklen_t,
+) -> ssize_t {
+    if !cooperative_socket(fd) {
+        return sys!(libc::SYS_recvfrom, fd, buf, len, flags, addr, addrlen) as ssize_t;
+    }
+    coop(fd, Dir::Read, || {
+        sys!(
+            libc::SYS_recvfrom,
+            fd,
+            buf,
+            len,
+            flags | libc::MSG_DONTWAIT,
+            addr,
+            addrlen
+        ) as ssize_t
+    })
+}
+
+/// Hook for `send(2)`.
+///
+/// # Safety
+///
+/// The same contract as libc's `send`.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn send(
+    fd: c_int,
+    buf: *const c_void,
+    len: size_t,
+    flags: c_int,
+) -> ssize_t {
+    if !cooperative_socket(fd) {
+        return sys!(libc::SYS_sendto, fd, buf, len, flags, 0usize, 0usize) as ssize_t;
+    }
+    coop(fd, Dir::Write, || {
+        sys!(
+            libc::SYS_sendto,
+            fd,
+            buf,
+            len,
+            flags | libc::MSG_DONTWAIT,
+            0usize,
+            0usize
+        ) as ssize_t
+    })
+}
+
+/// Hook for `sendto(2)`.
+///
+/// # Safety
+///
+/// The same contract as libc's `sendto`.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn sendto(
+    fd: c_int,
+    buf: *const c_void,
+    len: size_t,
+    flags: c_int,
+    addr: *const sockaddr,
+    addrlen: socklen_t,
+) -> ssize_t {
+    if !cooperative_socket(fd) {
+        return sys!(libc::SYS_sendto, fd, buf, len, flags, addr, addrlen) as ssize_t;
+    }
+    coop(fd, Dir::Write, || {
+        sys!(
+            libc::SYS_sendto,
+            fd,
+            buf,
+            len,
+            flags | libc::MSG_DONTWAIT,
+            addr,
+            addrlen
+        ) as ssize_t
+    })
+}
+
+/// Hook for `recvmsg(2)`.
+///
+/// # Safety
+///
+/// The same contract as libc's `recvmsg`.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn recvmsg(
+    fd: c_int,
+    msg: *mut libc::msghdr,
+    flags: c_int,
+) -> ssize_t {
+    if !cooperative_socket(fd) {
+        return sys!(libc::SYS_recvmsg, fd, msg, flags) as ssize_t;
+    }
+    coop(fd, Dir::Read, || {
+        sys!(libc::SYS_recvmsg, fd, msg, flags | libc::MSG_DONTWAIT) as ssize_t
+    })
+}
+
+/// Hook for `sendmsg(2)`.
+///
+/// # Safety
+///
+/// The same contract as libc's `sendmsg`.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn sendmsg(
+    fd: c_int,
+    msg: *const libc::msghdr,
+    flags: c_int,
+) -> ssize_t {
+    if !cooperative_socket(fd) {
+        return sys!(libc::SYS_sendmsg, fd, msg, flags) as ssize_t;
+    }
+    coop(fd, Dir::Write, || {
+        sys!(libc::SYS_sendmsg, fd, msg, flags | libc::MSG_DONTWAIT) as ssize_t
+    })
+}
+
+/// Hook for `read(2)`: cooperative on blocking sockets (as `recv` with `MSG_DONTWAIT`), a
+/// pass-through for everything else.
+///
+/// # Safety
+///
+/// The same contract as libc's `read`.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
+    if !cooperative_socket(fd) {
+        return sys!(libc::SYS_read, fd, buf, count) as ssize_t;
+    }
+    coop(fd, Dir::Read, || {
+        sys!(
+            libc::SYS_recvfrom,
+            fd,
+            buf,
+            count,
+            libc::MSG_DONTWAIT,
+            0usize,
+            0usize
+        ) as ssize_t
+    })
+}
+
+/// Hook for `write(2)`.
+///
+/// # Safety
+///
+/// The same contract as libc's `write`.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
+    if !cooperative_socket(fd) {
+        return sys!(libc::SYS_write, fd, buf, count) as ssize_t;
+    }
+    coop(fd, Dir::Write, || {
+        sys!(
+            libc::SYS_sendto,
+            fd,
+            buf,
+            count,
+            libc::MSG_DONTWAIT,
+            0usize,
+            0usize
+        ) as ssize_t
+    })
+}
+
+fn iov_msg(iov: *const libc::iovec, iovcnt: c_int) -> libc::msghdr {
+    // SAFETY: an all-zero msghdr is a valid empty header.
+    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+    m.msg_iov = iov as *mut libc::iovec;
+    m.msg_iovlen = iovcnt.max(0) as _;
+    m
+}
+
+/// Hook for `readv(2)`.
+///
+/// # Safety
+///
+/// The same contract as libc's `readv`.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn readv(
+    fd: c_int,
+    iov: *const libc::iovec,
+    iovcnt: c_int,
+) -> ssize_t {
+    if !cooperative_socket(fd) {
+        return sys!(libc::SYS_readv, fd, iov, iovcnt) as ssize_t;
+    }
+    let mut m = iov_msg(iov, iovcnt);
+    coop(fd, Dir::Read, || {
+        sys!(
+            libc::SYS_recvmsg,
+            fd,
+            &mut m as *mut libc::msghdr,
+            libc::MSG_DONTWAIT
+        ) as ssize_t
+    })
+}
+
+/// Hook for `writev(2)`.
+///
+/// # Safety
+///
+/// The same contract as libc's `writev`.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn writev(
+    fd: c_int,
+    iov: *const libc::iovec,
+    iovcnt: c_int,
+) -> ssize_t {
+    if !cooperative_socket(fd) {
+        return sys!(libc::SYS_writev, fd, iov, iovcnt) as ssize_t;
+    }
+    let m = iov_msg(iov, iovcnt);
+    coop(fd, Dir::Write, || {
+        sys!(
+            libc::SYS_sendmsg,
+            fd,
+            &m as *const libc::msghdr,
+            libc::MSG_DONTWAIT
+        ) as ssize_t
+    })
+}
+
+/// Runs `op` with `O_NONBLOCK` temporarily set on `fd` (restored before returning).
+fn with_nonblock<R>(fd: RawFd, flags: c_int, op: impl FnOnce() -> R) -> R {
+    fcntl_setfl(fd, flags | libc::O_NONBLOCK);
+    let r = op();
+    let e = errno();
+    fcntl_setfl(fd, flags);
+    set_errno(e);
+    r
+}
+
+/// Hook for `connect(2)`: in a greenlet, a blocking connect becomes a non-blocking connect
+/// and a wait for writability (bounded by `SO_SNDTIMEO`, as the kernel does).
+///
+/// # Safety
+///
+/// The same contract as libc's `connect`.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    if !cooperative_socket(fd) {
+        return sys!(libc::SYS_connect, fd, addr, len) as c_int;
+    }
+    let flags = fcntl_getfl(fd);
+    if flags < 0 || flags & libc::O_NONBLOCK != 0 {
+        return sys!(libc::SYS_connect, fd, addr, len) as c_int;
+    }
+    let r = with_nonblock(fd, flags, || {
+        sys!(libc::SYS_connect, fd, addr, len) as c_int
+    });
+    if r == 0 {
+        return 0;
+    }
+    let e = errno();
+    if e != libc::EINPROGRESS {
+        set_errno(e);
+        return -1;
+    }
+    let deadline = sock_timeout(fd, Dir::Write).map(|t| hub().now() + t);
+    if let Err(err) = reactor::wait_io(fd, Dir::Write, deadline, true) {
+        set_errno(match err.kind() {
+            io::ErrorKind::TimedOut => libc::EINPROGRESS,
+            _ => libc::EBADF,
+        });
+        return -1;
+    }
+    let mut so_error: c_int = 0;
+    let mut l = std::mem::size_of::<c_int>() as socklen_t;
+    let r = sys!(
+        libc::SYS_getsockopt,
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_ERROR,
+        &mut so_error as *mut c_int,
+        &mut l as *mut socklen_t
+    );
+    if r != 0 {
+        return -1;
+    }
+    if so_error != 0 {
+        set_errno(so_error);
+        return -1;
+    }
+    0
+}
+
+/// Hook for `accept4(2)`.
+///
+/// # Safety
+///
+/// The same contract as libc's `accept4`.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn accept4(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    flags: c_int,
+) -> c_int {
+    if !cooperative_socket(fd) {
+        return sys!(libc::SYS_accept4, fd, addr, len, flags) as c_int;
+    }
+    let fl = fcntl_getfl(fd);
+    if fl < 0 || fl & libc::O_NONBLOCK != 0 {
+        return sys!(libc::SYS_accept4, fd, addr, len, flags) as c_int;
+    }
+    coop(fd, Dir::Read, || {
+        // The listener is blocking: try with O_NONBLOCK set just for this call. `coop` sees
+        // the restored flags, so it waits on EAGAIN.
+        with_nonblock(fd, fl, || {
+            sys!(libc::SYS_accept4, fd, addr, len, flags) as c_int
+        })
+    })
+}
+
+/// Hook for `accept(2)`.
+///
+/// # Safety
+///
+/// The same contract as libc's `accept`.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn accept(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+) -> c_int {
+    // SAFETY: forwarded with the caller's contract.
+    unsafe { accept4(fd, addr, len, 0) }
+}
+
+/// Hook for `poll(2)`: in a greenlet (after [`patch_socket`]), waits cooperatively.
+///
+/// # Safety
+///
+/// The same contract as libc's `poll`: `fds` must be valid for `nfds` entries.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn poll(
+    fds: *mut libc::pollfd,
+    nfds: libc::nfds_t,
+    timeout: c_int,
+) -> c_int {
+    let raw = |t: c_int| sys!(libc::SYS_poll, fds, nfds, t) as c_int;
+    if !SOCKET.load(Ordering::Relaxed) || !in_greenlet() || timeout == 0 {
+        return raw(timeout);
+    }
+    let r = raw(0);
+    if r != 0 {
+        return r;
+    }
+    let hub = hub();
+    let deadline = (timeout > 0).then(|| hub.now() + Duration::from_millis(timeout as u64));
+    if nfds == 1 {
+        // SAFETY: nfds == 1, so `fds` points to one pollfd.
+        let p = unsafe { &*fds };
+        let dir = if p.events & libc::POLLOUT != 0 && p.events & libc::POLLIN == 0 {
+            Dir::Write
+        } else {
+            Dir::Read
+        };
+        loop {
+            match reactor::wait_io(p.fd, dir, deadline, false) {
+                Ok(()) => {
+                    let r = raw(0);
+                    if r != 0 {
+                        return r;
+                    }
+                    // Spurious (readiness drained meanwhile): wait for the next edge.
+                    if let Err(e) = reactor::wait_io(p.fd, dir, deadline, true) {
+                        if e.kind() == io::ErrorKind::TimedOut {
+                            return 0;
+                        }
+                        return raw(0);
+                    }
+                    let r = raw(0);
+                    if r != 0 {
+                        return r;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => return 0,
+                // Not pollable by epoll (a regular file) or closed: let the kernel answer.
+                Err(_) => return raw(timeout),
+            }
+        }
+    }
+    // Several fds: poll without blocking, sleeping cooperatively in between.
+    let mut pause = Duration::from_micros(50);
+    loop {
+        let r = raw(0);
+        if r != 0 {
+            return r;
+        }
+        let now = hub.now();
+        if let Some(d) = deadline {
+            if now >= d {
+                return 0;
+            }
+            pause = pause.min(d - now);
+        }
+        crate::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(1));
+    }
+}
+
+/// Hook for `close(2)`: the reactor forgets the fd first (waking its waiters with `EBADF`).
+///
+/// # Safety
+///
+/// The same contract as libc's `close`.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn close(fd: c_int) -> c_int {
+    if crate::hub::exists() {
+        let hub = hub();
+        let known = hub
+            .reactor
+            .try_borrow()
+            .map(|r| r.kind(fd) != FdKind::Unknown || r.is_registered(fd))
+            .unwrap_or(false);
+        if known {
+            reactor::close_fd(fd);
+        }
+    }
+    sys!(libc::SYS_close, fd) as c_int
+}
+
+fn sleep_cooperatively(d: Duration) {
+    crate::sleep(d);
+}
+
+/// Hook for `nanosleep(2)`: [`sleep`](crate::sleep) in a greenlet after [`patch_time`].
+///
+/// # Safety
+///
+/// The same contract as libc's `nanosleep`.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn nanosleep(
+    req: *const libc::timespec,
+    rem: *mut libc::timespec,
+) -> c_int {
+    if !TIME.load(Ordering::Relaxed) || !in_greenlet() || req.is_null() {
+        return sys!(libc::SYS_nanosleep, req, rem) as c_int;
+    }
+    // SAFETY: non-null, and valid per the caller's contract.
+    let t = unsafe { *req };
+    if t.tv_sec < 0 || !(0..1_000_000_000).contains(&t.tv_nsec) {
+        set_errno(libc::EINVAL);
+        return -1;
+    }
+    sleep_cooperatively(Duration::new(t.tv_sec as u64, t.tv_nsec as u32));
+    0
+}
+
+/// Hook for `clock_nanosleep(2)` (relative and `TIMER_ABSTIME`).
+///
+/// # Safety
+///
+/// The same contract as libc's `clock_nanosleep` (which returns the error number instead of
+/// setting errno).
+#[no_mangle]
+pub unsafe extern "C-unwind" fn clock_nanosleep(
+    clock: libc::clockid_t,
+    flags: c_int,
+    req: *const libc::timespec,
+    rem: *mut libc::timespec,
+) -> c_int {
+    if !TIME.load(Ordering::Relaxed) || !in_greenlet() || req.is_null() {
+        let r = sys!(libc::SYS_clock_nanosleep, clock, flags, req, rem);
+        return if r == 0 { 0 } else { errno() };
+    }
+    // SAFETY: non-null, and valid per the caller's contract.
+    let t = unsafe { *req };
+    if t.tv_sec < 0 || !(0..1_000_000_000).contains(&t.tv_nsec) {
+        return libc::EINVAL;
+    }
+    let mut d = Duration::new(t.tv_sec as u64, t.tv_nsec as u32);
+    if flags & libc::TIMER_ABSTIME != 0 {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        if sys!(
+            libc::SYS_clock_gettime,
+            clock,
+            &mut now as *mut libc::timespec
+        ) != 0
+        {
+            return errno();
+        }
+        let now = Duration::new(now.tv_sec.max(0) as u64, now.tv_nsec as u32);
+        d = d.saturating_sub(now);
+    }
+    sleep_cooperatively(d);
+    0
+}

@@ -1,0 +1,217 @@
+//! Monkey patching: unmodified blocking code (std::net, std::thread::sleep) made cooperative.
+//!
+//! Patching is process-wide, so every test here patches (idempotently) before it starts.
+
+mod common;
+
+use std::cell::Cell;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use common::{run, run_virtual};
+use evergreen::{joinall, monkey, sleep, spawn, Greenlet};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn nonblocking(fd: i32) -> bool {
+    // SAFETY: F_GETFL on a valid fd.
+    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    fl & libc::O_NONBLOCK != 0
+}
+
+#[test]
+fn the_hooks_are_linked_into_the_executable() {
+    // Fails if evergreen's libc hooks stop being linked (or something else interposes them).
+    assert!(monkey::hooks_linked());
+    monkey::patch_all();
+    assert!(monkey::is_patched() && monkey::is_socket_patched() && monkey::is_time_patched());
+}
+
+#[test]
+fn std_thread_sleep_overlaps_after_patch_time() {
+    monkey::patch_all();
+    // Virtual clock: each of the 10 greenlets "sleeps" 100 ms with std::thread::sleep; if the
+    // sleeps overlap, exactly 100 ms of hub time pass, not 1 s.
+    run_virtual(|| {
+        let t0 = evergreen::hub::now();
+        let gs: Vec<Greenlet<()>> = (0..10)
+            .map(|_| spawn(|| std::thread::sleep(ms(100))))
+            .collect();
+        joinall(&gs);
+        assert_eq!(evergreen::hub::now() - t0, ms(100));
+    });
+    // And on the real clock, with a generous bound (serial would be 1 s).
+    run(|| {
+        let start = Instant::now();
+        let gs: Vec<Greenlet<()>> = (0..10)
+            .map(|_| spawn(|| std::thread::sleep(ms(100))))
+            .collect();
+        joinall(&gs);
+        assert!(start.elapsed() < ms(600), "took {:?}", start.elapsed());
+    });
+}
+
+#[test]
+fn std_sleep_outside_greenlets_still_blocks_the_thread() {
+    monkey::patch_all();
+    run_virtual(|| {
+        // In the root context the hook is a pass-through: real time passes, hub time does not
+        // jump.
+        let wall = Instant::now();
+        let t0 = evergreen::hub::now();
+        std::thread::sleep(ms(20));
+        assert!(wall.elapsed() >= ms(20));
+        assert_eq!(evergreen::hub::now(), t0);
+    });
+}
+
+/// A server and its clients, all plain `std::net` blocking code, on ONE thread. Without the
+/// hooks the first blocking call would block the thread and the test would hang.
+#[test]
+fn unmodified_std_net_code_runs_concurrently_on_one_thread() {
+    monkey::patch_all();
+    run(|| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let in_flight = Rc::new(Cell::new(0u32));
+        let peak = Rc::new(Cell::new(0u32));
+        let n = 20;
+        let server = spawn(move || {
+            let mut handlers = vec![];
+            for _ in 0..n {
+                let (mut s, _) = listener.accept().unwrap();
+                handlers.push(spawn(move || {
+                    let mut buf = [0u8; 5];
+                    s.read_exact(&mut buf).unwrap();
+                    std::thread::sleep(ms(50)); // patched: yields
+                    s.write_all(&buf).unwrap();
+                    assert!(
+                        !nonblocking(s.as_raw_fd()),
+                        "fds are never left non-blocking"
+                    );
+                }));
+            }
+            joinall(&handlers);
+            assert!(
+                !nonblocking(listener.as_raw_fd()),
+                "the listener was restored too"
+            );
+        });
+        let clients: Vec<Greenlet<()>> = (0..n)
+            .map(|i| {
+                let (inf, pk) = (in_flight.clone(), peak.clone());
+                spawn(move || {
+                    let mut s = std::net::TcpStream::connect(addr).unwrap();
+                    assert!(!nonblocking(s.as_raw_fd()));
+                    s.write_all(format!("m{i:04}").as_bytes()).unwrap();
+                    inf.set(inf.get() + 1);
+                    pk.set(pk.get().max(inf.get()));
+                    let mut buf = [0u8; 5];
+                    s.read_exact(&mut buf).unwrap();
+                    inf.set(inf.get() - 1);
+                    assert_eq!(&buf, format!("m{i:04}").as_bytes());
+                })
+            })
+            .collect();
+        let start = Instant::now();
+        joinall(&clients);
+        server.join();
+        assert!(peak.get() > 1, "requests overlapped (peak {})", peak.get());
+        assert!(
+            start.elapsed() < ms(20 * 50 / 2),
+            "took {:?}",
+            start.elapsed()
+        );
+    });
+}
+
+#[test]
+fn so_rcvtimeo_keeps_working_and_other_greenlets_run_meanwhile() {
+    monkey::patch_all();
+    run(|| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = spawn(move || listener.accept().unwrap().0);
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        let _server_side = acceptor.into_result().unwrap();
+        c.set_read_timeout(Some(ms(50))).unwrap();
+        let ticks = Rc::new(Cell::new(0u32));
+        let t2 = ticks.clone();
+        let ticker = spawn(move || loop {
+            t2.set(t2.get() + 1);
+            sleep(ms(2));
+        });
+        let reader = spawn(move || {
+            let mut buf = [0u8; 4];
+            let start = Instant::now();
+            let e = c.read(&mut buf).unwrap_err();
+            (e.kind(), start.elapsed())
+        });
+        let (kind, took) = reader.into_result().unwrap();
+        assert!(
+            matches!(kind, ErrorKind::WouldBlock | ErrorKind::TimedOut),
+            "{kind:?}"
+        );
+        assert!(took >= ms(45), "{took:?}");
+        assert!(
+            ticks.get() >= 5,
+            "the hub was not blocked ({} ticks)",
+            ticks.get()
+        );
+        ticker.kill();
+    });
+}
+
+#[test]
+fn closing_an_fd_wakes_the_greenlet_blocked_in_a_hooked_read() {
+    monkey::patch_all();
+    run(|| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = spawn(move || listener.accept().unwrap().0);
+        let c = std::net::TcpStream::connect(addr).unwrap();
+        let _server_side = acceptor.into_result().unwrap();
+        let fd = c.as_raw_fd();
+        let reader = spawn(move || {
+            let mut c = c;
+            let mut buf = [0u8; 4];
+            let r = c.read(&mut buf);
+            std::mem::forget(c); // the fd was closed under it
+            r.map_err(|e| e.raw_os_error())
+        });
+        sleep(Duration::ZERO);
+        assert!(!reader.dead());
+        // SAFETY: closing the reader's fd from another greenlet (through the hook), as gevent's
+        // close() does; the reader forgets its handle afterwards.
+        unsafe { libc::close(fd) };
+        assert_eq!(reader.into_result().unwrap(), Err(Some(libc::EBADF)));
+    });
+}
+
+#[test]
+fn a_kill_unwinds_a_greenlet_blocked_in_a_hooked_call() {
+    monkey::patch_all();
+    run(|| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dropped = Rc::new(Cell::new(false));
+        let d2 = dropped.clone();
+        let g = spawn(move || {
+            struct Flag(Rc<Cell<bool>>);
+            impl Drop for Flag {
+                fn drop(&mut self) {
+                    self.0.set(true);
+                }
+            }
+            let _f = Flag(d2);
+            let _ = listener.accept(); // parks in the accept4 hook
+        });
+        sleep(Duration::ZERO);
+        assert!(!g.dead());
+        g.kill();
+        assert!(dropped.get() && g.successful());
+    });
+}
