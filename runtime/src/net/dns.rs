@@ -157,7 +157,10 @@ impl Resolver {
             return Ok(vec![ip]);
         }
         if host.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty host name"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "empty host name",
+            ));
         }
         if let Some(path) = &self.config.hosts_path {
             if let Ok(text) = std::fs::read_to_string(path) {
@@ -175,7 +178,10 @@ impl Resolver {
                 Ok(_) => {}
                 Err(e) => {
                     // NXDOMAIN (NotFound) just moves on; keep the most telling error.
-                    if last.as_ref().is_none_or(|l| l.kind() == io::ErrorKind::NotFound) {
+                    if last
+                        .as_ref()
+                        .is_none_or(|l| l.kind() == io::ErrorKind::NotFound)
+                    {
                         last = Some(e);
                     }
                 }
@@ -234,7 +240,9 @@ impl Resolver {
         sock.connect(ns)?;
         sock.send(&q)?;
         let deadline = hub().now() + self.config.timeout;
-        let mut buf = vec![0u8; 4096];
+        // Without EDNS0 a UDP answer is at most 512 bytes; a larger buffer tolerates servers
+        // that send more anyway.
+        let mut buf = vec![0u8; dns_wire::MAX_UDP_PAYLOAD * 8];
         loop {
             let left = deadline.saturating_duration_since(hub().now());
             if left.is_zero() {
@@ -255,6 +263,7 @@ impl Resolver {
                 Ok(ans) => return Ok(ans.addrs),
                 // A stray or forged datagram (wrong id or question): keep waiting.
                 Err(dns_wire::DnsError::IdMismatch { .. })
+                | Err(dns_wire::DnsError::NotResponse)
                 | Err(dns_wire::DnsError::QuestionMismatch { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -270,14 +279,16 @@ impl Resolver {
     ) -> io::Result<Vec<IpAddr>> {
         let id = query_id();
         let q = dns_wire::build_query(id, name, qtype)?;
-        let left = deadline.saturating_duration_since(hub().now()).max(Duration::from_millis(1));
+        let left = deadline
+            .saturating_duration_since(hub().now())
+            .max(Duration::from_millis(1));
         let mut s = TcpStream::connect_timeout(ns, left)?;
         s.set_read_timeout(Some(left))?;
         s.set_write_timeout(Some(left))?;
         s.write_all(&dns_wire::tcp_frame(&q))?;
         let mut len = [0u8; 2];
         s.read_exact(&mut len)?;
-        let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+        let mut msg = vec![0u8; dns_wire::tcp_frame_len(len)];
         s.read_exact(&mut msg)?;
         let ans = dns_wire::parse_response(id, name, qtype, &msg)?;
         Ok(ans.addrs)

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use crate::hub::hub;
 use crate::reactor::{self, Dir};
 
-//TMP pub mod dns;
-//TMP mod dns_wire;
+pub mod dns;
+mod dns_wire;
 mod server;
 mod tcp;
 mod udp;
@@ -183,10 +183,7 @@ impl ToAddrs for (Ipv6Addr, u16) {
 }
 impl ToAddrs for (&str, u16) {
     fn to_addrs(&self) -> io::Result<Vec<SocketAddr>> {
-        let ips: Vec<IpAddr> = match self.0.parse() {
-            Ok(ip) => vec![ip],
-            Err(_) => return Err(io::Error::other("TMP")),
-        };
+        let ips = dns::resolve(self.0)?;
         Ok(ips
             .into_iter()
             .map(|ip| SocketAddr::new(ip, self.1))
