@@ -39,7 +39,7 @@ use std::cell::{Cell, RefCell, UnsafeCell};
 use std::collections::HashMap;
 use std::fmt;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use corosensei::{Coroutine, Yielder};
@@ -278,6 +278,7 @@ impl Core {
     }
 
     /// Marks the greenlet dead, frees its locals, wakes joiners and schedules links.
+    #[inline]
     fn complete(&self, ended: Ended) {
         self.ended.set(ended);
         self.unwinding.set(false);
@@ -340,6 +341,9 @@ impl GreenletObj for RootGreenlet {
     }
 }
 
+/// A pointer to a greenlet's own `Inner`, captured by its coroutine body.
+struct InnerPtr<T>(*const Inner<T>);
+
 struct Inner<T> {
     core: Core,
     result: RefCell<Option<Result<T, Error>>>,
@@ -366,6 +370,7 @@ impl<T: 'static> GreenletObj for Inner<T> {
 
 impl<T: 'static> Inner<T> {
     /// Called on the greenlet's own stack when its function returned or unwound.
+    #[inline]
     fn finish(&self, r: std::thread::Result<T>) {
         let (res, ended) = match r {
             Ok(v) => (Ok(v), Ended::Value),
@@ -535,6 +540,7 @@ impl Builder {
     /// # Panics
     ///
     /// If no stack can be allocated; the message names the limit and the fix.
+    #[inline]
     pub fn create<T: 'static, F: FnOnce() -> T + 'static>(self, f: F) -> Greenlet<T> {
         let hub = hub();
         let stack = hub
@@ -546,17 +552,24 @@ impl Builder {
         let bottom = stack.bottom();
         let size = stack.size();
         let guarded = stack.guarded();
-        let inner = Rc::new(Inner {
-            core: Core::new(
-                hub.next_id(),
-                self.name.map(String::into_boxed_str),
-                false,
-                size,
-                !guarded,
-            ),
-            result: RefCell::new(None),
-            payload: RefCell::new(None),
-        });
+        // Built in place in the new allocation (a greenlet core is a few hundred bytes, and
+        // spawning is a hot path: this avoids building it on the stack and copying it).
+        let mut uninit = Rc::<Inner<T>>::new_uninit();
+        Rc::get_mut(&mut uninit)
+            .expect("a new Rc is unique")
+            .write(Inner {
+                core: Core::new(
+                    hub.next_id(),
+                    self.name.map(String::into_boxed_str),
+                    false,
+                    size,
+                    !guarded,
+                ),
+                result: RefCell::new(None),
+                payload: RefCell::new(None),
+            });
+        // SAFETY: fully initialised just above.
+        let inner = unsafe { uninit.assume_init() };
         let (name_ptr, name_len) = match &inner.core.name {
             Some(n) => (n.as_ptr(), n.len()),
             None => (std::ptr::null(), 0),
@@ -570,12 +583,12 @@ impl Builder {
             name: name_ptr,
             name_len,
         });
-        let weak: Weak<Inner<T>> = Rc::downgrade(&inner);
+        let me = InnerPtr(Rc::as_ptr(&inner));
         let co = Coro::with_stack(stack, move |y: &Yielder<(), ()>, ()| {
-            let me = weak
-                .upgrade()
-                .expect("a running greenlet is kept alive by the hub");
-            drop(weak);
+            // SAFETY: the coroutine is owned by this very `Inner` and only runs while the hub
+            // holds a strong reference to it (the live registry, during `resume_greenlet`), so
+            // the pointer is valid for the whole body.
+            let me = unsafe { &*me.0 };
             me.core.yielder.set(y as *const _);
             me.core.started.set(true);
             let r = catch_unwind(AssertUnwindSafe(f));
@@ -628,8 +641,7 @@ impl<T: 'static> Greenlet<T> {
             return;
         }
         let hub = hub();
-        let g = self.gref();
-        hub.register_live(&g);
+        hub.register_live(self.gref());
         hub.unpark(core);
     }
 
@@ -641,7 +653,7 @@ impl<T: 'static> Greenlet<T> {
         }
         let hub = hub();
         let g = self.gref();
-        hub.register_live(&g);
+        hub.register_live(g.clone());
         core.state.set(State::Later);
         let t = hub.add_timer(hub.now() + delay, TimerAction::Start(g));
         core.start_timer.set(Some(t));
@@ -699,6 +711,7 @@ impl<T: 'static> Greenlet<T> {
     }
 
     /// Blocks until the greenlet has finished (gevent's `join()`).
+    #[inline]
     pub fn join(&self) {
         join_core(&self.inner.core, None);
     }
@@ -835,6 +848,7 @@ impl<T: 'static> Waitable for Greenlet<T> {
     }
 }
 
+#[inline(always)]
 fn join_core(core: &Core, deadline: Option<Instant>) -> bool {
     if core.state.get() == State::Dead {
         return true;

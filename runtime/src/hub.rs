@@ -370,20 +370,23 @@ impl Hub {
 
     // ---- live registry ------------------------------------------------------------------
 
-    pub(crate) fn register_live(&self, g: &GRef) {
+    pub(crate) fn register_live(&self, g: GRef) {
         let mut live = self.live.borrow_mut();
+        let core: *const Core = g.core();
         let idx = match live.free.pop() {
             Some(i) => {
-                live.entries[i] = Some(g.clone());
+                live.entries[i] = Some(g);
                 i
             }
             None => {
-                live.entries.push(Some(g.clone()));
+                live.entries.push(Some(g));
                 live.entries.len() - 1
             }
         };
         live.len += 1;
-        g.core().live_slot.set(idx);
+        // SAFETY: `core` points into the greenlet just stored in the registry, which keeps it
+        // alive.
+        unsafe { (*core).live_slot.set(idx) };
     }
 
     pub(crate) fn unregister_live(&self, core: &Core) -> Option<GRef> {

@@ -233,6 +233,7 @@ impl<T, S: Store<T>> BaseQueue<T, S> {
         }
     }
 
+    #[inline(always)]
     fn try_put(&self, item: T) -> Result<(), T> {
         if self.shut.get() {
             return Err(item);
@@ -273,6 +274,7 @@ impl<T, S: Store<T>> BaseQueue<T, S> {
         self.put_inner(item, Some(timeout))
     }
 
+    #[inline(always)]
     fn put_inner(&self, item: T, timeout: Option<Duration>) -> Result<(), Rejected<T>> {
         let item = match self.try_put(item) {
             Ok(()) => return Ok(()),
@@ -295,6 +297,7 @@ impl<T, S: Store<T>> BaseQueue<T, S> {
 
     /// Takes an item if one is available: from the queue (then moving a blocked putter's item
     /// in), or from a blocked putter.
+    #[inline(always)]
     fn take_available(&self) -> Option<T> {
         let v = self.items.borrow_mut().pop();
         match v {
@@ -335,6 +338,7 @@ impl<T, S: Store<T>> BaseQueue<T, S> {
         self.get_inner(Some(timeout))
     }
 
+    #[inline(always)]
     fn get_inner(&self, timeout: Option<Duration>) -> Result<T, Error> {
         if let Some(v) = self.take_available() {
             return Ok(v);

@@ -212,6 +212,7 @@ impl<T> WaitList<T> {
     }
 
     /// Completes the first wait by taking its slot's content (a putter's item).
+    #[inline]
     pub(crate) fn take_one(&self) -> Option<T> {
         let w = self.pop()?;
         let v = w.slot.take();
@@ -314,10 +315,10 @@ impl Links {
 
     /// Schedules every link as a hub callback, in registration order, and forgets them.
     pub(crate) fn fire_all(&self) {
-        let l = std::mem::take(&mut *self.list.borrow_mut());
-        if l.is_empty() {
+        if self.list.borrow().is_empty() {
             return;
         }
+        let l = std::mem::take(&mut *self.list.borrow_mut());
         let hub = hub();
         for (_, f) in l {
             hub.schedule_callback(f);
