@@ -51,7 +51,7 @@
 //!   runs on the thread's own stack, inside whichever root-level call is blocking. The
 //!   observable order of events is the same.
 //! * Callbacks scheduled on the hub (raw links, timer callbacks) must not block: a blocking
-//!   call made there fails with [`Error::LoopExit`]-style panic, as gevent's
+//!   call made there panics with a [`LoopExit`] payload, as gevent's
 //!   `BlockingSwitchOutError` does.
 
 use std::any::Any;

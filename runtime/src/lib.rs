@@ -34,6 +34,9 @@
 //!   names the greenlet whose stack overflowed.
 //! * Kill and scoped [`Timeout`]s unwind the victim's stack from its blocking point, so every
 //!   `Drop` runs.
+//! * [`reactor`]: each fd registered once with epoll (edge-triggered), readiness kept until an
+//!   operation reports `WouldBlock`; one reader and one writer per fd. [`net`] builds sockets on
+//!   it; [`monkey`] makes *unmodified* blocking code (std, socket2, the `mysql` crate) use it.
 //!
 //! # gevent → evergreen
 //!
@@ -63,6 +66,12 @@
 //! | `gevent.util.format_run_info` | [`debug::format_run_info`], [`debug::run_info`] | |
 //! | `config.monitor_thread`, `max_blocking_time` | [`monitor`], `EVERGREEN_MONITOR`, `EVERGREEN_MONITOR_THRESHOLD_MS` | |
 //! | `gevent._config` | [`config`], `EVERGREEN_*` variables | |
+//! | `gevent.socket` (`create_connection`, `socket`) | [`net::TcpStream`], [`net::TcpListener`], [`net::UdpSocket`], [`net::UnixStream`], [`net::UnixListener`] | `std::io::Read`/`Write`; per-direction timeouts give `io::ErrorKind::TimedOut`; `close()` wakes a blocked greenlet with `EBADF` |
+//! | `gevent.server.StreamServer` | [`net::StreamServer`] | `stop(timeout)` returns how many handlers it had to kill |
+//! | `gevent.resolver` | [`net::dns`] | a stub resolver of its own (hosts file, UDP, TCP on truncation); no nsswitch |
+//! | `gevent.socket.wait_read`, `wait_write` | [`wait_read`], [`wait_write`] | may return spuriously; retry the operation |
+//! | `gevent.monkey.patch_all`, `patch_socket`, `patch_time`, `is_anything_patched` | [`monkey::patch_all`], [`monkey::patch_socket`], [`monkey::patch_time`], [`monkey::is_patched`] | works at the libc level (`#[no_mangle]` hooks); glibc-internal calls (`getaddrinfo`) are not covered |
+//! | `gevent.signal_handler` | [`signal::signal_handler`] | keep the returned handle; dropping it unregisters |
 //!
 //! Everything is single-threaded: handles are `!Send`, and each OS thread that uses evergreen
 //! gets its own hub.
@@ -72,23 +81,23 @@
 
 pub mod config;
 pub mod debug;
-mod error;
-mod event;
-mod greenlet;
+pub mod error;
+pub mod event;
+pub mod greenlet;
 pub mod hub;
-mod local;
-mod lock;
+pub mod local;
+pub mod lock;
 pub mod monitor;
 pub mod monkey;
 pub mod net;
-mod pool;
-mod queue;
+pub mod pool;
+pub mod queue;
 pub mod reactor;
 pub mod signal;
 pub mod stack;
-mod timeout;
+pub mod timeout;
 pub mod timer;
-mod wait;
+pub mod wait;
 pub mod waiter;
 
 pub use error::{Error, GreenletExit, LoopExit, Rejected};

@@ -17,7 +17,7 @@
 //! * **Inside a greenlet, on a blocking socket**: it tries the call without blocking
 //!   (`MSG_DONTWAIT`, or a temporary `O_NONBLOCK` for `connect` and `accept`, restored at once:
 //!   file descriptors are never left non-blocking). If it would block, the greenlet parks on
-//!   the [reactor](crate::reactor) until the fd is ready, and the call is retried. A socket's
+//!   the [`reactor`] until the fd is ready, and the call is retried. A socket's
 //!   `SO_RCVTIMEO` / `SO_SNDTIMEO` is honoured: when it passes, the call fails with `EAGAIN`,
 //!   exactly as the kernel's blocking call would.
 //! * `nanosleep`/`clock_nanosleep` in a greenlet after [`patch_time`] become

@@ -1,7 +1,7 @@
 //! `Group` and `Pool` (gevent's `pool.py`).
 //!
 //! A [`Group`] tracks a set of greenlets: members leave it when they finish (through a raw
-//! link), so [`Group::join`] waits until it is empty. A [`Pool`] is a group with a
+//! link), so [`Pool::join`] (on a group) waits until it is empty. A [`Pool`] is a group with a
 //! [`Semaphore`] of `size` permits: [`Pool::spawn`] blocks (FIFO) while the pool is full,
 //! [`Pool::add`] can refuse with [`Error::PoolFull`] instead, and a member's permit is given
 //! back when it finishes.

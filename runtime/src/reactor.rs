@@ -14,7 +14,7 @@
 //!   would block; waits tolerate spurious wake-ups (the caller simply tries again).
 //! * **One reader and one writer per fd.** A second greenlet waiting to read (or write) the same
 //!   fd while the first one waits is an error, [`Error::ConcurrentObjectUse`], as in gevent.
-//! * **Closing wakes waiters.** [`close_fd`] deregisters the fd and wakes its reader and writer,
+//! * **Closing wakes waiters.** Closing an fd (an evergreen socket's `close`, or `close(2)` through the hooks) deregisters the fd and wakes its reader and writer,
 //!   whose waits fail with `EBADF` ("file descriptor was closed in another greenlet").
 //!
 //! Events are processed only by the hub, between greenlet switches, so a greenlet that saw

@@ -3,7 +3,7 @@
 //!
 //! # Mechanism
 //!
-//! A [`WaitList`] is a FIFO of waiters. A waiter lives *on the waiting greenlet's stack* for
+//! A `WaitList` is a FIFO of waiters. A waiter lives *on the waiting greenlet's stack* for
 //! the duration of the wait, and the list holds a pointer to it, so waiting allocates nothing.
 //! A waiter carries one value slot:
 //!
@@ -22,7 +22,7 @@
 //! When a wait ends any other way (its deadline, a kill or a `Timeout` unwinding through it),
 //! a guard on the waiter's frame unlinks it, so a list never points to a dead frame.
 //!
-//! [`Links`] are the other half of gevent's `AbstractLinkable`: callbacks registered on an
+//! `Links` are the other half of gevent's `AbstractLinkable`: callbacks registered on an
 //! object (greenlet death, event set) that run *as hub callbacks*, in registration order.
 
 use std::cell::{Cell, RefCell};
@@ -326,7 +326,7 @@ impl Links {
     }
 }
 
-/// Something a greenlet can wait for with [`wait`](crate::wait) and [`iwait`](crate::iwait):
+/// Something a greenlet can wait for with [`wait`](crate::wait()) and [`iwait`](crate::iwait):
 /// greenlets, [`Event`](crate::Event)s, [`AsyncResult`](crate::AsyncResult)s
 /// (gevent's objects with `rawlink`).
 pub trait Waitable {

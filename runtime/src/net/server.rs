@@ -32,7 +32,7 @@ struct Inner {
     accepted: Cell<u64>,
 }
 
-/// A TCP server spawning a greenlet per connection. See the [module docs](self).
+/// A TCP server spawning a greenlet per connection. See the [module docs](crate::net::StreamServer) and `net::server`.
 ///
 /// ```no_run
 /// use std::io::{Read, Write};
