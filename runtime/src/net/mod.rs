@@ -1,7 +1,7 @@
 //! Cooperative networking (gevent's `socket.py`, `server.py` and `resolver/`).
 //!
 //! Every socket here is non-blocking underneath and registered once with the hub's
-//! [`reactor`](super::reactor). An operation is tried first; only when it would block does the
+//! [`reactor`]. An operation is tried first; only when it would block does the
 //! greenlet park until the fd is ready, so blocking-style code (`read`, `write_all`,
 //! `accept`) runs concurrently with every other greenlet on the hub.
 //!
