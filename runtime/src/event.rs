@@ -81,7 +81,7 @@ impl Event {
         }
         let hub = hub();
         self.waiters
-            .wait(None, Some(hub.now() + timeout), "Event::wait")
+            .wait(None, hub.deadline(timeout), "Event::wait")
             .is_ok()
     }
 
@@ -190,7 +190,7 @@ impl<T: Clone> AsyncResult<T> {
             let hub = hub();
             if self
                 .waiters
-                .wait(None, Some(hub.now() + timeout), "AsyncResult::get")
+                .wait(None, hub.deadline(timeout), "AsyncResult::get")
                 .is_err()
             {
                 return Err(Error::Timeout(timeout));
@@ -206,7 +206,7 @@ impl<T: Clone> AsyncResult<T> {
         }
         let hub = hub();
         self.waiters
-            .wait(None, Some(hub.now() + timeout), "AsyncResult::wait")
+            .wait(None, hub.deadline(timeout), "AsyncResult::wait")
             .is_ok()
     }
 }

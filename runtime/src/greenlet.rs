@@ -123,7 +123,7 @@ pub(crate) struct Core {
     pub(crate) interrupt: Cell<Option<Interrupt>>,
     /// Set when an unwind starts in this greenlet (an interrupt raised, or a panic seen by the
     /// hook); see [`Core::is_unwinding`].
-    pub(crate) unwinding: Cell<bool>,
+    pub(crate) unwinding: Cell<u32>,
     pub(crate) deadline_hit: Cell<bool>,
     pub(crate) waiting_on: Cell<&'static str>,
     pub(crate) live_slot: Cell<usize>,
@@ -131,6 +131,8 @@ pub(crate) struct Core {
     /// run).
     pub(crate) overflow_info: Cell<OverflowInfo>,
     pub(crate) unguarded: bool,
+    /// The generation of the hub that made this greenlet (and its stack).
+    pub(crate) hub_generation: u64,
     pub(crate) start_timer: Cell<Option<TimerId>>,
     pub(crate) joiners: WaitList<()>,
     pub(crate) links: Links,
@@ -155,7 +157,7 @@ impl Core {
             coroutine: UnsafeCell::new(None),
             yielder: Cell::new(std::ptr::null()),
             interrupt: Cell::new(None),
-            unwinding: Cell::new(false),
+            unwinding: Cell::new(0),
             deadline_hit: Cell::new(false),
             waiting_on: Cell::new(""),
             live_slot: Cell::new(usize::MAX),
@@ -164,6 +166,11 @@ impl Core {
                 ..OverflowInfo::NONE
             }),
             unguarded,
+            hub_generation: if crate::hub::exists() {
+                hub().generation()
+            } else {
+                0
+            },
             start_timer: Cell::new(None),
             joiners: WaitList::new(),
             links: Links::default(),
@@ -196,14 +203,25 @@ impl Core {
     /// panic hook for panics), and forgotten as soon as the thread is seen not panicking.
     #[inline]
     pub(crate) fn is_unwinding(&self) -> bool {
-        if !self.unwinding.get() {
+        if self.unwinding.get() == 0 {
             return false;
         }
         if !std::thread::panicking() {
-            self.unwinding.set(false);
+            self.unwinding.set(0);
             return false;
         }
         true
+    }
+
+    /// Records that an unwind starts in this greenlet.
+    pub(crate) fn unwind_started(&self) {
+        self.unwinding.set(self.unwinding.get().saturating_add(1));
+    }
+
+    /// Records that one of this greenlet's unwinds was caught by evergreen (a `Timeout` scope
+    /// catching its own expiry).
+    pub(crate) fn unwind_caught(&self) {
+        self.unwinding.set(self.unwinding.get().saturating_sub(1));
     }
 
     /// Sets an interrupt; a kill takes precedence over a timeout, and an earlier timeout over a
@@ -258,8 +276,11 @@ impl Core {
             co.force_unwind();
             if co.done() {
                 let st = co.into_stack();
-                if crate::hub::exists() {
+                // Only the hub that made the stack may take it back.
+                if crate::hub::exists() && hub().generation() == self.hub_generation {
                     hub().stacks.borrow_mut().put(st);
+                } else {
+                    std::mem::forget(st);
                 }
             }
         }
@@ -272,20 +293,26 @@ impl Core {
         let co = unsafe { (*self.coroutine.get()).take() };
         std::mem::forget(co);
         self.state.set(State::Dead);
-        if let Some(g) = hub().unregister_live(self) {
-            drop(g);
-        }
+        // Its frames (and the waiters linked from them) stay in place: keep the core alive
+        // too, so nothing that still points to it dangles.
+        std::mem::forget(hub().unregister_live(self));
     }
 
     /// Marks the greenlet dead, frees its locals, wakes joiners and schedules links.
     #[inline]
     fn complete(&self, ended: Ended) {
         self.ended.set(ended);
-        self.unwinding.set(false);
+        self.unwinding.set(0);
         self.state.set(State::Dead);
         self.interrupt.set(None);
         let locals = self.locals.borrow_mut().take();
-        drop(locals);
+        if let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(locals))) {
+            log::error!(
+                "greenlet {}: dropping its greenlet-local values panicked (ignored): {}",
+                self.describe_short(),
+                panic_message(&*p)
+            );
+        }
         self.joiners.wake_all_unit();
         self.links.fire_all();
     }
@@ -386,7 +413,10 @@ impl<T: 'static> Inner<T> {
                     (Err(Error::TimedOut(t.after)), Ended::Failed)
                 } else {
                     let msg = panic_message(&*p);
-                    let loc = LAST_PANIC_LOCATION.with(|l| l.borrow_mut().take());
+                    let loc = LAST_PANIC_LOCATION
+                        .try_with(|l| l.borrow_mut().take())
+                        .ok()
+                        .flatten();
                     let full = match loc {
                         Some(l) => format!("{msg} (at {l})"),
                         None => msg,
@@ -434,7 +464,7 @@ pub(crate) fn install_panic_hook() {
             }
             if crate::hub::exists() {
                 // Record that an unwind starts in the running greenlet (or the root).
-                crate::hub::hub().current().unwinding.set(true);
+                crate::hub::hub().current().unwind_started();
             }
             let in_greenlet = crate::stack::RUNNING
                 .try_with(|r| !r.get().is_null())
@@ -592,7 +622,15 @@ impl Builder {
             me.core.yielder.set(y as *const _);
             me.core.started.set(true);
             let r = catch_unwind(AssertUnwindSafe(f));
-            me.finish(r);
+            if catch_unwind(AssertUnwindSafe(|| me.finish(r))).is_err() {
+                // Finishing only stores the result and wakes joiners; if even that unwinds
+                // (a panicking logger?), the hub's bookkeeping cannot be trusted any more.
+                eprintln!(
+                    "evergreen: greenlet {} panicked while finishing; aborting",
+                    me.core.describe_short()
+                );
+                std::process::abort();
+            }
         });
         // SAFETY: the greenlet is new; nothing else can reach its coroutine yet.
         unsafe { *inner.core.coroutine.get() = Some(co) };
@@ -655,7 +693,7 @@ impl<T: 'static> Greenlet<T> {
         let g = self.gref();
         hub.register_live(g.clone());
         core.state.set(State::Later);
-        let t = hub.add_timer(hub.now() + delay, TimerAction::Start(g));
+        let t = hub.add_timer(hub.far_deadline(delay), TimerAction::Start(g));
         core.start_timer.set(Some(t));
     }
 
@@ -718,7 +756,7 @@ impl<T: 'static> Greenlet<T> {
 
     /// Blocks until the greenlet has finished or `timeout` passed; `true` if it finished.
     pub fn join_timeout(&self, timeout: Duration) -> bool {
-        join_core(&self.inner.core, Some(hub().now() + timeout))
+        join_core(&self.inner.core, hub().deadline(timeout))
     }
 
     /// Blocks until the greenlet has finished and returns its value or how it failed
@@ -871,7 +909,7 @@ pub(crate) fn kill_dyn(g: &GRef) {
         State::Running => {
             // Killing oneself: gevent raises GreenletExit at once.
             if !core.is_unwinding() {
-                core.unwinding.set(true);
+                core.unwind_started();
                 resume_unwind(Box::new(GreenletExit));
             }
             core.set_interrupt(Interrupt::Kill);
@@ -944,7 +982,7 @@ impl GreenletRef {
     }
     /// Blocks until it has finished or `timeout` passed; `true` if it finished.
     pub fn join_timeout(&self, timeout: Duration) -> bool {
-        join_core(self.g.core(), Some(hub().now() + timeout))
+        join_core(self.g.core(), hub().deadline(timeout))
     }
     /// Kills it and waits until it has finished.
     pub fn kill(&self) {
@@ -988,7 +1026,7 @@ pub fn killall<T: 'static>(gs: &[Greenlet<T>], timeout: Option<Duration>) -> boo
     for g in gs {
         g.kill_nowait();
     }
-    let deadline = timeout.map(|t| hub().now() + t);
+    let deadline = timeout.and_then(|t| hub().deadline(t));
     for g in gs {
         let ok = match deadline {
             None => {

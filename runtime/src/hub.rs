@@ -130,6 +130,11 @@ pub struct Hub {
     pub(crate) idle_waiters: WaitList<()>,
     monitor: std::cell::OnceCell<crate::monitor::MonitorHandle>,
     destroying: Cell<bool>,
+    /// Distinguishes successive hubs of one thread (stacks go back to their own hub only).
+    generation: u64,
+    /// Greenlets whose pending interrupt could not be delivered because they looked like they
+    /// were unwinding; re-woken once no unwind is in progress (see `deliver_interrupt`).
+    declined: RefCell<Vec<GRef>>,
     /// Counts the root's parks, so a stale `WakeRoot` is ignored.
     root_park_seq: Cell<u64>,
     /// Tasks left before the hub must poll timers and I/O (the fairness policy).
@@ -169,7 +174,9 @@ pub(crate) fn hub() -> &'static Hub {
 
 #[cold]
 fn create() -> &'static Hub {
-    let config = crate::config::current();
+    let mut config = crate::config::current();
+    // `set_config` takes any values: keep the ones the loop depends on sane.
+    config.event_interval = config.event_interval.max(1);
     stack::install_overflow_handler();
     crate::greenlet::install_panic_hook();
     let monitor = std::cell::OnceCell::new();
@@ -204,6 +211,11 @@ fn create() -> &'static Hub {
         destroying: Cell::new(false),
         budget: Cell::new(config.event_interval),
         root_park_seq: Cell::new(0),
+        generation: {
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        },
+        declined: RefCell::new(Vec::new()),
         config,
     });
     let p = Box::into_raw(hub);
@@ -228,8 +240,9 @@ pub fn destroy() {
         // SAFETY: see `hub()`; still valid until freed below.
         let hub = unsafe { &*p };
         assert!(
-            hub.current().is_root,
-            "evergreen::hub::destroy() must be called outside any greenlet"
+            hub.current().is_root && !hub.in_callback.get(),
+            "evergreen::hub::destroy() must be called from the root context, outside any \
+             greenlet and any hub callback"
         );
         hub.destroying.set(true);
         // Kill everything, repeatedly (a cleanup may spawn), running the queue without ever
@@ -261,8 +274,14 @@ pub fn destroy() {
                 g.core().leak_coroutine();
             }
         }
-        let _ = hub.timers.borrow_mut().drain();
-        hub.run_queue.borrow_mut().clear();
+        // Take them out first: dropping an action may touch the hub (an armed Timeout's Drop
+        // cancels its timer, an IMap's Drop kills its feeder).
+        let actions = hub.timers.borrow_mut().drain();
+        drop(actions);
+        let queued = std::mem::take(&mut *hub.run_queue.borrow_mut());
+        drop(queued);
+        let declined = std::mem::take(&mut *hub.declined.borrow_mut());
+        drop(declined);
     }
     HUB.with(|h| h.set(std::ptr::null()));
     // SAFETY: `p` came from `Box::into_raw` and the thread-local no longer points to it.
@@ -307,9 +326,11 @@ pub fn timer_count() -> usize {
 /// Runs `f` on the hub after `delay` (a libev timer watcher, as gevent's
 /// `hub.loop.timer(...).start(f)`). `f` runs as a hub callback and must not block. Returns an
 /// id for [`cancel_timer`].
+///
+/// A delay too large for `Instant` (such as `Duration::MAX`) is capped at about 100 years.
 pub fn call_later(delay: Duration, f: impl FnOnce() + 'static) -> TimerId {
     let hub = hub();
-    hub.add_timer(hub.now() + delay, TimerAction::Callback(Box::new(f)))
+    hub.add_timer(hub.far_deadline(delay), TimerAction::Callback(Box::new(f)))
 }
 
 /// Cancels a timer made by [`call_later`]; `true` if it had not fired.
@@ -348,6 +369,23 @@ impl Hub {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         id
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The instant `timeout` from now; `None` (no deadline: wait forever) if that is beyond
+    /// what `Instant` can represent, e.g. for `Duration::MAX`.
+    #[inline]
+    pub(crate) fn deadline(&self, timeout: Duration) -> Option<Instant> {
+        self.now().checked_add(timeout)
+    }
+
+    /// Like [`deadline`](Self::deadline), for timers that must exist: capped at ~100 years.
+    pub(crate) fn far_deadline(&self, timeout: Duration) -> Instant {
+        let cap = Duration::from_secs(100 * 365 * 24 * 3600);
+        self.now() + timeout.min(cap)
     }
 
     #[inline]
@@ -481,9 +519,10 @@ impl Hub {
                 self.cancel_timer(t);
             }
         }
-        // Also while unwinding, when the interrupt cannot be delivered: the caller's
-        // `deliver_interrupt` is then a no-op and it waits again.
-        if core.interrupt.get().is_some() {
+        // An interrupt wins, unless it cannot be delivered now (the greenlet is unwinding) and
+        // the deadline passed: then the deadline is reported, or the caller would wait again
+        // on a deadline that has already passed, forever.
+        if core.interrupt.get().is_some() && !(hit && core.is_unwinding()) {
             Wake::Interrupted
         } else if hit {
             Wake::Deadline
@@ -525,10 +564,19 @@ impl Hub {
     pub(crate) fn deliver_interrupt(&self) {
         let core = self.current();
         if core.is_unwinding() {
+            // Remember to wake it again once no unwind is in progress on this thread: its
+            // "unwinding" mark may be stale (see `Core::is_unwinding`).
+            if !core.is_root {
+                let g = self.current_gref();
+                let mut d = self.declined.borrow_mut();
+                if !d.iter().any(|x| Rc::ptr_eq(x, &g)) {
+                    d.push(g);
+                }
+            }
             return;
         }
         if let Some(i) = core.interrupt.take() {
-            core.unwinding.set(true);
+            core.unwind_started();
             i.raise();
         }
     }
@@ -673,6 +721,11 @@ impl Hub {
 
     /// Frees a finished greenlet's stack and registry slot. `core` must not be used after.
     fn reap(&self, core: &Core) {
+        if core.name.is_some() {
+            if let Some(m) = self.monitor.get() {
+                m.forget(core.id);
+            }
+        }
         // SAFETY: see `resume_greenlet`; the coroutine has returned.
         let co = unsafe { (*core.coroutine.get()).take() };
         if let Some(co) = co {
@@ -685,6 +738,16 @@ impl Hub {
     /// Fires due timers, then polls I/O (blocking until the next timer if nothing is
     /// runnable), then fires due timers again. Detects `LoopExit`.
     fn poll_events(&self, what: &'static str) {
+        if !self.declined.borrow().is_empty() && !std::thread::panicking() {
+            // No unwind is in progress: greenlets whose interrupt was declined can take it.
+            let gs = std::mem::take(&mut *self.declined.borrow_mut());
+            for g in gs {
+                let c = g.core();
+                if c.state.get() == State::Parked && c.interrupt.get().is_some() {
+                    self.unpark(c);
+                }
+            }
+        }
         self.fire_due_timers();
         let runnable =
             !self.run_queue.borrow().is_empty() || self.root.core().state.get() == State::Runnable;
@@ -698,6 +761,9 @@ impl Hub {
                 self.loop_exit(what);
             }
             if !self.idle_waiters.is_empty() {
+                // Idle still means "after I/O was looked at" (gevent's idle watcher runs after
+                // the loop polled), or a greenlet looping on idle() would starve I/O.
+                self.poll_io(Some(Duration::ZERO));
                 self.idle_waiters.wake_all_unit();
                 return;
             }

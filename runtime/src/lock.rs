@@ -89,7 +89,7 @@ impl Semaphore {
         }
         let hub = hub();
         self.acquirers
-            .wait(None, Some(hub.now() + timeout), "Semaphore::acquire")
+            .wait(None, hub.deadline(timeout), "Semaphore::acquire")
             .is_ok()
     }
 
@@ -110,7 +110,7 @@ impl Semaphore {
         let hub = hub();
         let _ = self
             .watchers
-            .wait(None, timeout.map(|t| hub.now() + t), "Semaphore::wait");
+            .wait(None, timeout.and_then(|t| hub.deadline(t)), "Semaphore::wait");
         self.counter.get()
     }
 

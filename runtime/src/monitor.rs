@@ -77,6 +77,12 @@ impl MonitorHandle {
         }
     }
 
+    pub(crate) fn forget(&self, id: u64) {
+        if let Ok(mut m) = self.shared.names.lock() {
+            m.remove(&id);
+        }
+    }
+
     pub(crate) fn reports(&self) -> u64 {
         self.shared.reports.load(Ordering::Relaxed)
     }

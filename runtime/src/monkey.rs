@@ -3,7 +3,8 @@
 //! gevent swaps Python's `socket` and `time` modules. The Rust equivalent works one level
 //! lower: this crate defines the libc entry points that blocking socket code ends up calling
 //! (`connect`, `accept`, `accept4`, `read`, `write`, `readv`, `writev`, `recv`, `send`,
-//! `recvfrom`, `sendto`, `recvmsg`, `sendmsg`, `poll`, `close`, and for [`patch_time`]
+//! `recvfrom`, `sendto`, `recvmsg`, `sendmsg`, `poll`, `close`, `dup2`, `dup3`, and for
+//! [`patch_time`]
 //! `nanosleep` and `clock_nanosleep`) as `#[no_mangle]` functions. The executable's definitions
 //! take precedence over libc's (symbol interposition), so `std::net`, `socket2` and crates built
 //! on them (the `mysql` crate, for one) call these hooks.
@@ -25,8 +26,13 @@
 //! * `close` of an fd the reactor knows deregisters it first and wakes its waiters with
 //!   `EBADF` (so fd numbers can be reused safely).
 //!
-//! A kill or `Timeout` delivered to a greenlet parked in a hook unwinds out of the hook (the
-//! hooks use the `C-unwind` ABI) into the Rust code that called it.
+//! A kill or `Timeout` delivered to a greenlet parked in a hook does **not** unwind through it
+//! (callers reach the hooks through `extern "C"` declarations, which must not unwind): the
+//! hooked call fails with `ECANCELED` (a kill) or `ETIMEDOUT` (a scoped `Timeout`), every
+//! further hooked call fails the same way at once, and the interrupt itself is delivered, by
+//! unwinding, at the greenlet's next evergreen blocking point (or the greenlet ends normally if
+//! its code returns first). A patched `sleep` is cut short instead. This is a difference from
+//! gevent, where `GreenletExit` is raised inside the socket call.
 //!
 //! # Not covered
 //!
@@ -41,9 +47,9 @@
 //! * `poll` on more than one fd is emulated by polling without blocking every millisecond
 //!   (or less), since a greenlet can wait on one fd at a time; `select`, `epoll_wait`,
 //!   `usleep`/`sleep` (glibc-internal nanosleep) and file I/O are not patched.
-//! * A kill delivered while a greenlet is parked in a hook called from **C code** (not Rust)
-//!   would unwind through C frames, which is undefined behaviour: do not kill greenlets that
-//!   are inside C libraries.
+//! * File descriptors closed without going through the `close`/`dup2`/`dup3` hooks (by
+//!   glibc internally, `close_range`, raw syscalls, another thread) leave stale reactor state
+//!   for their number; evergreen's own sockets and std's never do.
 //!
 //! # Example
 //!
@@ -208,6 +214,13 @@ fn in_greenlet() -> bool {
 
 /// Whether a socket call on `fd` must be made cooperative here.
 #[inline]
+fn cooperative_flags(fd: RawFd, flags: c_int) -> bool {
+    // A caller asking for MSG_DONTWAIT wants EAGAIN, not a wait (the classic "is this pooled
+    // connection still alive?" peek).
+    flags & libc::MSG_DONTWAIT == 0 && cooperative_socket(fd)
+}
+
+#[inline]
 fn cooperative_socket(fd: RawFd) -> bool {
     if !SOCKET.load(Ordering::Relaxed) || fd < 0 || !in_greenlet() {
         return false;
@@ -258,16 +271,37 @@ fn coop<R: Copy + PartialOrd + From<i8>>(fd: RawFd, dir: Dir, mut op: impl FnMut
             set_errno(e);
             return r;
         }
-        let d = *deadline.get_or_insert_with(|| sock_timeout(fd, dir).map(|t| hub().now() + t));
-        match reactor::wait_io(fd, dir, d, true) {
-            Ok(()) => {}
-            Err(err) => {
-                set_errno(match err.kind() {
-                    io::ErrorKind::TimedOut => libc::EAGAIN,
-                    _ => err.raw_os_error().unwrap_or(libc::EBADF),
-                });
-                return fail;
-            }
+        let d = *deadline.get_or_insert_with(|| sock_timeout(fd, dir).and_then(|t| hub().deadline(t)));
+        if let Err(err) = reactor::wait_io_no_unwind(fd, dir, d, true) {
+            set_errno(hook_errno(&err, libc::EAGAIN));
+            return fail;
+        }
+    }
+}
+
+/// The errno for a failed wait: the interrupt's code (`ECANCELED`/`ETIMEDOUT`), `on_timeout`
+/// when the socket's own timeout passed, `EBADF` when the fd was closed.
+fn hook_errno(err: &io::Error, on_timeout: c_int) -> c_int {
+    match err.raw_os_error() {
+        Some(code) => code,
+        None if err.kind() == io::ErrorKind::TimedOut => on_timeout,
+        None => libc::EBADF,
+    }
+}
+
+/// Sleeps without unwinding (for the hooks): a pending kill or `Timeout` cuts the sleep short
+/// and stays pending. Returns `false` if it was cut short.
+fn sleep_no_unwind(d: Duration) -> bool {
+    let hub = hub();
+    let deadline = hub.deadline(d);
+    loop {
+        match hub.park(deadline, "sleep (patched)") {
+            crate::hub::Wake::Deadline => return true,
+            crate::hub::Wake::Interrupted if !hub.current().is_unwinding() => return false,
+            _ => {}
+        }
+        if deadline.is_some_and(|dl| hub.now() >= dl) {
+            return true;
         }
     }
 }
@@ -288,7 +322,7 @@ pub unsafe extern "C-unwind" fn recv(
     len: size_t,
     flags: c_int,
 ) -> ssize_t {
-    if !cooperative_socket(fd) {
+    if !cooperative_flags(fd, flags) {
         return sys!(libc::SYS_recvfrom, fd, buf, len, flags, 0usize, 0usize) as ssize_t;
     }
     coop(fd, Dir::Read, || {
@@ -318,7 +352,7 @@ pub unsafe extern "C-unwind" fn recvfrom(
     addr: *mut sockaddr,
     addrlen: *mut socklen_t,
 ) -> ssize_t {
-    if !cooperative_socket(fd) {
+    if !cooperative_flags(fd, flags) {
         return sys!(libc::SYS_recvfrom, fd, buf, len, flags, addr, addrlen) as ssize_t;
     }
     coop(fd, Dir::Read, || {
@@ -346,7 +380,7 @@ pub unsafe extern "C-unwind" fn send(
     len: size_t,
     flags: c_int,
 ) -> ssize_t {
-    if !cooperative_socket(fd) {
+    if !cooperative_flags(fd, flags) {
         return sys!(libc::SYS_sendto, fd, buf, len, flags, 0usize, 0usize) as ssize_t;
     }
     coop(fd, Dir::Write, || {
@@ -376,7 +410,7 @@ pub unsafe extern "C-unwind" fn sendto(
     addr: *const sockaddr,
     addrlen: socklen_t,
 ) -> ssize_t {
-    if !cooperative_socket(fd) {
+    if !cooperative_flags(fd, flags) {
         return sys!(libc::SYS_sendto, fd, buf, len, flags, addr, addrlen) as ssize_t;
     }
     coop(fd, Dir::Write, || {
@@ -403,7 +437,7 @@ pub unsafe extern "C-unwind" fn recvmsg(
     msg: *mut libc::msghdr,
     flags: c_int,
 ) -> ssize_t {
-    if !cooperative_socket(fd) {
+    if !cooperative_flags(fd, flags) {
         return sys!(libc::SYS_recvmsg, fd, msg, flags) as ssize_t;
     }
     coop(fd, Dir::Read, || {
@@ -422,7 +456,7 @@ pub unsafe extern "C-unwind" fn sendmsg(
     msg: *const libc::msghdr,
     flags: c_int,
 ) -> ssize_t {
-    if !cooperative_socket(fd) {
+    if !cooperative_flags(fd, flags) {
         return sys!(libc::SYS_sendmsg, fd, msg, flags) as ssize_t;
     }
     coop(fd, Dir::Write, || {
@@ -571,12 +605,9 @@ pub unsafe extern "C-unwind" fn connect(fd: c_int, addr: *const sockaddr, len: s
         set_errno(e);
         return -1;
     }
-    let deadline = sock_timeout(fd, Dir::Write).map(|t| hub().now() + t);
-    if let Err(err) = reactor::wait_io(fd, Dir::Write, deadline, true) {
-        set_errno(match err.kind() {
-            io::ErrorKind::TimedOut => libc::EINPROGRESS,
-            _ => libc::EBADF,
-        });
+    let deadline = sock_timeout(fd, Dir::Write).and_then(|t| hub().deadline(t));
+    if let Err(err) = reactor::wait_io_no_unwind(fd, Dir::Write, deadline, true) {
+        set_errno(hook_errno(&err, libc::EINPROGRESS));
         return -1;
     }
     let mut so_error: c_int = 0;
@@ -644,15 +675,15 @@ pub unsafe extern "C-unwind" fn accept(
 
 /// Hook for `poll(2)`: in a greenlet (after [`patch_socket`]), waits cooperatively.
 ///
+/// One fd waiting for one direction parks on the reactor; anything else (several fds, or both
+/// directions) polls without blocking and sleeps cooperatively in between (50 µs doubling up
+/// to 1 ms). A pending kill or `Timeout` makes it fail with `ECANCELED`/`ETIMEDOUT`.
+///
 /// # Safety
 ///
 /// The same contract as libc's `poll`: `fds` must be valid for `nfds` entries.
 #[no_mangle]
-pub unsafe extern "C-unwind" fn poll(
-    fds: *mut libc::pollfd,
-    nfds: libc::nfds_t,
-    timeout: c_int,
-) -> c_int {
+pub unsafe extern "C-unwind" fn poll(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: c_int) -> c_int {
     let raw = |t: c_int| sys!(libc::SYS_poll, fds, nfds, t) as c_int;
     if !SOCKET.load(Ordering::Relaxed) || !in_greenlet() || timeout == 0 {
         return raw(timeout);
@@ -662,41 +693,44 @@ pub unsafe extern "C-unwind" fn poll(
         return r;
     }
     let hub = hub();
-    let deadline = (timeout > 0).then(|| hub.now() + Duration::from_millis(timeout as u64));
+    let deadline = if timeout > 0 {
+        hub.deadline(Duration::from_millis(timeout as u64))
+    } else {
+        None
+    };
     if nfds == 1 {
         // SAFETY: nfds == 1, so `fds` points to one pollfd.
         let p = unsafe { &*fds };
-        let dir = if p.events & libc::POLLOUT != 0 && p.events & libc::POLLIN == 0 {
-            Dir::Write
-        } else {
-            Dir::Read
-        };
-        loop {
-            match reactor::wait_io(p.fd, dir, deadline, false) {
-                Ok(()) => {
-                    let r = raw(0);
-                    if r != 0 {
-                        return r;
-                    }
-                    // Spurious (readiness drained meanwhile): wait for the next edge.
-                    if let Err(e) = reactor::wait_io(p.fd, dir, deadline, true) {
-                        if e.kind() == io::ErrorKind::TimedOut {
-                            return 0;
+        let rd = p.events & libc::POLLIN != 0;
+        let wr = p.events & libc::POLLOUT != 0;
+        if p.fd >= 0 && rd != wr {
+            let dir = if wr { Dir::Write } else { Dir::Read };
+            let mut drained = false;
+            loop {
+                match reactor::wait_io_no_unwind(p.fd, dir, deadline, drained) {
+                    Ok(()) => {
+                        let r = raw(0);
+                        if r != 0 {
+                            return r;
                         }
-                        return raw(0);
+                        // Readiness was stale: wait for the next edge.
+                        drained = true;
                     }
-                    let r = raw(0);
-                    if r != 0 {
-                        return r;
+                    Err(e) if e.kind() == io::ErrorKind::TimedOut && e.raw_os_error().is_none() => {
+                        return 0
                     }
+                    Err(e) if e.raw_os_error() == Some(libc::ECANCELED)
+                        || e.raw_os_error() == Some(libc::ETIMEDOUT) =>
+                    {
+                        set_errno(e.raw_os_error().unwrap_or(libc::ECANCELED));
+                        return -1;
+                    }
+                    // Not pollable by epoll (a regular file), or closed meanwhile: emulate.
+                    Err(_) => break,
                 }
-                Err(e) if e.kind() == io::ErrorKind::TimedOut => return 0,
-                // Not pollable by epoll (a regular file) or closed: let the kernel answer.
-                Err(_) => return raw(timeout),
             }
         }
     }
-    // Several fds: poll without blocking, sleeping cooperatively in between.
     let mut pause = Duration::from_micros(50);
     loop {
         let r = raw(0);
@@ -710,7 +744,10 @@ pub unsafe extern "C-unwind" fn poll(
             }
             pause = pause.min(d - now);
         }
-        crate::sleep(pause);
+        if !sleep_no_unwind(pause) {
+            set_errno(reactor::interrupted_error().raw_os_error().unwrap_or(libc::ECANCELED));
+            return -1;
+        }
         pause = (pause * 2).min(Duration::from_millis(1));
     }
 }
@@ -722,6 +759,11 @@ pub unsafe extern "C-unwind" fn poll(
 /// The same contract as libc's `close`.
 #[no_mangle]
 pub unsafe extern "C-unwind" fn close(fd: c_int) -> c_int {
+    forget_fd(fd);
+    sys!(libc::SYS_close, fd) as c_int
+}
+
+fn forget_fd(fd: c_int) {
     if crate::hub::exists() {
         let hub = hub();
         let known = hub
@@ -733,11 +775,40 @@ pub unsafe extern "C-unwind" fn close(fd: c_int) -> c_int {
             reactor::close_fd(fd);
         }
     }
-    sys!(libc::SYS_close, fd) as c_int
 }
 
-fn sleep_cooperatively(d: Duration) {
-    crate::sleep(d);
+/// Hook for `dup2(2)`: the target fd is closed by the call, so the reactor forgets it first.
+///
+/// # Safety
+///
+/// The same contract as libc's `dup2`.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn dup2(old: c_int, new: c_int) -> c_int {
+    if old != new {
+        forget_fd(new);
+    }
+    if old == new {
+        // dup2 with equal fds only checks `old` (dup3 would fail with EINVAL).
+        return if sys!(libc::SYS_fcntl, old, libc::F_GETFD) < 0 {
+            -1
+        } else {
+            new
+        };
+    }
+    sys!(libc::SYS_dup3, old, new, 0) as c_int
+}
+
+/// Hook for `dup3(2)`.
+///
+/// # Safety
+///
+/// The same contract as libc's `dup3`.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    if old != new {
+        forget_fd(new);
+    }
+    sys!(libc::SYS_dup3, old, new, flags) as c_int
 }
 
 /// Hook for `nanosleep(2)`: [`sleep`](crate::sleep) in a greenlet after [`patch_time`].
@@ -759,7 +830,9 @@ pub unsafe extern "C-unwind" fn nanosleep(
         set_errno(libc::EINVAL);
         return -1;
     }
-    sleep_cooperatively(Duration::new(t.tv_sec as u64, t.tv_nsec as u32));
+    // A kill or Timeout cuts the sleep short (and stays pending); std's `thread::sleep`
+    // treats anything but 0 or EINTR-with-remainder as a bug, so report a full sleep.
+    sleep_no_unwind(Duration::new(t.tv_sec as u64, t.tv_nsec as u32));
     0
 }
 
@@ -802,6 +875,6 @@ pub unsafe extern "C-unwind" fn clock_nanosleep(
         let now = Duration::new(now.tv_sec.max(0) as u64, now.tv_nsec as u32);
         d = d.saturating_sub(now);
     }
-    sleep_cooperatively(d);
+    sleep_no_unwind(d);
     0
 }

@@ -203,7 +203,7 @@ impl Pool {
         let hub = hub();
         self.inner
             .empty
-            .wait(None, Some(hub.now() + timeout), "Pool::join")
+            .wait(None, hub.deadline(timeout), "Pool::join")
             .is_ok()
     }
 
@@ -283,6 +283,14 @@ impl Pool {
                 }
                 let _ = q.put_nowait(Msg::Done(n));
             });
+        // If the feeder dies before saying `Done` (the input iterator panicked, say), tell the
+        // consumer instead of leaving it waiting forever.
+        let (q2, f2) = (results.clone(), feeder.clone());
+        feeder.rawlink(move || {
+            if let Some(e) = f2.exception() {
+                let _ = q2.put_nowait(Msg::Aborted(e));
+            }
+        });
         IMap {
             results,
             feeder,
@@ -298,6 +306,8 @@ impl Pool {
 enum Msg<R> {
     Item(usize, Result<R, Error>),
     Done(usize),
+    /// The feeder failed: the error, then the end of the results.
+    Aborted(Error),
 }
 
 /// The iterator of [`Pool::imap`] and [`Pool::imap_unordered`].
@@ -338,6 +348,16 @@ impl<R: 'static> Iterator for IMap<R> {
             }
             match self.results.get() {
                 Ok(Msg::Done(n)) => self.total.set(Some(n)),
+                Ok(Msg::Aborted(e)) => {
+                    if e == Error::Killed {
+                        // Only `IMap::drop` kills the feeder; nobody is listening.
+                        continue;
+                    }
+                    self.yielded += 1;
+                    self.total.set(Some(self.yielded));
+                    self.buffer.clear();
+                    return Some(Err(e));
+                }
                 Ok(Msg::Item(i, r)) => {
                     if self.ordered {
                         self.buffer.insert(i, r);

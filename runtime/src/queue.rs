@@ -228,7 +228,11 @@ impl<T, S: Store<T>> BaseQueue<T, S> {
             Ok(()) => Ok(()),
             Err(item) => Err(Rejected {
                 item,
-                reason: Error::Full,
+                reason: if self.shut.get() {
+                    Error::ShutDown
+                } else {
+                    Error::Full
+                },
             }),
         }
     }
@@ -284,7 +288,7 @@ impl<T, S: Store<T>> BaseQueue<T, S> {
             return Err(Self::shut_down_err(item));
         }
         let hub = hub();
-        let deadline = timeout.map(|t| hub.now() + t);
+        let deadline = timeout.and_then(|t| hub.deadline(t));
         match self.putters.wait(Some(item), deadline, "Queue::put") {
             Ok(None) => Ok(()),
             Ok(Some(item)) => Err(Self::shut_down_err(item)),
@@ -347,7 +351,7 @@ impl<T, S: Store<T>> BaseQueue<T, S> {
             return Err(Error::ShutDown);
         }
         let hub = hub();
-        let deadline = timeout.map(|t| hub.now() + t);
+        let deadline = timeout.and_then(|t| hub.deadline(t));
         match self.getters.wait(None, deadline, "Queue::get") {
             Ok(Some(v)) => Ok(v),
             Ok(None) => Err(Error::ShutDown),
@@ -394,7 +398,7 @@ impl<T, S: Store<T>> BaseQueue<T, S> {
         T: Clone,
     {
         let hub = hub();
-        let deadline = timeout.map(|t| hub.now() + t);
+        let deadline = timeout.and_then(|t| hub.deadline(t));
         loop {
             match self.peek_nowait() {
                 Err(Error::Empty) => {}
@@ -438,7 +442,7 @@ impl<T, S: Store<T>> BaseQueue<T, S> {
         }
         let hub = hub();
         self.joiners
-            .wait(None, Some(hub.now() + timeout), "Queue::join")
+            .wait(None, hub.deadline(timeout), "Queue::join")
             .is_ok()
     }
 
@@ -605,7 +609,7 @@ impl<T> Channel<T> {
             Err(item) => item,
         };
         let hub = hub();
-        let deadline = timeout.map(|t| hub.now() + t);
+        let deadline = timeout.and_then(|t| hub.deadline(t));
         match self.putters.wait(Some(item), deadline, "Channel::put") {
             Ok(None) => Ok(()),
             Ok(Some(item)) => Err(Rejected {
@@ -639,7 +643,7 @@ impl<T> Channel<T> {
             return Ok(v);
         }
         let hub = hub();
-        let deadline = timeout.map(|t| hub.now() + t);
+        let deadline = timeout.and_then(|t| hub.deadline(t));
         match self.getters.wait(None, deadline, "Channel::get") {
             Ok(Some(v)) => Ok(v),
             Ok(None) => Err(Error::ShutDown),

@@ -301,6 +301,39 @@ pub(crate) fn wait_io(
     deadline: Option<Instant>,
     after_would_block: bool,
 ) -> io::Result<()> {
+    wait_io_inner(fd, dir, deadline, after_would_block, true)
+}
+
+/// [`wait_io`] for the libc hooks: a kill or `Timeout` does not unwind (the hooks are called
+/// through `extern "C"` declarations, which must not unwind) but fails the wait with
+/// `ECANCELED` (a kill) or `ETIMEDOUT` (a `Timeout`); the interrupt stays pending and is
+/// delivered at the greenlet's next evergreen blocking point.
+pub(crate) fn wait_io_no_unwind(
+    fd: RawFd,
+    dir: Dir,
+    deadline: Option<Instant>,
+    after_would_block: bool,
+) -> io::Result<()> {
+    wait_io_inner(fd, dir, deadline, after_would_block, false)
+}
+
+/// The error a hooked call fails with when an interrupt is pending (see
+/// [`wait_io_no_unwind`]).
+pub(crate) fn interrupted_error() -> io::Error {
+    let code = match hub().current().interrupt.get() {
+        Some(crate::greenlet::Interrupt::Timeout { .. }) => libc::ETIMEDOUT,
+        _ => libc::ECANCELED,
+    };
+    io::Error::from_raw_os_error(code)
+}
+
+fn wait_io_inner(
+    fd: RawFd,
+    dir: Dir,
+    deadline: Option<Instant>,
+    after_would_block: bool,
+    unwind: bool,
+) -> io::Result<()> {
     let hub = hub();
     let me = hub.current().ptr();
     let generation = {
@@ -364,7 +397,12 @@ pub(crate) fn wait_io(
                     format!("timed out waiting for fd {fd} to become {}", dir_name(dir)),
                 ))
             }
-            Wake::Interrupted => hub.deliver_interrupt(),
+            Wake::Interrupted if unwind => hub.deliver_interrupt(),
+            Wake::Interrupted => {
+                if !hub.current().is_unwinding() {
+                    return Err(interrupted_error());
+                }
+            }
             // Spurious: wait again.
             Wake::Woken => {}
         }
@@ -416,12 +454,12 @@ pub(crate) fn adopt_fd(fd: RawFd) -> io::Result<()> {
 /// Works on any pollable fd (sockets, pipes, eventfds...). May return spuriously: try the
 /// operation and wait again if it would block.
 pub fn wait_read(fd: RawFd, timeout: Option<Duration>) -> io::Result<()> {
-    let deadline = timeout.map(|t| hub().now() + t);
+    let deadline = timeout.and_then(|t| hub().deadline(t));
     wait_io(fd, Dir::Read, deadline, false)
 }
 
 /// Like [`wait_read`], for writability (gevent's `wait_write`).
 pub fn wait_write(fd: RawFd, timeout: Option<Duration>) -> io::Result<()> {
-    let deadline = timeout.map(|t| hub().now() + t);
+    let deadline = timeout.and_then(|t| hub().deadline(t));
     wait_io(fd, Dir::Write, deadline, false)
 }

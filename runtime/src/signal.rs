@@ -42,8 +42,25 @@ const ROW: [AtomicI32; SLOTS] = [EMPTY; SLOTS];
 /// Write ends of the registered pipes, per signal; -1 is a free slot. Read by the handler.
 static PIPES: [[AtomicI32; SLOTS]; NSIG] = [ROW; NSIG];
 
-/// The previous dispositions, restored when a signal's last registration goes away.
-static PREVIOUS: Mutex<Vec<(i32, libc::sigaction)>> = Mutex::new(Vec::new());
+/// Registration state shared by all threads, under one lock so that installing and restoring
+/// dispositions cannot interleave.
+struct Registry {
+    /// The previous dispositions, restored when a signal's last registration goes away.
+    previous: Vec<(i32, libc::sigaction)>,
+    /// Pipes of cancelled registrations, kept open and reused: a signal handler running on
+    /// another thread may still hold a write end it loaded just before the slot was cleared,
+    /// so that fd number must never be closed and reused for something else.
+    spare_pipes: Vec<(RawFd, RawFd)>,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    previous: Vec::new(),
+    spare_pipes: Vec::new(),
+});
+
+fn registry() -> std::sync::MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 extern "C" fn on_signal(sig: libc::c_int) {
     let saved = io::Error::last_os_error().raw_os_error().unwrap_or(0);
@@ -91,17 +108,19 @@ pub fn signal_handler(sig: i32, callback: impl Fn() + 'static) -> io::Result<Sig
             format!("signal {sig} cannot be handled"),
         ));
     }
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: pipe2 writes two fds into the array on success.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let (read_fd, write_fd) = (fds[0], fds[1]);
-    let close_both = || {
-        // SAFETY: closing the two fds we just made.
-        unsafe {
-            libc::close(read_fd);
-            libc::close(write_fd);
+    let mut reg = registry();
+    let (read_fd, write_fd) = match reg.spare_pipes.pop() {
+        Some(p) => {
+            drain(p.0);
+            p
+        }
+        None => {
+            let mut fds = [0 as RawFd; 2];
+            // SAFETY: pipe2 writes two fds into the array on success.
+            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            (fds[0], fds[1])
         }
     };
     let row = &PIPES[sig as usize];
@@ -109,16 +128,17 @@ pub fn signal_handler(sig: i32, callback: impl Fn() + 'static) -> io::Result<Sig
         s.compare_exchange(-1, write_fd, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
     }) else {
-        close_both();
+        reg.spare_pipes.push((read_fd, write_fd));
         return Err(io::Error::other(format!(
             "too many handlers for signal {sig} (at most {SLOTS})"
         )));
     };
-    if let Err(e) = install(sig) {
+    if let Err(e) = install(&mut reg, sig) {
         row[slot].store(-1, Ordering::SeqCst);
-        close_both();
+        reg.spare_pipes.push((read_fd, write_fd));
         return Err(e);
     }
+    drop(reg);
     let callback = Rc::new(callback);
     let watcher = Builder::new()
         .name(format!("signal {sig} watcher"))
@@ -132,9 +152,15 @@ pub fn signal_handler(sig: i32, callback: impl Fn() + 'static) -> io::Result<Sig
     })
 }
 
-fn install(sig: i32) -> io::Result<()> {
-    let mut prev = PREVIOUS.lock().unwrap_or_else(|p| p.into_inner());
-    if prev.iter().any(|(s, _)| *s == sig) {
+/// Empties a recycled pipe of signals that arrived after its registration was cancelled.
+fn drain(read_fd: RawFd) {
+    let mut buf = [0u8; 64];
+    // SAFETY: reading into our buffer from our own non-blocking pipe.
+    while unsafe { libc::syscall(libc::SYS_read, read_fd, buf.as_mut_ptr(), buf.len()) } > 0 {}
+}
+
+fn install(reg: &mut Registry, sig: i32) -> io::Result<()> {
+    if reg.previous.iter().any(|(s, _)| *s == sig) {
         return Ok(());
     }
     // SAFETY: installing a plain handler with SA_RESTART; the old action is saved.
@@ -147,7 +173,7 @@ fn install(sig: i32) -> io::Result<()> {
         if libc::sigaction(sig, &sa, &mut old) != 0 {
             return Err(io::Error::last_os_error());
         }
-        prev.push((sig, old));
+        reg.previous.push((sig, old));
     }
     Ok(())
 }
@@ -192,24 +218,23 @@ impl SignalHandler {
 
     fn teardown(&mut self) {
         let Some(w) = self.watcher.take() else { return };
-        let row = &PIPES[self.sig as usize];
-        row[self.slot].store(-1, Ordering::SeqCst);
-        if row.iter().all(|s| s.load(Ordering::SeqCst) == -1) {
-            let mut prev = PREVIOUS.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(i) = prev.iter().position(|(s, _)| *s == self.sig) {
-                let (_, old) = prev.remove(i);
-                // SAFETY: restoring the disposition saved by `install`.
-                unsafe { libc::sigaction(self.sig, &old, std::ptr::null_mut()) };
+        {
+            let mut reg = registry();
+            let row = &PIPES[self.sig as usize];
+            row[self.slot].store(-1, Ordering::SeqCst);
+            if row.iter().all(|s| s.load(Ordering::SeqCst) == -1) {
+                if let Some(i) = reg.previous.iter().position(|(s, _)| *s == self.sig) {
+                    let (_, old) = reg.previous.remove(i);
+                    // SAFETY: restoring the disposition saved by `install`.
+                    unsafe { libc::sigaction(self.sig, &old, std::ptr::null_mut()) };
+                }
             }
+            reg.spare_pipes.push((self.read_fd, self.write_fd));
         }
+        // Wakes the watcher (its wait fails with EBADF) and forgets the read end in this hub.
         reactor::close_fd(self.read_fd);
         if crate::hub::exists() && !w.dead() {
             w.kill();
-        }
-        // SAFETY: closing our own pipe fds, no longer in the handler's table.
-        unsafe {
-            libc::syscall(libc::SYS_close, self.read_fd);
-            libc::syscall(libc::SYS_close, self.write_fd);
         }
     }
 }

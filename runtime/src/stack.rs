@@ -74,8 +74,11 @@ fn page_size() -> usize {
 }
 
 fn round_up(n: usize, to: usize) -> usize {
-    n.div_ceil(to) * to
+    n.div_ceil(to).saturating_mul(to)
 }
+
+/// The largest stack a greenlet may ask for (address space, not RAM; 1 GiB).
+pub const MAX_STACK_SIZE: usize = 1 << 30;
 
 /// One greenlet stack. Owned by exactly one coroutine at a time, or by the pool.
 #[derive(Debug)]
@@ -203,7 +206,7 @@ impl StackPool {
         let page = page_size();
         StackPool {
             page,
-            default_size: round_up(default_size.max(16 * 1024), page),
+            default_size: round_up(default_size.clamp(16 * 1024, MAX_STACK_SIZE), page),
             mode,
             effective: None,
             warm: Vec::new(),
@@ -231,6 +234,17 @@ impl StackPool {
 
     /// A stack of `size` usable bytes (`None`: the default size).
     pub fn get(&mut self, size: Option<usize>) -> io::Result<GreenStack> {
+        if let Some(s) = size {
+            if s > MAX_STACK_SIZE {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "evergreen: a greenlet stack of {s} bytes was asked for; the limit is \
+                         {MAX_STACK_SIZE} bytes"
+                    ),
+                ));
+            }
+        }
         match size {
             Some(s) if round_up(s.max(16 * 1024), self.page) != self.default_size => {
                 self.map_single(round_up(s.max(16 * 1024), self.page))
@@ -596,11 +610,12 @@ fn interrupted_stack_pointer(ctx: *mut libc::c_void) -> usize {
     }
 }
 
-/// Writes bytes to stderr without allocating (async-signal-safe).
+/// Writes bytes to stderr without allocating (async-signal-safe). A raw system call: the
+/// libc `write` symbol is evergreen's own monkey-patching hook.
 fn raw_write(b: &[u8]) {
     // SAFETY: writing from a valid slice to fd 2.
     unsafe {
-        libc::write(2, b.as_ptr() as *const libc::c_void, b.len());
+        libc::syscall(libc::SYS_write, 2, b.as_ptr(), b.len());
     }
 }
 
@@ -657,7 +672,7 @@ extern "C" fn overflow_handler(
             b"-byte stack; raise EVERGREEN_STACK_SIZE or use Builder::stack_size for this greenlet\n",
         );
         // SAFETY: abort is async-signal-safe.
-        unsafe { libc::abort() };
+        unsafe { libc::abort() }
     }
     // Not ours: hand over to whoever handled it before us.
     // SAFETY: PREVIOUS* were written once inside `Once` before this handler was installed.

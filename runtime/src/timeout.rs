@@ -101,7 +101,7 @@ impl Timeout {
                 after_ns: self.duration.as_nanos().min(u64::MAX as u128) as u64,
             },
         );
-        self.timer = Some(hub.add_timer(hub.now() + self.duration, action));
+        self.timer = Some(hub.add_timer(hub.far_deadline(self.duration), action));
         self.owner = Some(owner);
     }
 
@@ -155,7 +155,11 @@ impl Timeout {
         self.cancel();
         match r {
             Ok(v) => Ok(v),
-            Err(p) if self.is_mine(&*p) => Err(Error::Timeout(self.duration)),
+            Err(p) if self.is_mine(&*p) => {
+                // This greenlet's unwind is over: interrupts may be delivered to it again.
+                hub().current().unwind_caught();
+                Err(Error::Timeout(self.duration))
+            }
             Err(p) => resume_unwind(p),
         }
     }
@@ -186,16 +190,17 @@ pub fn sleep(duration: Duration) {
 
 fn sleep_for(duration: Duration) {
     let hub = hub();
-    let deadline = hub.now() + duration;
+    // `None`: a duration beyond what `Instant` can represent sleeps until killed.
+    let deadline = hub.deadline(duration);
     loop {
-        match hub.park(Some(deadline), "sleep") {
+        match hub.park(deadline, "sleep") {
             Wake::Deadline => return,
             Wake::Interrupted => hub.deliver_interrupt(),
             Wake::Woken => {
                 debug_assert!(false, "a sleeping greenlet was woken (a bug in evergreen)")
             }
         }
-        if hub.now() >= deadline {
+        if deadline.is_some_and(|d| hub.now() >= d) {
             return;
         }
     }

@@ -70,7 +70,7 @@ pub fn iwait<'a>(objs: &'a [&'a dyn Waitable], timeout: Option<Duration>) -> IWa
         shared,
         links,
         remaining: objs.len(),
-        deadline: timeout.map(|t| hub.now() + t),
+        deadline: timeout.and_then(|t| hub.deadline(t)),
     }
 }
 

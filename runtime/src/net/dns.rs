@@ -239,7 +239,7 @@ impl Resolver {
         let sock = UdpSocket::bind(local)?;
         sock.connect(ns)?;
         sock.send(&q)?;
-        let deadline = hub().now() + self.config.timeout;
+        let deadline = hub().far_deadline(self.config.timeout);
         // Without EDNS0 a UDP answer is at most 512 bytes; a larger buffer tolerates servers
         // that send more anyway.
         let mut buf = vec![0u8; dns_wire::MAX_UDP_PAYLOAD * 8];
@@ -296,7 +296,7 @@ impl Resolver {
 }
 
 fn deadline_after(t: Duration) -> Instant {
-    hub().now() + t
+    hub().far_deadline(t)
 }
 
 fn timed_out(name: &str, qtype: QType, ns: SocketAddr, t: Duration) -> io::Error {

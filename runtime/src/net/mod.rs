@@ -98,7 +98,7 @@ impl IoState {
             Dir::Read => self.read_timeout.get(),
             Dir::Write => self.write_timeout.get(),
         };
-        let deadline = t.map(|t| hub().now() + t);
+        let deadline = t.and_then(|t| hub().deadline(t));
         self.io_until(dir, deadline, op)
     }
 

@@ -148,19 +148,44 @@ impl StreamServer {
 
     /// Starts (if needed) and blocks until [`stop`](Self::stop) is called (gevent's
     /// `serve_forever`).
+    ///
+    /// If the calling greenlet is killed (or a `Timeout` interrupts it) while it serves, the
+    /// server is stopped on the way out, with a one-second grace period for the handlers, as
+    /// gevent's `serve_forever` does in its `finally`.
     pub fn serve_forever(&self) {
+        struct StopOnUnwind<'a>(&'a StreamServer);
+        impl Drop for StopOnUnwind<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() && !self.0.inner.stopped.is_set() {
+                    self.0.stop(Some(Duration::from_secs(1)));
+                }
+            }
+        }
         self.start();
+        let _guard = StopOnUnwind(self);
         self.inner.stopped.wait();
     }
 
     /// Stops gracefully: stops accepting, waits up to `timeout` for running handlers to
     /// finish (`None`: as long as they take), then kills the rest. Returns the number of
     /// handlers that had to be killed.
+    ///
+    /// May be called from one of the server's own handlers: that handler is left out of the
+    /// wait and the kill (it is removed from the pool), so it can go on and finish.
     pub fn stop(&self, timeout: Option<Duration>) -> usize {
         self.inner.listener.close();
+        // Wake `serve_forever` first, whatever happens below (gevent sets its stop event
+        // first too).
+        self.inner.stopped.set();
+        let me = crate::greenlet::getcurrent();
+        if self.inner.pool.contains(&me) {
+            self.inner.pool.discard(&me);
+        }
         let acceptor = self.inner.acceptor.borrow_mut().take();
         if let Some(a) = acceptor {
-            a.kill();
+            if a.handle() != me {
+                a.kill();
+            }
         }
         let finished = match timeout {
             Some(t) => self.inner.pool.join_timeout(t),
@@ -174,7 +199,6 @@ impl StreamServer {
             killed = self.inner.pool.len();
             self.inner.pool.kill();
         }
-        self.inner.stopped.set();
         killed
     }
 }

@@ -58,7 +58,7 @@ impl TcpStream {
     pub fn connect_timeout(addr: impl ToAddrs, timeout: Duration) -> io::Result<TcpStream> {
         let addrs = addr.to_addrs()?;
         each_addr(addrs, |a| {
-            TcpStream::connect_one(a, Some(hub().now() + timeout)).map_err(|e| {
+            TcpStream::connect_one(a, hub().deadline(timeout)).map_err(|e| {
                 if e.kind() == io::ErrorKind::TimedOut {
                     io::Error::new(
                         io::ErrorKind::TimedOut,
@@ -273,10 +273,10 @@ impl TcpListener {
 
     /// Like [`accept`](Self::accept), giving up after `timeout` (`TimedOut`).
     pub fn accept_timeout(&self, timeout: Duration) -> io::Result<(TcpStream, SocketAddr)> {
-        let deadline = hub().now() + timeout;
+        let deadline = hub().deadline(timeout);
         let (s, a) = self
             .io
-            .io_until(Dir::Read, Some(deadline), || self.inner.accept())?;
+            .io_until(Dir::Read, deadline, || self.inner.accept())?;
         Ok((TcpStream::from_mio(s)?, a))
     }
 
