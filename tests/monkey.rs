@@ -193,12 +193,13 @@ fn closing_an_fd_wakes_the_greenlet_blocked_in_a_hooked_read() {
 }
 
 #[test]
-fn a_kill_unwinds_a_greenlet_blocked_in_a_hooked_call() {
+fn a_kill_fails_the_hooked_call_and_is_delivered_at_the_next_blocking_point() {
     monkey::patch_all();
     run(|| {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let dropped = Rc::new(Cell::new(false));
-        let d2 = dropped.clone();
+        let seen = Rc::new(Cell::new(None));
+        let (d2, s2) = (dropped.clone(), seen.clone());
         let g = spawn(move || {
             struct Flag(Rc<Cell<bool>>);
             impl Drop for Flag {
@@ -207,11 +208,99 @@ fn a_kill_unwinds_a_greenlet_blocked_in_a_hooked_call() {
                 }
             }
             let _f = Flag(d2);
-            let _ = listener.accept(); // parks in the accept4 hook
+            // Parks in the accept4 hook; the kill makes it fail (the hooks never unwind
+            // through `extern "C"` frames)...
+            let e = listener.accept().unwrap_err();
+            s2.set(e.raw_os_error());
+            // ...and the kill itself lands at the next evergreen blocking point.
+            sleep(Duration::from_secs(3600));
+            unreachable!("the pending kill unwinds here");
         });
         sleep(Duration::ZERO);
         assert!(!g.dead());
         g.kill();
+        assert_eq!(seen.get(), Some(libc::ECANCELED));
         assert!(dropped.get() && g.successful());
+        assert_eq!(g.get(), Err(evergreen::Error::Killed));
+    });
+}
+
+#[test]
+fn a_timeout_fails_a_hooked_call_with_etimedout() {
+    monkey::patch_all();
+    run(|| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // In a greenlet (in the root context the hooks are pass-throughs).
+        let g = spawn(move || {
+            evergreen::with_timeout(ms(20), || {
+                listener.accept().map(|_| ()).map_err(|e| e.raw_os_error())
+            })
+        });
+        // The hooked call failed with ETIMEDOUT; the scope then withdrew its own expiry.
+        assert_eq!(g.into_result().unwrap(), Ok(Err(Some(libc::ETIMEDOUT))));
+    });
+}
+
+#[test]
+fn msg_dontwait_is_honoured_by_the_hooks() {
+    monkey::patch_all();
+    run(|| {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = a.as_raw_fd();
+        let g = spawn(move || {
+            let mut buf = [0u8; 1];
+            // SAFETY: recv into a valid one-byte buffer on a valid socket.
+            let r = unsafe {
+                libc::recv(
+                    fd,
+                    buf.as_mut_ptr() as _,
+                    1,
+                    libc::MSG_DONTWAIT | libc::MSG_PEEK,
+                )
+            };
+            (r, std::io::Error::last_os_error().raw_os_error())
+        });
+        let r = evergreen::with_timeout(Duration::from_secs(5), || g.get());
+        assert_eq!(r, Ok(Ok((-1, Some(libc::EAGAIN)))));
+        drop(a);
+    });
+}
+
+#[test]
+fn poll_for_either_direction_sees_writability() {
+    monkey::patch_all();
+    run(|| {
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let buf = [0u8; 65536];
+        // Fill the socket so it is not writable.
+        // SAFETY: sending from a valid buffer on a valid, non-blocking socket.
+        while unsafe { libc::send(a.as_raw_fd(), buf.as_ptr() as _, buf.len(), 0) } > 0 {}
+        a.set_nonblocking(false).unwrap();
+        let fd = a.as_raw_fd();
+        let poller = spawn(move || {
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN | libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: poll on one valid pollfd.
+            let r = unsafe { libc::poll(&mut p, 1, 5000) };
+            (r, p.revents & libc::POLLOUT != 0)
+        });
+        let drainer = spawn(move || {
+            sleep(ms(20));
+            b.set_nonblocking(true).unwrap();
+            let mut sink = vec![0u8; 1 << 20];
+            while let Ok(k) = b.read(&mut sink) {
+                if k == 0 {
+                    break;
+                }
+            }
+            b
+        });
+        let _b = drainer.into_result().unwrap();
+        assert_eq!(poller.get(), Ok((1, true)));
+        drop(a);
     });
 }

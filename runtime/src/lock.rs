@@ -108,9 +108,11 @@ impl Semaphore {
             return self.counter.get();
         }
         let hub = hub();
-        let _ = self
-            .watchers
-            .wait(None, timeout.and_then(|t| hub.deadline(t)), "Semaphore::wait");
+        let _ = self.watchers.wait(
+            None,
+            timeout.and_then(|t| hub.deadline(t)),
+            "Semaphore::wait",
+        );
         self.counter.get()
     }
 

@@ -271,7 +271,8 @@ fn coop<R: Copy + PartialOrd + From<i8>>(fd: RawFd, dir: Dir, mut op: impl FnMut
             set_errno(e);
             return r;
         }
-        let d = *deadline.get_or_insert_with(|| sock_timeout(fd, dir).and_then(|t| hub().deadline(t)));
+        let d =
+            *deadline.get_or_insert_with(|| sock_timeout(fd, dir).and_then(|t| hub().deadline(t)));
         if let Err(err) = reactor::wait_io_no_unwind(fd, dir, d, true) {
             set_errno(hook_errno(&err, libc::EAGAIN));
             return fail;
@@ -683,7 +684,11 @@ pub unsafe extern "C-unwind" fn accept(
 ///
 /// The same contract as libc's `poll`: `fds` must be valid for `nfds` entries.
 #[no_mangle]
-pub unsafe extern "C-unwind" fn poll(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: c_int) -> c_int {
+pub unsafe extern "C-unwind" fn poll(
+    fds: *mut libc::pollfd,
+    nfds: libc::nfds_t,
+    timeout: c_int,
+) -> c_int {
     let raw = |t: c_int| sys!(libc::SYS_poll, fds, nfds, t) as c_int;
     if !SOCKET.load(Ordering::Relaxed) || !in_greenlet() || timeout == 0 {
         return raw(timeout);
@@ -719,8 +724,9 @@ pub unsafe extern "C-unwind" fn poll(fds: *mut libc::pollfd, nfds: libc::nfds_t,
                     Err(e) if e.kind() == io::ErrorKind::TimedOut && e.raw_os_error().is_none() => {
                         return 0
                     }
-                    Err(e) if e.raw_os_error() == Some(libc::ECANCELED)
-                        || e.raw_os_error() == Some(libc::ETIMEDOUT) =>
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::ECANCELED)
+                            || e.raw_os_error() == Some(libc::ETIMEDOUT) =>
                     {
                         set_errno(e.raw_os_error().unwrap_or(libc::ECANCELED));
                         return -1;
@@ -745,7 +751,11 @@ pub unsafe extern "C-unwind" fn poll(fds: *mut libc::pollfd, nfds: libc::nfds_t,
             pause = pause.min(d - now);
         }
         if !sleep_no_unwind(pause) {
-            set_errno(reactor::interrupted_error().raw_os_error().unwrap_or(libc::ECANCELED));
+            set_errno(
+                reactor::interrupted_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::ECANCELED),
+            );
             return -1;
         }
         pause = (pause * 2).min(Duration::from_millis(1));

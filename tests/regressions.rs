@@ -1,0 +1,273 @@
+//! One regression test per bug found in review, named after what it pins down.
+
+mod common;
+
+use std::cell::{Cell, RefCell};
+use std::io::{Read, Write};
+use std::rc::Rc;
+use std::time::Duration;
+
+use common::{run, run_virtual};
+use evergreen::net::{StreamServer, TcpListener, TcpStream};
+use evergreen::{
+    idle, sleep, spawn, with_timeout, Error, Event, Local, Pool, Queue, Semaphore, Timeout,
+};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+#[test]
+fn a_panicking_greenlet_local_drop_does_not_corrupt_the_hub() {
+    run(|| {
+        struct Bomb;
+        impl Drop for Bomb {
+            fn drop(&mut self) {
+                panic!("Bomb::drop");
+            }
+        }
+        let local = Rc::new(Local::new(|| Bomb));
+        let l2 = local.clone();
+        let g = spawn(move || {
+            l2.with(|_| ());
+            7
+        });
+        let linked = Rc::new(Cell::new(false));
+        let lk = linked.clone();
+        g.rawlink(move || lk.set(true));
+        assert_eq!(g.get(), Ok(7));
+        common::settle();
+        assert!(linked.get(), "its links still fired");
+        assert_eq!(spawn(|| 1).get(), Ok(1), "the hub is still usable");
+    });
+}
+
+#[test]
+fn destroy_from_a_hub_callback_is_refused() {
+    run(|| {
+        let refused = Rc::new(Cell::new(false));
+        let r2 = refused.clone();
+        evergreen::hub::run_callback(move || {
+            r2.set(std::panic::catch_unwind(evergreen::hub::destroy).is_err());
+        });
+        common::settle();
+        assert!(refused.get());
+    });
+}
+
+#[test]
+fn a_greenlet_leaked_by_destroy_leaves_no_dangling_waiter() {
+    run(|| {
+        let ev = Rc::new(Event::new());
+        let e2 = ev.clone();
+        struct BlockingCleanup(Rc<Event>);
+        impl Drop for BlockingCleanup {
+            fn drop(&mut self) {
+                self.0.wait();
+            }
+        }
+        let g = spawn(move || {
+            let _d = BlockingCleanup(e2.clone());
+            e2.wait();
+        });
+        sleep(Duration::ZERO);
+        drop(g);
+        evergreen::hub::destroy(); // the cleanup blocks forever: the greenlet is leaked
+        assert_eq!(ev.waiter_count(), 1);
+        let _junk: Vec<Vec<u64>> = (0..64).map(|_| vec![u64::MAX; 64]).collect();
+        ev.set(); // wakes the leaked greenlet's waiter: must not touch freed memory
+        sleep(ms(1));
+    });
+}
+
+#[test]
+fn a_kill_is_not_lost_after_the_victim_caught_its_own_timeout() {
+    run(|| {
+        let ev = Rc::new(Event::new());
+        let e2 = ev.clone();
+        let a = spawn(move || {
+            let _ = with_timeout(ms(1), || sleep(Duration::from_secs(1)));
+            e2.wait();
+            "returned normally"
+        });
+        struct SlowCleanup;
+        impl Drop for SlowCleanup {
+            fn drop(&mut self) {
+                sleep(ms(100));
+            }
+        }
+        let c = spawn(|| {
+            let _s = SlowCleanup;
+            sleep(Duration::from_secs(10));
+        });
+        sleep(ms(10)); // a caught its timeout and waits; c sleeps
+        c.kill_nowait();
+        sleep(ms(5)); // c is suspended in the middle of its unwind
+        assert!(a.kill_timeout(Duration::from_secs(5)), "the kill reached a");
+        assert_eq!(a.get(), Err(Error::Killed));
+        c.join();
+        ev.set();
+    });
+}
+
+#[test]
+fn a_timed_wait_in_cleanup_returns_when_another_interrupt_is_pending() {
+    run(|| {
+        let returned = Rc::new(Cell::new(None));
+        let r2 = returned.clone();
+        struct Cleanup(Rc<Cell<Option<bool>>>);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                self.0.set(Some(Event::new().wait_timeout(ms(100))));
+            }
+        }
+        let g = spawn(move || {
+            let _t = Timeout::start_new(ms(20));
+            let _c = Cleanup(r2);
+            sleep(Duration::from_secs(10));
+        });
+        sleep(ms(5));
+        g.kill_nowait();
+        assert!(g.join_timeout(Duration::from_secs(5)), "no endless spin");
+        assert_eq!(returned.get(), Some(false), "the wait timed out normally");
+    });
+}
+
+#[test]
+fn a_greenlet_looping_on_idle_does_not_starve_io() {
+    run(|| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let stop = Rc::new(Cell::new(false));
+        let s2 = stop.clone();
+        let idler = spawn(move || {
+            while !s2.get() {
+                idle();
+            }
+        });
+        let server = spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut b = [0u8; 4];
+            c.read_exact(&mut b).unwrap();
+            b
+        });
+        let client = spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(b"ping").unwrap();
+            s
+        });
+        let r = with_timeout(Duration::from_secs(5), || server.get());
+        stop.set(true);
+        assert_eq!(r, Ok(Ok(*b"ping")));
+        idler.join();
+        client.join();
+    });
+}
+
+#[test]
+fn stream_server_stop_from_its_own_handler_ends_serve_forever() {
+    run(|| {
+        let slot: Rc<RefCell<Option<StreamServer>>> = Rc::new(RefCell::new(None));
+        let s2 = slot.clone();
+        let stopped = Rc::new(Cell::new(None));
+        let st2 = stopped.clone();
+        let server = StreamServer::bind("127.0.0.1:0", move |_c, _p| {
+            let srv = s2.borrow().clone().unwrap();
+            st2.set(Some(srv.stop(Some(ms(50)))));
+        })
+        .unwrap();
+        *slot.borrow_mut() = Some(server.clone());
+        let addr = server.local_addr().unwrap();
+        let client = spawn(move || TcpStream::connect(addr).map(|_| ()));
+        let r = with_timeout(Duration::from_secs(5), || server.serve_forever());
+        assert_eq!(r, Ok(()));
+        client.join();
+        sleep(ms(1));
+        assert_eq!(
+            stopped.get(),
+            Some(0),
+            "the handler finished its own stop() call"
+        );
+        slot.borrow_mut().take();
+    });
+}
+
+#[test]
+fn serve_forever_interrupted_stops_the_server() {
+    run(|| {
+        let server = StreamServer::bind("127.0.0.1:0", |_c, _p| ()).unwrap();
+        let addr = server.local_addr().unwrap();
+        let r = with_timeout(ms(20), || server.serve_forever());
+        assert_eq!(r, Err(Error::Timeout(ms(20))));
+        assert!(TcpStream::connect(addr).is_err(), "no longer accepting");
+    });
+}
+
+#[test]
+fn a_panicking_imap_input_reaches_the_consumer() {
+    run(|| {
+        let pool = Pool::new(2);
+        let items = (0..5u32).inspect(|&i| {
+            if i == 3 {
+                panic!("bad input item")
+            }
+        });
+        match pool.map(|x| x * 2, items) {
+            Err(Error::Panicked(m)) => assert!(m.contains("bad input item"), "{m}"),
+            other => panic!("unexpected {other:?}"),
+        }
+        pool.join();
+    });
+}
+
+#[test]
+fn duration_max_means_no_deadline() {
+    run_virtual(|| {
+        let g = spawn(|| sleep(ms(5)));
+        assert!(g.join_timeout(Duration::MAX));
+        let s = Semaphore::new(1);
+        assert!(s.acquire_timeout(Duration::MAX));
+        let q: Queue<u8> = Queue::new();
+        q.put(1).unwrap();
+        assert_eq!(q.get_timeout(Duration::MAX), Ok(1));
+        assert_eq!(with_timeout(Duration::MAX, || 5), Ok(5));
+    });
+}
+
+#[test]
+fn an_event_interval_of_zero_is_treated_as_one() {
+    std::thread::spawn(|| {
+        assert!(evergreen::config::set_config(evergreen::config::Config {
+            event_interval: 0,
+            ..Default::default()
+        }));
+        let g = spawn(|| 3);
+        assert_eq!(g.get(), Ok(3));
+        evergreen::hub::destroy();
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn put_nowait_after_shutdown_says_shut_down() {
+    run(|| {
+        let q = Queue::new();
+        q.shutdown(false);
+        assert_eq!(q.put_nowait(1).map_err(|r| r.reason), Err(Error::ShutDown));
+    });
+}
+
+#[test]
+fn an_absurd_stack_size_is_a_clear_panic_not_a_crash() {
+    run(|| {
+        let r = std::panic::catch_unwind(|| {
+            evergreen::Builder::new()
+                .stack_size(usize::MAX)
+                .spawn(|| ())
+        });
+        let p = r.unwrap_err();
+        let msg = p.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(msg.contains("stack") && msg.contains("limit"), "{msg}");
+    });
+}
