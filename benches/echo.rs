@@ -15,6 +15,7 @@
 //! | `tokio-mt2`   | the same on `multi_thread` with 2 workers | a task per connection |
 //! | `may-1/2`     | an acceptor coroutine, a coroutine per connection (child process) | a coroutine per connection |
 //! | `std-threads` | an acceptor thread, an OS thread per connection | an OS thread per connection |
+//! | `evergreen-2hubs` | greenlets on a hub on one OS thread | greenlets on a second hub on another OS thread |
 //!
 //! The may variants run in a child process each (may's worker count is process-global, see
 //! `common/mod.rs`): the parent re-executes this binary as `<exe> --only may-N ...` and reads
@@ -102,6 +103,9 @@ enum Contender {
     Rt(Runtime),
     /// Blocking `std::net` sockets, an OS thread per connection on each side.
     StdThreads,
+    /// evergreen with two hubs: the server on one OS thread, the clients on another (one hub
+    /// per thread is evergreen's model for using more than one core).
+    Evergreen2Hubs,
 }
 
 impl Contender {
@@ -110,7 +114,7 @@ impl Contender {
         Runtime::ALL
             .into_iter()
             .map(Contender::Rt)
-            .chain([Contender::StdThreads])
+            .chain([Contender::Evergreen2Hubs, Contender::StdThreads])
             .collect()
     }
 
@@ -118,6 +122,7 @@ impl Contender {
         match self {
             Contender::Rt(rt) => rt.name(),
             Contender::StdThreads => STD_THREADS,
+            Contender::Evergreen2Hubs => "evergreen-2hubs",
         }
     }
 
@@ -225,6 +230,58 @@ mod evergreen_echo {
         })
         .into_result()
         .expect("evergreen driver greenlet failed")
+    }
+}
+
+/// evergreen with two hubs: server greenlets on one OS thread, client greenlets on another.
+mod evergreen_2hubs_echo {
+    use super::*;
+    use evergreen::net::{TcpListener, TcpStream};
+
+    /// One run, timed by the client hub.
+    pub fn run(conns: usize, trips: u64) -> Duration {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let server = std::thread::spawn(move || {
+            let listener = TcpListener::bind(BIND).expect("bind evergreen server");
+            addr_tx
+                .send(listener.local_addr().expect("server address"))
+                .expect("send the address");
+            let handlers: Vec<_> = (0..conns)
+                .map(|_| {
+                    let (conn, _) = listener.accept().expect("accept");
+                    conn.set_nodelay(true).expect("server set_nodelay");
+                    evergreen::spawn(move || serve_loop(conn))
+                })
+                .collect();
+            // Each handler ends when its client closes the connection.
+            evergreen::joinall(&handlers);
+            evergreen::hub::destroy();
+        });
+        let addr: SocketAddr = addr_rx.recv().expect("server address");
+        let clients = std::thread::spawn(move || {
+            let streams: Vec<TcpStream> = (0..conns)
+                .map(|_| {
+                    let s = TcpStream::connect(addr).expect("connect");
+                    s.set_nodelay(true).expect("client set_nodelay");
+                    s
+                })
+                .collect();
+            let start = Instant::now();
+            let gs: Vec<_> = streams
+                .into_iter()
+                .map(|s| evergreen::spawn(move || client_loop(s, trips)))
+                .collect();
+            evergreen::joinall(&gs);
+            let elapsed = start.elapsed();
+            for g in gs {
+                g.into_result().expect("evergreen client greenlet failed");
+            }
+            evergreen::hub::destroy();
+            elapsed
+        });
+        let elapsed = clients.join().expect("client thread");
+        server.join().expect("server thread");
+        elapsed
     }
 }
 
@@ -445,6 +502,9 @@ fn run_in_process(contender: Contender, settings: Settings) -> Vec<Duration> {
             (0..runs).map(|_| may_echo::run(conns, trips)).collect()
         }
         Contender::StdThreads => (0..runs).map(|_| std_echo::run(conns, trips)).collect(),
+        Contender::Evergreen2Hubs => (0..runs)
+            .map(|_| evergreen_2hubs_echo::run(conns, trips))
+            .collect(),
     }
 }
 
@@ -625,6 +685,8 @@ fn write_report(table: &str, settings: Settings) -> PathBuf {
          acceptor task, a task per server connection, a task per client.\n\
          - may-1 / may-2: may with 1 / 2 workers, in a child process each (worker count is \
          process-global); a coroutine per server connection and per client.\n\
+         - evergreen-2hubs: evergreen with one hub per OS thread (its model for using more \
+         than one core): the server's greenlets on one thread, the clients' on another.\n\
          - std-threads: blocking `std::net`, an OS thread per connection on each side \
          ({} threads).\n\n\
          {strace_section}",
