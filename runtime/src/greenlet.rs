@@ -140,12 +140,14 @@ pub(crate) struct Core {
 }
 
 impl Core {
+    #[inline(always)]
     fn new(
         id: u64,
         name: Option<Box<str>>,
         is_root: bool,
         stack_size: usize,
         unguarded: bool,
+        hub_generation: u64,
     ) -> Core {
         Core {
             id,
@@ -166,11 +168,7 @@ impl Core {
                 ..OverflowInfo::NONE
             }),
             unguarded,
-            hub_generation: if crate::hub::exists() {
-                hub().generation()
-            } else {
-                0
-            },
+            hub_generation,
             start_timer: Cell::new(None),
             joiners: WaitList::new(),
             links: Links::default(),
@@ -298,6 +296,17 @@ impl Core {
         std::mem::forget(hub().unregister_live(self));
     }
 
+    #[cold]
+    fn drop_locals(&self, locals: Box<LocalMap>) {
+        if let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(locals))) {
+            log::error!(
+                "greenlet {}: dropping its greenlet-local values panicked (ignored): {}",
+                self.describe_short(),
+                panic_message(&*p)
+            );
+        }
+    }
+
     /// Marks the greenlet dead, frees its locals, wakes joiners and schedules links.
     #[inline]
     fn complete(&self, ended: Ended) {
@@ -306,12 +315,8 @@ impl Core {
         self.state.set(State::Dead);
         self.interrupt.set(None);
         let locals = self.locals.borrow_mut().take();
-        if let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(locals))) {
-            log::error!(
-                "greenlet {}: dropping its greenlet-local values panicked (ignored): {}",
-                self.describe_short(),
-                panic_message(&*p)
-            );
+        if let Some(l) = locals {
+            self.drop_locals(l);
         }
         self.joiners.wake_all_unit();
         self.links.fire_all();
@@ -353,7 +358,7 @@ pub(crate) struct RootGreenlet {
 impl RootGreenlet {
     pub(crate) fn new() -> RootGreenlet {
         RootGreenlet {
-            core: Core::new(0, Some("root".into()), true, 0, false),
+            core: Core::new(0, Some("root".into()), true, 0, false, 0),
         }
     }
 }
@@ -594,6 +599,7 @@ impl Builder {
                     false,
                     size,
                     !guarded,
+                    hub.generation(),
                 ),
                 result: RefCell::new(None),
                 payload: RefCell::new(None),
