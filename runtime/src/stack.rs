@@ -50,6 +50,7 @@ use std::io;
 use std::ptr;
 use std::sync::Once;
 
+use corosensei::stack::valgrind::ValgrindStackRegistration;
 use corosensei::stack::{Stack, StackPointer};
 
 use crate::config::GuardMode;
@@ -198,6 +199,10 @@ pub struct StackPool {
     slabs: Vec<(usize, usize)>,
     /// Default-size stacks handed out and not yet returned.
     outstanding: usize,
+    /// Each slab stack registered with valgrind (a no-op outside valgrind), so that memcheck
+    /// understands the switches between them instead of reporting every access on the thread's
+    /// own stack as invalid.
+    valgrind: Vec<ValgrindStackRegistration>,
 }
 
 impl StackPool {
@@ -214,6 +219,7 @@ impl StackPool {
             keep_warm,
             slabs: Vec::new(),
             outstanding: 0,
+            valgrind: Vec::new(),
         }
     }
 
@@ -362,6 +368,10 @@ impl StackPool {
         }
         for s in &made {
             s.write_canary();
+            self.valgrind.push(ValgrindStackRegistration::new(
+                (s.bottom - s.guard) as *mut u8,
+                s.top - (s.bottom - s.guard),
+            ));
         }
         self.slabs.push((base, len));
         // Pop order: lowest address first.
@@ -402,6 +412,9 @@ impl StackPool {
             own_mapping_len: len,
         };
         s.write_canary();
+        // Registered for the life of the process (a stale registration of an unmapped range is
+        // harmless; keeping its id would cost every greenlet a word).
+        std::mem::forget(ValgrindStackRegistration::new(base as *mut u8, len));
         Ok(s)
     }
 }
@@ -414,6 +427,7 @@ impl Drop for StackPool {
         }
         self.warm.clear();
         self.cold.clear();
+        self.valgrind.clear();
         for &(addr, len) in &self.slabs {
             // SAFETY: every stack of these slabs is back in the pool (outstanding == 0) and the
             // pool was just cleared, so nothing refers to this memory any more.
