@@ -22,6 +22,20 @@
 //! A greenlet killed before it started never runs (its function is dropped unrun), and its
 //! links still fire. Killing a dead greenlet, or twice, is harmless.
 //!
+//! # Unwinding and the thread's panic state
+//!
+//! Cleanup code may block while a greenlet unwinds (a `Drop` that waits, like a `finally` that
+//! does I/O), so a greenlet can be suspended in the middle of its unwind while others run.
+//! Rust's panic state is per OS thread, though: while one greenlet is suspended mid-unwind,
+//! `std::thread::panicking()` is true for every greenlet. And a kill must never be raised
+//! inside a `Drop` that runs during an unwind (an unwind escaping such a `Drop` aborts the
+//! process). So evergreen tracks unwinding *per greenlet*: an unwind is recorded when it
+//! starts (when an interrupt is raised, and by the panic hook for panics) and forgotten when
+//! evergreen catches it, or as soon as the thread is seen not panicking at all. An interrupt
+//! that cannot be delivered because its target is unwinding stays pending; the hub wakes the
+//! target again once no unwind is in progress, and a timed wait that expires meanwhile reports
+//! its timeout instead of waiting again.
+//!
 //! # Differences from gevent
 //!
 //! * `get()` of a killed greenlet returns `Err(Error::Killed)` (gevent returns the
