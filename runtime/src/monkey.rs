@@ -311,6 +311,17 @@ fn sleep_no_unwind(d: Duration) -> bool {
 // The hooks
 // ---------------------------------------------------------------------------------------------
 
+/// The body shared by the `recv`/`send` family: a pass-through unless the call must be made
+/// cooperative, in which case `call` is retried with `MSG_DONTWAIT` added, waiting for `fd` in
+/// between.
+#[inline]
+fn socket_call(fd: RawFd, flags: c_int, dir: Dir, call: impl Fn(c_int) -> ssize_t) -> ssize_t {
+    if !cooperative_flags(fd, flags) {
+        return call(flags);
+    }
+    coop(fd, dir, || call(flags | libc::MSG_DONTWAIT))
+}
+
 /// Hook for `recv(2)`. See the [module docs](self).
 ///
 /// # Safety
@@ -323,19 +334,8 @@ pub unsafe extern "C-unwind" fn recv(
     len: size_t,
     flags: c_int,
 ) -> ssize_t {
-    if !cooperative_flags(fd, flags) {
-        return sys!(libc::SYS_recvfrom, fd, buf, len, flags, 0usize, 0usize) as ssize_t;
-    }
-    coop(fd, Dir::Read, || {
-        sys!(
-            libc::SYS_recvfrom,
-            fd,
-            buf,
-            len,
-            flags | libc::MSG_DONTWAIT,
-            0usize,
-            0usize
-        ) as ssize_t
+    socket_call(fd, flags, Dir::Read, |f| {
+        sys!(libc::SYS_recvfrom, fd, buf, len, f, 0usize, 0usize) as ssize_t
     })
 }
 
@@ -353,19 +353,8 @@ pub unsafe extern "C-unwind" fn recvfrom(
     addr: *mut sockaddr,
     addrlen: *mut socklen_t,
 ) -> ssize_t {
-    if !cooperative_flags(fd, flags) {
-        return sys!(libc::SYS_recvfrom, fd, buf, len, flags, addr, addrlen) as ssize_t;
-    }
-    coop(fd, Dir::Read, || {
-        sys!(
-            libc::SYS_recvfrom,
-            fd,
-            buf,
-            len,
-            flags | libc::MSG_DONTWAIT,
-            addr,
-            addrlen
-        ) as ssize_t
+    socket_call(fd, flags, Dir::Read, |f| {
+        sys!(libc::SYS_recvfrom, fd, buf, len, f, addr, addrlen) as ssize_t
     })
 }
 
@@ -381,19 +370,8 @@ pub unsafe extern "C-unwind" fn send(
     len: size_t,
     flags: c_int,
 ) -> ssize_t {
-    if !cooperative_flags(fd, flags) {
-        return sys!(libc::SYS_sendto, fd, buf, len, flags, 0usize, 0usize) as ssize_t;
-    }
-    coop(fd, Dir::Write, || {
-        sys!(
-            libc::SYS_sendto,
-            fd,
-            buf,
-            len,
-            flags | libc::MSG_DONTWAIT,
-            0usize,
-            0usize
-        ) as ssize_t
+    socket_call(fd, flags, Dir::Write, |f| {
+        sys!(libc::SYS_sendto, fd, buf, len, f, 0usize, 0usize) as ssize_t
     })
 }
 
@@ -411,19 +389,8 @@ pub unsafe extern "C-unwind" fn sendto(
     addr: *const sockaddr,
     addrlen: socklen_t,
 ) -> ssize_t {
-    if !cooperative_flags(fd, flags) {
-        return sys!(libc::SYS_sendto, fd, buf, len, flags, addr, addrlen) as ssize_t;
-    }
-    coop(fd, Dir::Write, || {
-        sys!(
-            libc::SYS_sendto,
-            fd,
-            buf,
-            len,
-            flags | libc::MSG_DONTWAIT,
-            addr,
-            addrlen
-        ) as ssize_t
+    socket_call(fd, flags, Dir::Write, |f| {
+        sys!(libc::SYS_sendto, fd, buf, len, f, addr, addrlen) as ssize_t
     })
 }
 
@@ -438,11 +405,8 @@ pub unsafe extern "C-unwind" fn recvmsg(
     msg: *mut libc::msghdr,
     flags: c_int,
 ) -> ssize_t {
-    if !cooperative_flags(fd, flags) {
-        return sys!(libc::SYS_recvmsg, fd, msg, flags) as ssize_t;
-    }
-    coop(fd, Dir::Read, || {
-        sys!(libc::SYS_recvmsg, fd, msg, flags | libc::MSG_DONTWAIT) as ssize_t
+    socket_call(fd, flags, Dir::Read, |f| {
+        sys!(libc::SYS_recvmsg, fd, msg, f) as ssize_t
     })
 }
 
@@ -457,11 +421,8 @@ pub unsafe extern "C-unwind" fn sendmsg(
     msg: *const libc::msghdr,
     flags: c_int,
 ) -> ssize_t {
-    if !cooperative_flags(fd, flags) {
-        return sys!(libc::SYS_sendmsg, fd, msg, flags) as ssize_t;
-    }
-    coop(fd, Dir::Write, || {
-        sys!(libc::SYS_sendmsg, fd, msg, flags | libc::MSG_DONTWAIT) as ssize_t
+    socket_call(fd, flags, Dir::Write, |f| {
+        sys!(libc::SYS_sendmsg, fd, msg, f) as ssize_t
     })
 }
 
