@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::greenlet::State;
+use crate::greenlet::state_name;
 use crate::hub::hub;
 
 /// A snapshot of one live greenlet.
@@ -30,14 +30,7 @@ pub fn run_info() -> Vec<GreenletInfo> {
             GreenletInfo {
                 id: c.id,
                 name: c.name.as_deref().map(str::to_string),
-                state: match c.state.get() {
-                    State::New => "not started",
-                    State::Later => "scheduled to start later",
-                    State::Runnable => "runnable",
-                    State::Running => "running",
-                    State::Parked => "parked",
-                    State::Dead => "dead",
-                },
+                state: state_name(c.state.get()),
                 waiting_on: c.waiting_on.get(),
                 stack_size: c.stack_size(),
             }

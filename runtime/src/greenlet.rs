@@ -345,7 +345,8 @@ impl Drop for Core {
     }
 }
 
-fn state_name(s: State) -> &'static str {
+/// The state's name, as shown in run-info dumps and `LoopExit` messages.
+pub(crate) fn state_name(s: State) -> &'static str {
     match s {
         State::New => "not started",
         State::Later => "scheduled to start later",
