@@ -129,7 +129,6 @@ pub struct Hub {
     pub(crate) reactor: RefCell<crate::reactor::Reactor>,
     pub(crate) idle_waiters: WaitList<()>,
     monitor: std::cell::OnceCell<crate::monitor::MonitorHandle>,
-    destroying: Cell<bool>,
     /// Distinguishes successive hubs of one thread (stacks go back to their own hub only).
     generation: u64,
     /// Greenlets whose pending interrupt could not be delivered because they looked like they
@@ -208,7 +207,6 @@ fn create() -> &'static Hub {
         reactor: RefCell::new(crate::reactor::Reactor::new()),
         idle_waiters: WaitList::new(),
         monitor,
-        destroying: Cell::new(false),
         budget: Cell::new(config.event_interval),
         root_park_seq: Cell::new(0),
         generation: {
@@ -244,7 +242,6 @@ pub fn destroy() {
             "evergreen::hub::destroy() must be called from the root context, outside any \
              greenlet and any hub callback"
         );
-        hub.destroying.set(true);
         // Kill everything, repeatedly (a cleanup may spawn), running the queue without ever
         // blocking on timers or I/O.
         for _ in 0..16 {
