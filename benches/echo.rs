@@ -290,7 +290,7 @@ mod tokio_echo {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
-    use tokio::runtime::{Builder, Runtime};
+    use tokio::runtime::Runtime;
 
     /// A tokio runtime, built once and used for every run.
     pub struct TokioEcho {
@@ -300,21 +300,16 @@ mod tokio_echo {
     impl TokioEcho {
         /// `current_thread` (I/O and time drivers enabled).
         pub fn current_thread() -> Self {
-            let rt = Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("build tokio current_thread runtime");
-            TokioEcho { rt }
+            TokioEcho {
+                rt: common::tokio_rt::build_runtime(None),
+            }
         }
 
         /// Work-stealing `multi_thread` with `workers` workers.
         pub fn multi_thread(workers: usize) -> Self {
-            let rt = Builder::new_multi_thread()
-                .worker_threads(workers)
-                .enable_all()
-                .build()
-                .expect("build tokio multi_thread runtime");
-            TokioEcho { rt }
+            TokioEcho {
+                rt: common::tokio_rt::build_runtime(Some(workers)),
+            }
         }
 
         /// One run, timed inside a driver task.
@@ -658,15 +653,7 @@ fn write_report(table: &str, settings: Settings) -> PathBuf {
         .unwrap_or_else(|| {
             format!("{STRACE_SECTION}\n\nNot measured yet: run `benches/strace_echo.sh`.\n")
         });
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_string());
+    let cpu = common::cpu_model();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let md = format!(
         "# TCP echo benchmark\n\n\

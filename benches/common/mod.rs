@@ -214,6 +214,19 @@ pub fn dispatch_child() {
     }
 }
 
+/// The CPU model from `/proc/cpuinfo`, for report headers.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_string())
+}
+
 /// True when cargo runs this target as a benchmark (`cargo bench` passes `--bench`); false
 /// when it runs it as a test (`cargo test --benches` / `--all-targets`), where the `memory`
 /// and `report` targets only do a quick smoke run and write no file.

@@ -20,24 +20,35 @@ pub struct TokioRunner {
     rt: Runtime,
 }
 
-impl TokioRunner {
-    /// A `current_thread` runtime (I/O and time drivers enabled).
-    pub fn current_thread() -> Self {
-        let rt = Builder::new_current_thread()
+/// A tokio runtime with the I/O and time drivers enabled: `current_thread` for `None`, the
+/// work-stealing `multi_thread` with that many workers for `Some(n)`.
+pub fn build_runtime(workers: Option<usize>) -> Runtime {
+    match workers {
+        None => Builder::new_current_thread()
             .enable_all()
             .build()
-            .expect("build tokio current_thread runtime");
-        TokioRunner { rt }
+            .expect("build tokio current_thread runtime"),
+        Some(n) => Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()
+            .expect("build tokio multi_thread runtime"),
+    }
+}
+
+impl TokioRunner {
+    /// A `current_thread` runtime.
+    pub fn current_thread() -> Self {
+        TokioRunner {
+            rt: build_runtime(None),
+        }
     }
 
     /// A work-stealing `multi_thread` runtime with `workers` worker threads.
     pub fn multi_thread(workers: usize) -> Self {
-        let rt = Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()
-            .expect("build tokio multi_thread runtime");
-        TokioRunner { rt }
+        TokioRunner {
+            rt: build_runtime(Some(workers)),
+        }
     }
 }
 

@@ -96,11 +96,7 @@ impl Waitable for Event {
         self.is_set()
     }
     fn rawlink(&self, f: Box<dyn FnOnce()>) -> LinkId {
-        let id = self.links.add(f);
-        if self.is_set() {
-            self.links.fire_all();
-        }
-        id
+        self.links.add_or_fire(f, self.is_set())
     }
     fn unlink(&self, id: LinkId) -> bool {
         self.links.remove(id)
@@ -216,11 +212,7 @@ impl<T: Clone> Waitable for AsyncResult<T> {
         AsyncResult::ready(self)
     }
     fn rawlink(&self, f: Box<dyn FnOnce()>) -> LinkId {
-        let id = self.links.add(f);
-        if AsyncResult::ready(self) {
-            self.links.fire_all();
-        }
-        id
+        self.links.add_or_fire(f, AsyncResult::ready(self))
     }
     fn unlink(&self, id: LinkId) -> bool {
         self.links.remove(id)

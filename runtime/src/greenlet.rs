@@ -877,11 +877,7 @@ impl<T: 'static> Greenlet<T> {
 
     fn rawlink_box(&self, f: Box<dyn FnOnce()>) -> LinkId {
         let core = &self.inner.core;
-        let id = core.links.add(f);
-        if core.state.get() == State::Dead {
-            core.links.fire_all();
-        }
-        id
+        core.links.add_or_fire(f, core.state.get() == State::Dead)
     }
 
     /// Removes a link that has not fired yet.
@@ -1022,11 +1018,7 @@ impl Waitable for GreenletRef {
     }
     fn rawlink(&self, f: Box<dyn FnOnce()>) -> LinkId {
         let core = self.g.core();
-        let id = core.links.add(f);
-        if core.state.get() == State::Dead {
-            core.links.fire_all();
-        }
-        id
+        core.links.add_or_fire(f, core.state.get() == State::Dead)
     }
     fn unlink(&self, id: LinkId) -> bool {
         self.g.core().links.remove(id)

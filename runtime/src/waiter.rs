@@ -313,6 +313,16 @@ impl Links {
         }
     }
 
+    /// Registers `f`; if the object is `ready` already, schedules it (and any other pending
+    /// link) at once, as a link added after the fact still fires.
+    pub(crate) fn add_or_fire(&self, f: Callback, ready: bool) -> LinkId {
+        let id = self.add(f);
+        if ready {
+            self.fire_all();
+        }
+        id
+    }
+
     /// Schedules every link as a hub callback, in registration order, and forgets them.
     pub(crate) fn fire_all(&self) {
         if self.list.borrow().is_empty() {
