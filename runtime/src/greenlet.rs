@@ -52,8 +52,8 @@ use std::any::Any;
 use std::cell::{Cell, RefCell, UnsafeCell};
 use std::collections::HashMap;
 use std::fmt;
+use std::marker::PhantomData;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use corosensei::{Coroutine, Yielder};
@@ -66,7 +66,6 @@ use crate::timer::TimerId;
 use crate::waiter::{LinkId, Links, WaitFail, WaitList, Waitable};
 
 pub(crate) type Coro = Coroutine<(), (), (), GreenStack>;
-pub(crate) type GRef = Rc<dyn GreenletObj>;
 /// A greenlet's local values, by `Local` key.
 pub(crate) type LocalMap = HashMap<usize, Box<dyn Any>>;
 /// `joinall`'s outcome: the finished greenlets, or them and the first failure.
@@ -125,7 +124,18 @@ pub(crate) enum Ended {
 }
 
 /// The untyped part of a greenlet, shared by the hub and every handle.
+///
+/// A core is the first field of its greenlet's heap block (an `Inner<T>`, `repr(C)`), which is
+/// reference-counted by hand: every [`GRef`] and [`Greenlet`] handle, and the hub's live
+/// registry while the greenlet is alive, owns one count. `ops` are the block's type-erased
+/// operations (what an `Rc<dyn Trait>` would give, without its layout arithmetic on every drop).
 pub(crate) struct Core {
+    refs: Cell<usize>,
+    ops: &'static BlockOps,
+    /// Neighbours in the hub's live registry (an intrusive list: registering and reaping a
+    /// greenlet never allocates).
+    pub(crate) live_prev: Cell<Option<CorePtr>>,
+    pub(crate) live_next: Cell<Option<CorePtr>>,
     pub(crate) id: u64,
     pub(crate) name: Option<Box<str>>,
     pub(crate) is_root: bool,
@@ -140,7 +150,8 @@ pub(crate) struct Core {
     pub(crate) unwinding: Cell<u32>,
     pub(crate) deadline_hit: Cell<bool>,
     pub(crate) waiting_on: Cell<&'static str>,
-    pub(crate) live_slot: Cell<usize>,
+    /// Whether the hub's live registry holds it (and one of its counts).
+    pub(crate) in_live: Cell<bool>,
     /// Stack bounds and identity for the overflow handler (set once, before the greenlet can
     /// run).
     pub(crate) overflow_info: Cell<OverflowInfo>,
@@ -156,6 +167,7 @@ pub(crate) struct Core {
 impl Core {
     #[inline(always)]
     fn new(
+        ops: &'static BlockOps,
         id: u64,
         name: Option<Box<str>>,
         is_root: bool,
@@ -164,6 +176,10 @@ impl Core {
         hub_generation: u64,
     ) -> Core {
         Core {
+            refs: Cell::new(1),
+            ops,
+            live_prev: Cell::new(None),
+            live_next: Cell::new(None),
             id,
             name,
             is_root,
@@ -176,7 +192,7 @@ impl Core {
             unwinding: Cell::new(0),
             deadline_hit: Cell::new(false),
             waiting_on: Cell::new(""),
-            live_slot: Cell::new(usize::MAX),
+            in_live: Cell::new(false),
             overflow_info: Cell::new(OverflowInfo {
                 size: stack_size,
                 ..OverflowInfo::NONE
@@ -357,64 +373,244 @@ pub(crate) fn state_name(s: State) -> &'static str {
     }
 }
 
-/// Type-erased access to a greenlet for the hub.
-pub(crate) trait GreenletObj {
-    fn core(&self) -> &Core;
+/// A greenlet block's type-erased operations (one static table per result type).
+pub(crate) struct BlockOps {
+    /// Drops the block's contents and frees it; called when the last count goes.
+    free: unsafe fn(CorePtr),
     /// Completes a greenlet that never started as killed.
-    fn complete_killed(&self);
+    complete_killed: unsafe fn(&Core),
     /// The error it ended with, if any (`Killed` included).
-    fn error(&self) -> Option<Error>;
+    error: unsafe fn(&Core) -> Option<Error>,
 }
 
-pub(crate) struct RootGreenlet {
-    core: Core,
+/// An owning, type-erased reference to a greenlet (or the root): one count of its block.
+pub(crate) struct GRef(CorePtr);
+
+impl GRef {
+    /// A new count of a core that is alive (a live greenlet, the root, or one whose handle
+    /// the caller holds).
+    #[inline]
+    pub(crate) fn from_core(core: &Core) -> GRef {
+        core.refs.set(core.refs.get() + 1);
+        GRef(core.ptr())
+    }
+
+    /// Takes over a count that was given up (a new block's first count, or the live
+    /// registry's).
+    ///
+    /// # Safety
+    ///
+    /// `p` must carry a count that nothing else will release.
+    #[inline]
+    pub(crate) unsafe fn adopt(p: CorePtr) -> GRef {
+        GRef(p)
+    }
+
+    #[inline]
+    pub(crate) fn core(&self) -> &Core {
+        // SAFETY: this reference owns a count, so the block is alive.
+        unsafe { self.0.as_ref() }
+    }
+
+    /// Completes a greenlet that never started as killed.
+    pub(crate) fn complete_killed(&self) {
+        let c = self.core();
+        // SAFETY: `ops` belongs to the block `c` heads.
+        unsafe { (c.ops.complete_killed)(c) }
+    }
+
+    /// The error it ended with, if any (`Killed` included).
+    pub(crate) fn error(&self) -> Option<Error> {
+        let c = self.core();
+        // SAFETY: as above.
+        unsafe { (c.ops.error)(c) }
+    }
+
+    /// Whether both refer to the same greenlet.
+    pub(crate) fn ptr_eq(&self, other: &GRef) -> bool {
+        self.0 == other.0
+    }
 }
 
-impl RootGreenlet {
-    pub(crate) fn new() -> RootGreenlet {
-        RootGreenlet {
-            core: Core::new(0, Some("root".into()), true, 0, false, 0),
+impl Clone for GRef {
+    #[inline]
+    fn clone(&self) -> GRef {
+        GRef::from_core(self.core())
+    }
+}
+
+impl Drop for GRef {
+    #[inline]
+    fn drop(&mut self) {
+        let c = self.core();
+        let n = c.refs.get() - 1;
+        c.refs.set(n);
+        if n == 0 {
+            // SAFETY: that was the last count: nothing else refers to the block.
+            unsafe { (c.ops.free)(self.0) }
         }
     }
 }
 
-impl GreenletObj for RootGreenlet {
-    fn core(&self) -> &Core {
-        &self.core
-    }
-    fn complete_killed(&self) {}
-    fn error(&self) -> Option<Error> {
-        None
-    }
-}
-
-/// A pointer to a greenlet's own `Inner`, captured by its coroutine body.
-struct InnerPtr<T>(*const Inner<T>);
-
+/// A greenlet's heap block: its core, then its typed result. `repr(C)` puts the core first,
+/// so a `CorePtr` to it is also a pointer to the block.
+#[repr(C)]
 struct Inner<T> {
     core: Core,
     result: RefCell<Option<Result<T, Error>>>,
     payload: RefCell<Option<Box<dyn Any + Send>>>,
 }
 
-impl<T: 'static> GreenletObj for Inner<T> {
-    fn core(&self) -> &Core {
-        &self.core
+/// A pointer to a greenlet's own `Inner`, captured by its coroutine body.
+struct InnerPtr<T>(*const Inner<T>);
+
+impl<T: 'static> Inner<T> {
+    const OPS: BlockOps = BlockOps {
+        free: Self::free,
+        complete_killed: Self::complete_killed,
+        error: Self::error,
+    };
+
+    /// Allocates an uninitialised block (from the hub's cache of freed blocks when it can).
+    /// The caller writes it *after* allocating, so the few-hundred-byte value is built in
+    /// place instead of on the stack and copied.
+    #[inline(always)]
+    fn alloc(hub: &crate::hub::Hub) -> std::ptr::NonNull<Inner<T>> {
+        hub.blocks
+            .alloc(std::alloc::Layout::new::<Inner<T>>())
+            .cast::<Inner<T>>()
     }
 
-    fn complete_killed(&self) {
-        *self.result.borrow_mut() = Some(Err(Error::Killed));
-        self.core.complete(Ended::Killed);
+    /// # Safety
+    ///
+    /// `p` heads an `Inner<T>` block whose last count is gone.
+    unsafe fn free(p: CorePtr) {
+        let p = p.cast::<Inner<T>>();
+        // SAFETY: per the contract, the block is initialised and nothing refers to it.
+        unsafe { std::ptr::drop_in_place(p.as_ptr()) };
+        crate::greenlet::BlockCache::free(p.cast(), std::alloc::Layout::new::<Inner<T>>());
     }
 
-    fn error(&self) -> Option<Error> {
-        match &*self.result.borrow() {
+    /// # Safety
+    ///
+    /// `c` heads an `Inner<T>` block.
+    unsafe fn block(c: &Core) -> &Inner<T> {
+        // SAFETY: per the contract; `Inner` is `repr(C)` with the core first.
+        unsafe { &*(c as *const Core as *const Inner<T>) }
+    }
+
+    unsafe fn complete_killed(c: &Core) {
+        // SAFETY: per `BlockOps`, `c` heads an `Inner<T>`.
+        let me = unsafe { Self::block(c) };
+        *me.result.borrow_mut() = Some(Err(Error::Killed));
+        me.core.complete(Ended::Killed);
+    }
+
+    unsafe fn error(c: &Core) -> Option<Error> {
+        // SAFETY: as above.
+        let me = unsafe { Self::block(c) };
+        match &*me.result.borrow() {
             Some(Err(e)) => Some(e.clone()),
             _ => None,
         }
     }
 }
 
+/// Freed greenlet blocks kept for reuse, by size class (a greenlet's block is a few hundred
+/// bytes and is allocated on every spawn: this turns malloc/free into a vector push/pop).
+/// Classes are multiples of 64 bytes up to 1 KiB; larger or over-aligned blocks bypass it.
+pub(crate) struct BlockCache {
+    lists: RefCell<[Vec<std::ptr::NonNull<u8>>; BlockCache::CLASSES]>,
+}
+
+impl BlockCache {
+    const CLASSES: usize = 16;
+    const GRAIN: usize = 64;
+    /// Blocks kept per class.
+    const KEEP: usize = 256;
+
+    pub(crate) fn new() -> BlockCache {
+        BlockCache {
+            lists: RefCell::new(Default::default()),
+        }
+    }
+
+    /// The class and the layout actually allocated for blocks of `layout`.
+    #[inline(always)]
+    fn class(layout: std::alloc::Layout) -> (Option<usize>, std::alloc::Layout) {
+        let rounded = layout.size().div_ceil(Self::GRAIN) * Self::GRAIN;
+        if layout.align() <= 16 && rounded <= Self::CLASSES * Self::GRAIN {
+            let l = std::alloc::Layout::from_size_align(rounded, 16).expect("small layout");
+            (Some(rounded / Self::GRAIN - 1), l)
+        } else {
+            (None, layout)
+        }
+    }
+
+    #[inline(always)]
+    fn alloc(&self, layout: std::alloc::Layout) -> std::ptr::NonNull<u8> {
+        let (class, real) = Self::class(layout);
+        if let Some(c) = class {
+            if let Some(p) = self.lists.borrow_mut()[c].pop() {
+                return p;
+            }
+        }
+        // SAFETY: `real` has a non-zero size (a block holds at least a core).
+        let p = unsafe { std::alloc::alloc(real) };
+        std::ptr::NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(real))
+    }
+
+    /// Frees a block allocated by `alloc` with `layout`: into this thread's hub's cache if
+    /// there is one and it has room, else to the allocator.
+    #[inline(always)]
+    fn free(p: std::ptr::NonNull<u8>, layout: std::alloc::Layout) {
+        let (class, real) = Self::class(layout);
+        if let (Some(c), Some(hub)) = (class, crate::hub::try_hub()) {
+            let mut lists = hub.blocks.lists.borrow_mut();
+            if lists[c].len() < Self::KEEP {
+                lists[c].push(p);
+                return;
+            }
+        }
+        // SAFETY: `p` was allocated by `alloc` with this very layout (`class` is a function
+        // of the block type's layout alone).
+        unsafe { std::alloc::dealloc(p.as_ptr(), real) }
+    }
+}
+
+impl Drop for BlockCache {
+    fn drop(&mut self) {
+        for (c, list) in self.lists.get_mut().iter_mut().enumerate() {
+            let l = std::alloc::Layout::from_size_align((c + 1) * Self::GRAIN, 16)
+                .expect("small layout");
+            for p in list.drain(..) {
+                // SAFETY: every cached block was allocated with its class's layout.
+                unsafe { std::alloc::dealloc(p.as_ptr(), l) }
+            }
+        }
+    }
+}
+
+/// The root context's block: a core with no result.
+pub(crate) fn new_root() -> GRef {
+    let v = Inner::<()> {
+        core: Core::new(&Inner::<()>::OPS, 0, Some("root".into()), true, 0, false, 0),
+        result: RefCell::new(None),
+        payload: RefCell::new(None),
+    };
+    let l = std::alloc::Layout::new::<Inner<()>>();
+    // The root is made while the hub is being built: allocate directly (`free` may cache it).
+    let (_, real) = BlockCache::class(l);
+    // SAFETY: non-zero size.
+    let p = unsafe { std::alloc::alloc(real) };
+    let p = std::ptr::NonNull::new(p)
+        .unwrap_or_else(|| std::alloc::handle_alloc_error(real))
+        .cast::<Inner<()>>();
+    // SAFETY: fresh allocation of the right layout.
+    unsafe { p.as_ptr().write(v) };
+    // SAFETY: the block starts with one count, owned by the returned reference.
+    unsafe { GRef::adopt(p.cast()) }
+}
 impl<T: 'static> Inner<T> {
     /// Called on the greenlet's own stack when its function returned or unwound.
     #[inline]
@@ -525,20 +721,32 @@ pub(crate) fn panic_message(p: &(dyn Any + Send)) -> String {
 /// assert_eq!(g.get(), Ok(42));
 /// ```
 pub struct Greenlet<T> {
-    inner: Rc<Inner<T>>,
+    /// A count of an `Inner<T>` block.
+    g: GRef,
+    _result: PhantomData<T>,
 }
 
 impl<T> Clone for Greenlet<T> {
     fn clone(&self) -> Self {
         Greenlet {
-            inner: self.inner.clone(),
+            g: self.g.clone(),
+            _result: PhantomData,
         }
+    }
+}
+
+impl<T> Greenlet<T> {
+    #[inline(always)]
+    fn inner(&self) -> &Inner<T> {
+        // SAFETY: a `Greenlet<T>` is only made for an `Inner<T>` block (in `create`), whose
+        // core comes first (`repr(C)`); the count held by `g` keeps it alive.
+        unsafe { &*(self.g.core() as *const Core as *const Inner<T>) }
     }
 }
 
 impl<T> fmt::Debug for Greenlet<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Greenlet({})", self.inner.core.describe())
+        write!(f, "Greenlet({})", self.inner().core.describe())
     }
 }
 
@@ -602,14 +810,14 @@ impl Builder {
         let bottom = stack.bottom();
         let size = stack.size();
         let guarded = stack.guarded();
-        // Built in place in the new allocation (a greenlet core is a few hundred bytes, and
-        // spawning is a hot path: this avoids building it on the stack and copying it).
-        let mut uninit = Rc::<Inner<T>>::new_uninit();
-        Rc::get_mut(&mut uninit)
-            .expect("a new Rc is unique")
-            .write(Inner {
+        let id = hub.next_id();
+        let p = Inner::<T>::alloc(hub);
+        // SAFETY: `p` is a fresh allocation with `Inner<T>`'s layout; it is written in place.
+        unsafe {
+            p.as_ptr().write(Inner::<T> {
                 core: Core::new(
-                    hub.next_id(),
+                    &Inner::<T>::OPS,
+                    id,
                     self.name.map(String::into_boxed_str),
                     false,
                     size,
@@ -618,9 +826,14 @@ impl Builder {
                 ),
                 result: RefCell::new(None),
                 payload: RefCell::new(None),
-            });
-        // SAFETY: fully initialised just above.
-        let inner = unsafe { uninit.assume_init() };
+            })
+        };
+        let g = Greenlet {
+            // SAFETY: a new block starts with one count, which this handle owns.
+            g: unsafe { GRef::adopt(p.cast()) },
+            _result: PhantomData,
+        };
+        let inner = g.inner();
         let (name_ptr, name_len) = match &inner.core.name {
             Some(n) => (n.as_ptr(), n.len()),
             None => (std::ptr::null(), 0),
@@ -634,7 +847,7 @@ impl Builder {
             name: name_ptr,
             name_len,
         });
-        let me = InnerPtr(Rc::as_ptr(&inner));
+        let me = InnerPtr(inner as *const Inner<T>);
         let co = Coro::with_stack(stack, move |y: &Yielder<(), ()>, ()| {
             // SAFETY: the coroutine is owned by this very `Inner` and only runs while the hub
             // holds a strong reference to it (the live registry, during `resume_greenlet`), so
@@ -660,7 +873,7 @@ impl Builder {
                 m.name(inner.core.id, n);
             }
         }
-        Greenlet { inner }
+        g
     }
 
     /// Creates and starts the greenlet (see [`spawn`]).
@@ -689,13 +902,13 @@ impl<T: 'static> Greenlet<T> {
     }
 
     fn gref(&self) -> GRef {
-        self.inner.clone()
+        self.g.clone()
     }
 
     /// Schedules the greenlet to start (gevent's `start`). No effect if it was already started
     /// or scheduled, or is dead.
     pub fn start(&self) {
-        let core = &self.inner.core;
+        let core = &self.inner().core;
         if core.state.get() != State::New {
             return;
         }
@@ -706,7 +919,7 @@ impl<T: 'static> Greenlet<T> {
 
     /// Schedules the greenlet to start after `delay` (gevent's `start_later`).
     pub fn start_later(&self, delay: Duration) {
-        let core = &self.inner.core;
+        let core = &self.inner().core;
         if core.state.get() != State::New {
             return;
         }
@@ -720,17 +933,17 @@ impl<T: 'static> Greenlet<T> {
 
     /// A small id, unique per hub (the root is 0).
     pub fn id(&self) -> u64 {
-        self.inner.core.id
+        self.inner().core.id
     }
 
     /// The name given with [`Builder::name`].
     pub fn name(&self) -> Option<&str> {
-        self.inner.core.name.as_deref()
+        self.inner().core.name.as_deref()
     }
 
     /// Whether it has finished (gevent's `ready()`; same as [`dead`](Self::dead)).
     pub fn ready(&self) -> bool {
-        self.inner.core.state.get() == State::Dead
+        self.inner().core.state.get() == State::Dead
     }
 
     /// Whether it has finished (gevent's `dead`).
@@ -740,17 +953,17 @@ impl<T: 'static> Greenlet<T> {
 
     /// Whether its function has started running (gevent's `bool(g)` before death).
     pub fn started(&self) -> bool {
-        self.inner.core.started.get()
+        self.inner().core.started.get()
     }
 
     /// Whether it finished without failing; being killed counts as success, as in gevent.
     pub fn successful(&self) -> bool {
-        matches!(self.inner.core.ended.get(), Ended::Value | Ended::Killed)
+        matches!(self.inner().core.ended.get(), Ended::Value | Ended::Killed)
     }
 
     /// How it failed or was killed; `None` while running or after a normal return.
     pub fn exception(&self) -> Option<Error> {
-        self.inner.error()
+        self.g.error()
     }
 
     /// Its value, if it returned one (clone).
@@ -758,7 +971,7 @@ impl<T: 'static> Greenlet<T> {
     where
         T: Clone,
     {
-        match &*self.inner.result.borrow() {
+        match &*self.inner().result.borrow() {
             Some(Ok(v)) => Some(v.clone()),
             _ => None,
         }
@@ -766,18 +979,18 @@ impl<T: 'static> Greenlet<T> {
 
     /// Moves out the panic payload of a failed greenlet (to `resume_unwind` it elsewhere).
     pub fn take_panic_payload(&self) -> Option<Box<dyn Any + Send>> {
-        self.inner.payload.borrow_mut().take()
+        self.inner().payload.borrow_mut().take()
     }
 
     /// Blocks until the greenlet has finished (gevent's `join()`).
     #[inline]
     pub fn join(&self) {
-        join_core(&self.inner.core, None);
+        join_core(&self.inner().core, None);
     }
 
     /// Blocks until the greenlet has finished or `timeout` passed; `true` if it finished.
     pub fn join_timeout(&self, timeout: Duration) -> bool {
-        join_core(&self.inner.core, hub().deadline(timeout))
+        join_core(&self.inner().core, hub().deadline(timeout))
     }
 
     /// Blocks until the greenlet has finished and returns its value or how it failed
@@ -806,7 +1019,7 @@ impl<T: 'static> Greenlet<T> {
     where
         T: Clone,
     {
-        match &*self.inner.result.borrow() {
+        match &*self.inner().result.borrow() {
             Some(r) => r.clone(),
             None => Err(Error::ValueTaken),
         }
@@ -816,7 +1029,7 @@ impl<T: 'static> Greenlet<T> {
     /// Later calls of `get`/`into_result` on other handles return [`Error::ValueTaken`].
     pub fn into_result(self) -> Result<T, Error> {
         self.join();
-        let mut r = self.inner.result.borrow_mut();
+        let mut r = self.inner().result.borrow_mut();
         match r.as_ref() {
             Some(Ok(_)) => r.take().expect("checked"),
             Some(Err(e)) => Err(e.clone()),
@@ -876,13 +1089,13 @@ impl<T: 'static> Greenlet<T> {
     }
 
     fn rawlink_box(&self, f: Box<dyn FnOnce()>) -> LinkId {
-        let core = &self.inner.core;
+        let core = &self.inner().core;
         core.links.add_or_fire(f, core.state.get() == State::Dead)
     }
 
     /// Removes a link that has not fired yet.
     pub fn unlink(&self, id: LinkId) -> bool {
-        self.inner.core.links.remove(id)
+        self.inner().core.links.remove(id)
     }
 
     /// A type-erased handle.

@@ -58,12 +58,11 @@ use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::error::LoopExit;
-use crate::greenlet::{Core, CorePtr, GRef, Interrupt, RootGreenlet, State};
+use crate::greenlet::{BlockCache, Core, CorePtr, GRef, Interrupt, State};
 use crate::stack::{self, StackPool};
 use crate::timer::{TimerId, Timers};
 use crate::waiter::WaitList;
@@ -103,10 +102,13 @@ pub(crate) enum Wake {
     Interrupted,
 }
 
-struct Slab {
-    entries: Vec<Option<GRef>>,
-    free: Vec<usize>,
-    len: usize,
+/// The live registry: every started or scheduled greenlet that has not been reaped, in
+/// registration order. Intrusive (through `Core::live_prev`/`live_next`); each member's
+/// block has one count owned by the registry.
+struct Registry {
+    head: Cell<Option<CorePtr>>,
+    tail: Cell<Option<CorePtr>>,
+    len: Cell<usize>,
 }
 
 /// The per-thread hub. See the [module docs](self).
@@ -123,7 +125,9 @@ pub struct Hub {
     in_callback: Cell<bool>,
     pub(crate) timers: RefCell<Timers<TimerAction>>,
     pub(crate) stacks: RefCell<StackPool>,
-    live: RefCell<Slab>,
+    live: Registry,
+    /// Freed greenlet blocks for reuse.
+    pub(crate) blocks: BlockCache,
     next_id: Cell<u64>,
     virtual_clock: Cell<Option<Instant>>,
     pub(crate) reactor: RefCell<crate::reactor::Reactor>,
@@ -151,6 +155,14 @@ impl Drop for HubGuard {
     fn drop(&mut self) {
         destroy();
     }
+}
+
+/// This thread's hub, if it exists (never creates one).
+#[inline]
+pub(crate) fn try_hub() -> Option<&'static Hub> {
+    let p = HUB.with(|h| h.get());
+    // SAFETY: as in `hub()`.
+    (!p.is_null()).then(|| unsafe { &*p })
 }
 
 /// Whether this thread's hub exists.
@@ -184,7 +196,7 @@ fn create() -> &'static Hub {
             config.monitor_threshold,
         ));
     }
-    let root: GRef = Rc::new(RootGreenlet::new());
+    let root: GRef = crate::greenlet::new_root();
     let hub = Box::new(Hub {
         run_queue: RefCell::new(VecDeque::with_capacity(64)),
         current: Cell::new(root.core().ptr()),
@@ -197,11 +209,12 @@ fn create() -> &'static Hub {
             config.stack_pool_max,
             config.guard_mode,
         )),
-        live: RefCell::new(Slab {
-            entries: Vec::new(),
-            free: Vec::new(),
-            len: 0,
-        }),
+        live: Registry {
+            head: Cell::new(None),
+            tail: Cell::new(None),
+            len: Cell::new(0),
+        },
+        blocks: BlockCache::new(),
         next_id: Cell::new(1),
         virtual_clock: Cell::new(config.virtual_clock.then(Instant::now)),
         reactor: RefCell::new(crate::reactor::Reactor::new()),
@@ -309,7 +322,7 @@ pub fn live_count() -> usize {
     if !exists() {
         return 0;
     }
-    hub().live.borrow().len
+    hub().live.len.get()
 }
 
 /// The number of timers pending on this thread's hub.
@@ -353,13 +366,7 @@ impl Hub {
 
     /// An owning handle to the running greenlet.
     pub(crate) fn current_gref(&self) -> GRef {
-        let c = self.current();
-        if c.is_root {
-            return self.root.clone();
-        }
-        self.live.borrow().entries[c.live_slot.get()]
-            .clone()
-            .expect("a running greenlet is registered")
+        GRef::from_core(self.current())
     }
 
     pub(crate) fn next_id(&self) -> u64 {
@@ -405,45 +412,59 @@ impl Hub {
 
     // ---- live registry ------------------------------------------------------------------
 
+    /// Adds a greenlet to the live registry, which takes over `g`'s count.
+    #[inline]
     pub(crate) fn register_live(&self, g: GRef) {
-        let mut live = self.live.borrow_mut();
-        let core: *const Core = g.core();
-        let idx = match live.free.pop() {
-            Some(i) => {
-                live.entries[i] = Some(g);
-                i
-            }
-            None => {
-                live.entries.push(Some(g));
-                live.entries.len() - 1
-            }
-        };
-        live.len += 1;
-        // SAFETY: `core` points into the greenlet just stored in the registry, which keeps it
-        // alive.
-        unsafe { (*core).live_slot.set(idx) };
+        let core = g.core();
+        debug_assert!(!core.in_live.get());
+        let p = core.ptr();
+        core.in_live.set(true);
+        core.live_next.set(None);
+        core.live_prev.set(self.live.tail.get());
+        match self.live.tail.get() {
+            // SAFETY: members of the registry are alive (it owns a count of each).
+            Some(t) => unsafe { t.as_ref() }.live_next.set(Some(p)),
+            None => self.live.head.set(Some(p)),
+        }
+        self.live.tail.set(Some(p));
+        self.live.len.set(self.live.len.get() + 1);
+        std::mem::forget(g);
     }
 
+    /// Removes a greenlet from the live registry and hands back the registry's count of it
+    /// (`None` if it was not registered).
+    #[inline]
     pub(crate) fn unregister_live(&self, core: &Core) -> Option<GRef> {
-        let idx = core.live_slot.replace(usize::MAX);
-        if idx == usize::MAX {
+        if !core.in_live.replace(false) {
             return None;
         }
-        let mut live = self.live.borrow_mut();
-        let g = live.entries[idx].take();
-        live.free.push(idx);
-        live.len -= 1;
-        g
+        let (prev, next) = (core.live_prev.take(), core.live_next.take());
+        match prev {
+            // SAFETY: neighbours in the registry are alive members.
+            Some(p) => unsafe { p.as_ref() }.live_next.set(next),
+            None => self.live.head.set(next),
+        }
+        match next {
+            // SAFETY: as above.
+            Some(n) => unsafe { n.as_ref() }.live_prev.set(prev),
+            None => self.live.tail.set(prev),
+        }
+        self.live.len.set(self.live.len.get() - 1);
+        // SAFETY: the registry owned one count of every member; it is handed over.
+        Some(unsafe { GRef::adopt(core.ptr()) })
     }
 
+    /// Every live greenlet, in registration order.
     pub(crate) fn live_greenlets(&self) -> Vec<GRef> {
-        self.live
-            .borrow()
-            .entries
-            .iter()
-            .flatten()
-            .cloned()
-            .collect()
+        let mut v = Vec::with_capacity(self.live.len.get());
+        let mut cur = self.live.head.get();
+        while let Some(p) = cur {
+            // SAFETY: members of the registry are alive.
+            let c = unsafe { p.as_ref() };
+            v.push(GRef::from_core(c));
+            cur = c.live_next.get();
+        }
+        v
     }
 
     // ---- scheduling -----------------------------------------------------------------------
@@ -566,7 +587,7 @@ impl Hub {
             if !core.is_root {
                 let g = self.current_gref();
                 let mut d = self.declined.borrow_mut();
-                if !d.iter().any(|x| Rc::ptr_eq(x, &g)) {
+                if !d.iter().any(|x| x.ptr_eq(&g)) {
                     d.push(g);
                 }
             }
