@@ -296,6 +296,7 @@ impl Core {
     }
 
     /// Drops the function of a greenlet that never started and returns its stack.
+    #[cold]
     fn release_unstarted(&self) {
         // SAFETY: the greenlet is not running (it never started), so nothing else touches the
         // coroutine.
@@ -354,8 +355,10 @@ impl Core {
 }
 
 impl Drop for Core {
+    #[inline]
     fn drop(&mut self) {
-        if !self.is_root {
+        // A greenlet that ran has given its coroutine back already (see `Hub::reap`).
+        if self.coroutine.get_mut().is_some() {
             self.release_unstarted();
         }
     }

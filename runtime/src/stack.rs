@@ -103,6 +103,7 @@ impl GreenStack {
 
     /// The range `[lo, hi)` whose access means an overflow: the guard page, or for an
     /// unguarded stack its lowest page (where the canary is).
+    #[inline]
     pub fn overflow_range(&self) -> (usize, usize) {
         if self.guard > 0 {
             (self.bottom - self.guard, self.bottom)
@@ -239,7 +240,20 @@ impl StackPool {
     }
 
     /// A stack of `size` usable bytes (`None`: the default size).
+    #[inline]
     pub fn get(&mut self, size: Option<usize>) -> io::Result<GreenStack> {
+        if size.is_none() {
+            // The hot path: a warm default-size stack.
+            if let Some(s) = self.warm.pop() {
+                self.outstanding += 1;
+                return Ok(s);
+            }
+        }
+        self.get_slow(size)
+    }
+
+    #[inline(never)]
+    fn get_slow(&mut self, size: Option<usize>) -> io::Result<GreenStack> {
         if let Some(s) = size {
             if s > MAX_STACK_SIZE {
                 return Err(io::Error::new(
@@ -270,7 +284,19 @@ impl StackPool {
     }
 
     /// Returns a stack whose coroutine has finished.
+    #[inline]
     pub fn put(&mut self, stack: GreenStack) {
+        if stack.own_mapping_len == 0 && self.warm.len() < self.keep_warm {
+            // The hot path: keep it warm.
+            self.outstanding -= 1;
+            self.warm.push(stack);
+            return;
+        }
+        self.put_slow(stack);
+    }
+
+    #[inline(never)]
+    fn put_slow(&mut self, stack: GreenStack) {
         if stack.own_mapping_len != 0 {
             drop(stack);
             return;

@@ -324,10 +324,16 @@ impl Links {
     }
 
     /// Schedules every link as a hub callback, in registration order, and forgets them.
+    #[inline]
     pub(crate) fn fire_all(&self) {
         if self.list.borrow().is_empty() {
             return;
         }
+        self.fire_all_slow();
+    }
+
+    #[inline(never)]
+    fn fire_all_slow(&self) {
         let l = std::mem::take(&mut *self.list.borrow_mut());
         let hub = hub();
         for (_, f) in l {
