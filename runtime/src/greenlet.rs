@@ -521,20 +521,21 @@ impl<T: 'static> Inner<T> {
 
 /// Freed greenlet blocks kept for reuse, by size class (a greenlet's block is a few hundred
 /// bytes and is allocated on every spawn: this turns malloc/free into a vector push/pop).
-/// Classes are multiples of 64 bytes up to 1 KiB; larger or over-aligned blocks bypass it.
+/// Classes are multiples of 16 bytes (malloc's own granularity, so caching costs no memory
+/// per greenlet) up to 1 KiB; larger or over-aligned blocks bypass it.
 pub(crate) struct BlockCache {
     lists: RefCell<[Vec<std::ptr::NonNull<u8>>; BlockCache::CLASSES]>,
 }
 
 impl BlockCache {
-    const CLASSES: usize = 16;
-    const GRAIN: usize = 64;
+    const CLASSES: usize = 64;
+    const GRAIN: usize = 16;
     /// Blocks kept per class.
     const KEEP: usize = 256;
 
     pub(crate) fn new() -> BlockCache {
         BlockCache {
-            lists: RefCell::new(Default::default()),
+            lists: RefCell::new(std::array::from_fn(|_| Vec::new())),
         }
     }
 
