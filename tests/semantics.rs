@@ -1177,3 +1177,93 @@ fn monitor_reports_a_greenlet_that_holds_the_hub() {
         assert_eq!(evergreen::monitor::reports(), before);
     });
 }
+
+#[test]
+fn greenlet_handles_outlive_their_hub() {
+    run(|| {
+        let dc = DropCounter::new();
+        let ev = Rc::new(Event::new());
+        let done = spawn(|| 1);
+        assert_eq!(done.get(), Ok(1));
+        let (t, e) = (dc.token(), ev.clone());
+        let parked = spawn(move || {
+            let _t = t;
+            e.wait();
+            2
+        });
+        sleep(ZERO);
+        let t = dc.token();
+        let unstarted = spawn(move || {
+            let _t = t;
+            3
+        });
+        let copies = (done.clone(), parked.clone(), unstarted.clone());
+        evergreen::hub::destroy();
+        assert_eq!(
+            dc.count(),
+            2,
+            "destroy unwound the parked one and dropped the unstarted one"
+        );
+        // The handles still answer, with no hub behind them.
+        assert_eq!(done.get(), Ok(1));
+        assert!(parked.dead() && unstarted.dead());
+        assert_eq!(parked.get(), Err(Error::Killed));
+        assert_eq!(unstarted.get(), Err(Error::Killed));
+        drop((done, parked, unstarted));
+        assert_eq!(
+            copies.0.get(),
+            Ok(1),
+            "the other handles keep the greenlets alive"
+        );
+        drop(copies);
+        // A fresh hub works.
+        assert_eq!(spawn(|| 4).get(), Ok(4));
+    });
+}
+
+#[test]
+fn results_of_every_size_and_alignment_come_back_and_are_dropped_once() {
+    #[derive(Clone, Debug, PartialEq)]
+    #[repr(align(128))]
+    struct OverAligned(u64);
+    run(|| {
+        let dc = DropCounter::new();
+        for round in 0..3u64 {
+            // Interleaved, so freed blocks of each size are reused by the next round.
+            let small = spawn(move || round as u8);
+            let medium = spawn(move || [round; 40]);
+            let large = spawn(move || vec![round; 10]);
+            let huge = spawn(move || [round; 300]); // a block bigger than any cached class
+            let aligned = spawn(move || OverAligned(round));
+            let (t1, t2) = (dc.token(), dc.token());
+            let with_drop = spawn(move || t1);
+            let never_taken = spawn(move || t2);
+            assert_eq!(small.get(), Ok(round as u8));
+            assert_eq!(medium.get(), Ok([round; 40]));
+            assert_eq!(large.get(), Ok(vec![round; 10]));
+            assert_eq!(huge.get(), Ok([round; 300]));
+            let a = aligned.get().unwrap();
+            assert_eq!(a, OverAligned(round));
+            assert_eq!(&a as *const OverAligned as usize % 128, 0);
+            let before = dc.count();
+            drop(with_drop.into_result().unwrap());
+            assert_eq!(
+                dc.count(),
+                before + 1,
+                "a taken result drops where it is dropped"
+            );
+            never_taken.join();
+            assert_eq!(
+                dc.count(),
+                before + 1,
+                "an untaken result lives as long as a handle"
+            );
+            drop(never_taken);
+            assert_eq!(
+                dc.count(),
+                before + 2,
+                "and is dropped with the last handle"
+            );
+        }
+    });
+}
