@@ -686,10 +686,7 @@ pub(crate) fn install_panic_hook() {
                 // Record that an unwind starts in the running greenlet (or the root).
                 crate::hub::hub().current().unwind_started();
             }
-            let in_greenlet = crate::stack::RUNNING
-                .try_with(|r| !r.get().is_null())
-                .unwrap_or(false);
-            if in_greenlet {
+            if crate::hub::in_greenlet() {
                 let loc = info.location().map(|l| l.to_string());
                 let _ = LAST_PANIC_LOCATION.try_with(|l| *l.borrow_mut() = loc);
                 return;

@@ -114,7 +114,7 @@ struct Registry {
 /// The per-thread hub. See the [module docs](self).
 pub struct Hub {
     pub(crate) config: Config,
-    run_queue: RefCell<VecDeque<Task>>,
+    run_queue: RunQueue,
     /// The greenlet whose code is running (the root when none is). Always a live greenlet
     /// (owned by the registry) or the root (owned by `root`).
     current: Cell<CorePtr>,
@@ -155,6 +155,140 @@ impl Drop for HubGuard {
     fn drop(&mut self) {
         destroy();
     }
+}
+
+/// The run queue: a FIFO of tasks, touched only by its hub's thread.
+///
+/// Every task is one word in a power-of-two ring, so the hot operations (queueing a greenlet,
+/// taking the next task) are a store or a load and a mask: a greenlet is its core's address
+/// (cores are 8-aligned, so the low two bits are 0), a callback is a marker whose closure
+/// waits, in the same order, in a side queue, and a wake-up of the root carries the root's
+/// park sequence number.
+struct RunQueue(std::cell::UnsafeCell<Ring>);
+
+struct Ring {
+    /// Capacity is a power of two; slots `head .. head + len` (wrapping) hold tasks.
+    buf: Box<[usize]>,
+    head: usize,
+    len: usize,
+    callbacks: VecDeque<Box<dyn FnOnce()>>,
+}
+
+const TAG_MASK: usize = 3;
+const TAG_CALLBACK: usize = 1;
+const TAG_WAKE_ROOT: usize = 2;
+
+impl RunQueue {
+    fn new() -> RunQueue {
+        RunQueue(std::cell::UnsafeCell::new(Ring {
+            buf: vec![0; 64].into_boxed_slice(),
+            head: 0,
+            len: 0,
+            callbacks: VecDeque::new(),
+        }))
+    }
+
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    fn ring(&self) -> &mut Ring {
+        // SAFETY: the hub (and so this queue) is used by one thread only, every method below
+        // ends its use of the ring before returning, and none runs user code meanwhile (at
+        // most the buffer grows), so no two of these references are ever alive at once.
+        unsafe { &mut *self.0.get() }
+    }
+
+    #[inline(always)]
+    fn push(&self, t: Task) {
+        let r = self.ring();
+        let word = match t {
+            Task::Resume(p) => {
+                debug_assert_eq!(p.as_ptr() as usize & TAG_MASK, 0);
+                p.as_ptr() as usize
+            }
+            Task::Callback(f) => {
+                r.callbacks.push_back(f);
+                TAG_CALLBACK
+            }
+            Task::WakeRoot(seq) => ((seq as usize) << 2) | TAG_WAKE_ROOT,
+        };
+        if r.len == r.buf.len() {
+            r.grow();
+        }
+        let mask = r.buf.len() - 1;
+        let i = (r.head + r.len) & mask;
+        // SAFETY: `i` is masked to the buffer's (power-of-two) length.
+        unsafe { *r.buf.get_unchecked_mut(i) = word };
+        r.len += 1;
+    }
+
+    #[inline(always)]
+    fn pop(&self) -> Option<Task> {
+        let r = self.ring();
+        if r.len == 0 {
+            return None;
+        }
+        // SAFETY: `head` is always kept below the buffer's length.
+        let word = unsafe { *r.buf.get_unchecked(r.head) };
+        r.head = (r.head + 1) & (r.buf.len() - 1);
+        r.len -= 1;
+        Some(match word & TAG_MASK {
+            // SAFETY: an untagged word is the non-null address of a core, pushed by `push`.
+            0 => Task::Resume(unsafe { CorePtr::new_unchecked(word as *mut Core) }),
+            TAG_CALLBACK => Task::Callback(
+                r.callbacks
+                    .pop_front()
+                    .expect("a callback marker has its callback"),
+            ),
+            _ => Task::WakeRoot((word >> 2) as u64),
+        })
+    }
+
+    #[inline(always)]
+    fn is_empty(&self) -> bool {
+        self.ring().len == 0
+    }
+
+    /// Empties the queue, handing its tasks to the caller (who drops them after this access).
+    fn take_all(&self) -> Vec<Task> {
+        let mut v = Vec::with_capacity(self.ring().len);
+        while let Some(t) = self.pop() {
+            v.push(t);
+        }
+        v
+    }
+}
+
+impl Ring {
+    #[cold]
+    fn grow(&mut self) {
+        let cap = self.buf.len();
+        let mut buf = vec![0; cap * 2].into_boxed_slice();
+        for (k, slot) in buf.iter_mut().take(self.len).enumerate() {
+            *slot = self.buf[(self.head + k) & (cap - 1)];
+        }
+        self.buf = buf;
+        self.head = 0;
+    }
+}
+
+/// Whether code on this thread runs in a greenlet now (not the root context, not a hub
+/// callback). Safe to call from a signal handler: it only reads memory.
+#[inline]
+pub(crate) fn in_greenlet() -> bool {
+    try_hub().is_some_and(|h| !h.current().is_root)
+}
+
+/// The running greenlet's stack bounds and identity, for the overflow handler (`None` outside
+/// greenlets). Only reads memory, so it is async-signal-safe.
+pub(crate) fn running_overflow_info() -> Option<crate::stack::OverflowInfo> {
+    let p = HUB.try_with(|h| h.get()).ok()?;
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: as in `hub()`: the hub stays valid while the thread-local points to it, and
+    // `current` points to a live greenlet or the root.
+    let core = unsafe { (*p).current.get().as_ref() };
+    (!core.is_root).then(|| core.overflow_info.get())
 }
 
 /// This thread's hub, if it exists (never creates one).
@@ -198,7 +332,7 @@ fn create() -> &'static Hub {
     }
     let root: GRef = crate::greenlet::new_root();
     let hub = Box::new(Hub {
-        run_queue: RefCell::new(VecDeque::with_capacity(64)),
+        run_queue: RunQueue::new(),
         current: Cell::new(root.core().ptr()),
         root_core: root.core().ptr(),
         root,
@@ -288,7 +422,7 @@ pub fn destroy() {
         // cancels its timer, an IMap's Drop kills its feeder).
         let actions = hub.timers.borrow_mut().drain();
         drop(actions);
-        let queued = std::mem::take(&mut *hub.run_queue.borrow_mut());
+        let queued = hub.run_queue.take_all();
         drop(queued);
         let declined = std::mem::take(&mut *hub.declined.borrow_mut());
         drop(declined);
@@ -480,20 +614,17 @@ impl Hub {
                 if core.is_root {
                     // The root takes its turn in FIFO order too.
                     self.run_queue
-                        .borrow_mut()
-                        .push_back(Task::WakeRoot(self.root_park_seq.get()));
+                        .push(Task::WakeRoot(self.root_park_seq.get()));
                     return;
                 }
-                self.run_queue
-                    .borrow_mut()
-                    .push_back(Task::Resume(core.ptr()));
+                self.run_queue.push(Task::Resume(core.ptr()));
             }
             _ => {}
         }
     }
 
     pub(crate) fn schedule_callback(&self, f: Box<dyn FnOnce()>) {
-        self.run_queue.borrow_mut().push_back(Task::Callback(f));
+        self.run_queue.push(Task::Callback(f));
     }
 
     pub(crate) fn add_timer(&self, deadline: Instant, action: TimerAction) -> TimerId {
@@ -507,7 +638,7 @@ impl Hub {
     }
 
     fn pop_task(&self) -> Option<Task> {
-        self.run_queue.borrow_mut().pop_front()
+        self.run_queue.pop()
     }
 
     // ---- parking --------------------------------------------------------------------------
@@ -563,12 +694,10 @@ impl Hub {
             core.state.set(State::Parked);
             // `switch_out` makes this the root's park sequence number.
             let seq = self.root_park_seq.get() + 1;
-            self.run_queue.borrow_mut().push_back(Task::WakeRoot(seq));
+            self.run_queue.push(Task::WakeRoot(seq));
         } else {
             core.state.set(State::Runnable);
-            self.run_queue
-                .borrow_mut()
-                .push_back(Task::Resume(core.ptr()));
+            self.run_queue.push(Task::Resume(core.ptr()));
         }
         self.switch_out(core, "sleep(0)");
         if core.interrupt_pending() {
@@ -641,7 +770,7 @@ impl Hub {
                 self.poll_events(what);
                 continue;
             }
-            let task = self.run_queue.borrow_mut().pop_front();
+            let task = self.run_queue.pop();
             match task {
                 Some(Task::Resume(p)) => self.resume_greenlet(p),
                 Some(Task::WakeRoot(seq)) => {
@@ -709,7 +838,6 @@ impl Hub {
         }
         core.state.set(State::Running);
         self.current.set(ptr);
-        stack::RUNNING.with(|r| r.set(core.overflow_info.as_ptr()));
         if let Some(m) = self.monitor.get() {
             m.entered(core.id);
         }
@@ -723,7 +851,6 @@ impl Hub {
         if let Some(m) = self.monitor.get() {
             m.left();
         }
-        stack::RUNNING.with(|r| r.set(std::ptr::null()));
         self.current.set(self.root_core);
         if core.unguarded {
             core.check_canary();
@@ -768,7 +895,7 @@ impl Hub {
         }
         self.fire_due_timers();
         let runnable =
-            !self.run_queue.borrow().is_empty() || self.root.core().state.get() == State::Runnable;
+            !self.run_queue.is_empty() || self.root.core().state.get() == State::Runnable;
         if runnable {
             self.poll_io(Some(Duration::ZERO));
         } else {

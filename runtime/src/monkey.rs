@@ -207,9 +207,7 @@ fn sock_timeout(fd: RawFd, dir: Dir) -> Option<Duration> {
 /// Whether the calling code runs in a greenlet (not the root, not a hub callback).
 #[inline]
 fn in_greenlet() -> bool {
-    crate::stack::RUNNING
-        .try_with(|r| !r.get().is_null())
-        .unwrap_or(false)
+    crate::hub::in_greenlet()
 }
 
 /// Whether a socket call on `fd` must be made cooperative here.

@@ -566,11 +566,6 @@ impl OverflowInfo {
     };
 }
 
-thread_local! {
-    /// The running greenlet's overflow info (inside its core), null outside greenlets.
-    pub(crate) static RUNNING: Cell<*const OverflowInfo> = const { Cell::new(ptr::null()) };
-}
-
 static mut PREVIOUS: Option<libc::sigaction> = None;
 static mut PREVIOUS_BUS: Option<libc::sigaction> = None;
 static INSTALL: Once = Once::new();
@@ -680,14 +675,7 @@ extern "C" fn overflow_handler(
 ) {
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
     let addr = unsafe { (*info).si_addr() } as usize;
-    let p = RUNNING.try_with(|r| r.get()).unwrap_or(ptr::null());
-    let running = if p.is_null() {
-        OverflowInfo::NONE
-    } else {
-        // SAFETY: RUNNING points into the core of the greenlet running on this thread, which
-        // is alive while it runs.
-        unsafe { *p }
-    };
+    let running = crate::hub::running_overflow_info().unwrap_or(OverflowInfo::NONE);
     let sp = interrupted_stack_pointer(ctx);
     const NEAR: usize = 1 << 20;
     let overflowed = running.hi != 0
