@@ -619,36 +619,44 @@ impl<T: 'static> Inner<T> {
     /// Called on the greenlet's own stack when its function returned or unwound.
     #[inline]
     fn finish(&self, r: std::thread::Result<T>) {
-        let (res, ended) = match r {
-            Ok(v) => (Ok(v), Ended::Value),
-            Err(p) => {
-                if p.is::<GreenletExit>() {
-                    (Err(Error::Killed), Ended::Killed)
-                } else if let Some(t) = p.downcast_ref::<TimeoutExpired>() {
-                    log::error!(
-                        "greenlet {} failed with: an uncaught Timeout of {:?}",
-                        self.core.describe_short(),
-                        t.after
-                    );
-                    (Err(Error::TimedOut(t.after)), Ended::Failed)
-                } else {
-                    let msg = panic_message(&*p);
-                    let loc = LAST_PANIC_LOCATION
-                        .try_with(|l| l.borrow_mut().take())
-                        .ok()
-                        .flatten();
-                    let full = match loc {
-                        Some(l) => format!("{msg} (at {l})"),
-                        None => msg,
-                    };
-                    log::error!(
-                        "greenlet {} failed with: {full}",
-                        self.core.describe_short()
-                    );
-                    *self.payload.borrow_mut() = Some(p);
-                    (Err(Error::Panicked(full)), Ended::Failed)
-                }
+        match r {
+            Ok(v) => {
+                *self.result.borrow_mut() = Some(Ok(v));
+                self.core.complete(Ended::Value);
             }
+            Err(p) => self.finish_unwound(p),
+        }
+    }
+
+    /// `finish` for a function that unwound: killed, an uncaught `Timeout`, or a panic.
+    #[cold]
+    #[inline(never)]
+    fn finish_unwound(&self, p: Box<dyn Any + Send>) {
+        let (res, ended) = if p.is::<GreenletExit>() {
+            (Err(Error::Killed), Ended::Killed)
+        } else if let Some(t) = p.downcast_ref::<TimeoutExpired>() {
+            log::error!(
+                "greenlet {} failed with: an uncaught Timeout of {:?}",
+                self.core.describe_short(),
+                t.after
+            );
+            (Err(Error::TimedOut(t.after)), Ended::Failed)
+        } else {
+            let msg = panic_message(&*p);
+            let loc = LAST_PANIC_LOCATION
+                .try_with(|l| l.borrow_mut().take())
+                .ok()
+                .flatten();
+            let full = match loc {
+                Some(l) => format!("{msg} (at {l})"),
+                None => msg,
+            };
+            log::error!(
+                "greenlet {} failed with: {full}",
+                self.core.describe_short()
+            );
+            *self.payload.borrow_mut() = Some(p);
+            (Err(Error::Panicked(full)), Ended::Failed)
         };
         *self.result.borrow_mut() = Some(res);
         self.core.complete(ended);
@@ -984,7 +992,7 @@ impl<T: 'static> Greenlet<T> {
     }
 
     /// Blocks until the greenlet has finished (gevent's `join()`).
-    #[inline]
+    #[inline(always)]
     pub fn join(&self) {
         join_core(&self.inner().core, None);
     }
@@ -996,6 +1004,7 @@ impl<T: 'static> Greenlet<T> {
 
     /// Blocks until the greenlet has finished and returns its value or how it failed
     /// (gevent's `get()`).
+    #[inline(always)]
     pub fn get(&self) -> Result<T, Error>
     where
         T: Clone,
@@ -1028,6 +1037,7 @@ impl<T: 'static> Greenlet<T> {
 
     /// Blocks until the greenlet has finished and moves its value out (no `Clone` needed).
     /// Later calls of `get`/`into_result` on other handles return [`Error::ValueTaken`].
+    #[inline(always)]
     pub fn into_result(self) -> Result<T, Error> {
         self.join();
         let mut r = self.inner().result.borrow_mut();

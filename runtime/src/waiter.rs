@@ -234,17 +234,6 @@ impl<T> WaitList<T> {
             None => f(None),
         }
     }
-
-    /// Completes every wait, in FIFO order, with values from `f`.
-    pub(crate) fn wake_all_with(&self, mut f: impl FnMut() -> T) -> usize {
-        let mut n = 0;
-        while let Some(w) = self.pop() {
-            w.slot.set(Some(f()));
-            wake(w.greenlet);
-            n += 1;
-        }
-        n
-    }
 }
 
 impl<T> WaitList<T> {
@@ -261,9 +250,29 @@ impl<T> WaitList<T> {
 }
 
 impl WaitList<()> {
-    /// Completes every wait, in FIFO order.
+    /// Completes every wait, in FIFO order (the whole list is detached at once: waking only
+    /// queues the greenlets, so nothing can touch the list meanwhile).
+    #[inline]
     pub(crate) fn wake_all_unit(&self) -> usize {
-        self.wake_all_with(|| ())
+        let mut cur = self.head.take();
+        if cur.is_none() {
+            return 0;
+        }
+        self.tail.set(None);
+        let n = self.len.replace(0);
+        let hub = hub();
+        while let Some(p) = cur {
+            // SAFETY: see `pop`: every node of the list is a live waiter.
+            let w = unsafe { p.as_ref() };
+            cur = w.next.take();
+            w.prev.set(None);
+            w.linked.set(false);
+            w.slot.set(Some(()));
+            // SAFETY: a waiter's greenlet is parked on this wait, so it is registered with
+            // the hub (which owns it) or is the root.
+            hub.unpark(unsafe { w.greenlet.as_ref() });
+        }
+        n
     }
 }
 
