@@ -875,8 +875,9 @@ impl Builder {
                 std::process::abort();
             }
         });
-        // SAFETY: the greenlet is new; nothing else can reach its coroutine yet.
-        unsafe { *inner.core.coroutine.get() = Some(co) };
+        // SAFETY: the greenlet is new; nothing else can reach its coroutine yet, and the slot
+        // holds `None` (nothing to drop).
+        unsafe { inner.core.coroutine.get().write(Some(co)) };
         if let Some(m) = hub.monitor() {
             if let Some(n) = &inner.core.name {
                 m.name(inner.core.id, n);
@@ -916,6 +917,7 @@ impl<T: 'static> Greenlet<T> {
 
     /// Schedules the greenlet to start (gevent's `start`). No effect if it was already started
     /// or scheduled, or is dead.
+    #[inline]
     pub fn start(&self) {
         let core = &self.inner().core;
         if core.state.get() != State::New {

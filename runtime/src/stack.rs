@@ -172,10 +172,12 @@ impl Drop for GreenStack {
 // checked on every switch-out (the one case where the trait's guard requirement is relaxed,
 // chosen knowingly, logged, and documented in the module docs).
 unsafe impl Stack for GreenStack {
+    #[inline]
     fn base(&self) -> StackPointer {
         StackPointer::new(self.top).expect("stack top is never null")
     }
 
+    #[inline]
     fn limit(&self) -> StackPointer {
         StackPointer::new(self.bottom - self.guard).expect("stack limit is never null")
     }
