@@ -60,7 +60,7 @@ use corosensei::{Coroutine, Yielder};
 
 use crate::error::{Error, GreenletExit};
 use crate::hub::{hub, TimerAction};
-use crate::stack::{GreenStack, OverflowInfo};
+use crate::stack::{GreenStack, StackBounds};
 use crate::timeout::TimeoutExpired;
 use crate::timer::TimerId;
 use crate::waiter::{LinkId, Links, WaitFail, WaitList, Waitable};
@@ -152,9 +152,9 @@ pub(crate) struct Core {
     pub(crate) waiting_on: Cell<&'static str>,
     /// Whether the hub's live registry holds it (and one of its counts).
     pub(crate) in_live: Cell<bool>,
-    /// Stack bounds and identity for the overflow handler (set once, before the greenlet can
-    /// run).
-    pub(crate) overflow_info: Cell<OverflowInfo>,
+    /// Stack bounds, for the overflow handler and canary checks (set once, before the
+    /// greenlet can run).
+    pub(crate) stack_bounds: Cell<StackBounds>,
     pub(crate) unguarded: bool,
     /// The generation of the hub that made this greenlet (and its stack).
     pub(crate) hub_generation: u64,
@@ -193,9 +193,9 @@ impl Core {
             deadline_hit: Cell::new(false),
             waiting_on: Cell::new(""),
             in_live: Cell::new(false),
-            overflow_info: Cell::new(OverflowInfo {
+            stack_bounds: Cell::new(StackBounds {
                 size: stack_size,
-                ..OverflowInfo::NONE
+                ..StackBounds::NONE
             }),
             unguarded,
             hub_generation,
@@ -208,7 +208,7 @@ impl Core {
 
     /// Usable stack size in bytes (0 for the root).
     pub(crate) fn stack_size(&self) -> usize {
-        self.overflow_info.get().size
+        self.stack_bounds.get().size
     }
 
     #[inline]
@@ -277,7 +277,7 @@ impl Core {
     }
 
     pub(crate) fn check_canary(&self) {
-        let info = self.overflow_info.get();
+        let info = self.stack_bounds.get();
         {
             let intact =
                 // SAFETY: `lo` is the lowest usable word of this greenlet's (unguarded) stack.
@@ -524,7 +524,7 @@ impl<T: 'static> Inner<T> {
 /// Classes are multiples of 16 bytes (malloc's own granularity, so caching costs no memory
 /// per greenlet) up to 1 KiB; larger or over-aligned blocks bypass it.
 pub(crate) struct BlockCache {
-    lists: RefCell<[Vec<std::ptr::NonNull<u8>>; BlockCache::CLASSES]>,
+    lists: UnsafeCell<[Vec<std::ptr::NonNull<u8>>; BlockCache::CLASSES]>,
 }
 
 impl BlockCache {
@@ -535,7 +535,7 @@ impl BlockCache {
 
     pub(crate) fn new() -> BlockCache {
         BlockCache {
-            lists: RefCell::new(std::array::from_fn(|_| Vec::new())),
+            lists: UnsafeCell::new(std::array::from_fn(|_| Vec::new())),
         }
     }
 
@@ -555,7 +555,9 @@ impl BlockCache {
     fn alloc(&self, layout: std::alloc::Layout) -> std::ptr::NonNull<u8> {
         let (class, real) = Self::class(layout);
         if let Some(c) = class {
-            if let Some(p) = self.lists.borrow_mut()[c].pop() {
+            // SAFETY: the cache belongs to this thread's hub and no reference into it outlives
+            // `alloc` or `free`, which run no other code meanwhile (at most a vector grows).
+            if let Some(p) = unsafe { (*self.lists.get())[c].pop() } {
                 return p;
             }
         }
@@ -570,9 +572,10 @@ impl BlockCache {
     fn free(p: std::ptr::NonNull<u8>, layout: std::alloc::Layout) {
         let (class, real) = Self::class(layout);
         if let (Some(c), Some(hub)) = (class, crate::hub::try_hub()) {
-            let mut lists = hub.blocks.lists.borrow_mut();
-            if lists[c].len() < Self::KEEP {
-                lists[c].push(p);
+            // SAFETY: as in `alloc`.
+            let list = unsafe { &mut (*hub.blocks.lists.get())[c] };
+            if list.len() < Self::KEEP {
+                list.push(p);
                 return;
             }
         }
@@ -843,18 +846,11 @@ impl Builder {
             _result: PhantomData,
         };
         let inner = g.inner();
-        let (name_ptr, name_len) = match &inner.core.name {
-            Some(n) => (n.as_ptr(), n.len()),
-            None => (std::ptr::null(), 0),
-        };
-        inner.core.overflow_info.set(OverflowInfo {
+        inner.core.stack_bounds.set(StackBounds {
             lo,
             hi,
             bottom,
-            id: inner.core.id,
             size,
-            name: name_ptr,
-            name_len,
         });
         let me = InnerPtr(inner as *const Inner<T>);
         let co = Coro::with_stack(stack, move |y: &Yielder<(), ()>, ()| {

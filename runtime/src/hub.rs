@@ -288,7 +288,23 @@ pub(crate) fn running_overflow_info() -> Option<crate::stack::OverflowInfo> {
     // SAFETY: as in `hub()`: the hub stays valid while the thread-local points to it, and
     // `current` points to a live greenlet or the root.
     let core = unsafe { (*p).current.get().as_ref() };
-    (!core.is_root).then(|| core.overflow_info.get())
+    if core.is_root {
+        return None;
+    }
+    let b = core.stack_bounds.get();
+    let (name, name_len) = match &core.name {
+        Some(n) => (n.as_ptr(), n.len()),
+        None => (std::ptr::null(), 0),
+    };
+    Some(crate::stack::OverflowInfo {
+        lo: b.lo,
+        hi: b.hi,
+        bottom: b.bottom,
+        id: core.id,
+        size: b.size,
+        name,
+        name_len,
+    })
 }
 
 /// This thread's hub, if it exists (never creates one).

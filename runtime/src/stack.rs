@@ -539,9 +539,29 @@ pub fn max_map_count() -> String {
 // Overflow reporting
 // ---------------------------------------------------------------------------------------------
 
-/// What the signal handler needs to know about the running greenlet. Written by the hub on
-/// every switch into a greenlet (a few stores), read only by the signal handler of the same
-/// thread.
+/// A greenlet's stack bounds, kept in its core (set once, before it can run).
+#[derive(Clone, Copy)]
+pub(crate) struct StackBounds {
+    /// The guard range `[lo, hi)` (or the lowest page of an unguarded stack).
+    pub lo: usize,
+    pub hi: usize,
+    /// The lowest usable address of the stack.
+    pub bottom: usize,
+    /// Usable bytes.
+    pub size: usize,
+}
+
+impl StackBounds {
+    pub(crate) const NONE: StackBounds = StackBounds {
+        lo: 0,
+        hi: 0,
+        bottom: 0,
+        size: 0,
+    };
+}
+
+/// What the signal handler needs to know about the running greenlet: its stack bounds and
+/// identity, read from its core (see `hub::running_overflow_info`).
 #[derive(Clone, Copy)]
 pub(crate) struct OverflowInfo {
     /// The guard range `[lo, hi)` (or the lowest page of an unguarded stack).

@@ -291,9 +291,28 @@ pub struct LinkId(pub(crate) u64);
 pub(crate) type Callback = Box<dyn FnOnce()>;
 
 /// Callbacks to run (as hub callbacks, in registration order) when an object becomes ready.
-#[derive(Default)]
 pub(crate) struct Links {
-    list: RefCell<Vec<(u64, Callback)>>,
+    /// Dropped by hand (see `Drop`): most objects never get a link, and every greenlet has a
+    /// `Links`, so dropping an empty one must cost a check, not a call.
+    list: std::mem::ManuallyDrop<RefCell<Vec<(u64, Callback)>>>,
+}
+
+impl Default for Links {
+    fn default() -> Links {
+        Links {
+            list: std::mem::ManuallyDrop::new(RefCell::new(Vec::new())),
+        }
+    }
+}
+
+impl Drop for Links {
+    #[inline]
+    fn drop(&mut self) {
+        if self.list.get_mut().capacity() != 0 {
+            // SAFETY: dropped exactly once, here; `list` is not used after.
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.list) }
+        }
+    }
 }
 
 thread_local! {
