@@ -464,6 +464,20 @@ struct Inner<T> {
     payload: RefCell<Option<Box<dyn Any + Send>>>,
 }
 
+/// Aborts the process if dropped, which happens only when finishing a greenlet unwinds (the
+/// happy path forgets it: no landing pad runs, unlike a `catch_unwind` frame).
+struct AbortOnUnwind(u64);
+
+impl Drop for AbortOnUnwind {
+    fn drop(&mut self) {
+        eprintln!(
+            "evergreen: greenlet #{} panicked while finishing; aborting",
+            self.0
+        );
+        std::process::abort();
+    }
+}
+
 /// A pointer to a greenlet's own `Inner`, captured by its coroutine body.
 struct InnerPtr<T>(*const Inner<T>);
 
@@ -861,15 +875,11 @@ impl Builder {
             me.core.yielder.set(y as *const _);
             me.core.started.set(true);
             let r = catch_unwind(AssertUnwindSafe(f));
-            if catch_unwind(AssertUnwindSafe(|| me.finish(r))).is_err() {
-                // Finishing only stores the result and wakes joiners; if even that unwinds
-                // (a panicking logger?), the hub's bookkeeping cannot be trusted any more.
-                eprintln!(
-                    "evergreen: greenlet {} panicked while finishing; aborting",
-                    me.core.describe_short()
-                );
-                std::process::abort();
-            }
+            // Finishing only stores the result and wakes joiners; if even that unwinds (a
+            // panicking logger?), the hub's bookkeeping cannot be trusted any more.
+            let guard = AbortOnUnwind(me.core.id);
+            me.finish(r);
+            std::mem::forget(guard);
         });
         // SAFETY: the greenlet is new; nothing else can reach its coroutine yet, and the slot
         // holds `None` (nothing to drop).
