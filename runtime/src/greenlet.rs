@@ -12,6 +12,26 @@
 //! once through `log::error!` (like gevent's "... failed with ..." report) and returned by
 //! [`Greenlet::get`]; it never reaches the hub.
 //!
+//! # Memory
+//!
+//! A greenlet is one heap block (its core, then its typed result) with a hand-kept reference
+//! count: each [`Greenlet`] handle holds one, and so does the hub's live registry while the
+//! greenlet is started and not finished. Freed blocks go to a per-hub cache by size class
+//! (16-byte classes up to 1 KiB), so spawning costs no `malloc`/`free` in steady state; the
+//! stack comes from the [stack pool](crate::stack). A handle may outlive its hub: the block is
+//! then freed to the allocator when the last handle goes.
+//!
+//! # Blocking calls and the return-address predictor
+//!
+//! A greenlet switch is a call on the resuming side and a return on the suspending side, so
+//! the CPU's return-address predictor stays in step with the switches themselves. What it
+//! cannot follow is a greenlet that, once resumed, *returns* from the function it parked in:
+//! that return was predicted from the other context's calls and misses (measured here: about
+//! 18 ns, a third of a spawn and join). So the blocking calls on hot paths (`join`, `get`,
+//! `into_result`, `sleep`, `Queue::get`/`put`) are inlined all the way down to the switch;
+//! the park then happens in the caller's own frame, and only a caller that wraps the call in
+//! its own non-inlined function pays the miss.
+//!
 //! # Kill
 //!
 //! [`Greenlet::kill`] sets a pending interrupt on the victim and makes it runnable. When the

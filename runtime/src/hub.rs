@@ -21,6 +21,16 @@
 //!   returns x
 //! ```
 //!
+//! **The run queue** is a power-of-two ring of one-word tasks: a greenlet to resume is its
+//! core's address, a callback is a marker whose closure waits in a side queue in the same
+//! order, and a wake-up of the root carries the root's park sequence number. Queueing a
+//! greenlet is one store; taking the next task is one load and a mask.
+//!
+//! **The live registry** is an intrusive doubly-linked list through the greenlet cores, in
+//! registration order: it holds one reference count of every greenlet that was started and
+//! has not finished (whether queued, running or parked), so a greenlet outlives its handles
+//! for as long as it runs, and [`destroy`] and the run-info dump can find every one of them.
+//!
 //! **Blocking from the root.** Code outside any greenlet (`main`) has no coroutine to suspend.
 //! When it blocks, it runs the hub loop itself until its own wait is satisfied, the way
 //! gevent's main greenlet switches into the hub. If the run queue is empty, no timer is
@@ -29,8 +39,8 @@
 //!
 //! # Fairness policy
 //!
-//! * Wake-ups are FIFO: the run queue is a `VecDeque`, and every primitive wakes its waiters in
-//!   the order they started waiting.
+//! * Wake-ups are FIFO: the run queue is a ring, and every primitive wakes its waiters in the
+//!   order they started waiting.
 //! * `sleep(Duration::ZERO)` really yields: the caller goes to the back of the run queue and
 //!   runs again only after everything that was already runnable.
 //! * I/O and timers are never starved: after at most [`Config::event_interval`] tasks (61 by

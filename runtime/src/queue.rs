@@ -268,6 +268,7 @@ impl<T, S: Store<T>> BaseQueue<T, S> {
     }
 
     /// Puts, blocking while the queue is full. Fails only after [`shutdown`](Self::shutdown).
+    #[inline(always)]
     pub fn put(&self, item: T) -> Result<(), Rejected<T>> {
         self.put_inner(item, None)
     }
@@ -333,6 +334,7 @@ impl<T, S: Store<T>> BaseQueue<T, S> {
     }
 
     /// Takes an item, blocking (FIFO among getters) while the queue is empty.
+    #[inline(always)]
     pub fn get(&self) -> Result<T, Error> {
         self.get_inner(None)
     }
