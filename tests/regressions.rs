@@ -271,3 +271,70 @@ fn an_absurd_stack_size_is_a_clear_panic_not_a_crash() {
         assert!(msg.contains("stack") && msg.contains("limit"), "{msg}");
     });
 }
+
+#[test]
+fn a_killed_unstarted_greenlet_whose_function_restarts_it_on_drop_stays_dead() {
+    run(|| {
+        // The unrun function's Drop starts (and kills again) the greenlet being killed: it
+        // must find it dead, and no run-queue entry may outlive the greenlet.
+        struct Restart(Rc<RefCell<Option<evergreen::Greenlet<u64>>>>);
+        impl Drop for Restart {
+            fn drop(&mut self) {
+                if let Some(g) = self.0.borrow_mut().take() {
+                    g.start();
+                    g.kill_nowait();
+                }
+            }
+        }
+        let ran = Rc::new(Cell::new(0));
+        let slot = Rc::new(RefCell::new(None));
+        let r = Restart(slot.clone());
+        let ran2 = ran.clone();
+        let g = evergreen::Greenlet::new(move || {
+            let _r = &r;
+            ran2.set(ran2.get() + 1);
+            1u64
+        });
+        *slot.borrow_mut() = Some(g.clone());
+        g.kill_nowait();
+        assert!(g.dead());
+        assert_eq!(g.get(), Err(Error::Killed));
+        drop(g);
+        // A block freed too early would be reused here and run from a stale queue entry.
+        let h = spawn(|| {
+            sleep(ms(1));
+            7u64
+        });
+        assert_eq!(h.get(), Ok(7));
+        assert_eq!(ran.get(), 0, "the killed greenlet never ran");
+        assert_eq!(evergreen::hub::live_count(), 0);
+    });
+}
+
+#[test]
+fn a_greenlet_made_before_its_hub_was_destroyed_never_runs() {
+    std::thread::spawn(|| {
+        let ran = Rc::new(Cell::new(false));
+        let r = ran.clone();
+        let g = evergreen::Greenlet::new(move || {
+            r.set(true);
+            5u32
+        });
+        let later = evergreen::Greenlet::new(|| 6u32);
+        evergreen::hub::destroy();
+        // A new hub: these belong to the old one, whose stacks it must not take.
+        g.start();
+        later.start_later(ms(1));
+        assert!(g.dead() && later.dead());
+        assert_eq!(g.get(), Err(Error::Killed));
+        assert_eq!(later.get(), Err(Error::Killed));
+        assert!(!ran.get());
+        for i in 0..100u32 {
+            assert_eq!(spawn(move || i).get(), Ok(i));
+        }
+        assert_eq!(evergreen::hub::live_count(), 0);
+        evergreen::hub::destroy();
+    })
+    .join()
+    .unwrap();
+}

@@ -14,6 +14,7 @@
 //! | [`Config::monitor_threshold`] | `EVERGREEN_MONITOR_THRESHOLD_MS` | 100 ms |
 //! | [`Config::monitor`] | `EVERGREEN_MONITOR` (`1`/`true`) | off |
 //! | [`Config::virtual_clock`] | `EVERGREEN_CLOCK` (`real`, `virtual`) | real |
+//! | [`Config::block_cache`] | `EVERGREEN_BLOCK_CACHE` (`1`/`0`) | on |
 //!
 //! A program can also set a configuration before the hub of a thread is created with
 //! [`set_config`]; the hub of that thread then uses it instead of the environment.
@@ -60,6 +61,10 @@ pub struct Config {
     /// Start the hub with a virtual clock (tests): time jumps to the next timer whenever the
     /// hub would otherwise block.
     pub virtual_clock: bool,
+    /// Keep freed greenlet blocks for reuse (see the `greenlet` module docs). Turn it off to
+    /// give every freed block back to the allocator at once, so that a memory checker
+    /// (valgrind, a sanitizer) sees a use after free of a greenlet as one.
+    pub block_cache: bool,
 }
 
 impl Default for Config {
@@ -72,6 +77,7 @@ impl Default for Config {
             monitor: false,
             monitor_threshold: Duration::from_millis(100),
             virtual_clock: false,
+            block_cache: true,
         }
     }
 }
@@ -156,6 +162,13 @@ impl Config {
                 _ => bad("EVERGREEN_MONITOR_THRESHOLD_MS", &v, "milliseconds >= 1"),
             }
         }
+        if let Some(v) = get("EVERGREEN_BLOCK_CACHE") {
+            match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => c.block_cache = true,
+                "0" | "false" | "no" | "off" => c.block_cache = false,
+                _ => bad("EVERGREEN_BLOCK_CACHE", &v, "1 or 0"),
+            }
+        }
         if let Some(v) = get("EVERGREEN_CLOCK") {
             match v.trim().to_ascii_lowercase().as_str() {
                 "real" => c.virtual_clock = false,
@@ -196,8 +209,10 @@ mod tests {
             "EVERGREEN_GUARD" => Some("MPROTECT".into()),
             "EVERGREEN_CLOCK" => Some("virtual".into()),
             "EVERGREEN_MONITOR_THRESHOLD_MS" => Some("oops".into()),
+            "EVERGREEN_BLOCK_CACHE" => Some("off".into()),
             _ => None,
         });
+        assert!(!c.block_cache);
         assert_eq!(c.stack_size, 64 * 1024);
         assert_eq!(c.event_interval, 61, "0 is rejected, default kept");
         assert_eq!(c.guard_mode, GuardMode::Mprotect);

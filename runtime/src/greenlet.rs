@@ -19,7 +19,12 @@
 //! greenlet is started and not finished. Freed blocks go to a per-hub cache by size class
 //! (16-byte classes up to 1 KiB), so spawning costs no `malloc`/`free` in steady state; the
 //! stack comes from the [stack pool](crate::stack). A handle may outlive its hub: the block is
-//! then freed to the allocator when the last handle goes.
+//! then freed to the allocator when the last handle goes. `EVERGREEN_BLOCK_CACHE=0` turns the
+//! cache off, so that memory checkers see every freed greenlet (`scripts/valgrind-tests.sh`
+//! does). A block's allocation exposes its provenance, and every pointer to a block is either
+//! the allocator's own or one rebuilt from that exposed provenance (`Core::ptr`), never one
+//! narrowed from a `&Core`, so widening it to the whole block and freeing through it are
+//! sound.
 //!
 //! # Blocking calls and the return-address predictor
 //!
@@ -231,9 +236,14 @@ impl Core {
         self.stack_bounds.get().size
     }
 
+    /// A pointer to this core that may be used for its whole block: it takes the provenance
+    /// the block's allocation exposed when it was made (see `Inner::alloc`), not the narrower
+    /// one of `&self`, so widening it to the block and freeing through it are sound.
     #[inline]
     pub(crate) fn ptr(&self) -> CorePtr {
-        CorePtr::from(self)
+        let addr = (self as *const Core).addr();
+        // SAFETY: `addr` is the address of `self`, so not null.
+        unsafe { CorePtr::new_unchecked(std::ptr::with_exposed_provenance_mut(addr)) }
     }
 
     /// Whether an interrupt is pending and can be delivered now (not while unwinding).
@@ -318,21 +328,15 @@ impl Core {
     /// Drops the function of a greenlet that never started and returns its stack.
     #[cold]
     fn release_unstarted(&self) {
+        let co = self.take_unstarted();
+        release_coroutine(co, self.hub_generation);
+    }
+
+    /// Takes the coroutine of a greenlet that never started, without dropping it.
+    fn take_unstarted(&self) -> Option<Coro> {
         // SAFETY: the greenlet is not running (it never started), so nothing else touches the
         // coroutine.
-        let co = unsafe { (*self.coroutine.get()).take() };
-        if let Some(mut co) = co {
-            co.force_unwind();
-            if co.done() {
-                let st = co.into_stack();
-                // Only the hub that made the stack may take it back.
-                if crate::hub::exists() && hub().generation() == self.hub_generation {
-                    hub().stacks.borrow_mut().put(st);
-                } else {
-                    std::mem::forget(st);
-                }
-            }
-        }
+        unsafe { (*self.coroutine.get()).take() }
     }
 
     /// Leaks the coroutine (and its stack) of a greenlet that cannot be finished at hub
@@ -384,6 +388,24 @@ impl Drop for Core {
     }
 }
 
+/// Drops a coroutine that never ran (`force_unwind` on an unstarted coroutine only drops its
+/// function) and gives its stack back to the hub that made it, if that hub still exists. The
+/// function's `Drop` is user code and may do anything.
+#[cold]
+fn release_coroutine(co: Option<Coro>, hub_generation: u64) {
+    if let Some(mut co) = co {
+        co.force_unwind();
+        if co.done() {
+            let st = co.into_stack();
+            // Only the hub that made the stack may take it back.
+            match crate::hub::try_hub() {
+                Some(h) if h.generation() == hub_generation => h.stacks.borrow_mut().put(st),
+                _ => std::mem::forget(st),
+            }
+        }
+    }
+}
+
 /// The state's name, as shown in run-info dumps and `LoopExit` messages.
 pub(crate) fn state_name(s: State) -> &'static str {
     match s {
@@ -414,7 +436,13 @@ impl GRef {
     /// the caller holds).
     #[inline]
     pub(crate) fn from_core(core: &Core) -> GRef {
-        core.refs.set(core.refs.get() + 1);
+        let n = core.refs.get().wrapping_add(1);
+        if n == 0 {
+            // Only reachable by leaking counts on purpose (`mem::forget` of clones); as `Rc`
+            // does, abort rather than let the count wrap into a use-after-free.
+            std::process::abort();
+        }
+        core.refs.set(n);
         GRef(core.ptr())
     }
 
@@ -513,9 +541,13 @@ impl<T: 'static> Inner<T> {
     /// place instead of on the stack and copied.
     #[inline(always)]
     fn alloc(hub: &crate::hub::Hub) -> std::ptr::NonNull<Inner<T>> {
-        hub.blocks
+        let p = hub
+            .blocks
             .alloc(std::alloc::Layout::new::<Inner<T>>())
-            .cast::<Inner<T>>()
+            .cast::<Inner<T>>();
+        // Lets `Core::ptr` rebuild a pointer to the whole block from a `&Core`.
+        let _ = p.as_ptr().expose_provenance();
+        p
     }
 
     /// # Safety
@@ -532,10 +564,14 @@ impl<T: 'static> Inner<T> {
     ///
     /// `c` heads an `Inner<T>` block.
     unsafe fn block(c: &Core) -> &Inner<T> {
-        // SAFETY: per the contract; `Inner` is `repr(C)` with the core first.
-        unsafe { &*(c as *const Core as *const Inner<T>) }
+        // SAFETY: per the contract; `Inner` is `repr(C)` with the core first, and `c.ptr()`
+        // carries the whole block's provenance (see `Core::ptr`).
+        unsafe { c.ptr().cast::<Inner<T>>().as_ref() }
     }
 
+    /// # Safety
+    ///
+    /// `c` heads an `Inner<T>` block.
     unsafe fn complete_killed(c: &Core) {
         // SAFETY: per `BlockOps`, `c` heads an `Inner<T>`.
         let me = unsafe { Self::block(c) };
@@ -543,6 +579,9 @@ impl<T: 'static> Inner<T> {
         me.core.complete(Ended::Killed);
     }
 
+    /// # Safety
+    ///
+    /// `c` heads an `Inner<T>` block.
     unsafe fn error(c: &Core) -> Option<Error> {
         // SAFETY: as above.
         let me = unsafe { Self::block(c) };
@@ -558,6 +597,8 @@ impl<T: 'static> Inner<T> {
 /// Classes are multiples of 16 bytes (malloc's own granularity, so caching costs no memory
 /// per greenlet) up to 1 KiB; larger or over-aligned blocks bypass it.
 pub(crate) struct BlockCache {
+    /// `Config::block_cache`: when off, blocks go straight back to the allocator.
+    enabled: bool,
     lists: UnsafeCell<[Vec<std::ptr::NonNull<u8>>; BlockCache::CLASSES]>,
 }
 
@@ -567,8 +608,9 @@ impl BlockCache {
     /// Blocks kept per class.
     const KEEP: usize = 256;
 
-    pub(crate) fn new() -> BlockCache {
+    pub(crate) fn new(enabled: bool) -> BlockCache {
         BlockCache {
+            enabled,
             lists: UnsafeCell::new(std::array::from_fn(|_| Vec::new())),
         }
     }
@@ -588,9 +630,10 @@ impl BlockCache {
     #[inline(always)]
     fn alloc(&self, layout: std::alloc::Layout) -> std::ptr::NonNull<u8> {
         let (class, real) = Self::class(layout);
-        if let Some(c) = class {
+        if let (Some(c), true) = (class, self.enabled) {
             // SAFETY: the cache belongs to this thread's hub and no reference into it outlives
-            // `alloc` or `free`, which run no other code meanwhile (at most a vector grows).
+            // `alloc` or `free`, which run no other code meanwhile (at most a vector grows,
+            // through the global allocator, which must not call back into evergreen).
             if let Some(p) = unsafe { (*self.lists.get())[c].pop() } {
                 return p;
             }
@@ -605,7 +648,7 @@ impl BlockCache {
     #[inline(always)]
     fn free(p: std::ptr::NonNull<u8>, layout: std::alloc::Layout) {
         let (class, real) = Self::class(layout);
-        if let (Some(c), Some(hub)) = (class, crate::hub::try_hub()) {
+        if let (Some(c), Some(hub)) = (class, crate::hub::try_hub().filter(|h| h.blocks.enabled)) {
             // SAFETY: as in `alloc`.
             let list = unsafe { &mut (*hub.blocks.lists.get())[c] };
             if list.len() < Self::KEEP {
@@ -634,11 +677,6 @@ impl Drop for BlockCache {
 
 /// The root context's block: a core with no result.
 pub(crate) fn new_root() -> GRef {
-    let v = Inner::<()> {
-        core: Core::new(&Inner::<()>::OPS, 0, Some("root".into()), true, 0, false, 0),
-        result: RefCell::new(None),
-        payload: RefCell::new(None),
-    };
     let l = std::alloc::Layout::new::<Inner<()>>();
     // The root is made while the hub is being built: allocate directly (`free` may cache it).
     let (_, real) = BlockCache::class(l);
@@ -647,11 +685,19 @@ pub(crate) fn new_root() -> GRef {
     let p = std::ptr::NonNull::new(p)
         .unwrap_or_else(|| std::alloc::handle_alloc_error(real))
         .cast::<Inner<()>>();
+    // As in `Inner::alloc`.
+    let _ = p.as_ptr().expose_provenance();
+    let v = Inner::<()> {
+        core: Core::new(&Inner::<()>::OPS, 0, Some("root".into()), true, 0, false, 0),
+        result: RefCell::new(None),
+        payload: RefCell::new(None),
+    };
     // SAFETY: fresh allocation of the right layout.
     unsafe { p.as_ptr().write(v) };
     // SAFETY: the block starts with one count, owned by the returned reference.
     unsafe { GRef::adopt(p.cast()) }
 }
+
 impl<T: 'static> Inner<T> {
     /// Called on the greenlet's own stack when its function returned or unwound.
     #[inline]
@@ -785,8 +831,9 @@ impl<T> Greenlet<T> {
     #[inline(always)]
     fn inner(&self) -> &Inner<T> {
         // SAFETY: a `Greenlet<T>` is only made for an `Inner<T>` block (in `create`), whose
-        // core comes first (`repr(C)`); the count held by `g` keeps it alive.
-        unsafe { &*(self.g.core() as *const Core as *const Inner<T>) }
+        // core comes first (`repr(C)`); `g` holds a pointer with the whole block's provenance
+        // (see `Core::ptr`) and a count that keeps the block alive.
+        unsafe { self.g.0.cast::<Inner<T>>().as_ref() }
     }
 }
 
@@ -886,7 +933,8 @@ impl Builder {
             bottom,
             size,
         });
-        let me = InnerPtr(inner as *const Inner<T>);
+        // The allocator's own pointer, not one derived from a reference.
+        let me = InnerPtr(p.as_ptr() as *const Inner<T>);
         let co = Coro::with_stack(stack, move |y: &Yielder<(), ()>, ()| {
             // SAFETY: the coroutine is owned by this very `Inner` and only runs while the hub
             // holds a strong reference to it (the live registry, during `resume_greenlet`), so
@@ -942,7 +990,9 @@ impl<T: 'static> Greenlet<T> {
     }
 
     /// Schedules the greenlet to start (gevent's `start`). No effect if it was already started
-    /// or scheduled, or is dead.
+    /// or scheduled, or is dead. A greenlet created under a hub that has been
+    /// [destroyed](crate::hub::destroy) since never runs: starting it completes it as killed,
+    /// as the destruction would have.
     #[inline]
     pub fn start(&self) {
         let core = &self.inner().core;
@@ -950,6 +1000,11 @@ impl<T: 'static> Greenlet<T> {
             return;
         }
         let hub = hub();
+        if core.hub_generation != hub.generation() {
+            // Made under a hub that was destroyed before it started: it never runs.
+            kill_dyn(&self.g);
+            return;
+        }
         hub.register_live(self.gref());
         hub.unpark(core);
     }
@@ -961,6 +1016,11 @@ impl<T: 'static> Greenlet<T> {
             return;
         }
         let hub = hub();
+        if core.hub_generation != hub.generation() {
+            // Made under a hub that was destroyed before it started: it never runs.
+            kill_dyn(&self.g);
+            return;
+        }
         let g = self.gref();
         hub.register_live(g.clone());
         core.state.set(State::Later);
@@ -1188,12 +1248,18 @@ pub(crate) fn kill_dyn(g: &GRef) {
             if let Some(t) = core.start_timer.take() {
                 hub.cancel_timer(t);
             }
-            core.release_unstarted();
+            let co = core.take_unstarted();
             g.complete_killed();
             // A queued greenlet stays registered until the hub pops its entry.
-            if st != State::Runnable {
-                drop(hub.unregister_live(core));
-            }
+            let registered = if st != State::Runnable {
+                hub.unregister_live(core)
+            } else {
+                None
+            };
+            // Drop the unrun function last: its `Drop` is user code, and whatever it does to
+            // this greenlet (start it, kill it) must find it dead.
+            release_coroutine(co, core.hub_generation);
+            drop(registered);
         }
         _ => {
             core.set_interrupt(Interrupt::Kill);

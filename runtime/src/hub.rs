@@ -188,6 +188,13 @@ const TAG_MASK: usize = 3;
 const TAG_CALLBACK: usize = 1;
 const TAG_WAKE_ROOT: usize = 2;
 
+/// Whether a root wake-up carrying `seq` (as packed in the run queue: the bits that fit in a
+/// word after the tag) is for the root's park number `current`.
+#[inline]
+fn root_seq_matches(seq: u64, current: u64) -> bool {
+    seq == current & (usize::MAX >> 2) as u64
+}
+
 impl RunQueue {
     fn new() -> RunQueue {
         RunQueue(std::cell::UnsafeCell::new(Ring {
@@ -203,7 +210,8 @@ impl RunQueue {
     fn ring(&self) -> &mut Ring {
         // SAFETY: the hub (and so this queue) is used by one thread only, every method below
         // ends its use of the ring before returning, and none runs user code meanwhile (at
-        // most the buffer grows), so no two of these references are ever alive at once.
+        // most the buffer grows, through the global allocator, which must not call back into
+        // evergreen), so no two of these references are ever alive at once.
         unsafe { &mut *self.0.get() }
     }
 
@@ -219,6 +227,7 @@ impl RunQueue {
                 r.callbacks.push_back(f);
                 TAG_CALLBACK
             }
+            // Keeps the low bits of the sequence number that fit (see `root_seq_matches`).
             Task::WakeRoot(seq) => ((seq as usize) << 2) | TAG_WAKE_ROOT,
         };
         if r.len == r.buf.len() {
@@ -374,7 +383,7 @@ fn create() -> &'static Hub {
             tail: Cell::new(None),
             len: Cell::new(0),
         },
-        blocks: BlockCache::new(),
+        blocks: BlockCache::new(config.block_cache),
         next_id: Cell::new(1),
         virtual_clock: Cell::new(config.virtual_clock.then(Instant::now)),
         reactor: RefCell::new(crate::reactor::Reactor::new()),
@@ -802,7 +811,9 @@ impl Hub {
                 Some(Task::WakeRoot(seq)) => {
                     // The root's turn (a `sleep(0)` of the root, or a wake-up of it): stale
                     // markers from an earlier park carry an older sequence number.
-                    if seq == self.root_park_seq.get() && root.state.get() != State::Running {
+                    if root_seq_matches(seq, self.root_park_seq.get())
+                        && root.state.get() != State::Running
+                    {
                         root.state.set(State::Runnable);
                         self.budget.set(budget.saturating_sub(1));
                         return;
@@ -882,7 +893,7 @@ impl Hub {
             core.check_canary();
         }
         if done {
-            self.reap(core);
+            self.reap(ptr);
         } else if core.state.get() == State::Running {
             // Suspended without saying why: only possible through a bug in evergreen.
             debug_assert!(false, "greenlet #{} switched out while running", core.id);
@@ -890,8 +901,12 @@ impl Hub {
         }
     }
 
-    /// Frees a finished greenlet's stack and registry slot. `core` must not be used after.
-    fn reap(&self, core: &Core) {
+    /// Frees a finished greenlet's stack and registry slot; the greenlet may be freed too, so
+    /// nothing may use it after. (It takes a pointer, not a `&Core`: a reference argument
+    /// would have to outlive the block.)
+    fn reap(&self, ptr: CorePtr) {
+        // SAFETY: the registry still holds a count of it (released at the end).
+        let core = unsafe { ptr.as_ref() };
         if core.name.is_some() {
             if let Some(m) = self.monitor.get() {
                 m.forget(core.id);

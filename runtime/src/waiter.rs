@@ -268,8 +268,9 @@ impl WaitList<()> {
             w.prev.set(None);
             w.linked.set(false);
             w.slot.set(Some(()));
-            // SAFETY: a waiter's greenlet is parked on this wait, so it is registered with
-            // the hub (which owns it) or is the root.
+            // SAFETY: a waiter's greenlet is parked on this wait, so it is alive: registered
+            // with the hub (which holds a count of it), the root, or leaked at hub teardown
+            // (never freed, and dead, so `unpark` ignores it).
             hub.unpark(unsafe { w.greenlet.as_ref() });
         }
         n
@@ -278,8 +279,7 @@ impl WaitList<()> {
 
 #[inline(always)]
 fn wake(g: CorePtr) {
-    // SAFETY: a waiter's greenlet is parked on this wait, so it is registered with the hub
-    // (which owns it) or is the root.
+    // SAFETY: as in `wake_all_unit`: a waiter's greenlet is alive while it waits.
     hub().unpark(unsafe { g.as_ref() });
 }
 
