@@ -177,10 +177,12 @@ impl Drop for HubGuard {
 struct RunQueue(std::cell::UnsafeCell<Ring>);
 
 struct Ring {
-    /// Capacity is a power of two; slots `head .. head + len` (wrapping) hold tasks.
+    /// Capacity is a power of two (`mask + 1`). `head` and `tail` count tasks taken and
+    /// queued (wrapping); the tasks are in slots `head & mask .. tail & mask`.
     buf: Box<[usize]>,
+    mask: usize,
     head: usize,
-    len: usize,
+    tail: usize,
     callbacks: VecDeque<Box<dyn FnOnce()>>,
 }
 
@@ -199,8 +201,9 @@ impl RunQueue {
     fn new() -> RunQueue {
         RunQueue(std::cell::UnsafeCell::new(Ring {
             buf: vec![0; 64].into_boxed_slice(),
+            mask: 63,
             head: 0,
-            len: 0,
+            tail: 0,
             callbacks: VecDeque::new(),
         }))
     }
@@ -230,26 +233,24 @@ impl RunQueue {
             // Keeps the low bits of the sequence number that fit (see `root_seq_matches`).
             Task::WakeRoot(seq) => ((seq as usize) << 2) | TAG_WAKE_ROOT,
         };
-        if r.len == r.buf.len() {
+        if r.tail.wrapping_sub(r.head) > r.mask {
             r.grow();
         }
-        let mask = r.buf.len() - 1;
-        let i = (r.head + r.len) & mask;
-        // SAFETY: `i` is masked to the buffer's (power-of-two) length.
+        let i = r.tail & r.mask;
+        // SAFETY: `i` is masked to the buffer's length, `mask + 1`.
         unsafe { *r.buf.get_unchecked_mut(i) = word };
-        r.len += 1;
+        r.tail = r.tail.wrapping_add(1);
     }
 
     #[inline(always)]
     fn pop(&self) -> Option<Task> {
         let r = self.ring();
-        if r.len == 0 {
+        if r.head == r.tail {
             return None;
         }
-        // SAFETY: `head` is always kept below the buffer's length.
-        let word = unsafe { *r.buf.get_unchecked(r.head) };
-        r.head = (r.head + 1) & (r.buf.len() - 1);
-        r.len -= 1;
+        // SAFETY: the index is masked to the buffer's length, `mask + 1`.
+        let word = unsafe { *r.buf.get_unchecked(r.head & r.mask) };
+        r.head = r.head.wrapping_add(1);
         Some(match word & TAG_MASK {
             // SAFETY: an untagged word is the non-null address of a core, pushed by `push`.
             0 => Task::Resume(unsafe { CorePtr::new_unchecked(word as *mut Core) }),
@@ -264,12 +265,14 @@ impl RunQueue {
 
     #[inline(always)]
     fn is_empty(&self) -> bool {
-        self.ring().len == 0
+        let r = self.ring();
+        r.head == r.tail
     }
 
     /// Empties the queue, handing its tasks to the caller (who drops them after this access).
     fn take_all(&self) -> Vec<Task> {
-        let mut v = Vec::with_capacity(self.ring().len);
+        let r = self.ring();
+        let mut v = Vec::with_capacity(r.tail.wrapping_sub(r.head));
         while let Some(t) = self.pop() {
             v.push(t);
         }
@@ -280,13 +283,15 @@ impl RunQueue {
 impl Ring {
     #[cold]
     fn grow(&mut self) {
-        let cap = self.buf.len();
-        let mut buf = vec![0; cap * 2].into_boxed_slice();
-        for (k, slot) in buf.iter_mut().take(self.len).enumerate() {
-            *slot = self.buf[(self.head + k) & (cap - 1)];
+        let len = self.tail.wrapping_sub(self.head);
+        let mut buf = vec![0; self.buf.len() * 2].into_boxed_slice();
+        for (k, slot) in buf.iter_mut().take(len).enumerate() {
+            *slot = self.buf[self.head.wrapping_add(k) & self.mask];
         }
         self.buf = buf;
+        self.mask = self.buf.len() - 1;
         self.head = 0;
+        self.tail = len;
     }
 }
 
@@ -904,6 +909,7 @@ impl Hub {
     /// Frees a finished greenlet's stack and registry slot; the greenlet may be freed too, so
     /// nothing may use it after. (It takes a pointer, not a `&Core`: a reference argument
     /// would have to outlive the block.)
+    #[inline(always)]
     fn reap(&self, ptr: CorePtr) {
         // SAFETY: the registry still holds a count of it (released at the end).
         let core = unsafe { ptr.as_ref() };
