@@ -1063,3 +1063,73 @@ fn blocking_in_callback(what: &'static str) -> ! {
 pub fn is_loop_exit(payload: &(dyn Any + Send)) -> bool {
     payload.downcast_ref::<LoopExit>().is_some()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake core address (8-aligned, never dereferenced by the queue).
+    fn fake(k: usize) -> CorePtr {
+        CorePtr::new((8 * (k + 1)) as *mut Core).expect("non-null")
+    }
+
+    fn describe(t: Task) -> String {
+        match t {
+            Task::Resume(p) => format!("g{}", p.as_ptr() as usize / 8 - 1),
+            Task::Callback(f) => {
+                f();
+                "cb".into()
+            }
+            Task::WakeRoot(s) => format!("root{s}"),
+        }
+    }
+
+    #[test]
+    fn the_run_queue_is_fifo_across_kinds_wraparound_and_growth() {
+        let q = RunQueue::new();
+        let mut expected = std::collections::VecDeque::new();
+        let mut k = 0;
+        // Advance head past the start so that growth happens with a wrapped buffer.
+        for round in 0..5 {
+            for _ in 0..(50 + round * 40) {
+                match k % 7 {
+                    3 => {
+                        q.push(Task::Callback(Box::new(|| {})));
+                        expected.push_back("cb".to_string());
+                    }
+                    5 => {
+                        q.push(Task::WakeRoot(k as u64));
+                        expected.push_back(format!("root{k}"));
+                    }
+                    _ => {
+                        q.push(Task::Resume(fake(k)));
+                        expected.push_back(format!("g{k}"));
+                    }
+                }
+                k += 1;
+            }
+            for _ in 0..30 {
+                let t = q.pop().expect("queued");
+                assert_eq!(Some(describe(t)), expected.pop_front());
+            }
+        }
+        while let Some(t) = q.pop() {
+            assert_eq!(Some(describe(t)), expected.pop_front());
+        }
+        assert!(expected.is_empty() && q.is_empty());
+        assert!(q.ring().callbacks.is_empty());
+    }
+
+    #[test]
+    fn root_wake_ups_compare_the_bits_the_queue_keeps() {
+        assert!(root_seq_matches(7, 7));
+        assert!(!root_seq_matches(6, 7));
+        let big = u64::MAX - 3;
+        let q = RunQueue::new();
+        q.push(Task::WakeRoot(big));
+        match q.pop() {
+            Some(Task::WakeRoot(s)) => assert!(root_seq_matches(s, big)),
+            _ => panic!("expected a root wake-up"),
+        }
+    }
+}
