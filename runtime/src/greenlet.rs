@@ -557,7 +557,7 @@ impl<T: 'static> Inner<T> {
         let p = p.cast::<Inner<T>>();
         // SAFETY: per the contract, the block is initialised and nothing refers to it.
         unsafe { std::ptr::drop_in_place(p.as_ptr()) };
-        crate::greenlet::BlockCache::free(p.cast(), std::alloc::Layout::new::<Inner<T>>());
+        BlockCache::free(p.cast(), std::alloc::Layout::new::<Inner<T>>());
     }
 
     /// # Safety
@@ -638,6 +638,11 @@ impl BlockCache {
                 return p;
             }
         }
+        Self::alloc_fresh(real)
+    }
+
+    /// A new block of exactly `real` (a layout from `class`), from the allocator.
+    fn alloc_fresh(real: std::alloc::Layout) -> std::ptr::NonNull<u8> {
         // SAFETY: `real` has a non-zero size (a block holds at least a core).
         let p = unsafe { std::alloc::alloc(real) };
         std::ptr::NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(real))
@@ -677,14 +682,9 @@ impl Drop for BlockCache {
 
 /// The root context's block: a core with no result.
 pub(crate) fn new_root() -> GRef {
-    let l = std::alloc::Layout::new::<Inner<()>>();
     // The root is made while the hub is being built: allocate directly (`free` may cache it).
-    let (_, real) = BlockCache::class(l);
-    // SAFETY: non-zero size.
-    let p = unsafe { std::alloc::alloc(real) };
-    let p = std::ptr::NonNull::new(p)
-        .unwrap_or_else(|| std::alloc::handle_alloc_error(real))
-        .cast::<Inner<()>>();
+    let (_, real) = BlockCache::class(std::alloc::Layout::new::<Inner<()>>());
+    let p = BlockCache::alloc_fresh(real).cast::<Inner<()>>();
     // As in `Inner::alloc`.
     let _ = p.as_ptr().expose_provenance();
     let v = Inner::<()> {
@@ -937,8 +937,8 @@ impl Builder {
         let me = InnerPtr(p.as_ptr() as *const Inner<T>);
         let co = Coro::with_stack(stack, move |y: &Yielder<(), ()>, ()| {
             // SAFETY: the coroutine is owned by this very `Inner` and only runs while the hub
-            // holds a strong reference to it (the live registry, during `resume_greenlet`), so
-            // the pointer is valid for the whole body.
+            // holds a count of it (the live registry, during `resume_greenlet`), so the
+            // pointer is valid for the whole body.
             let me = unsafe { &*me.0 };
             me.core.yielder.set(y as *const _);
             me.core.started.set(true);
@@ -995,32 +995,35 @@ impl<T: 'static> Greenlet<T> {
     /// as the destruction would have.
     #[inline]
     pub fn start(&self) {
+        if let Some(hub) = self.hub_to_start() {
+            hub.register_live(self.gref());
+            hub.unpark(&self.inner().core);
+        }
+    }
+
+    /// The hub to start this greenlet on; `None` if it must not start: it was already started
+    /// or scheduled, is dead, or was made under a hub destroyed since (it is then completed
+    /// as killed, as the destruction would have).
+    #[inline(always)]
+    fn hub_to_start(&self) -> Option<&'static crate::hub::Hub> {
         let core = &self.inner().core;
         if core.state.get() != State::New {
-            return;
+            return None;
         }
         let hub = hub();
         if core.hub_generation != hub.generation() {
-            // Made under a hub that was destroyed before it started: it never runs.
             kill_dyn(&self.g);
-            return;
+            return None;
         }
-        hub.register_live(self.gref());
-        hub.unpark(core);
+        Some(hub)
     }
 
     /// Schedules the greenlet to start after `delay` (gevent's `start_later`).
     pub fn start_later(&self, delay: Duration) {
+        let Some(hub) = self.hub_to_start() else {
+            return;
+        };
         let core = &self.inner().core;
-        if core.state.get() != State::New {
-            return;
-        }
-        let hub = hub();
-        if core.hub_generation != hub.generation() {
-            // Made under a hub that was destroyed before it started: it never runs.
-            kill_dyn(&self.g);
-            return;
-        }
         let g = self.gref();
         hub.register_live(g.clone());
         core.state.set(State::Later);
