@@ -289,14 +289,24 @@ fn hook_errno(err: &io::Error, on_timeout: c_int) -> c_int {
 }
 
 /// Sleeps without unwinding (for the hooks): a pending kill or `Timeout` cuts the sleep short
-/// and stays pending. Returns `false` if it was cut short.
+/// the first time and stays pending; a later sleep with the same interrupt still pending
+/// sleeps its whole time (code that ignores the interrupt stays cooperative instead of
+/// spinning; see `Hub::hook_saw_interrupt`). Returns `false` if it was cut short.
 fn sleep_no_unwind(d: Duration) -> bool {
     let hub = hub();
     let deadline = hub.deadline(d);
     loop {
         match hub.park(deadline, "sleep (patched)") {
             crate::hub::Wake::Deadline => return true,
-            crate::hub::Wake::Interrupted if !hub.current().is_unwinding() => return false,
+            crate::hub::Wake::Interrupted if !hub.current().is_unwinding() => {
+                if hub.current().hook_reports.get() == 0 {
+                    hub.hook_saw_interrupt();
+                    return false;
+                }
+                let left = deadline.map(|dl| dl.saturating_duration_since(hub.now()));
+                hub.park_uninterruptible(left.unwrap_or(Duration::MAX), "sleep (patched)");
+                return true;
+            }
             _ => {}
         }
         if deadline.is_some_and(|dl| hub.now() >= dl) {

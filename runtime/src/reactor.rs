@@ -400,6 +400,9 @@ fn wait_io_inner(
             Wake::Interrupted if unwind => hub.deliver_interrupt(),
             Wake::Interrupted => {
                 if !hub.current().is_unwinding() {
+                    // The slot is freed first: the report may park for a while.
+                    drop(_guard);
+                    hub.hook_saw_interrupt();
                     return Err(interrupted_error());
                 }
             }
