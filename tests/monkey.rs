@@ -304,3 +304,132 @@ fn poll_for_either_direction_sees_writability() {
         drop(a);
     });
 }
+
+// ---- Runtime hardening (issue 7, item 2): a pending interrupt must not make std code spin ----
+
+/// An address where nothing listens (connects are refused at once).
+fn refused_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+#[test]
+fn kill_timeout_returns_while_the_victim_retries_with_back_off() {
+    monkey::patch_all();
+    run_virtual(|| {
+        let addr = refused_addr();
+        let stop = Rc::new(Cell::new(false));
+        let tries = Rc::new(Cell::new(0u32));
+        let (s2, t2) = (stop.clone(), tries.clone());
+        // A reconnect loop in plain std code: it never reaches an evergreen blocking point.
+        let victim = spawn(move || {
+            while !s2.get() {
+                let _ = std::net::TcpStream::connect(addr);
+                t2.set(t2.get() + 1);
+                std::thread::sleep(ms(20));
+            }
+        });
+        sleep(ms(30));
+        let before = tries.get();
+        let t0 = evergreen::hub::now();
+        assert!(!victim.kill_timeout(Duration::from_secs(1)), "it ignores the kill");
+        assert_eq!(evergreen::hub::now() - t0, Duration::from_secs(1));
+        // It kept going at its own pace (a 20 ms back-off, plus the slowed-down failing
+        // connects: up to 100 ms each) instead of spinning, and never stopped.
+        let during = tries.get() - before;
+        assert!((8..=60).contains(&during), "{during} tries in 1 s");
+        stop.set(true);
+        victim.join();
+    });
+}
+
+#[test]
+fn a_killed_accept_loop_yields_instead_of_spinning() {
+    monkey::patch_all();
+    run(|| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Rc::new(Cell::new(false));
+        let errors = Rc::new(Cell::new(0u32));
+        let (s2, e2) = (stop.clone(), errors.clone());
+        let victim = spawn(move || {
+            for c in listener.incoming() {
+                match c {
+                    Ok(_) if s2.get() => break,
+                    Ok(_) => {}
+                    Err(_) => e2.set(e2.get() + 1),
+                }
+            }
+        });
+        sleep(ms(10));
+        let ticks = Rc::new(Cell::new(0u32));
+        let t2 = ticks.clone();
+        let other = spawn(move || {
+            for _ in 0..20 {
+                sleep(ms(5));
+                t2.set(t2.get() + 1);
+            }
+        });
+        let t0 = Instant::now();
+        assert!(!victim.kill_timeout(ms(300)));
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        other.join();
+        assert_eq!(ticks.get(), 20, "other greenlets keep running");
+        // Slowed down to at most one failure per 100 ms after the first few.
+        assert!(errors.get() < 30, "{} failed accepts in 300 ms", errors.get());
+        stop.set(true);
+        let _c = evergreen::net::TcpStream::connect(addr).unwrap();
+        assert!(victim.join_timeout(Duration::from_secs(5)));
+    });
+}
+
+#[test]
+fn a_thread_exits_although_a_greenlet_sleeps_in_a_loop_with_std_sleep() {
+    monkey::patch_all();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let g = spawn(|| loop {
+            std::thread::sleep(ms(100));
+        });
+        sleep(ms(1));
+        drop(g);
+        struct Done(std::sync::mpsc::Sender<()>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                let _ = self.0.send(());
+            }
+        }
+        // Sent after the thread-exit teardown (thread locals are destroyed in reverse order
+        // of their first use; the hub's guard was first used before this one).
+        thread_local!(static DONE: std::cell::RefCell<Option<Done>> = const { std::cell::RefCell::new(None) });
+        DONE.with(|d| *d.borrow_mut() = Some(Done(tx)));
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("the thread's hub teardown never finished");
+}
+
+#[test]
+fn a_timeout_around_std_code_that_ignores_it_leaves_the_hub_running() {
+    monkey::patch_all();
+    run_virtual(|| {
+        let stop = Rc::new(Cell::new(false));
+        let loops = Rc::new(Cell::new(0u32));
+        let (s2, l2) = (stop.clone(), loops.clone());
+        let victim = spawn(move || {
+            evergreen::with_timeout(ms(100), || {
+                while !s2.get() {
+                    let _ = std::path::Path::new("/").exists();
+                    l2.set(l2.get() + 1);
+                    std::thread::sleep(ms(10));
+                }
+            })
+        });
+        sleep(ms(500));
+        // 10 ms per turn, before and after the timeout fired (one sleep was cut short).
+        assert!((49..=52).contains(&loops.get()), "{} turns in 500 ms", loops.get());
+        stop.set(true);
+        victim.join();
+    });
+}
