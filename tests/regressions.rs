@@ -542,3 +542,68 @@ fn a_caught_panic_does_not_delay_later_timeouts() {
         b.join();
     });
 }
+
+/// Item 19: the monitor reports the root context and hub callbacks holding the hub, not only
+/// greenlets.
+#[test]
+fn the_monitor_reports_the_root_and_hub_callbacks_holding_the_hub() {
+    run(|| {
+        evergreen::monitor::start(ms(20));
+        sleep(ms(1));
+        let before = evergreen::monitor::reports();
+        // Deliberately blocks the OS thread from the root, between two blocking calls.
+        std::thread::sleep(ms(300));
+        sleep(ms(1));
+        let after_root = evergreen::monitor::reports();
+        assert!(
+            after_root > before,
+            "the root holding the hub was not reported"
+        );
+        evergreen::hub::run_callback(|| std::thread::sleep(ms(300)));
+        sleep(ms(1));
+        assert!(
+            evergreen::monitor::reports() > after_root,
+            "a hub callback holding the hub was not reported"
+        );
+    });
+}
+
+/// Set in the child process of [`the_monitor_tells_without_a_logger`].
+const MONITOR_CHILD: &str = "EVERGREEN_TEST_MONITOR_CHILD";
+
+#[test]
+fn monitor_child() {
+    if std::env::var_os(MONITOR_CHILD).is_none() {
+        return;
+    }
+    // No logger is installed in this process.
+    evergreen::monitor::start(ms(20));
+    let g = evergreen::Builder::new()
+        .name("hog")
+        .spawn(|| std::thread::sleep(ms(300)));
+    g.join();
+    evergreen::hub::destroy();
+}
+
+/// Item 19: without a `log` logger the monitor still tells, on stderr.
+#[test]
+fn the_monitor_tells_without_a_logger() {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "monitor_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(MONITOR_CHILD, "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("evergreen monitor: greenlet #")
+            && stderr.contains("'hog' has held the hub"),
+        "{stderr}"
+    );
+}

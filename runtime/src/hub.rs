@@ -984,7 +984,13 @@ impl Hub {
 
     pub(crate) fn run_hub_callback(&self, f: Box<dyn FnOnce()>) {
         let was = self.in_callback.replace(true);
+        if let Some(m) = self.monitor.get() {
+            m.callback();
+        }
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        if let Some(m) = self.monitor.get() {
+            m.left();
+        }
         self.in_callback.set(was);
         if let Err(p) = r {
             log::error!(
@@ -1110,7 +1116,13 @@ impl Hub {
                 }
                 (_, next) => {
                     let timeout = next.map(|d| d.saturating_duration_since(self.now()));
+                    if let Some(m) = self.monitor.get() {
+                        m.idle();
+                    }
                     self.poll_io(timeout);
+                    if let Some(m) = self.monitor.get() {
+                        m.left();
+                    }
                 }
             }
         }

@@ -807,12 +807,7 @@ fn poll_blocking(fd: RawFd, events: libc::c_short) {
 
 /// `accept4` outside greenlets: the real call, made to block again if a hook's window made it
 /// fail with `EAGAIN`.
-fn accept4_passthrough(
-    fd: c_int,
-    addr: *mut sockaddr,
-    len: *mut socklen_t,
-    flags: c_int,
-) -> c_int {
+fn accept4_passthrough(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
     loop {
         let seq0 = NB_SEQ.load(Ordering::SeqCst);
         let r = sys!(libc::SYS_accept4, fd, addr, len, flags) as c_int;
@@ -907,9 +902,8 @@ pub unsafe extern "C-unwind" fn connect(fd: c_int, addr: *const sockaddr, len: s
     let mut pause = Duration::from_millis(1);
     let mut deadline: Option<Option<Instant>> = None;
     loop {
-        let Some(r) = in_nonblocking_window(fd, || {
-            sys!(libc::SYS_connect, fd, addr, len) as c_int
-        }) else {
+        let Some(r) = in_nonblocking_window(fd, || sys!(libc::SYS_connect, fd, addr, len) as c_int)
+        else {
             // The owner's non-blocking socket: it expects EINPROGRESS.
             return sys!(libc::SYS_connect, fd, addr, len) as c_int;
         };
