@@ -458,27 +458,6 @@ fn a_panicking_drop_of_a_result_does_not_escape_into_an_unrelated_call() {
     });
 }
 
-/// Item 5: what a timer holds is dropped as the hub, where blocking is refused and a panic
-/// is contained.
-#[test]
-fn a_panicking_drop_of_what_a_timer_holds_is_contained() {
-    run_virtual(|| {
-        struct PanicOnDrop;
-        impl Drop for PanicOnDrop {
-            fn drop(&mut self) {
-                panic!("PanicOnDrop in a timer");
-            }
-        }
-        let p = PanicOnDrop;
-        let id = evergreen::hub::call_later(ms(1), move || {
-            let _keep = &p;
-        });
-        let _ = id;
-        sleep(ms(5));
-        assert_eq!(spawn(|| 1).get(), Ok(1));
-    });
-}
-
 /// Item 6: a `Timeout` that outlives `hub::destroy()` must not cancel an unrelated timer of
 /// the next hub when dropped.
 #[test]

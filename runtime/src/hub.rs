@@ -350,6 +350,7 @@ pub(crate) fn running_overflow_info() -> Option<crate::stack::OverflowInfo> {
         size: b.size,
         name,
         name_len,
+        unguarded: core.unguarded,
     })
 }
 
