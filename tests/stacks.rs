@@ -295,7 +295,8 @@ fn maps_child() {
 /// Builds the `LD_PRELOAD` shim that makes `madvise(MADV_GUARD_INSTALL)` fail with `EINVAL`
 /// (a kernel before 6.13) and returns its path.
 fn build_no_madvise_guard_shim() -> std::path::PathBuf {
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/no_madvise_guard.c");
+    let src =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/no_madvise_guard.c");
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
     let out = dir.join("no_madvise_guard.so");
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
@@ -305,7 +306,9 @@ fn build_no_madvise_guard_shim() -> std::path::PathBuf {
         .arg(&src)
         .arg("-ldl")
         .status()
-        .unwrap_or_else(|e| panic!("this test builds an LD_PRELOAD shim with a C compiler ({cc}): {e}"));
+        .unwrap_or_else(|e| {
+            panic!("this test builds an LD_PRELOAD shim with a C compiler ({cc}): {e}")
+        });
     assert!(st.success(), "building {} failed", src.display());
     out
 }

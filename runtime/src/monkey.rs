@@ -26,13 +26,35 @@
 //! * `close` of an fd the reactor knows deregisters it first and wakes its waiters with
 //!   `EBADF` (so fd numbers can be reused safely).
 //!
+//! * Blocking semantics are kept: on a stream socket a blocking write (`write`, `send`,
+//!   `writev`, `sendmsg`...) moves every byte and `recv(MSG_WAITALL)` fills the buffer, as the
+//!   kernel's calls do (a timeout, an error or an interrupt after some bytes moved returns the
+//!   count so far); a `connect` to a Unix listener whose queue is full waits for room.
+//! * A second greenlet waiting on the same fd in the same direction fails with `EALREADY`
+//!   ("operation already in progress": evergreen's
+//!   [`ConcurrentObjectUse`](crate::Error::ConcurrentObjectUse), logged once per occurrence).
+//! * The standard streams (fds 0, 1 and 2) always pass through: std guards stdin, stdout and
+//!   stderr with a lock that is re-entrant per *thread*, so a greenlet parked in a write to a
+//!   stdout that is a socket (systemd's journal) would hold it while another greenlet of the
+//!   same thread re-entered it and panicked.
+//! * `connect` and `accept` have no per-call "don't wait" flag: they set `O_NONBLOCK` for one
+//!   attempt. The flag belongs to the open file description, shared by `dup`/`try_clone`, so
+//!   those windows are serialised by a process-wide lock, the owner's flags are only read
+//!   under it, and a pass-through `accept`/`connect` (a plain thread, the root) on a blocking
+//!   description that ran into a window completes as the blocking call would. A description
+//!   shared with another process (a fork) is not covered.
+//!
 //! A kill or `Timeout` delivered to a greenlet parked in a hook does **not** unwind through it
 //! (callers reach the hooks through `extern "C"` declarations, which must not unwind): the
-//! hooked call fails with `ECANCELED` (a kill) or `ETIMEDOUT` (a scoped `Timeout`), every
-//! further hooked call fails the same way at once, and the interrupt itself is delivered, by
-//! unwinding, at the greenlet's next evergreen blocking point (or the greenlet ends normally if
-//! its code returns first). A patched `sleep` is cut short instead. This is a difference from
-//! gevent, where `GreenletExit` is raised inside the socket call.
+//! hooked call fails with `ECANCELED` (a kill) or `ETIMEDOUT` (a scoped `Timeout`), and the
+//! interrupt itself is delivered, by unwinding, at the greenlet's next evergreen blocking point
+//! (or the greenlet ends normally if its code returns first). A patched `sleep` is cut short
+//! instead. This is a difference from gevent, where `GreenletExit` is raised inside the socket
+//! call. Code that ignores the error and calls the hooks again is slowed down rather than left
+//! to spin (see `Hub::hook_saw_interrupt`): the same interrupt reported again first parks the
+//! greenlet for 1 ms, doubling up to 100 ms, and a later patched sleep sleeps its full time, so
+//! the hub and the killer's own timeout keep running; such code ends only when it returns or
+//! reaches an evergreen blocking point.
 //!
 //! # Not covered
 //!
@@ -44,9 +66,9 @@
 //!   so the first never runs again. This is why `mysql::Pool` (a `Mutex` + `Condvar` pool)
 //!   cannot be used cooperatively: use one connection per greenlet, or a pool built on
 //!   evergreen's [`Semaphore`](crate::Semaphore)/[`Queue`](crate::Queue).
-//! * `poll` on more than one fd is emulated by polling without blocking every millisecond
-//!   (or less), since a greenlet can wait on one fd at a time; `select`, `epoll_wait`,
-//!   `usleep`/`sleep` (glibc-internal nanosleep) and file I/O are not patched.
+//! * `select`, `epoll_wait`, `usleep`/`sleep` (glibc-internal nanosleep) and file I/O are not
+//!   patched. (`poll` waits on all its fds in the reactor; it falls back to polling every
+//!   millisecond or less only for an fd epoll refuses or another greenlet already waits on.)
 //! * File descriptors closed without going through the `close`/`dup2`/`dup3` hooks (by
 //!   glibc internally, `close_range`, raw syscalls, another thread) leave stale reactor state
 //!   for their number; evergreen's own sockets and std's never do.
@@ -468,6 +490,8 @@ fn msg_call(
     }
     // SAFETY: non-null, and valid per the caller's contract.
     let m = unsafe { *msg };
+    // `msg_iovlen` is a `size_t` on glibc and an `int` on musl.
+    #[allow(clippy::unnecessary_cast)]
     let iov: &[libc::iovec] = if m.msg_iov.is_null() || m.msg_iovlen == 0 {
         &[]
     } else {

@@ -424,7 +424,11 @@ impl StackPool {
         };
         // An unguarded slab gets one guard page below its lowest stack (2 mappings per slab):
         // an overflow running down through its neighbours faults there at the latest.
-        let slab_guard = if mode == GuardMode::None { self.page } else { 0 };
+        let slab_guard = if mode == GuardMode::None {
+            self.page
+        } else {
+            0
+        };
         let stride = guard + self.default_size;
         let len = slab_guard + stride * SLAB_STACKS;
         let base = mmap_anon(len)?;
