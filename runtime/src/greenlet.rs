@@ -188,7 +188,9 @@ pub(crate) struct Core {
     /// The generation of the hub that made this greenlet (and its stack).
     pub(crate) hub_generation: u64,
     pub(crate) start_timer: Cell<Option<TimerId>>,
-    pub(crate) joiners: WaitList<()>,
+    /// Greenlets joining it; each waiter's slot holds `links.next_ordinal()` at the time it
+    /// started waiting, so joiners and links are notified in registration order.
+    pub(crate) joiners: WaitList<u32>,
     pub(crate) links: Links,
     pub(crate) locals: RefCell<Option<Box<LocalMap>>>,
 }
@@ -405,8 +407,30 @@ impl Core {
         if let Some(l) = locals {
             self.drop_locals(l);
         }
-        self.joiners.wake_all_unit();
-        self.links.fire_all();
+        if self.links.is_empty() {
+            self.joiners.wake_all();
+        } else {
+            self.schedule_notify();
+        }
+    }
+
+    /// Schedules the notification of its links and joiners (see [`notify_links`]), unless
+    /// one is scheduled or running already.
+    #[cold]
+    fn schedule_notify(&self) {
+        if self.links.begin_notify() {
+            let g = GRef::from_core(self);
+            hub().schedule_callback(Box::new(move || notify_links(g)));
+        }
+    }
+
+    /// Registers a raw link; notifies at once (as a hub callback) if it is dead already.
+    pub(crate) fn rawlink(&self, f: Box<dyn FnOnce()>) -> LinkId {
+        let id = self.links.add(f);
+        if self.state.get() == State::Dead {
+            self.schedule_notify();
+        }
+        id
     }
 }
 
@@ -434,6 +458,41 @@ fn release_coroutine(co: Option<Coro>, hub_generation: u64) {
                 Some(h) if h.generation() == hub_generation => h.stacks.borrow_mut().put(st),
                 _ => std::mem::forget(st),
             }
+        }
+    }
+}
+
+/// Notifies a dead greenlet's links and joiners, in registration order, as gevent's
+/// `_notify_links` does: raw links run here one at a time (a link unlinked by an earlier one
+/// does not run; one added meanwhile does), and when a joiner's turn comes it is woken and the
+/// rest of the notification is scheduled behind it, so it runs before the links registered
+/// after it (gevent switches to it in the middle of the notification).
+fn notify_links(g: GRef) {
+    let core = g.core();
+    loop {
+        let link = core.links.front_ordinal();
+        let joiner = core.joiners.with_front(|k| k.copied());
+        let link_first = match (link, joiner) {
+            (Some(o), Some(k)) => o < k,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if link_first {
+            if let Some(cb) = core.links.pop_front() {
+                hub().run_hub_callback(cb);
+            }
+        } else if joiner.is_some() {
+            core.joiners.take_one();
+            if core.links.is_empty() {
+                core.joiners.wake_all();
+                core.links.end_notify();
+            } else {
+                hub().schedule_callback(Box::new(move || notify_links(g)));
+            }
+            return;
+        } else {
+            core.links.end_notify();
+            return;
         }
     }
 }
@@ -1122,9 +1181,11 @@ impl<T: 'static> Greenlet<T> {
         self.ready()
     }
 
-    /// Whether its function has started running (gevent's `bool(g)` before death).
+    /// Whether it was started (or scheduled with `start_later`) and has not finished: true as
+    /// soon as [`spawn`]/[`start`](Self::start) returns, before it first runs (gevent's
+    /// `started` and `bool(g)`).
     pub fn started(&self) -> bool {
-        self.inner().core.started.get()
+        !matches!(self.inner().core.state.get(), State::New | State::Dead)
     }
 
     /// Whether it finished without failing; being killed counts as success, as in gevent.
@@ -1262,13 +1323,28 @@ impl<T: 'static> Greenlet<T> {
     }
 
     fn rawlink_box(&self, f: Box<dyn FnOnce()>) -> LinkId {
-        let core = &self.inner().core;
-        core.links.add_or_fire(f, core.state.get() == State::Dead)
+        self.inner().core.rawlink(f)
     }
 
-    /// Removes a link that has not fired yet.
+    /// Removes a link that has not run yet (also one whose turn has not come in a
+    /// notification that is running: a link may unlink a later one).
     pub fn unlink(&self, id: LinkId) -> bool {
         self.inner().core.links.remove(id)
+    }
+
+    /// Removes every link that has not run yet (gevent's `unlink_all`); returns how many.
+    pub fn unlink_all(&self) -> usize {
+        self.inner().core.links.clear()
+    }
+
+    /// Whether links are registered and not run yet (gevent's `has_links`).
+    pub fn has_links(&self) -> bool {
+        !self.inner().core.links.is_empty()
+    }
+
+    /// How many links are registered and not run yet.
+    pub fn link_count(&self) -> usize {
+        self.inner().core.links.len()
     }
 
     /// A type-erased handle.
@@ -1294,7 +1370,11 @@ fn join_core(core: &Core, deadline: Option<Instant>) -> bool {
     if core.state.get() == State::Dead {
         return true;
     }
-    match core.joiners.wait(None, deadline, "Greenlet::join") {
+    let after_links = core.links.next_ordinal();
+    match core
+        .joiners
+        .wait(Some(after_links), deadline, "Greenlet::join")
+    {
         Ok(_) => true,
         Err(WaitFail::Deadline(_)) => core.state.get() == State::Dead,
     }
@@ -1325,12 +1405,13 @@ pub(crate) fn kill_dyn(g: &GRef) {
             }
             let co = core.take_unstarted();
             g.complete_killed();
-            // A queued greenlet stays registered until the hub pops its entry.
-            let registered = if st != State::Runnable {
-                hub.unregister_live(core)
-            } else {
-                None
-            };
+            // It leaves the live registry now (so `live_count` and the run-info dump no longer
+            // show it); a queued one's registry count passes to its run-queue entry, which
+            // releases it when the hub pops it (see `Hub::resume_greenlet`).
+            let mut registered = hub.unregister_live(core);
+            if st == State::Runnable {
+                std::mem::forget(registered.take());
+            }
             // Drop the unrun function last: its `Drop` is user code, and whatever it does to
             // this greenlet (start it, kill it) must find it dead.
             release_coroutine(co, core.hub_generation);
@@ -1410,8 +1491,7 @@ impl Waitable for GreenletRef {
         self.dead()
     }
     fn rawlink(&self, f: Box<dyn FnOnce()>) -> LinkId {
-        let core = self.g.core();
-        core.links.add_or_fire(f, core.state.get() == State::Dead)
+        self.g.core().rawlink(f)
     }
     fn unlink(&self, id: LinkId) -> bool {
         self.g.core().links.remove(id)

@@ -501,6 +501,17 @@ pub fn destroy() {
         let actions = hub.timers.borrow_mut().drain();
         hub.drop_on_hub(actions);
         let queued = hub.run_queue.take_all();
+        for t in &queued {
+            if let Task::Resume(p) = t {
+                // SAFETY: a queued greenlet is alive: registered, or killed before it started
+                // with its count owned by this entry.
+                let c = unsafe { p.as_ref() };
+                if c.state.get() == State::Dead && !c.in_live.get() {
+                    // SAFETY: see `kill_dyn`: the entry owns that count.
+                    hub.drop_on_hub(unsafe { GRef::adopt(*p) });
+                }
+            }
+        }
         hub.drop_on_hub(queued);
         let declined = std::mem::take(&mut *hub.declined.borrow_mut());
         hub.drop_on_hub(declined);
@@ -576,6 +587,11 @@ impl Hub {
         // that is running, hence registered in `live`, which owns it until it is reaped after
         // its coroutine returned, when `current` has already been switched back to the root.
         unsafe { self.current.get().as_ref() }
+    }
+
+    /// The root context's core.
+    pub(crate) fn root_core(&self) -> &Core {
+        self.root.core()
     }
 
     /// An owning handle to the running greenlet.
@@ -823,6 +839,25 @@ impl Hub {
         }
     }
 
+    /// Yields like `sleep(0)`, but leaves a pending interrupt pending (for a call whose work
+    /// is already done: the interrupt is delivered at the next blocking point, as when a
+    /// completed wait wins over an interrupt).
+    pub(crate) fn yield_keeping_interrupts(&self) {
+        let core = self.current();
+        if self.in_callback.get() {
+            return;
+        }
+        if core.is_root {
+            core.state.set(State::Parked);
+            let seq = self.root_park_seq.get() + 1;
+            self.run_queue.push(Task::WakeRoot(seq));
+        } else {
+            core.state.set(State::Runnable);
+            self.run_queue.push(Task::Resume(core.ptr()));
+        }
+        self.switch_out(core, "sleep(0)");
+    }
+
     /// Delivers the pending interrupt of the current greenlet by unwinding its stack. Does
     /// nothing while this greenlet is already unwinding (an unwind escaping a `Drop` during
     /// unwinding would abort): the interrupt then stays pending for its next blocking point.
@@ -1011,11 +1046,11 @@ impl Hub {
         match core.state.get() {
             State::Runnable => {}
             State::Dead => {
-                // Killed before it started while queued: its registration was kept for this
-                // entry.
-                if let Some(g) = self.unregister_live(core) {
-                    self.release(g);
-                }
+                // Killed before it started while queued: its entry owns the count the registry
+                // held (see `kill_dyn`).
+                debug_assert!(!core.in_live.get());
+                // SAFETY: `kill_dyn` gave up the registry's count of it to this entry.
+                self.release(unsafe { GRef::adopt(ptr) });
                 return;
             }
             _ => {

@@ -29,6 +29,9 @@ struct Inner {
     empty: WaitList<()>,
     sem: Option<Semaphore>,
     size: Option<usize>,
+    /// The feeder greenlets of `map`/`imap` calls still adding members: `kill` stops them
+    /// first, or they would add a member after it.
+    feeders: RefCell<Vec<GreenletRef>>,
 }
 
 /// A pool of at most `size` running greenlets (gevent's `Pool`).
@@ -50,13 +53,10 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// A pool that runs at most `size` greenlets at a time.
-    ///
-    /// # Panics
-    ///
-    /// If `size` is 0.
+    /// A pool that runs at most `size` greenlets at a time. A pool of size 0 is valid and
+    /// always full, as in gevent: `spawn` blocks for ever and `add(g, false)` fails with
+    /// [`Error::PoolFull`].
     pub fn new(size: usize) -> Pool {
-        assert!(size > 0, "a Pool needs a size of at least 1");
         Pool::make(Some(size))
     }
 
@@ -67,6 +67,7 @@ impl Pool {
                 empty: WaitList::new(),
                 sem: size.map(Semaphore::new),
                 size,
+                feeders: RefCell::new(Vec::new()),
             }),
         }
     }
@@ -207,16 +208,47 @@ impl Pool {
             .is_ok()
     }
 
-    /// Kills every member and waits until they have finished.
+    /// Kills every member, and the feeders of running `map`/`imap` calls, and waits until
+    /// they have finished: the pool is empty when it returns (gevent's `kill`).
     pub fn kill(&self) {
+        loop {
+            let feeders = std::mem::take(&mut *self.inner.feeders.borrow_mut());
+            for f in &feeders {
+                f.kill_nowait();
+            }
+            for g in self.greenlets() {
+                g.kill_nowait();
+            }
+            self.join();
+            // A feeder whose wait for a free slot had already completed adds one more member
+            // before its kill is delivered: wait for the feeders, then look again.
+            for f in &feeders {
+                f.join();
+            }
+            if self.is_empty() && self.inner.feeders.borrow().is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Kills every member (and feeder) without waiting (gevent's `kill(block=False)`).
+    pub fn kill_nowait(&self) {
+        let feeders = std::mem::take(&mut *self.inner.feeders.borrow_mut());
+        for f in feeders {
+            f.kill_nowait();
+        }
         for g in self.greenlets() {
             g.kill_nowait();
         }
-        self.join();
     }
 
-    /// Runs `f` in the pool and waits for its result (gevent's `apply`).
+    /// Runs `f` in the pool and waits for its result (gevent's `apply`). Called from a
+    /// member of this pool, it runs `f` right away in the caller (as gevent does), since
+    /// waiting for a slot that the caller itself holds could never end.
     pub fn apply<R: 'static>(&self, f: impl FnOnce() -> R + 'static) -> Result<R, Error> {
+        if self.contains(&crate::greenlet::getcurrent()) {
+            return run_inline(f);
+        }
         self.spawn(f).into_result()
     }
 
@@ -283,6 +315,11 @@ impl Pool {
                 }
                 let _ = q.put_nowait(Msg::Done(n));
             });
+        {
+            let mut fs = self.inner.feeders.borrow_mut();
+            fs.retain(|f| !f.dead());
+            fs.push(feeder.handle());
+        }
         // If the feeder dies before saying `Done` (the input iterator panicked, say), tell the
         // consumer instead of leaving it waiting forever.
         let (q2, f2) = (results.clone(), feeder.clone());
@@ -300,6 +337,18 @@ impl Pool {
             next_index: 0,
             buffer: BTreeMap::new(),
         }
+    }
+}
+
+/// Runs `f` in the calling greenlet for [`Pool::apply`]: a panic becomes the error it would
+/// be in a member; a kill or `Timeout` passes through.
+fn run_inline<R>(f: impl FnOnce() -> R) -> Result<R, Error> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(v) => Ok(v),
+        Err(p) if p.is::<crate::GreenletExit>() || p.is::<crate::TimeoutExpired>() => {
+            std::panic::resume_unwind(p)
+        }
+        Err(p) => Err(Error::Panicked(crate::greenlet::panic_message(&*p))),
     }
 }
 
