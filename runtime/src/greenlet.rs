@@ -120,6 +120,9 @@ pub(crate) enum State {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Interrupt {
     Kill,
+    /// A kill with a caller-chosen payload (`Greenlet::throw`), kept in the hub's side table
+    /// (`Hub::thrown`) under the greenlet's id.
+    Throw,
     /// `after_ns`: the timeout's duration in nanoseconds (kept small: this sits in every core).
     Timeout {
         id: u64,
@@ -131,6 +134,12 @@ impl Interrupt {
     pub(crate) fn raise(self) -> ! {
         match self {
             Interrupt::Kill => resume_unwind(Box::new(GreenletExit)),
+            Interrupt::Throw => {
+                let _ = LAST_PANIC_LOCATION.try_with(|l| l.borrow_mut().take());
+                let id = hub().current().id;
+                let p = hub().thrown.borrow_mut().remove(&id);
+                resume_unwind(p.unwrap_or_else(|| Box::new(GreenletExit)))
+            }
             Interrupt::Timeout { id, after_ns } => resume_unwind(Box::new(TimeoutExpired {
                 id,
                 after: Duration::from_nanos(after_ns),
@@ -293,7 +302,7 @@ impl Core {
     /// later one.
     pub(crate) fn set_interrupt(&self, i: Interrupt) {
         match (self.interrupt.get(), i) {
-            (None, _) | (Some(Interrupt::Timeout { .. }), Interrupt::Kill) => {
+            (None, _) | (Some(Interrupt::Timeout { .. }), Interrupt::Kill | Interrupt::Throw) => {
                 self.interrupt.set(Some(i));
                 self.hook_reports.set(0);
             }
@@ -402,7 +411,11 @@ impl Core {
         self.ended.set(ended);
         self.unwinding.set(0);
         self.state.set(State::Dead);
-        self.interrupt.set(None);
+        if self.interrupt.take() == Some(Interrupt::Throw) {
+            // Never delivered: drop its payload.
+            let p = hub().thrown.borrow_mut().remove(&self.id);
+            drop(p);
+        }
         let locals = self.locals.borrow_mut().take();
         if let Some(l) = locals {
             self.drop_locals(l);
@@ -517,6 +530,8 @@ pub(crate) struct BlockOps {
     complete_killed: unsafe fn(&Core),
     /// The error it ended with, if any (`Killed` included).
     error: unsafe fn(&Core) -> Option<Error>,
+    /// Completes a greenlet that never started as failed with a thrown payload.
+    complete_thrown: unsafe fn(&Core, Box<dyn Any + Send>),
 }
 
 /// An owning, type-erased reference to a greenlet (or the root): one count of its block.
@@ -552,6 +567,13 @@ impl GRef {
     pub(crate) fn core(&self) -> &Core {
         // SAFETY: this reference owns a count, so the block is alive.
         unsafe { self.0.as_ref() }
+    }
+
+    /// Completes a greenlet that never started as failed with `p`.
+    pub(crate) fn complete_thrown(&self, p: Box<dyn Any + Send>) {
+        let c = self.core();
+        // SAFETY: `ops` belongs to the block `c` heads.
+        unsafe { (c.ops.complete_thrown)(c, p) }
     }
 
     /// Completes a greenlet that never started as killed.
@@ -631,6 +653,7 @@ impl<T: 'static> Inner<T> {
         free: Self::free,
         complete_killed: Self::complete_killed,
         error: Self::error,
+        complete_thrown: Self::complete_thrown,
     };
 
     /// Allocates an uninitialised block (from the hub's cache of freed blocks when it can).
@@ -674,6 +697,18 @@ impl<T: 'static> Inner<T> {
         let me = unsafe { Self::block(c) };
         *me.result.borrow_mut() = Some(Err(Error::Killed));
         me.core.complete(Ended::Killed);
+    }
+
+    /// # Safety
+    ///
+    /// `c` heads an `Inner<T>` block.
+    unsafe fn complete_thrown(c: &Core, p: Box<dyn Any + Send>) {
+        // SAFETY: per `BlockOps`, `c` heads an `Inner<T>`.
+        let me = unsafe { Self::block(c) };
+        let msg = panic_message(&*p);
+        *me.payload.borrow_mut() = Some(p);
+        *me.result.borrow_mut() = Some(Err(Error::Panicked(msg)));
+        me.core.complete(Ended::Failed);
     }
 
     /// # Safety
@@ -1289,6 +1324,24 @@ impl<T: 'static> Greenlet<T> {
         kill_dyn(&self.gref());
     }
 
+    /// Kills it with `payload` instead of [`GreenletExit`] and returns at once (gevent's
+    /// `kill(exception=..., block=False)` and `throw`): the payload unwinds the greenlet
+    /// from its next blocking point (at once if it is the current greenlet), and the greenlet
+    /// ends *failed* with [`Error::Panicked`] (the payload's text for a `&str` or `String`)
+    /// unless the payload is a `GreenletExit`; [`take_panic_payload`](Self::take_panic_payload)
+    /// gives the payload back. A greenlet that has not started never runs and ends the same
+    /// way. If a kill is already pending, the first one wins.
+    pub fn throw<E: Any + Send>(&self, payload: E) {
+        kill_with_dyn(&self.gref(), Some(Box::new(payload)));
+    }
+
+    /// [`throw`](Self::throw), then waits until it has finished (gevent's
+    /// `kill(exception=..., block=True)`).
+    pub fn kill_with<E: Any + Send>(&self, payload: E) {
+        self.throw(payload);
+        self.join();
+    }
+
     /// Calls `f(&greenlet)` in a new greenlet when this one finishes (gevent's `link`).
     /// Links run in registration order, also when added after death.
     pub fn link(&self, f: impl FnOnce(&Greenlet<T>) + 'static) -> LinkId {
@@ -1382,20 +1435,33 @@ fn join_core(core: &Core, deadline: Option<Instant>) -> bool {
 
 /// Kill without waiting, for any greenlet.
 pub(crate) fn kill_dyn(g: &GRef) {
+    kill_with_dyn(g, None)
+}
+
+/// Kill without waiting, with a payload instead of `GreenletExit` (`throw`).
+pub(crate) fn kill_with_dyn(g: &GRef, payload: Option<Box<dyn Any + Send>>) {
     let core = g.core();
     if core.is_root {
         log::warn!("evergreen: ignoring an attempt to kill the root context");
         return;
     }
+    let interrupt = if payload.is_some() {
+        Interrupt::Throw
+    } else {
+        Interrupt::Kill
+    };
     match core.state.get() {
         State::Dead => {}
         State::Running => {
-            // Killing oneself: gevent raises GreenletExit at once.
+            // Killing oneself: gevent raises GreenletExit (or the exception) at once.
             if !core.is_unwinding() {
                 core.unwind_started();
-                resume_unwind(Box::new(GreenletExit));
+                resume_unwind(payload.unwrap_or_else(|| Box::new(GreenletExit)));
             }
-            core.set_interrupt(Interrupt::Kill);
+            if let Some(p) = payload {
+                hub().thrown.borrow_mut().insert(core.id, p);
+            }
+            core.set_interrupt(interrupt);
         }
         st if !core.started.get() => {
             let hub = hub();
@@ -1404,7 +1470,10 @@ pub(crate) fn kill_dyn(g: &GRef) {
                 drop(hub.take_timer(t));
             }
             let co = core.take_unstarted();
-            g.complete_killed();
+            match payload {
+                Some(p) if !p.is::<GreenletExit>() => g.complete_thrown(p),
+                _ => g.complete_killed(),
+            }
             // It leaves the live registry now (so `live_count` and the run-info dump no longer
             // show it); a queued one's registry count passes to its run-queue entry, which
             // releases it when the hub pops it (see `Hub::resume_greenlet`).
@@ -1418,7 +1487,12 @@ pub(crate) fn kill_dyn(g: &GRef) {
             drop(registered);
         }
         _ => {
-            core.set_interrupt(Interrupt::Kill);
+            if core.interrupt.get().is_none() || interrupt == Interrupt::Kill {
+                if let Some(p) = payload {
+                    hub().thrown.borrow_mut().insert(core.id, p);
+                }
+            }
+            core.set_interrupt(interrupt);
             hub().unpark(core);
         }
     }
@@ -1503,6 +1577,13 @@ impl Waitable for GreenletRef {
 pub fn getcurrent() -> GreenletRef {
     GreenletRef {
         g: hub().current_gref(),
+    }
+}
+
+/// Kills every greenlet in `gs` without waiting (gevent's `killall(block=False)`).
+pub fn killall_nowait<T: 'static>(gs: &[Greenlet<T>]) {
+    for g in gs {
+        g.kill_nowait();
     }
 }
 

@@ -152,6 +152,12 @@ pub struct Hub {
     root_park_seq: Cell<u64>,
     /// Tasks left before the hub must poll timers and I/O (the fairness policy).
     budget: Cell<u32>,
+    /// Set while the root waits in [`wait_until_done`]: "nothing can wake it" then means it
+    /// is done, not `LoopExit`.
+    until_done: Cell<bool>,
+    /// Payloads of pending `Greenlet::throw`s, by greenlet id (a side table: keeping a slot
+    /// in every greenlet's core would cost every greenlet two words).
+    pub(crate) thrown: RefCell<std::collections::HashMap<u64, Box<dyn Any + Send>>>,
     /// How many hub-loop runs, `Local::with` closures and teardowns are in progress: while
     /// non-zero, evergreen frames on the root's stack still use the hub, so [`destroy`] is
     /// refused.
@@ -425,6 +431,8 @@ fn create() -> &'static Hub {
         },
         declined: RefCell::new(Vec::new()),
         busy: Cell::new(0),
+        until_done: Cell::new(false),
+        thrown: RefCell::new(std::collections::HashMap::new()),
         config,
     });
     let p = Box::into_raw(hub);
@@ -519,6 +527,36 @@ pub fn destroy() {
     HUB.with(|h| h.set(std::ptr::null()));
     // SAFETY: `p` came from `Box::into_raw` and the thread-local no longer points to it.
     drop(unsafe { Box::from_raw(p as *mut Hub) });
+}
+
+/// Runs the hub until nothing is left to run: no runnable greenlet, no pending timer and no
+/// I/O being waited for (gevent's `gevent.wait()` with no objects). Greenlets parked on
+/// something that nothing can set any more do not keep it waiting, as in gevent.
+///
+/// # Panics
+///
+/// When called from a greenlet or a hub callback (it would wait for itself).
+pub fn wait_until_done() {
+    let hub = hub();
+    assert!(
+        hub.current().is_root && !hub.in_callback.get(),
+        "evergreen::hub::wait_until_done() waits for every greenlet: call it from the root \
+         context, not from a greenlet or a hub callback"
+    );
+    if hub.until_done.replace(true) {
+        return;
+    }
+    struct Reset<'a>(&'a Cell<bool>);
+    impl Drop for Reset<'_> {
+        fn drop(&mut self) {
+            self.0.set(false);
+        }
+    }
+    let _reset = Reset(&hub.until_done);
+    if hub.park(None, "wait_until_done") == Wake::Interrupted {
+        // A `Timeout` of the root around the wait.
+        hub.deliver_interrupt();
+    }
 }
 
 /// Switches this thread's hub to the virtual clock (see the [module docs](self)). Returns
@@ -1134,6 +1172,11 @@ impl Hub {
             let next = self.timers.borrow_mut().next_deadline();
             let io_pending = self.reactor.borrow().has_waiters();
             if next.is_none() && !io_pending && self.idle_waiters.is_empty() {
+                if self.until_done.get() {
+                    // `wait_until_done`: nothing is left to run.
+                    self.unpark(self.root.core());
+                    return;
+                }
                 self.loop_exit(what);
             }
             if !self.idle_waiters.is_empty() {

@@ -103,8 +103,8 @@ pub mod waiter;
 pub use error::{Error, GreenletExit, LoopExit, Rejected};
 pub use event::{AsyncResult, Event};
 pub use greenlet::{
-    getcurrent, joinall, joinall_raise, joinall_timeout, killall, spawn, spawn_later, Builder,
-    Greenlet, GreenletRef,
+    getcurrent, joinall, joinall_raise, joinall_timeout, killall, killall_nowait, spawn,
+    spawn_later, Builder, Greenlet, GreenletRef,
 };
 pub use local::Local;
 pub use lock::{BoundedSemaphore, RLock, Semaphore, SemaphoreGuard};

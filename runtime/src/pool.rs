@@ -152,6 +152,22 @@ impl Pool {
         Ok(())
     }
 
+    /// Like [`add`](Self::add) with `blocking`, giving up after `timeout` with
+    /// [`Error::PoolFull`] (gevent's `add(greenlet, blocking=True, timeout=...)`).
+    pub fn add_timeout<T: 'static>(&self, g: &Greenlet<T>, timeout: Duration) -> Result<(), Error> {
+        let h = g.handle();
+        if self.contains(&h) {
+            return Ok(());
+        }
+        if let Some(s) = &self.inner.sem {
+            if !s.acquire_timeout(timeout) {
+                return Err(Error::PoolFull);
+            }
+        }
+        self.track(&h);
+        Ok(())
+    }
+
     fn track(&self, h: &GreenletRef) {
         let inner = Rc::downgrade(&self.inner);
         let id = h.id();
@@ -193,6 +209,33 @@ impl Pool {
     pub fn join(&self) {
         if !self.is_empty() {
             let _ = self.inner.empty.wait(None, None, "Pool::join");
+        }
+    }
+
+    /// Waits until every member has finished, then returns the error of the first member
+    /// (in the order they were added) that failed or was killed, if any (gevent's
+    /// `join(raise_error=True)`).
+    pub fn join_raise(&self) -> Result<(), Error> {
+        let members = self.greenlets();
+        self.join();
+        match members.iter().find_map(|g| g.exception()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Kills one member and waits until it has finished (gevent's `Group.killone`); does
+    /// nothing if it is not a member.
+    pub fn killone(&self, g: &GreenletRef) {
+        if self.contains(g) {
+            g.kill();
+        }
+    }
+
+    /// Kills one member without waiting (gevent's `killone(block=False)`).
+    pub fn killone_nowait(&self, g: &GreenletRef) {
+        if self.contains(g) {
+            g.kill_nowait();
         }
     }
 
@@ -252,6 +295,37 @@ impl Pool {
         self.spawn(f).into_result()
     }
 
+    /// Runs `f` in the pool without waiting (gevent's `apply_async`): returns its greenlet,
+    /// and calls `callback` with the result, in a new greenlet, if `f` succeeds.
+    pub fn apply_async<R: Clone + 'static>(
+        &self,
+        f: impl FnOnce() -> R + 'static,
+        callback: Option<Box<dyn FnOnce(R)>>,
+    ) -> Greenlet<R> {
+        let g = self.spawn(f);
+        if let Some(cb) = callback {
+            g.link_value(move |g| {
+                if let Some(v) = g.value() {
+                    cb(v)
+                }
+            });
+        }
+        g
+    }
+
+    /// [`map`](Self::map) in a new greenlet (not a member), whose value is the results
+    /// (gevent's `map_async`).
+    pub fn map_async<I, F, R>(&self, f: F, items: I) -> Greenlet<Result<Vec<R>, Error>>
+    where
+        I: IntoIterator + 'static,
+        I::Item: 'static,
+        F: Fn(I::Item) -> R + 'static,
+        R: 'static,
+    {
+        let pool = self.clone();
+        spawn(move || pool.map(f, items))
+    }
+
     /// Runs `f` over `items` with the pool's concurrency and returns the results in input
     /// order; the first failure (in input order) is returned instead (gevent's `map`).
     pub fn map<I, F, R>(&self, f: F, items: I) -> Result<Vec<R>, Error>
@@ -273,7 +347,41 @@ impl Pool {
         F: Fn(I::Item) -> R + 'static,
         R: 'static,
     {
-        self.imap_inner(f, items, true)
+        self.imap_inner(f, items, true, None)
+    }
+
+    /// Like [`imap`](Self::imap), with at most `maxsize` results started and not yet taken
+    /// by the consumer (gevent's `imap(..., maxsize=)`): a slow consumer holds the feeder
+    /// back instead of letting results pile up.
+    ///
+    /// # Panics
+    ///
+    /// If `maxsize` is 0.
+    pub fn imap_maxsize<I, F, R>(&self, f: F, items: I, maxsize: usize) -> IMap<R>
+    where
+        I: IntoIterator + 'static,
+        I::Item: 'static,
+        F: Fn(I::Item) -> R + 'static,
+        R: 'static,
+    {
+        assert!(maxsize > 0, "imap's maxsize must be at least 1");
+        self.imap_inner(f, items, true, Some(maxsize))
+    }
+
+    /// [`imap_unordered`](Self::imap_unordered) with a bound, as [`imap_maxsize`](Self::imap_maxsize).
+    ///
+    /// # Panics
+    ///
+    /// If `maxsize` is 0.
+    pub fn imap_unordered_maxsize<I, F, R>(&self, f: F, items: I, maxsize: usize) -> IMap<R>
+    where
+        I: IntoIterator + 'static,
+        I::Item: 'static,
+        F: Fn(I::Item) -> R + 'static,
+        R: 'static,
+    {
+        assert!(maxsize > 0, "imap's maxsize must be at least 1");
+        self.imap_inner(f, items, false, Some(maxsize))
     }
 
     /// Yields results in completion order (gevent's `imap_unordered`).
@@ -284,10 +392,10 @@ impl Pool {
         F: Fn(I::Item) -> R + 'static,
         R: 'static,
     {
-        self.imap_inner(f, items, false)
+        self.imap_inner(f, items, false, None)
     }
 
-    fn imap_inner<I, F, R>(&self, f: F, items: I, ordered: bool) -> IMap<R>
+    fn imap_inner<I, F, R>(&self, f: F, items: I, ordered: bool, maxsize: Option<usize>) -> IMap<R>
     where
         I: IntoIterator + 'static,
         I::Item: 'static,
@@ -298,11 +406,16 @@ impl Pool {
         let pool = self.clone();
         let f = Rc::new(f);
         let q = results.clone();
+        let window = maxsize.map(|n| Rc::new(Semaphore::new(n)));
+        let w2 = window.clone();
         let feeder = crate::greenlet::Builder::new()
             .name("imap feeder")
             .spawn(move || {
                 let mut n = 0usize;
                 for item in items {
+                    if let Some(w) = &w2 {
+                        w.acquire();
+                    }
                     let f = f.clone();
                     let g = pool.spawn(move || f(item));
                     let g2 = g.clone();
@@ -331,6 +444,7 @@ impl Pool {
         IMap {
             results,
             feeder,
+            window,
             ordered,
             total: Cell::new(None),
             yielded: 0,
@@ -363,6 +477,8 @@ enum Msg<R> {
 pub struct IMap<R: 'static> {
     results: Rc<Queue<Msg<R>>>,
     feeder: Greenlet<()>,
+    /// With a `maxsize`: one permit per result started and not yet yielded.
+    window: Option<Rc<Semaphore>>,
     ordered: bool,
     total: Cell<Option<usize>>,
     yielded: usize,
@@ -384,6 +500,18 @@ impl<R: 'static> Iterator for IMap<R> {
     type Item = Result<R, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        let r = self.next_result();
+        if r.is_some() {
+            if let Some(w) = &self.window {
+                w.release();
+            }
+        }
+        r
+    }
+}
+
+impl<R: 'static> IMap<R> {
+    fn next_result(&mut self) -> Option<Result<R, Error>> {
         loop {
             if self.total.get() == Some(self.yielded) {
                 return None;

@@ -211,18 +211,6 @@ impl<T, S: Store<T>> BaseQueue<T, S> {
         self.getters.len()
     }
 
-    /// Always `true`: a channel holds no item (gevent's `Channel.full()`). Whether a `put`
-    /// would block is `getter_count() == 0`.
-    pub fn full(&self) -> bool {
-        true
-    }
-
-    /// Always `true`: a channel holds no item (gevent's `Channel.empty()`). Whether a `get`
-    /// would block is `putter_count() == 0`.
-    pub fn empty(&self) -> bool {
-        true
-    }
-
     /// Number of greenlets blocked in `put`.
     pub fn putter_count(&self) -> usize {
         self.putters.len()
@@ -592,6 +580,18 @@ impl<T> Channel<T> {
     /// Number of greenlets blocked in `get`.
     pub fn getter_count(&self) -> usize {
         self.getters.len()
+    }
+
+    /// Always `true`: a channel holds no item (gevent's `Channel.full()`). Whether a `put`
+    /// would block is `getter_count() == 0`.
+    pub fn full(&self) -> bool {
+        true
+    }
+
+    /// Always `true`: a channel holds no item (gevent's `Channel.empty()`). Whether a `get`
+    /// would block is `putter_count() == 0`.
+    pub fn empty(&self) -> bool {
+        true
     }
 
     /// Number of greenlets blocked in `put`.
