@@ -753,7 +753,7 @@ pub unsafe extern "C-unwind" fn readv(
     })
 }
 
-/// Hook for `writev(2)`: as [`write`], everything is written on a blocking stream socket.
+/// Hook for `writev(2)`: as [`write()`], everything is written on a blocking stream socket.
 ///
 /// # Safety
 ///
