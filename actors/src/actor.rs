@@ -278,6 +278,23 @@ struct TimerEntry {
     id: TimerId,
 }
 
+/// Where tellers of a full `Block` mailbox wait: the semaphore that hands them slots, and
+/// their greenlet ids in the same FIFO order (for the blocked-tell cycle check).
+struct Space {
+    sem: Semaphore,
+    waiting: RefCell<VecDeque<u64>>,
+}
+
+/// Forgets that greenlet `g` is blocked telling a full mailbox.
+fn unblocked(g: u64) {
+    let _ = BLOCKED.try_with(|bl| {
+        let mut bl = bl.borrow_mut();
+        if let Some(p) = bl.iter().position(|e| e.0 == g) {
+            bl.swap_remove(p);
+        }
+    });
+}
+
 /// The untyped part of a cell.
 pub(crate) struct Base {
     pub(crate) id: u64,
@@ -290,7 +307,7 @@ pub(crate) struct Base {
     policy: Policy,
     /// Slots handed to blocked tellers that have not pushed yet (Block policy).
     reserved: StdCell<usize>,
-    space: Option<Box<Semaphore>>,
+    space: Option<Box<Space>>,
     gid: StdCell<u64>,
     incarnation: StdCell<u32>,
     greenlet: RefCell<Option<Greenlet<()>>>,
@@ -328,7 +345,12 @@ impl Base {
             cap: mailbox.cap,
             policy: mailbox.policy,
             reserved: StdCell::new(0),
-            space: bounded_block.then(|| Box::new(Semaphore::new(0))),
+            space: bounded_block.then(|| {
+                Box::new(Space {
+                    sem: Semaphore::new(0),
+                    waiting: RefCell::new(VecDeque::new()),
+                })
+            }),
             gid: StdCell::new(0),
             incarnation: StdCell::new(0),
             greenlet: RefCell::new(None),
@@ -599,29 +621,30 @@ impl<A: Actor> Cell<A> {
                 if let Err(text) = self.check_cycle() {
                     return Err((Error::LoopExit(text, ()), env));
                 }
-                let sem = b.space.as_ref().expect("Block mailbox has a semaphore");
+                let space = b.space.as_ref().expect("Block mailbox has a semaphore");
                 let me = evergreen::getcurrent().id();
                 BLOCKED.with(|bl| bl.borrow_mut().push((me, b.gid.get(), b.label())));
-                struct Unblock(u64);
-                impl Drop for Unblock {
+                space.waiting.borrow_mut().push_back(me);
+                // Unregisters the wait however it ends (handed a slot, timed out, killed).
+                struct Unblock<'a>(u64, &'a Space);
+                impl Drop for Unblock<'_> {
                     fn drop(&mut self) {
-                        let _ = BLOCKED.try_with(|bl| {
-                            let mut bl = bl.borrow_mut();
-                            if let Some(p) = bl.iter().position(|e| e.0 == self.0) {
-                                bl.swap_remove(p);
-                            }
-                        });
+                        unblocked(self.0);
+                        let mut w = self.1.waiting.borrow_mut();
+                        if let Some(p) = w.iter().position(|g| *g == self.0) {
+                            w.remove(p);
+                        }
                     }
                 }
-                let guard = Unblock(me);
+                let guard = Unblock(me, space);
                 let got = match deadline {
                     None => {
-                        sem.acquire();
+                        space.sem.acquire();
                         true
                     }
                     Some(d) => {
                         let left = d.saturating_duration_since(evergreen::hub::now());
-                        sem.acquire_timeout(left)
+                        space.sem.acquire_timeout(left)
                     }
                 };
                 drop(guard);
@@ -706,10 +729,14 @@ impl<A: Actor> Cell<A> {
     /// Called by the loop after taking a user message: hands a slot to a blocked teller.
     #[inline]
     fn took_one(&self) {
-        if let Some(sem) = &self.base.space {
-            if sem.waiter_count() > 0 {
+        if let Some(space) = &self.base.space {
+            if space.sem.waiter_count() > 0 {
                 self.base.reserved.set(self.base.reserved.get() + 1);
-                sem.release();
+                // The longest waiter gets the slot: it is no longer blocked.
+                if let Some(g) = space.waiting.borrow_mut().pop_front() {
+                    unblocked(g);
+                }
+                space.sem.release();
             }
         }
     }
@@ -755,10 +782,13 @@ impl<A: Actor> Cell<A> {
             t.fail(Error::Dead(reason.clone(), ()), false);
         }
         // Blocked tellers: each gets a slot and finds the actor dead.
-        if let Some(sem) = &b.space {
-            for _ in 0..sem.waiter_count() {
+        if let Some(space) = &b.space {
+            for _ in 0..space.sem.waiter_count() {
                 b.reserved.set(b.reserved.get() + 1);
-                sem.release();
+                if let Some(g) = space.waiting.borrow_mut().pop_front() {
+                    unblocked(g);
+                }
+                space.sem.release();
             }
         }
         if let Some(n) = registered {

@@ -25,20 +25,16 @@ pub fn register(name: &str, actor: &impl ActorHandle) -> Result<(), Error> {
     if let Some(r) = cell.base().final_reason() {
         return Err(Error::Dead(r, ()));
     }
+    if NAMES.with(|n| n.borrow().contains_key(name)) {
+        return Err(Error::AlreadyRegistered(name.to_string()));
+    }
     if let Some(old) = cell.base().registered_name() {
         return Err(Error::Invalid(format!(
             "actor {} is already registered as {old:?}",
             cell.base().label()
         )));
     }
-    NAMES.with(|n| {
-        let mut n = n.borrow_mut();
-        if n.contains_key(name) {
-            return Err(Error::AlreadyRegistered(name.to_string()));
-        }
-        n.insert(name.to_string(), cell.clone());
-        Ok(())
-    })?;
+    NAMES.with(|n| n.borrow_mut().insert(name.to_string(), cell.clone()));
     cell.base().set_registered_name(Some(name.to_string()));
     Ok(())
 }
