@@ -256,6 +256,9 @@ pub(crate) enum Sys {
     Down(MonitorId, AnyRef, ExitReason),
 }
 
+/// Runs when an actor exits for good (a supervisor finalizes its children).
+pub(crate) type FinalHook = Box<dyn FnOnce(&ExitReason)>;
+
 /// Bookkeeping most actors never use, allocated on first use.
 #[derive(Default)]
 pub(crate) struct Extras {
@@ -267,7 +270,7 @@ pub(crate) struct Extras {
     registered: Option<String>,
     timers: Vec<TimerEntry>,
     pub(crate) parent: Option<Weak<Cell<Supervisor>>>,
-    pub(crate) on_final: Vec<Box<dyn FnOnce(&ExitReason)>>,
+    pub(crate) on_final: Vec<FinalHook>,
     pub(crate) tree: Option<Rc<supervisor::Shared>>,
     trap_exit: bool,
 }

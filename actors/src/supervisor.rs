@@ -152,6 +152,9 @@ impl Backoff {
     }
 }
 
+/// A child's cell and whether its `started` hook succeeded.
+type Started = (Rc<dyn CellDyn>, Result<(), String>);
+
 trait ChildStart {
     /// Starts (or restarts, on `existing`) the child under `parent`; waits for `started`.
     /// `Err` when no cell could be made.
@@ -160,7 +163,7 @@ trait ChildStart {
         existing: Option<Rc<dyn CellDyn>>,
         parent: &Rc<Cell<Supervisor>>,
         id: &str,
-    ) -> Result<(Rc<dyn CellDyn>, Result<(), String>), Error>;
+    ) -> Result<Started, Error>;
 }
 
 struct WorkerStart<F> {
@@ -174,7 +177,7 @@ impl<A: Actor, F: Fn() -> A + 'static> ChildStart for WorkerStart<F> {
         existing: Option<Rc<dyn CellDyn>>,
         parent: &Rc<Cell<Supervisor>>,
         id: &str,
-    ) -> Result<(Rc<dyn CellDyn>, Result<(), String>), Error> {
+    ) -> Result<Started, Error> {
         let cell: Rc<Cell<A>> = match existing.and_then(|c| c.as_any().downcast::<Cell<A>>().ok()) {
             Some(c) => c,
             None => {
@@ -326,9 +329,7 @@ impl SupervisorSpec {
     /// Starts the supervisor and its children (in order), waiting until all have started.
     /// If one fails, those started are stopped (in reverse order) and the error names it.
     pub fn spawn(self, name: impl Into<String>) -> Result<ActorRef<Supervisor>, Error> {
-        if let Err(e) = self.check() {
-            return Err(e);
-        }
+        self.check()?;
         let cell = Builder::new().name(name).make_cell::<Supervisor>()?;
         let sig = Rc::new(StartSignal::default());
         start_incarnation(&cell, Supervisor::new(self), Some(sig.clone()));
@@ -1006,7 +1007,8 @@ fn write_node(
                 st.handled,
                 st.restarts,
             );
-            let kids: Vec<(Option<Rc<dyn CellDyn>>, String, &'static str)> = sh
+            type Kid = (Option<Rc<dyn CellDyn>>, String, &'static str);
+            let kids: Vec<Kid> = sh
                 .children
                 .borrow()
                 .iter()

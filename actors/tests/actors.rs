@@ -606,7 +606,6 @@ enum T {
     Every(&'static str, Duration, &'static str),
     Cancel(&'static str),
     Sleep(Duration),
-    Crash,
     Has(&'static str, Rc<RefCell<Option<bool>>>),
 }
 
@@ -623,7 +622,6 @@ impl Actor for Ticker {
                 ctx.cancel_timer(k);
             }
             T::Sleep(d) => evergreen::sleep(d),
-            T::Crash => panic!("ticker crash"),
             T::Has(k, out) => *out.borrow_mut() = Some(ctx.has_timer(k)),
         }
     }

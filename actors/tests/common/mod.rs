@@ -139,6 +139,9 @@ impl Probe {
     }
 }
 
+/// A closure a `Probe` runs with itself and its context.
+pub type Script = Box<dyn FnOnce(&mut Probe, &mut Ctx<Probe>)>;
+
 /// What a `Probe` can be told.
 pub enum P {
     /// Answers `n`.
@@ -164,7 +167,7 @@ pub enum P {
     /// Stops itself with this reason.
     StopWith(ExitReason),
     /// Runs a closure with the actor and its context.
-    Run(Box<dyn FnOnce(&mut Probe, &mut Ctx<Probe>)>),
+    Run(Script),
 }
 
 impl Actor for Probe {
