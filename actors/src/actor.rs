@@ -61,7 +61,7 @@ use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use evergreen::timer::TimerId;
-use evergreen::{Event, Greenlet, Semaphore};
+use evergreen::{Event, Greenlet, Queue, Semaphore};
 
 use crate::dead_letters::{self, Reason as DlReason};
 use crate::error::{is_kill, panic_message, Error, ExitReason};
@@ -273,6 +273,12 @@ pub(crate) struct Extras {
     pub(crate) on_final: Vec<FinalHook>,
     pub(crate) tree: Option<Rc<supervisor::Shared>>,
     trap_exit: bool,
+    /// The system lane: stop requests, exit and down signals.
+    sys: VecDeque<Sys>,
+    /// Asks waiting on this actor (failed at once if it exits for good).
+    asks: Vec<Rc<dyn Token>>,
+    /// Time spent in `handle`, when measured.
+    busy_ns: u64,
 }
 
 struct TimerEntry {
@@ -304,8 +310,15 @@ pub(crate) struct Base {
     name: Option<Box<str>>,
     status: StdCell<Status>,
     parked: StdCell<bool>,
-    wake: Event,
-    sys: RefCell<VecDeque<Sys>>,
+    /// The doorbell the idle incarnation waits on: rung (`put_nowait`) only while the actor
+    /// waits, so the item goes straight to it and the queue never stores one. A `Queue`,
+    /// because its `get` inlines all the way down to the park: a greenlet that returns from
+    /// the function it parked in pays a return-address misprediction on every wake-up (see
+    /// the runtime's greenlet docs), which was the largest cost of a message hop.
+    wake: Queue<()>,
+    /// How many system-lane entries wait (the lane itself is in `extras`: it is usually
+    /// empty, and the loop tests only this count before each message).
+    sys_len: StdCell<u32>,
     cap: usize,
     policy: Policy,
     /// Slots handed to blocked tellers that have not pushed yet (Block policy).
@@ -317,9 +330,7 @@ pub(crate) struct Base {
     handled: StdCell<u64>,
     hwm: StdCell<usize>,
     pub(crate) restarts: StdCell<u32>,
-    busy_ns: StdCell<u64>,
     measure: bool,
-    asks: RefCell<Vec<Rc<dyn Token>>>,
     pub(crate) extras: RefCell<Option<Box<Extras>>>,
 }
 
@@ -343,8 +354,8 @@ impl Base {
             name: name.map(String::into_boxed_str),
             status: StdCell::new(Status::Running),
             parked: StdCell::new(false),
-            wake: Event::new(),
-            sys: RefCell::new(VecDeque::new()),
+            wake: Queue::new(),
+            sys_len: StdCell::new(0),
             cap: mailbox.cap,
             policy: mailbox.policy,
             reserved: StdCell::new(0),
@@ -360,9 +371,7 @@ impl Base {
             handled: StdCell::new(0),
             hwm: StdCell::new(0),
             restarts: StdCell::new(0),
-            busy_ns: StdCell::new(0),
             measure,
-            asks: RefCell::new(Vec::new()),
             extras: RefCell::new(None),
         }
     }
@@ -430,7 +439,7 @@ impl Base {
     fn wake_up(&self) {
         if self.parked.get() {
             self.parked.set(false);
-            self.wake.set();
+            let _ = self.wake.put_nowait(());
         }
     }
 
@@ -438,7 +447,8 @@ impl Base {
         if self.status.get() == Status::Dead {
             return;
         }
-        self.sys.borrow_mut().push_back(s);
+        self.with_extras(|e| e.sys.push_back(s));
+        self.sys_len.set(self.sys_len.get() + 1);
         self.wake_up();
     }
 
@@ -460,7 +470,7 @@ impl Base {
             restarts: self.restarts.get(),
             handler_time: self
                 .measure
-                .then(|| Duration::from_nanos(self.busy_ns.get())),
+                .then(|| Duration::from_nanos(self.peek_extras(|e| e.map_or(0, |e| e.busy_ns)))),
             status: match self.status.get() {
                 Status::Running => "running",
                 Status::Restarting => "restarting",
@@ -765,7 +775,8 @@ impl<A: Actor> Cell<A> {
         });
         // Queued user messages: asks fail with the reason, tells become dead letters.
         let queued = std::mem::take(&mut *self.user.borrow_mut());
-        let sys = std::mem::take(&mut *b.sys.borrow_mut());
+        let sys = b.with_extras(|e| std::mem::take(&mut e.sys));
+        b.sys_len.set(0);
         drop(sys);
         for env in queued {
             match &env.token {
@@ -780,7 +791,7 @@ impl<A: Actor> Cell<A> {
             drop(env);
         }
         // Asks waiting on a reply handle held elsewhere.
-        let asks = std::mem::take(&mut *b.asks.borrow_mut());
+        let asks = b.with_extras(|e| std::mem::take(&mut e.asks));
         for t in asks {
             t.fail(Error::Dead(reason.clone(), ()), false);
         }
@@ -891,7 +902,7 @@ impl<A: Actor> ActorRef<A> {
     /// Sends the message made by `make` around a [`Reply`] and waits for the answer
     /// (OTP's `gen_server:call` with `infinity`; see the [module docs](self#asks)). Fails at
     /// once if the actor exits for good, drops the reply, panics answering, or is the caller.
-    #[inline]
+    #[inline(always)]
     pub fn ask<R: 'static>(&self, make: impl FnOnce(Reply<R>) -> A::Msg) -> Result<R, Error> {
         self.ask_inner(make, None)
     }
@@ -906,14 +917,17 @@ impl<A: Actor> ActorRef<A> {
         self.ask_inner(make, Some(timeout))
     }
 
-    #[inline]
+    // Inlined into the caller, so that the asker parks in its own frame: returning from a
+    // function it parked in would cost a return-address misprediction per ask.
+    #[inline(always)]
     fn ask_inner<R: 'static>(
         &self,
         make: impl FnOnce(Reply<R>) -> A::Msg,
         timeout: Option<Duration>,
     ) -> Result<R, Error> {
         let b = &self.0.base;
-        if b.is_current() {
+        // A parked actor is not the caller: skip the lookup of the current greenlet then.
+        if !b.parked.get() && b.is_current() {
             return Err(Error::SelfAsk);
         }
         let deadline = timeout.and_then(|t| evergreen::hub::now().checked_add(t));
@@ -936,7 +950,7 @@ impl<A: Actor> ActorRef<A> {
                 e => e,
             });
         }
-        b.asks.borrow_mut().push(token);
+        b.with_extras(|e| e.asks.push(token));
         // Unregisters the ask, and abandons it if the wait unwinds (a kill).
         struct Waiting<'a, R: 'static> {
             base: &'a Base,
@@ -944,11 +958,13 @@ impl<A: Actor> ActorRef<A> {
         }
         impl<R: 'static> Drop for Waiting<'_, R> {
             fn drop(&mut self) {
-                let mut asks = self.base.asks.borrow_mut();
                 let me = Rc::as_ptr(self.slot) as *const ();
-                if let Some(p) = asks.iter().rposition(|t| Rc::as_ptr(t) as *const () == me) {
-                    asks.swap_remove(p);
-                }
+                self.base.with_extras(|e| {
+                    let asks = &mut e.asks;
+                    if let Some(p) = asks.iter().rposition(|t| Rc::as_ptr(t) as *const () == me) {
+                        asks.swap_remove(p);
+                    }
+                });
                 if self.slot.state.get() == PENDING {
                     self.slot.state.set(ABANDONED);
                 }
@@ -958,16 +974,21 @@ impl<A: Actor> ActorRef<A> {
             base: b,
             slot: &slot,
         };
-        let done = match timeout {
-            None => {
-                slot.ev.wait();
-                true
-            }
-            Some(t) => {
-                let left = deadline
-                    .map(|d| d.saturating_duration_since(evergreen::hub::now()))
-                    .unwrap_or(t);
-                slot.ev.wait_timeout(left)
+        let done = if slot.state.get() != PENDING {
+            true // completed while queueing (evicted by a DropOldest mailbox)
+        } else {
+            slot.waiting.set(true);
+            match timeout {
+                None => {
+                    let _ = slot.bell.get();
+                    true
+                }
+                Some(t) => {
+                    let left = deadline
+                        .map(|d| d.saturating_duration_since(evergreen::hub::now()))
+                        .unwrap_or(t);
+                    slot.bell.get_timeout(left).is_ok()
+                }
             }
         };
         drop(waiting);
@@ -1207,7 +1228,11 @@ const SOFT: u8 = 3;
 struct Slot<R> {
     state: StdCell<u8>,
     value: RefCell<Option<Result<R, Error>>>,
-    ev: Event,
+    /// The asker's doorbell (rung only while it waits, so it never stores an item); a `Queue`
+    /// because its `get` inlines down to the park (see `Base::wake`).
+    bell: Queue<()>,
+    /// Whether the asker waits on the bell.
+    waiting: StdCell<bool>,
     /// The callee's id, for late-reply dead letters.
     to: StdCell<u64>,
 }
@@ -1217,7 +1242,7 @@ thread_local! {
 }
 
 impl<R: 'static> Slot<R> {
-    #[inline]
+    #[inline(always)]
     fn take(to: u64) -> Rc<Slot<R>> {
         let cached = SLOTS.with(|s| {
             let mut s = s.borrow_mut();
@@ -1227,20 +1252,21 @@ impl<R: 'static> Slot<R> {
         match cached {
             Some(s) => {
                 s.state.set(PENDING);
-                s.ev.clear();
+                s.waiting.set(false);
                 s.to.set(to);
                 s
             }
             None => Rc::new(Slot {
                 state: StdCell::new(PENDING),
                 value: RefCell::new(None),
-                ev: Event::new(),
+                bell: Queue::new(),
+                waiting: StdCell::new(false),
                 to: StdCell::new(to),
             }),
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn give_back(s: Rc<Slot<R>>) {
         if Rc::strong_count(&s) == 1 && Rc::weak_count(&s) == 0 {
             let _ = SLOTS.try_with(|c| {
@@ -1255,7 +1281,9 @@ impl<R: 'static> Slot<R> {
     fn complete(&self, r: Result<R, Error>, state: u8) {
         *self.value.borrow_mut() = Some(r);
         self.state.set(state);
-        self.ev.set();
+        if self.waiting.replace(false) {
+            let _ = self.bell.put_nowait(());
+        }
     }
 }
 
@@ -1827,13 +1855,11 @@ fn body<A: Actor>(
     let b = &cell.base;
     loop {
         // The system lane first.
-        let sys = {
-            let mut s = b.sys.borrow_mut();
-            if s.is_empty() {
-                None
-            } else {
-                s.pop_front()
-            }
+        let sys = if b.sys_len.get() == 0 {
+            None
+        } else {
+            b.sys_len.set(b.sys_len.get() - 1);
+            b.with_extras(|e| e.sys.pop_front())
         };
         if let Some(s) = sys {
             if let Some(r) = on_sys(b, actor, ctx, s) {
@@ -1846,9 +1872,8 @@ fn body<A: Actor>(
         }
         let env = cell.user.borrow_mut().pop_front();
         let Some(Envelope { msg, token }) = env else {
-            b.wake.clear();
             b.parked.set(true);
-            b.wake.wait();
+            let _ = b.wake.get();
             b.parked.set(false);
             continue;
         };
@@ -1899,8 +1924,7 @@ fn body<A: Actor>(
         }
         if let Some(t0) = t0 {
             let d = evergreen::hub::now().saturating_duration_since(t0);
-            b.busy_ns
-                .set(b.busy_ns.get().saturating_add(d.as_nanos() as u64));
+            b.with_extras(|e| e.busy_ns = e.busy_ns.saturating_add(d.as_nanos() as u64));
         }
         if let Some(r) = ctx.stop.take() {
             return Outcome::Stopped(r);

@@ -1028,7 +1028,7 @@ mod xt {
                 a.send(Get).await.unwrap();
                 let t0 = Instant::now();
                 for i in 0..cfg.tell {
-                    let _ = a.send(Add(i)).detach().await.unwrap();
+                    drop(a.send(Add(i)).detach().await.unwrap());
                 }
                 // xtra may hand a sender that waited for room to the actor after a later
                 // message, so the first `Get` can overtake the last `Add`s: poll until all
@@ -1064,7 +1064,7 @@ mod xt {
                 a.send(Peer(b.clone(), Some(tx))).await.unwrap();
                 b.send(Peer(a.clone(), Some(tx2))).await.unwrap();
                 let t0 = Instant::now();
-                let _ = a.send(Ball(cfg.hops)).detach().await.unwrap();
+                drop(a.send(Ball(cfg.hops)).detach().await.unwrap());
                 rx.await.unwrap();
                 t0.elapsed()
             }
@@ -1117,7 +1117,7 @@ mod xt {
                 },
                 Mailbox::unbounded(),
             );
-            let _ = a.send(i).detach().await.unwrap();
+            drop(a.send(i).detach().await.unwrap());
             refs.push(a);
         }
         done.notified().await;
@@ -1338,7 +1338,7 @@ fn report(
         }
         let (ratio, pass) = match (ev, best) {
             (Some(e), Some((b, _))) => {
-                let r = if higher_better { e / b } else { e / b };
+                let r = e / b;
                 let pass = if higher_better {
                     r >= target
                 } else {
