@@ -538,10 +538,20 @@ impl RequestBuilder {
         let inner = &self.client.inner;
         let total = self.timeout.unwrap_or(inner.settings.total_timeout);
         let deadline = evergreen::hub::now().checked_add(total);
+        // The client's default headers join the request's own (which override them), so a
+        // redirect to another origin drops sensitive ones from both.
+        let mut headers: Vec<(String, String)> = inner
+            .settings
+            .default_headers
+            .iter()
+            .filter(|(n, _)| !self.headers.iter().any(|(m, _)| m.eq_ignore_ascii_case(n)))
+            .cloned()
+            .collect();
+        headers.extend(self.headers);
         let req = Req {
             method: self.method,
             url,
-            headers: self.headers,
+            headers,
             body: self.body,
             has_body: self.has_body,
             idempotent,
@@ -1037,11 +1047,6 @@ fn request_head(inner: &Inner, req: &Req) -> Vec<u8> {
     }
     if !overridden("accept") {
         h.extend_from_slice(b"Accept: */*\r\n");
-    }
-    for (n, v) in &s.default_headers {
-        if !overridden(n) {
-            let _ = write!(h, "{n}: {v}\r\n");
-        }
     }
     for (n, v) in &req.headers {
         if n.eq_ignore_ascii_case("content-length") || n.eq_ignore_ascii_case("host") {

@@ -159,16 +159,17 @@ pub struct RawResponse {
 /// the next (a server may pipeline nothing, but a reader must not lose what it read).
 pub struct Wire<S> {
     stream: S,
+    /// Initialised storage; `buf[pos..end]` holds the bytes received and not yet consumed.
     buf: Vec<u8>,
-    /// Start of unconsumed bytes in `buf`.
     pos: usize,
+    end: usize,
 }
 
 impl<S: fmt::Debug> fmt::Debug for Wire<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Wire")
             .field("stream", &self.stream)
-            .field("buffered", &(self.buf.len() - self.pos))
+            .field("buffered", &(self.end - self.pos))
             .finish()
     }
 }
@@ -180,6 +181,7 @@ impl<S: Read> Wire<S> {
             stream,
             buf: Vec::new(),
             pos: 0,
+            end: 0,
         }
     }
 
@@ -196,38 +198,46 @@ impl<S: Read> Wire<S> {
     /// Bytes received but not yet consumed (a response may not leave any behind if the
     /// connection is to be reused).
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.pos
+        self.end - self.pos
     }
 
     fn unread(&self) -> &[u8] {
-        &self.buf[self.pos..]
+        &self.buf[self.pos..self.end]
     }
 
     fn consume(&mut self, n: usize) {
         self.pos += n;
-        if self.pos == self.buf.len() {
-            self.buf.clear();
+        if self.pos == self.end {
             self.pos = 0;
+            self.end = 0;
         }
     }
 
-    /// Reads more bytes into the buffer; 0 at end of stream.
+    /// Reads more bytes into the buffer (at most [`READ_SIZE`] at a time); 0 at end of
+    /// stream. The storage grows only while unconsumed bytes fill it.
     fn fill(&mut self) -> io::Result<usize> {
-        if self.pos > 0 && self.pos * 2 >= self.buf.len() {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-        }
-        let old = self.buf.len();
-        self.buf.resize(old + READ_SIZE, 0);
-        let r = loop {
-            match self.stream.read(&mut self.buf[old..]) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                r => break r,
+        if self.end == self.buf.len() {
+            if self.pos > 0 {
+                self.buf.copy_within(self.pos..self.end, 0);
+                self.end -= self.pos;
+                self.pos = 0;
             }
-        };
-        let n = *r.as_ref().unwrap_or(&0);
-        self.buf.truncate(old + n.min(READ_SIZE));
-        r
+            if self.end == self.buf.len() {
+                self.buf.resize(self.buf.len() + READ_SIZE, 0);
+            }
+        }
+        let room = (self.buf.len() - self.end).min(READ_SIZE);
+        loop {
+            match self.stream.read(&mut self.buf[self.end..self.end + room]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+                Ok(n) => {
+                    let n = n.min(room);
+                    self.end += n;
+                    return Ok(n);
+                }
+            }
+        }
     }
 
     /// Reads one complete response to a request with method `method`.
@@ -578,16 +588,12 @@ fn parse_error_text(e: httparse::Error) -> &'static str {
 pub fn snippet(bytes: &[u8], max: usize) -> String {
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(max * 4)]);
     let mut out = String::from("\"");
-    let mut count = 0;
-    for c in text.chars() {
+    for (count, c) in text.chars().enumerate() {
         if count == max {
             out.push('…');
             break;
         }
-        for e in c.escape_debug() {
-            out.push(e);
-        }
-        count += 1;
+        out.extend(c.escape_debug());
     }
     out.push('"');
     out
