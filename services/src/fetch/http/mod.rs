@@ -18,7 +18,7 @@
 //!     })
 //!     .collect();
 //! for g in evergreen::joinall(&greenlets) {
-//!     println!("{:?}", g.get());
+//!     println!("{:?}", g.into_result());
 //! }
 //! # Ok(()) }
 //! ```
