@@ -8,3 +8,4 @@
 //! Neither knows anything of stats: they are general-purpose clients for greenlets.
 
 pub mod http;
+pub mod mysql;
