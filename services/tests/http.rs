@@ -707,3 +707,58 @@ fn idle_connections_expire() {
         srv.stop();
     });
 }
+
+#[test]
+fn waiters_for_a_full_host_are_served_in_arrival_order() {
+    run(|| {
+        let srv = TestServer::start(|req| ok(&req.path));
+        let c = client().max_connections_per_host(1).build().unwrap();
+        let gs: Vec<_> = (0..20)
+            .map(|i| {
+                let c = c.clone();
+                let url = srv.url(&format!("/{i}"));
+                evergreen::spawn(move || {
+                    c.get(&url)
+                        .send()
+                        .map(|r| r.text())
+                        .map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        evergreen::joinall(&gs);
+        let order: Vec<String> = srv.seen().into_iter().map(|s| s.path).collect();
+        assert_eq!(order, (0..20).map(|i| format!("/{i}")).collect::<Vec<_>>());
+        assert_eq!(srv.connections(), 1);
+        srv.stop();
+    });
+}
+
+#[test]
+fn the_api_key_never_appears_in_any_error_or_debug_output() {
+    run(|| {
+        let srv = TestServer::start(|_| Reply::BytesThenClose(b"garbage".to_vec()));
+        let c = client().max_retries(0).build().unwrap();
+        let refused = format!("http://127.0.0.1:{}/", refused_addr().port());
+        let texts = vec![
+            format!("{c:?}"),
+            format!("{:?}", c.get(&srv.url("/x")).header("x-token", SECRET)),
+            format!("{:?}", c.get(&srv.url("/x")).send().unwrap_err()),
+            c.get(&srv.url("/x")).send().unwrap_err().to_string(),
+            c.get(&refused).send().unwrap_err().to_string(),
+            c.get(&srv.url("/x"))
+                .header("apikey", &format!("{SECRET}\n"))
+                .send()
+                .unwrap_err()
+                .to_string(),
+            Client::builder()
+                .default_header("apikey", &format!("{SECRET}\r"))
+                .build()
+                .unwrap_err()
+                .to_string(),
+        ];
+        for t in &texts {
+            assert!(!t.contains(SECRET), "{t}");
+        }
+        srv.stop();
+    });
+}
