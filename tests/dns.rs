@@ -235,3 +235,28 @@ fn tcp_connect_by_host_name_uses_the_cooperative_resolver() {
         assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     });
 }
+
+/// Issue 7, item 7: the per-query timeout bounds the TCP fallback too: a server that drips its
+/// answer one byte at a time cannot keep a lookup going (it used to take ~12 s for 200 ms).
+#[test]
+fn the_query_timeout_bounds_a_dripping_tcp_fallback() {
+    let server = TestDnsServer::start_dripping_tcp(
+        Zone::new().with(
+            "drip.test",
+            Behavior::Truncate {
+                a: vec![v4(198, 51, 100, 9)],
+            },
+        ),
+        Duration::from_millis(50),
+    );
+    let r = resolver(&server);
+    run(move || {
+        let start = Instant::now();
+        let e = r.resolve("drip.test").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+        assert!(e.to_string().contains("drip.test"), "{e}");
+        let took = start.elapsed();
+        assert!(took < Duration::from_millis(1500), "took {took:?}");
+    });
+    assert!(server.queries().iter().any(|(p, _, _)| *p == Proto::Tcp));
+}

@@ -304,3 +304,426 @@ fn poll_for_either_direction_sees_writability() {
         drop(a);
     });
 }
+
+// ---- Runtime hardening (issue 7, item 2): a pending interrupt must not make std code spin ----
+
+/// An address where nothing listens (connects are refused at once).
+fn refused_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+#[test]
+fn kill_timeout_returns_while_the_victim_retries_with_back_off() {
+    monkey::patch_all();
+    run_virtual(|| {
+        let addr = refused_addr();
+        let stop = Rc::new(Cell::new(false));
+        let tries = Rc::new(Cell::new(0u32));
+        let (s2, t2) = (stop.clone(), tries.clone());
+        // A reconnect loop in plain std code: it never reaches an evergreen blocking point.
+        let victim = spawn(move || {
+            while !s2.get() {
+                let _ = std::net::TcpStream::connect(addr);
+                t2.set(t2.get() + 1);
+                std::thread::sleep(ms(20));
+            }
+        });
+        sleep(ms(30));
+        let before = tries.get();
+        let t0 = evergreen::hub::now();
+        assert!(
+            !victim.kill_timeout(Duration::from_secs(1)),
+            "it ignores the kill"
+        );
+        assert_eq!(evergreen::hub::now() - t0, Duration::from_secs(1));
+        // It kept going at its own pace (a 20 ms back-off, plus the slowed-down failing
+        // connects: up to 100 ms each) instead of spinning, and never stopped.
+        let during = tries.get() - before;
+        assert!((8..=60).contains(&during), "{during} tries in 1 s");
+        stop.set(true);
+        victim.join();
+    });
+}
+
+#[test]
+fn a_killed_accept_loop_yields_instead_of_spinning() {
+    monkey::patch_all();
+    run(|| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Rc::new(Cell::new(false));
+        let errors = Rc::new(Cell::new(0u32));
+        let (s2, e2) = (stop.clone(), errors.clone());
+        let victim = spawn(move || {
+            for c in listener.incoming() {
+                match c {
+                    Ok(_) if s2.get() => break,
+                    Ok(_) => {}
+                    Err(_) => e2.set(e2.get() + 1),
+                }
+            }
+        });
+        sleep(ms(10));
+        let ticks = Rc::new(Cell::new(0u32));
+        let t2 = ticks.clone();
+        let other = spawn(move || {
+            for _ in 0..20 {
+                sleep(ms(5));
+                t2.set(t2.get() + 1);
+            }
+        });
+        let t0 = Instant::now();
+        assert!(!victim.kill_timeout(ms(300)));
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        other.join();
+        assert_eq!(ticks.get(), 20, "other greenlets keep running");
+        // Slowed down to at most one failure per 100 ms after the first few.
+        assert!(
+            errors.get() < 30,
+            "{} failed accepts in 300 ms",
+            errors.get()
+        );
+        stop.set(true);
+        let _c = evergreen::net::TcpStream::connect(addr).unwrap();
+        assert!(victim.join_timeout(Duration::from_secs(5)));
+    });
+}
+
+#[test]
+fn a_thread_exits_although_a_greenlet_sleeps_in_a_loop_with_std_sleep() {
+    monkey::patch_all();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        struct Done(std::sync::mpsc::Sender<()>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                let _ = self.0.send(());
+            }
+        }
+        thread_local!(static DONE: std::cell::RefCell<Option<Done>> = const { std::cell::RefCell::new(None) });
+        // Registered before the hub exists, so destroyed after the hub's thread-exit teardown
+        // (thread locals are destroyed in reverse order of registration).
+        DONE.with(|d| *d.borrow_mut() = Some(Done(tx)));
+        let g = spawn(|| loop {
+            std::thread::sleep(ms(100));
+        });
+        sleep(ms(1));
+        drop(g);
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("the thread's hub teardown never finished");
+}
+
+#[test]
+fn a_timeout_around_std_code_that_ignores_it_leaves_the_hub_running() {
+    monkey::patch_all();
+    run_virtual(|| {
+        let stop = Rc::new(Cell::new(false));
+        let loops = Rc::new(Cell::new(0u32));
+        let (s2, l2) = (stop.clone(), loops.clone());
+        let victim = spawn(move || {
+            evergreen::with_timeout(ms(100), || {
+                while !s2.get() {
+                    let _ = std::path::Path::new("/").exists();
+                    l2.set(l2.get() + 1);
+                    std::thread::sleep(ms(10));
+                }
+            })
+        });
+        sleep(ms(500));
+        // 10 ms per turn, before and after the timeout fired (one sleep was cut short).
+        assert!(
+            (49..=52).contains(&loops.get()),
+            "{} turns in 500 ms",
+            loops.get()
+        );
+        stop.set(true);
+        victim.join();
+    });
+}
+
+// ---- Runtime hardening (issue 7): hook semantics ---------------------------------------------
+
+/// Item 12: a plain thread blocked in `accept` on a clone of a listener that a greenlet also
+/// accepts on never sees `WouldBlock` (the hook's temporary `O_NONBLOCK` is shared by clones).
+#[test]
+fn a_plain_thread_accepting_on_a_clone_never_sees_would_block() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    monkey::patch_all();
+    run(|| {
+        const N: usize = 2000;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let clone = listener.try_clone().unwrap();
+        let total = Arc::new(AtomicUsize::new(0));
+        let would_block = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (t2, w2, s2) = (total.clone(), would_block.clone(), stop.clone());
+        let thread_acceptor = std::thread::spawn(move || loop {
+            match clone.accept() {
+                Ok(_) if s2.load(SeqCst) => break,
+                Ok(_) => {
+                    t2.fetch_add(1, SeqCst);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    w2.fetch_add(1, SeqCst);
+                }
+                Err(e) => panic!("accept in the plain thread: {e}"),
+            }
+        });
+        let t3 = total.clone();
+        let green_acceptor = spawn(move || {
+            while let Ok(_c) = listener.accept() {
+                t3.fetch_add(1, SeqCst);
+            }
+        });
+        let clients = std::thread::spawn(move || {
+            for _ in 0..N {
+                drop(std::net::TcpStream::connect(addr).unwrap());
+            }
+        });
+        // Wait (cooperatively: the acceptor greenlet runs meanwhile) until all are accepted.
+        let t0 = Instant::now();
+        while total.load(SeqCst) < N {
+            assert!(t0.elapsed() < Duration::from_secs(20), "accepts stalled");
+            sleep(ms(2));
+        }
+        clients.join().unwrap();
+        green_acceptor.kill();
+        stop.store(true, SeqCst);
+        drop(std::net::TcpStream::connect(addr).unwrap());
+        thread_acceptor.join().unwrap();
+        assert_eq!(
+            would_block.load(SeqCst),
+            0,
+            "WouldBlock in a blocking accept"
+        );
+    });
+}
+
+/// Item 13: a hooked `connect` to a Unix listener whose queue is full waits for room, as the
+/// blocking call does, instead of failing with `EAGAIN`.
+#[test]
+fn a_unix_connect_waits_while_the_listen_queue_is_full() {
+    use std::os::unix::net::{UnixListener, UnixStream};
+    monkey::patch_all();
+    run_virtual(|| {
+        let dir = std::env::temp_dir().join(format!("evergreen-unix-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("full-queue.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        // SAFETY: listen(2) again on our own listening socket only changes its backlog.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        // Fill the queue: a backlog of 0 queues one connection.
+        let p0 = path.clone();
+        let early = spawn(move || UnixStream::connect(p0))
+            .into_result()
+            .unwrap()
+            .expect("the first connection is queued");
+        let p = path.clone();
+        let late = spawn(move || UnixStream::connect(p));
+        sleep(ms(20));
+        assert!(!late.ready(), "the late connect waits for room");
+        let _a = listener.accept().unwrap(); // root: makes room
+        let c = late.into_result().unwrap();
+        assert!(c.is_ok(), "late connect: {c:?}");
+        drop(early);
+        let _ = std::fs::remove_file(&path);
+    });
+}
+
+/// Item 14: under the hooks, `recv(MSG_WAITALL)` waits for the whole buffer, and a blocking
+/// write of 4 MiB to a stream socket writes all of it, as the kernel's calls do.
+#[test]
+fn msg_waitall_and_big_blocking_writes_transfer_everything() {
+    use std::os::unix::net::UnixStream;
+    monkey::patch_all();
+    run(|| {
+        let (a, b) = UnixStream::pair().unwrap();
+        let writer = spawn(move || {
+            let mut a = a;
+            for i in 0..10u8 {
+                a.write_all(&[i; 100]).unwrap();
+                sleep(ms(1));
+            }
+            a
+        });
+        let mut buf = vec![0u8; 1000];
+        let fd = b.as_raw_fd();
+        let reader = spawn(move || {
+            // SAFETY: `buf` is valid for its length; `fd` stays open (b lives in this scope).
+            let n =
+                unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_WAITALL) };
+            (n, buf)
+        });
+        let (n, got) = reader.get().unwrap();
+        assert_eq!(n, 1000, "MSG_WAITALL returned a partial count");
+        assert_eq!(got[999], 9);
+        let mut a = writer.into_result().unwrap();
+
+        let big = vec![7u8; 4 << 20];
+        let drain = spawn(move || {
+            let mut b = b;
+            let mut total = 0;
+            let mut chunk = vec![0u8; 64 << 10];
+            while total < (4 << 20) {
+                total += b.read(&mut chunk).unwrap();
+            }
+            total
+        });
+        let n = spawn(move || a.write(&big).unwrap()); // one write(2) call
+        assert_eq!(
+            n.get(),
+            Ok(4 << 20),
+            "a blocking write returned a partial count"
+        );
+        assert_eq!(drain.get(), Ok(4 << 20));
+    });
+}
+
+/// Item 15: a second greenlet reading the same fd through the hooks gets `EALREADY` (another
+/// operation is in progress), not `EBADF` (which says the fd is invalid).
+#[test]
+fn a_second_reader_of_one_fd_gets_ealready() {
+    use std::os::unix::net::UnixStream;
+    monkey::patch_all();
+    run(|| {
+        let (a, b) = UnixStream::pair().unwrap();
+        let b = Rc::new(b);
+        let b1 = b.clone();
+        let first = spawn(move || {
+            let mut buf = [0u8; 4];
+            (&*b1).read(&mut buf).map(|n| buf[..n].to_vec())
+        });
+        sleep(Duration::ZERO);
+        let mut buf = [0u8; 4];
+        let second = spawn(move || (&*b).read(&mut buf).map_err(|e| e.raw_os_error()));
+        assert_eq!(second.get().unwrap(), Err(Some(libc::EALREADY)));
+        (&a).write_all(b"ok").unwrap();
+        assert_eq!(first.into_result().unwrap().unwrap(), b"ok".to_vec());
+    });
+}
+
+/// Item 17: the hooked `poll` on several fds waits on the reactor for all of them (it used to
+/// sleep and re-check in a loop), and wakes for whichever becomes ready.
+#[test]
+fn poll_on_two_fds_waits_on_both_and_wakes_for_either() {
+    use std::os::unix::net::UnixStream;
+    monkey::patch_all();
+    run(|| {
+        let (a1, b1) = UnixStream::pair().unwrap();
+        let (a2, b2) = UnixStream::pair().unwrap();
+        let (f1, f2) = (b1.as_raw_fd(), b2.as_raw_fd());
+        let poller = evergreen::Builder::new().name("poller").spawn(move || {
+            let mut fds = [
+                libc::pollfd {
+                    fd: f1,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: f2,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two valid pollfds.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, 5000) };
+            (n, fds[0].revents, fds[1].revents)
+        });
+        sleep(ms(5));
+        let info = evergreen::debug::run_info();
+        let p = info
+            .iter()
+            .find(|i| i.name.as_deref() == Some("poller"))
+            .unwrap();
+        assert_eq!(p.state, "parked");
+        assert_eq!(
+            p.waiting_on, "poll (patched)",
+            "it waits on the fds, not in a sleep loop"
+        );
+        (&a2).write_all(b"!").unwrap();
+        let (n, r1, r2) = poller.get().unwrap();
+        assert_eq!((n, r1, r2 & libc::POLLIN), (1, 0, libc::POLLIN));
+        drop((a1, b1, b2));
+    });
+}
+
+/// Set in the child process whose stdout is a socket (item 8).
+const STDOUT_CHILD: &str = "EVERGREEN_TEST_STDOUT_SOCKET_CHILD";
+
+/// The child side of [`printing_from_greenlets_with_stdout_on_a_socket_is_safe`].
+#[test]
+fn stdout_socket_child() {
+    use std::os::unix::net::UnixStream;
+    if std::env::var_os(STDOUT_CHILD).is_none() {
+        return;
+    }
+    monkey::patch_all();
+    let (a, b) = UnixStream::pair().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut b = b;
+        let mut n = 0;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match b.read(&mut buf) {
+                Ok(0) | Err(_) => return n,
+                Ok(k) => n += k,
+            }
+        }
+    });
+    // SAFETY: replaces this child's fd 1 with our socket (dup2 is hooked: the reactor forgets
+    // the old fd 1 first).
+    assert_eq!(unsafe { libc::dup2(a.as_raw_fd(), 1) }, 1);
+    drop(a);
+    run(|| {
+        let g1 = spawn(|| std::io::stdout().write_all(&vec![b'x'; 1 << 20]).unwrap());
+        let g2 = spawn(|| writeln!(std::io::stdout(), "from the second greenlet").unwrap());
+        g1.join();
+        g2.join();
+        assert!(
+            g1.successful() && g2.successful(),
+            "{:?} {:?}",
+            g1.exception(),
+            g2.exception()
+        );
+    });
+    let devnull = std::fs::File::open("/dev/null").unwrap();
+    // SAFETY: closes our socket at fd 1 by replacing it, so the reader sees the end.
+    assert_eq!(unsafe { libc::dup2(devnull.as_raw_fd(), 1) }, 1);
+    let n = reader.join().unwrap();
+    eprintln!("child ok: {n} bytes");
+}
+
+/// Item 8: with stdout on a socket, a greenlet parked in a write to it must not make another
+/// greenlet's print panic inside std's re-entrant stdout lock.
+#[test]
+fn printing_from_greenlets_with_stdout_on_a_socket_is_safe() {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "stdout_socket_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(STDOUT_CHILD, "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "child failed ({}):\n{stderr}",
+        out.status
+    );
+    let expected = (1 << 20) + "from the second greenlet\n".len();
+    assert!(
+        stderr.contains(&format!("child ok: {expected} bytes")),
+        "{stderr}"
+    );
+}

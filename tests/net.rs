@@ -402,3 +402,84 @@ fn wait_read_on_a_raw_fd_and_its_timeout() {
         drop(a);
     });
 }
+
+// ---- Runtime hardening (issue 7, item 18) ----------------------------------------------------
+
+/// Connects `n` plain clients one after the other without anyone accepting; returns how many
+/// connected within `timeout` each (a full accept queue drops the SYN: the client would wait
+/// for the 1 s retransmit).
+fn connect_without_accept(addr: SocketAddr, n: usize, timeout: Duration) -> usize {
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for _ in 0..n {
+            match std::net::TcpStream::connect_timeout(&addr, timeout) {
+                Ok(s) => held.push(s),
+                Err(_) => break,
+            }
+        }
+        held.len()
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn listeners_queue_a_burst_of_300_connections_by_default() {
+    run(|| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        // std and mio listen with a backlog of 128: the 130th client used to wait 1 s.
+        assert_eq!(connect_without_accept(addr, 300, ms(500)), 300);
+        drop(l);
+    });
+}
+
+#[test]
+fn bind_with_backlog_sets_the_listen_queue() {
+    run(|| {
+        let l = TcpListener::bind_with_backlog("127.0.0.1:0", 4).unwrap();
+        let addr = l.local_addr().unwrap();
+        let n = connect_without_accept(addr, 50, ms(300));
+        assert!(
+            (4..=6).contains(&n),
+            "{n} connections queued with a backlog of 4"
+        );
+        drop(l);
+    });
+}
+
+#[test]
+fn tcp_streams_convert_from_and_into_std_and_raw_fds_and_take_socket_options() {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    run(|| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf).unwrap();
+            s.write_all(&buf).unwrap();
+        });
+        let std_stream = std::net::TcpStream::connect(addr).unwrap();
+        let s = TcpStream::from_std(std_stream).unwrap();
+        s.set_keepalive(Some(Duration::from_secs(30))).unwrap();
+        assert_eq!(s.keepalive().unwrap(), Some(Duration::from_secs(30)));
+        s.set_keepalive(None).unwrap();
+        assert_eq!(s.keepalive().unwrap(), None);
+        s.set_linger(Some(Duration::from_secs(2))).unwrap();
+        assert_eq!(s.linger().unwrap(), Some(Duration::from_secs(2)));
+        s.set_linger(None).unwrap();
+        assert_eq!(s.linger().unwrap(), None);
+        let fd = s.into_raw_fd();
+        // SAFETY: `fd` is the connected socket just released by `into_raw_fd`.
+        let mut s = unsafe { TcpStream::from_raw_fd(fd) };
+        s.write_all(b"hello").unwrap();
+        let mut back = [0u8; 5];
+        s.read_exact(&mut back).unwrap(); // cooperative: the server greenlet runs meanwhile
+        assert_eq!(&back, b"hello");
+        server.join();
+        let mut plain = s.into_std();
+        plain.set_nonblocking(false).unwrap();
+        assert_eq!(plain.read(&mut back).unwrap(), 0, "the server closed");
+    });
+}

@@ -338,3 +338,251 @@ fn a_greenlet_made_before_its_hub_was_destroyed_never_runs() {
     .join()
     .unwrap();
 }
+
+// ---- Runtime hardening (issue 7) ------------------------------------------------------------
+
+/// Item 1: `hub::destroy()` from code the hub runs on its behalf must be refused, never free
+/// the hub under the loop's feet (valgrind saw invalid reads and writes).
+#[test]
+fn destroy_from_a_local_with_closure_is_refused() {
+    run(|| {
+        let local = Local::new(|| 0u8);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            local.with(|_| evergreen::hub::destroy())
+        }));
+        let msg = r
+            .err()
+            .map(|p| evergreen::debug::panic_message(&*p))
+            .expect("destroy inside Local::with must be refused");
+        assert!(msg.contains("destroy"), "{msg}");
+        assert_eq!(spawn(|| 5).get(), Ok(5), "the hub is still usable");
+    });
+}
+
+/// Item 1: a finished greenlet's result whose `Drop` calls `destroy()`.
+#[test]
+fn destroy_from_the_drop_of_a_finished_greenlets_result_is_refused() {
+    run(|| {
+        struct DestroyOnDrop(Rc<Cell<Option<bool>>>);
+        impl Drop for DestroyOnDrop {
+            fn drop(&mut self) {
+                let refused = std::panic::catch_unwind(evergreen::hub::destroy).is_err();
+                self.0.set(Some(refused));
+            }
+        }
+        let refused = Rc::new(Cell::new(None));
+        let r2 = refused.clone();
+        drop(spawn(move || DestroyOnDrop(r2)));
+        sleep(ms(1));
+        assert_eq!(refused.get(), Some(true));
+        assert_eq!(spawn(|| 5).get(), Ok(5), "the hub is still usable");
+    });
+}
+
+/// Item 4: a greenlet-local value whose `Drop` blocks: the greenlet counts as running until
+/// the drop is over, then finishes normally; a kill during the drop ends it (not main).
+#[test]
+fn a_blocking_greenlet_local_drop_delays_the_end_and_can_be_killed() {
+    run_virtual(|| {
+        struct SlowDrop(Rc<Cell<u32>>);
+        impl Drop for SlowDrop {
+            fn drop(&mut self) {
+                sleep(ms(10));
+                self.0.set(self.0.get() + 1);
+            }
+        }
+        let dropped = Rc::new(Cell::new(0));
+        let d2 = dropped.clone();
+        let local = Rc::new(Local::new(move || SlowDrop(d2.clone())));
+        let l2 = local.clone();
+        let g = spawn(move || {
+            l2.with(|_| ());
+            7
+        });
+        sleep(ms(1));
+        assert!(!g.ready() && !g.dead(), "still dropping its local");
+        assert!(!g.join_timeout(ms(5)));
+        assert!(g.join_timeout(ms(10)));
+        assert_eq!(g.get(), Ok(7));
+        assert_eq!(dropped.get(), 1);
+
+        let l3 = local.clone();
+        let g2 = spawn(move || {
+            l3.with(|_| ());
+            8
+        });
+        sleep(ms(1));
+        assert!(!g2.dead());
+        g2.kill(); // interrupts the drop; must not unwind main
+        assert!(g2.dead() && g2.successful());
+        assert_eq!(g2.get(), Ok(8), "its function had returned");
+        assert_eq!(dropped.get(), 1, "the interrupted drop did not finish");
+    });
+}
+
+/// Item 5: a result whose `Drop` blocks no longer makes an unrelated `sleep` of main panic:
+/// a result no handle can read is dropped on the greenlet's own stack.
+#[test]
+fn a_blocking_drop_of_an_unread_result_runs_in_its_greenlet() {
+    run_virtual(|| {
+        struct SleepOnDrop(Rc<Cell<bool>>);
+        impl Drop for SleepOnDrop {
+            fn drop(&mut self) {
+                sleep(ms(10));
+                self.0.set(true);
+            }
+        }
+        let done = Rc::new(Cell::new(false));
+        let d2 = done.clone();
+        drop(spawn(move || SleepOnDrop(d2)));
+        let t0 = evergreen::hub::now();
+        sleep(ms(50)); // used to panic with LoopExit
+        assert_eq!(evergreen::hub::now() - t0, ms(50));
+        assert!(done.get());
+    });
+}
+
+/// Item 5: a result whose `Drop` panics is contained (logged), and leaves no timer armed.
+#[test]
+fn a_panicking_drop_of_a_result_does_not_escape_into_an_unrelated_call() {
+    run_virtual(|| {
+        struct PanicOnDrop;
+        impl Drop for PanicOnDrop {
+            fn drop(&mut self) {
+                panic!("PanicOnDrop");
+            }
+        }
+        drop(spawn(|| PanicOnDrop));
+        sleep(ms(5)); // used to panic with "PanicOnDrop"
+        assert_eq!(spawn(|| 1).get(), Ok(1));
+    });
+}
+
+/// Item 6: a `Timeout` that outlives `hub::destroy()` must not cancel an unrelated timer of
+/// the next hub when dropped.
+#[test]
+fn a_timeout_outliving_its_hub_cancels_nothing_in_the_next_hub() {
+    run(|| {
+        let t = Timeout::start_new(ms(500));
+        evergreen::hub::destroy();
+        let woke = Rc::new(Cell::new(false));
+        let w2 = woke.clone();
+        let g = spawn(move || {
+            sleep(ms(5));
+            w2.set(true);
+        });
+        sleep(Duration::ZERO); // the sleeper arms its timer
+        drop(t);
+        assert!(g.join_timeout(ms(2000)), "the sleeper never woke");
+        assert!(woke.get());
+    });
+}
+
+/// Item 11: synchronous fault signals cannot be handled as hub events.
+#[test]
+fn signal_handler_refuses_synchronous_fault_signals() {
+    run(|| {
+        for sig in [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE] {
+            let e = evergreen::signal::signal_handler(sig, || {}).expect_err("refused");
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+            assert!(e.to_string().contains("synchronous fault"), "{e}");
+        }
+    });
+}
+
+/// Item 16: a greenlet that caught a panic of its own is not "unwinding" any more: its
+/// timeout fires on time while another greenlet's cleanup blocks mid-kill.
+#[test]
+fn a_caught_panic_does_not_delay_later_timeouts() {
+    run_virtual(|| {
+        struct SleepOnDrop;
+        impl Drop for SleepOnDrop {
+            fn drop(&mut self) {
+                sleep(ms(500));
+            }
+        }
+        let b = spawn(|| {
+            let _cleanup = SleepOnDrop;
+            sleep(Duration::from_secs(3600));
+        });
+        sleep(Duration::ZERO);
+        let b2 = b.clone();
+        let a = spawn(move || {
+            let caught = std::panic::catch_unwind(|| panic!("caught on purpose"));
+            assert!(caught.is_err());
+            b2.kill_nowait();
+            let t0 = evergreen::hub::now();
+            let r = with_timeout(ms(10), || sleep(Duration::from_secs(1)));
+            (r, evergreen::hub::now() - t0)
+        });
+        let (r, took) = a.get().unwrap();
+        assert_eq!(r, Err(Error::Timeout(ms(10))));
+        assert_eq!(took, ms(10));
+        b.join();
+    });
+}
+
+/// Item 19: the monitor reports the root context and hub callbacks holding the hub, not only
+/// greenlets.
+#[test]
+fn the_monitor_reports_the_root_and_hub_callbacks_holding_the_hub() {
+    run(|| {
+        evergreen::monitor::start(ms(20));
+        sleep(ms(1));
+        let before = evergreen::monitor::reports();
+        // Deliberately blocks the OS thread from the root, between two blocking calls.
+        std::thread::sleep(ms(300));
+        sleep(ms(1));
+        let after_root = evergreen::monitor::reports();
+        assert!(
+            after_root > before,
+            "the root holding the hub was not reported"
+        );
+        evergreen::hub::run_callback(|| std::thread::sleep(ms(300)));
+        sleep(ms(1));
+        assert!(
+            evergreen::monitor::reports() > after_root,
+            "a hub callback holding the hub was not reported"
+        );
+    });
+}
+
+/// Set in the child process of [`the_monitor_tells_without_a_logger`].
+const MONITOR_CHILD: &str = "EVERGREEN_TEST_MONITOR_CHILD";
+
+#[test]
+fn monitor_child() {
+    if std::env::var_os(MONITOR_CHILD).is_none() {
+        return;
+    }
+    // No logger is installed in this process.
+    evergreen::monitor::start(ms(20));
+    let g = evergreen::Builder::new()
+        .name("hog")
+        .spawn(|| std::thread::sleep(ms(300)));
+    g.join();
+    evergreen::hub::destroy();
+}
+
+/// Item 19: without a `log` logger the monitor still tells, on stderr.
+#[test]
+fn the_monitor_tells_without_a_logger() {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "monitor_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(MONITOR_CHILD, "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("evergreen monitor: greenlet #")
+            && stderr.contains("'hog' has held the hub"),
+        "{stderr}"
+    );
+}

@@ -145,8 +145,18 @@ fn overflow_child() {
     let Some(kind) = std::env::var_os(CHILD_ENV) else {
         return;
     };
-    let small = kind != "slab";
+    let small = kind != "slab" && kind != "neighbours";
     common::run(move || {
+        // With "neighbours", parked greenlets take the stacks below the recursing one's, so
+        // an unguarded overflow runs through their stacks before anything faults.
+        let ev = Rc::new(Event::new());
+        let parked: Vec<_> = (0..if kind == "neighbours" { 8 } else { 0 })
+            .map(|_| {
+                let e = ev.clone();
+                spawn(move || e.wait())
+            })
+            .collect();
+        evergreen::sleep(std::time::Duration::ZERO);
         let mut b = Builder::new().name("deep-recursion");
         if small {
             b = b.stack_size(32 * 1024);
@@ -157,6 +167,8 @@ fn overflow_child() {
             "child: the greenlet ended without overflowing: {:?}",
             g.exception()
         );
+        ev.set();
+        evergreen::joinall(&parked);
     });
 }
 
@@ -235,6 +247,99 @@ fn stack_overflow_of_a_pooled_stack_is_reported_with_mprotect_guard_pages() {
 fn stack_overflow_is_reported_without_guard_pages() {
     let (status, stderr) = overflow_in_child("small", Some("none"));
     assert_overflow_reported(status, &stderr, 32 * 1024);
+}
+
+/// Issue 7, item 10: an unguarded overflow with neighbours (it runs through the stacks of the
+/// greenlets below it, far past the "near the bottom" rule) used to end in a bare `SIGSEGV`.
+#[test]
+fn an_unguarded_overflow_through_neighbouring_stacks_is_reported() {
+    let (status, stderr) = overflow_in_child("neighbours", Some("none"));
+    assert!(
+        status.signal().is_some(),
+        "the child was not killed by a signal ({status}); stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("'deep-recursion'")
+            && (stderr.contains("overflowed its") || stderr.contains("unguarded"))
+            && stderr.contains("EVERGREEN_STACK_SIZE"),
+        "no overflow report ({status}); stderr:\n{stderr}"
+    );
+}
+
+/// Set in the child process of the `vm.max_map_count` fallback test.
+const MAPS_CHILD: &str = "EVERGREEN_TEST_MAPS_CHILD";
+
+/// The child side: parks 40,000 greenlets with 16 KiB stacks, then ends them all.
+#[test]
+fn maps_child() {
+    if std::env::var_os(MAPS_CHILD).is_none() {
+        return;
+    }
+    const N: usize = 40_000;
+    common::run(|| {
+        let ev = Rc::new(Event::new());
+        let gs: Vec<_> = (0..N)
+            .map(|_| {
+                let e = ev.clone();
+                spawn(move || e.wait())
+            })
+            .collect();
+        evergreen::sleep(std::time::Duration::ZERO);
+        assert_eq!(evergreen::hub::live_count(), N);
+        ev.set();
+        evergreen::joinall(&gs);
+        eprintln!("child ok: {N} greenlets parked and ended");
+    });
+}
+
+/// Builds the `LD_PRELOAD` shim that makes `madvise(MADV_GUARD_INSTALL)` fail with `EINVAL`
+/// (a kernel before 6.13) and returns its path.
+fn build_no_madvise_guard_shim() -> std::path::PathBuf {
+    let src =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/no_madvise_guard.c");
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let out = dir.join("no_madvise_guard.so");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let st = Command::new(&cc)
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .arg("-ldl")
+        .status()
+        .unwrap_or_else(|e| {
+            panic!("this test builds an LD_PRELOAD shim with a C compiler ({cc}): {e}")
+        });
+    assert!(st.success(), "building {} failed", src.display());
+    out
+}
+
+/// Issue 7, item 9: on a kernel without `MADV_GUARD_INSTALL`, `mprotect` guards used to use up
+/// `vm.max_map_count` and the process aborted at ~33,000 greenlets (the next `mmap`, of the
+/// pool's own bookkeeping, failed). The fallback must leave room, keep going, and say so.
+#[test]
+fn without_madvise_guards_the_mprotect_fallback_leaves_room_and_keeps_going() {
+    let _heavy = heavy();
+    let shim = build_no_madvise_guard_shim();
+    let exe = std::env::current_exe().expect("current_exe");
+    let out = Command::new(exe)
+        .args(["--exact", "maps_child", "--nocapture", "--test-threads=1"])
+        .env(MAPS_CHILD, "1")
+        .env("LD_PRELOAD", &shim)
+        .env("EVERGREEN_STACK_SIZE", "16k")
+        .env_remove("EVERGREEN_GUARD")
+        .output()
+        .expect("run the child test process");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the child failed ({}); stderr:\n{stderr}",
+        out.status
+    );
+    assert!(stderr.contains("child ok: 40000 greenlets"), "{stderr}");
+    assert!(
+        stderr.contains("would use up vm.max_map_count") || stderr.contains("hit vm.max_map_count"),
+        "no fallback warning; stderr:\n{stderr}"
+    );
 }
 
 // ---- (d) stacks are recycled ------------------------------------------------------------------

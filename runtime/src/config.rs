@@ -15,6 +15,7 @@
 //! | [`Config::monitor`] | `EVERGREEN_MONITOR` (`1`/`true`) | off |
 //! | [`Config::virtual_clock`] | `EVERGREEN_CLOCK` (`real`, `virtual`) | real |
 //! | [`Config::block_cache`] | `EVERGREEN_BLOCK_CACHE` (`1`/`0`) | on |
+//! | [`Config::listen_backlog`] | `EVERGREEN_LISTEN_BACKLOG` | 1024 |
 //!
 //! A program can also set a configuration before the hub of a thread is created with
 //! [`set_config`]; the hub of that thread then uses it instead of the environment.
@@ -65,6 +66,13 @@ pub struct Config {
     /// give every freed block back to the allocator at once, so that a memory checker
     /// (valgrind, a sanitizer) sees a use after free of a greenlet as one.
     pub block_cache: bool,
+    /// The listen backlog of [`TcpListener::bind`](crate::net::TcpListener::bind),
+    /// [`UnixListener::bind`](crate::net::UnixListener::bind) and so of
+    /// [`StreamServer`](crate::net::StreamServer): how many connections the kernel queues
+    /// before the server accepts them (capped by `net.core.somaxconn`). std and mio use 128,
+    /// which a burst of a few hundred local clients overflows (each then pays a 1 s SYN
+    /// retransmit); 1024 is tokio's default.
+    pub listen_backlog: u32,
 }
 
 impl Default for Config {
@@ -78,6 +86,7 @@ impl Default for Config {
             monitor_threshold: Duration::from_millis(100),
             virtual_clock: false,
             block_cache: true,
+            listen_backlog: 1024,
         }
     }
 }
@@ -169,6 +178,12 @@ impl Config {
                 _ => bad("EVERGREEN_BLOCK_CACHE", &v, "1 or 0"),
             }
         }
+        if let Some(v) = get("EVERGREEN_LISTEN_BACKLOG") {
+            match v.trim().parse::<u32>() {
+                Ok(n) if (1..=i32::MAX as u32).contains(&n) => c.listen_backlog = n,
+                _ => bad("EVERGREEN_LISTEN_BACKLOG", &v, "an integer >= 1"),
+            }
+        }
         if let Some(v) = get("EVERGREEN_CLOCK") {
             match v.trim().to_ascii_lowercase().as_str() {
                 "real" => c.virtual_clock = false,
@@ -210,8 +225,11 @@ mod tests {
             "EVERGREEN_CLOCK" => Some("virtual".into()),
             "EVERGREEN_MONITOR_THRESHOLD_MS" => Some("oops".into()),
             "EVERGREEN_BLOCK_CACHE" => Some("off".into()),
+            "EVERGREEN_LISTEN_BACKLOG" => Some("4096".into()),
             _ => None,
         });
+        assert_eq!(c.listen_backlog, 4096);
+        assert_eq!(Config::default().listen_backlog, 1024);
         assert!(!c.block_cache);
         assert_eq!(c.stack_size, 64 * 1024);
         assert_eq!(c.event_interval, 61, "0 is rejected, default kept");

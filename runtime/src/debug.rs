@@ -62,3 +62,10 @@ pub fn format_run_info() -> String {
     }
     s
 }
+
+/// The message of a caught panic's payload: the text of a `&str` or `String` payload, the
+/// explanation of a [`LoopExit`](crate::LoopExit), or a description of the payload's type
+/// (`GreenletExit`, a `Timeout` expiry, "a panic with a non-string payload").
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    crate::greenlet::panic_message(payload)
+}

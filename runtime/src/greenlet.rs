@@ -173,6 +173,10 @@ pub(crate) struct Core {
     /// Set when an unwind starts in this greenlet (an interrupt raised, or a panic seen by the
     /// hook); see [`Core::is_unwinding`].
     pub(crate) unwinding: Cell<u32>,
+    /// How many times the libc hooks reported the pending interrupt (as `ECANCELED` or
+    /// `ETIMEDOUT`, or a sleep cut short); reset when a new interrupt is set. See
+    /// `Hub::hook_saw_interrupt`.
+    pub(crate) hook_reports: Cell<u32>,
     pub(crate) deadline_hit: Cell<bool>,
     pub(crate) waiting_on: Cell<&'static str>,
     /// Whether the hub's live registry holds it (and one of its counts).
@@ -215,6 +219,7 @@ impl Core {
             yielder: Cell::new(std::ptr::null()),
             interrupt: Cell::new(None),
             unwinding: Cell::new(0),
+            hook_reports: Cell::new(0),
             deadline_hit: Cell::new(false),
             waiting_on: Cell::new(""),
             in_live: Cell::new(false),
@@ -287,7 +292,8 @@ impl Core {
     pub(crate) fn set_interrupt(&self, i: Interrupt) {
         match (self.interrupt.get(), i) {
             (None, _) | (Some(Interrupt::Timeout { .. }), Interrupt::Kill) => {
-                self.interrupt.set(Some(i))
+                self.interrupt.set(Some(i));
+                self.hook_reports.set(0);
             }
             _ => {}
         }
@@ -359,6 +365,32 @@ impl Core {
                 self.describe_short(),
                 panic_message(&*p)
             );
+        }
+    }
+
+    /// Drops the greenlet's local values while it still runs (after its function returned):
+    /// their `Drop` may block like any code of the greenlet, and a kill or `Timeout` that
+    /// interrupts one is contained here (the next value is still dropped). Values made while
+    /// dropping are dropped too.
+    #[cold]
+    #[inline(never)]
+    fn drop_locals_running(&self) {
+        loop {
+            let Some(map) = self.locals.borrow_mut().take() else {
+                return;
+            };
+            for (_, v) in map.into_iter() {
+                if let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(v))) {
+                    self.unwind_caught();
+                    if !p.is::<GreenletExit>() && !p.is::<TimeoutExpired>() {
+                        log::error!(
+                            "greenlet {}: dropping a greenlet-local value panicked (ignored): {}",
+                            self.describe_short(),
+                            panic_message(&*p)
+                        );
+                    }
+                }
+            }
         }
     }
 
@@ -475,6 +507,12 @@ impl GRef {
         let c = self.core();
         // SAFETY: as above.
         unsafe { (c.ops.error)(c) }
+    }
+
+    /// Whether this is the only count of the greenlet (dropping it frees the greenlet).
+    #[inline(always)]
+    pub(crate) fn is_last(&self) -> bool {
+        self.core().refs.get() == 1
     }
 
     /// Whether both refer to the same greenlet.
@@ -699,6 +737,28 @@ pub(crate) fn new_root() -> GRef {
 }
 
 impl<T: 'static> Inner<T> {
+    /// Finishes a greenlet whose value no handle can ever read (only the hub's registry
+    /// holds it): the value is dropped here, on the greenlet's own stack, so its `Drop` may
+    /// block, instead of later by the hub.
+    #[cold]
+    #[inline(never)]
+    fn drop_unread(&self, v: T) {
+        if let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(v))) {
+            self.core.unwind_caught();
+            if !p.is::<GreenletExit>() && !p.is::<TimeoutExpired>() {
+                log::error!(
+                    "greenlet {}: dropping its unread result panicked (ignored): {}",
+                    self.core.describe_short(),
+                    panic_message(&*p)
+                );
+            }
+        }
+        let guard = AbortOnUnwind(self.core.id);
+        *self.result.borrow_mut() = Some(Err(Error::ValueTaken));
+        self.core.complete(Ended::Value);
+        std::mem::forget(guard);
+    }
+
     /// Called on the greenlet's own stack when its function returned or unwound.
     #[inline]
     fn finish(&self, r: std::thread::Result<T>) {
@@ -943,6 +1003,17 @@ impl Builder {
             me.core.yielder.set(y as *const _);
             me.core.started.set(true);
             let r = catch_unwind(AssertUnwindSafe(f));
+            // Its locals, and a result no handle can read, are dropped here, on its own stack
+            // while it still runs: their `Drop` may block, and may be interrupted.
+            if me.core.locals.borrow().is_some() {
+                me.core.drop_locals_running();
+            }
+            if std::mem::needs_drop::<T>() && me.core.refs.get() == 1 {
+                if let Ok(v) = r {
+                    me.drop_unread(v);
+                    return;
+                }
+            }
             // Finishing only stores the result and wakes joiners; if even that unwinds (a
             // panicking logger?), the hub's bookkeeping cannot be trusted any more.
             let guard = AbortOnUnwind(me.core.id);
@@ -1249,7 +1320,8 @@ pub(crate) fn kill_dyn(g: &GRef) {
         st if !core.started.get() => {
             let hub = hub();
             if let Some(t) = core.start_timer.take() {
-                hub.cancel_timer(t);
+                // The action's count of this greenlet is not the last: `g` holds one.
+                drop(hub.take_timer(t));
             }
             let co = core.take_unstarted();
             g.complete_killed();

@@ -152,6 +152,28 @@ pub struct Hub {
     root_park_seq: Cell<u64>,
     /// Tasks left before the hub must poll timers and I/O (the fairness policy).
     budget: Cell<u32>,
+    /// How many hub-loop runs, `Local::with` closures and teardowns are in progress: while
+    /// non-zero, evergreen frames on the root's stack still use the hub, so [`destroy`] is
+    /// refused.
+    busy: Cell<u32>,
+}
+
+/// Counts one use of the hub in [`Hub::busy`] for as long as it lives (also when unwinding).
+pub(crate) struct Busy<'a>(&'a Cell<u32>);
+
+impl<'a> Busy<'a> {
+    #[inline]
+    pub(crate) fn enter(hub: &'a Hub) -> Busy<'a> {
+        hub.busy.set(hub.busy.get() + 1);
+        Busy(&hub.busy)
+    }
+}
+
+impl Drop for Busy<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
 }
 
 thread_local! {
@@ -328,6 +350,7 @@ pub(crate) fn running_overflow_info() -> Option<crate::stack::OverflowInfo> {
         size: b.size,
         name,
         name_len,
+        unguarded: core.unguarded,
     })
 }
 
@@ -401,6 +424,7 @@ fn create() -> &'static Hub {
             NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         },
         declined: RefCell::new(Vec::new()),
+        busy: Cell::new(0),
         config,
     });
     let p = Box::into_raw(hub);
@@ -415,7 +439,14 @@ fn create() -> &'static Hub {
 /// given the chance to run its cleanup (its `Drop`s run as it unwinds), then the hub is freed.
 /// A later use of evergreen on this thread creates a fresh hub.
 ///
-/// Runs automatically when the thread exits. Must be called from the root context.
+/// Runs automatically when the thread exits. Must be called from the root context, at top
+/// level: not from a greenlet, a hub callback, a destructor that the hub runs (of a finished
+/// greenlet's result, say) or a [`Local::with`](crate::Local::with) closure, since evergreen
+/// frames there still use the hub.
+///
+/// # Panics
+///
+/// When called from anywhere else (the hub is never freed while it is in use).
 pub fn destroy() {
     let p = HUB.with(|h| h.get());
     if p.is_null() {
@@ -429,6 +460,13 @@ pub fn destroy() {
             "evergreen::hub::destroy() must be called from the root context, outside any \
              greenlet and any hub callback"
         );
+        assert!(
+            hub.busy.get() == 0,
+            "evergreen::hub::destroy() was called while the hub is running code on its behalf \
+             (a destructor run by the hub loop, a Local::with closure, or destroy itself): \
+             call it from the root context at top level"
+        );
+        let _busy = Busy::enter(hub);
         // Kill everything, repeatedly (a cleanup may spawn), running the queue without ever
         // blocking on timers or I/O.
         for _ in 0..16 {
@@ -461,11 +499,11 @@ pub fn destroy() {
         // Take them out first: dropping an action may touch the hub (an armed Timeout's Drop
         // cancels its timer, an IMap's Drop kills its feeder).
         let actions = hub.timers.borrow_mut().drain();
-        drop(actions);
+        hub.drop_on_hub(actions);
         let queued = hub.run_queue.take_all();
-        drop(queued);
+        hub.drop_on_hub(queued);
         let declined = std::mem::take(&mut *hub.declined.borrow_mut());
-        drop(declined);
+        hub.drop_on_hub(declined);
     }
     HUB.with(|h| h.set(std::ptr::null()));
     // SAFETY: `p` came from `Box::into_raw` and the thread-local no longer points to it.
@@ -517,9 +555,11 @@ pub fn call_later(delay: Duration, f: impl FnOnce() + 'static) -> TimerId {
     hub.add_timer(hub.far_deadline(delay), TimerAction::Callback(Box::new(f)))
 }
 
-/// Cancels a timer made by [`call_later`]; `true` if it had not fired.
+/// Cancels a timer made by [`call_later`]; `true` if it had not fired. The callback is
+/// dropped unrun, here.
 pub fn cancel_timer(id: TimerId) -> bool {
-    hub().cancel_timer(id)
+    let action = hub().take_timer(id);
+    action.is_some()
 }
 
 /// Runs `f` on the hub as a callback, after the tasks already queued (gevent's
@@ -671,10 +711,42 @@ impl Hub {
         self.timers.borrow_mut().insert(deadline, action)
     }
 
-    pub(crate) fn cancel_timer(&self, id: TimerId) -> bool {
-        // Drop the action outside the borrow: it may hold the last reference to a greenlet.
-        let a = self.timers.borrow_mut().cancel(id);
-        a.is_some()
+    /// Cancels a timer and hands its action back, for the caller to drop (it may hold the
+    /// last reference to a finished greenlet, whose result's `Drop` is user code: it must not
+    /// run inside a method of the hub).
+    #[must_use = "the action is dropped by the caller, outside the hub"]
+    pub(crate) fn take_timer(&self, id: TimerId) -> Option<TimerAction> {
+        self.timers.borrow_mut().cancel(id)
+    }
+
+    /// Drops `v`, which may run user code (a finished greenlet's result, a timer's captured
+    /// values), on behalf of the hub loop: as in a hub callback, blocking there fails with a
+    /// `LoopExit` panic, and a panic is logged and contained instead of escaping from an
+    /// unrelated blocking call of the root.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn drop_on_hub<V>(&self, v: V) {
+        let was = self.in_callback.replace(true);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(v)));
+        self.in_callback.set(was);
+        if let Err(p) = r {
+            log::error!(
+                "evergreen: a value dropped by the hub (a finished greenlet's result, or what a \
+                 timer held) panicked in its Drop (ignored): {}",
+                crate::greenlet::panic_message(&*p)
+            );
+        }
+    }
+
+    /// Releases a greenlet reference held by the hub: when it is the last one, the greenlet
+    /// (and its result) is dropped as by [`drop_on_hub`](Self::drop_on_hub).
+    #[inline(always)]
+    pub(crate) fn release(&self, g: GRef) {
+        if g.is_last() {
+            self.drop_on_hub(g);
+        } else {
+            drop(g);
+        }
     }
 
     fn pop_task(&self) -> Option<Task> {
@@ -697,6 +769,11 @@ impl Hub {
         if core.interrupt_pending() {
             return Wake::Interrupted;
         }
+        if core.unwinding.get() != 0 {
+            // Forget an unwind that was caught by the greenlet's own code (see
+            // `Core::is_unwinding`): checked at every park, while only this greenlet runs.
+            core.is_unwinding();
+        }
         let timer = deadline.map(|d| self.add_deadline(d));
         core.waiting_on.set(what);
         core.state.set(State::Parked);
@@ -705,7 +782,8 @@ impl Hub {
         if let Some(t) = timer {
             hit = core.deadline_hit.replace(false);
             if !hit {
-                self.cancel_timer(t);
+                // The action holds a count of this (running) greenlet: never the last one.
+                drop(self.take_timer(t));
             }
         }
         // An interrupt wins, unless it cannot be delivered now (the greenlet is unwinding) and
@@ -768,6 +846,64 @@ impl Hub {
         }
     }
 
+    /// Called by a libc hook that is about to report the current greenlet's pending interrupt
+    /// (a kill or a scoped `Timeout`) as `ECANCELED`/`ETIMEDOUT`, or to cut a patched sleep
+    /// short; returns how many times this interrupt was reported before.
+    ///
+    /// The hooks cannot unwind, so the interrupt is delivered only at the greenlet's next
+    /// evergreen blocking point. Plain std code that ignores the error and calls the hooks
+    /// again (a retry loop, `for c in listener.incoming()`) would then fail at once forever
+    /// and spin, starving the hub. So the first report is immediate, and every later one of
+    /// the same interrupt first parks the greenlet (uninterruptibly) for 1 ms, doubling up to
+    /// 100 ms: such a loop keeps failing, but yields to the hub while it does, and the killer
+    /// gets control back within its own timeout. The second report logs a warning naming the
+    /// greenlet.
+    pub(crate) fn hook_saw_interrupt(&self) -> u32 {
+        let core = self.current();
+        let n = core.hook_reports.get();
+        core.hook_reports.set(n.saturating_add(1));
+        if n == 1 {
+            log::warn!(
+                "evergreen: greenlet {} keeps making hooked calls with a {} pending; they fail \
+                 with ECANCELED/ETIMEDOUT (or return from a sleep) and are slowed down, since \
+                 the interrupt can only be delivered at an evergreen blocking point",
+                core.describe(),
+                match core.interrupt.get() {
+                    Some(crate::greenlet::Interrupt::Timeout { .. }) => "Timeout",
+                    _ => "kill",
+                }
+            );
+        }
+        if n >= 1 {
+            let pause =
+                Duration::from_millis(1u64 << (n - 1).min(7)).min(Duration::from_millis(100));
+            self.park_uninterruptible(pause, "a hooked call, slowed down (interrupt pending)");
+        }
+        n
+    }
+
+    /// Parks the current greenlet for `d`, whatever interrupt is pending (for the hooks).
+    pub(crate) fn park_uninterruptible(&self, d: Duration, what: &'static str) {
+        let core = self.current();
+        if self.in_callback.get() {
+            blocking_in_callback(what);
+        }
+        let deadline = self.far_deadline(d);
+        loop {
+            let t = self.add_deadline(deadline);
+            core.waiting_on.set(what);
+            core.state.set(State::Parked);
+            self.switch_out(core, what);
+            if core.deadline_hit.replace(false) {
+                return;
+            }
+            drop(self.take_timer(t));
+            if self.now() >= deadline {
+                return;
+            }
+        }
+    }
+
     #[cold]
     #[inline(never)]
     fn add_deadline(&self, d: Instant) -> TimerId {
@@ -799,6 +935,7 @@ impl Hub {
     // ---- the loop -------------------------------------------------------------------------
 
     fn run_until_root_woken(&self, what: &'static str) {
+        let _busy = Busy::enter(self);
         // SAFETY: the root core lives as long as the hub (owned by `self.root`).
         let root = unsafe { self.root_core.as_ref() };
         loop {
@@ -848,7 +985,13 @@ impl Hub {
 
     pub(crate) fn run_hub_callback(&self, f: Box<dyn FnOnce()>) {
         let was = self.in_callback.replace(true);
+        if let Some(m) = self.monitor.get() {
+            m.callback();
+        }
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        if let Some(m) = self.monitor.get() {
+            m.left();
+        }
         self.in_callback.set(was);
         if let Err(p) = r {
             log::error!(
@@ -870,7 +1013,9 @@ impl Hub {
             State::Dead => {
                 // Killed before it started while queued: its registration was kept for this
                 // entry.
-                drop(self.unregister_live(core));
+                if let Some(g) = self.unregister_live(core) {
+                    self.release(g);
+                }
                 return;
             }
             _ => {
@@ -923,8 +1068,11 @@ impl Hub {
         if let Some(co) = co {
             self.stacks.borrow_mut().put(co.into_stack());
         }
-        // Dropping the registry's handle may free the greenlet (and `core`).
-        drop(self.unregister_live(core));
+        // Dropping the registry's handle may free the greenlet (and `core`), and drop its
+        // result: user code, run as the hub.
+        if let Some(g) = self.unregister_live(core) {
+            self.release(g);
+        }
     }
 
     /// Fires due timers, then polls I/O (blocking until the next timer if nothing is
@@ -938,6 +1086,7 @@ impl Hub {
                 if c.state.get() == State::Parked && c.interrupt.get().is_some() {
                     self.unpark(c);
                 }
+                self.release(g);
             }
         }
         self.fire_due_timers();
@@ -968,7 +1117,13 @@ impl Hub {
                 }
                 (_, next) => {
                     let timeout = next.map(|d| d.saturating_duration_since(self.now()));
+                    if let Some(m) = self.monitor.get() {
+                        m.idle();
+                    }
                     self.poll_io(timeout);
+                    if let Some(m) = self.monitor.get() {
+                        m.left();
+                    }
                 }
             }
         }
@@ -1004,6 +1159,7 @@ impl Hub {
                         g.core().deadline_hit.set(true);
                         self.unpark(g.core());
                     }
+                    self.release(g);
                 }
                 TimerAction::Interrupt(g, i) => {
                     let c = g.core();
@@ -1011,8 +1167,12 @@ impl Hub {
                         c.set_interrupt(i);
                         self.unpark(c);
                     }
+                    self.release(g);
                 }
-                TimerAction::Start(g) => self.unpark(g.core()),
+                TimerAction::Start(g) => {
+                    self.unpark(g.core());
+                    self.release(g);
+                }
                 TimerAction::Callback(f) => self.run_hub_callback(f),
             }
         }

@@ -1,7 +1,9 @@
 //! Greenlet-local storage (gevent's `local.py`).
 //!
 //! Each greenlet (and the root context) has its own value per [`Local`]; the values of a
-//! greenlet are dropped when it finishes, on its own stack, before its joiners wake.
+//! greenlet are dropped when its function has returned, on its own stack while it still
+//! counts as running (so a `Drop` that blocks delays its end, and a kill can interrupt it),
+//! before its joiners wake. The root's values are dropped by [`hub::destroy`](crate::hub::destroy).
 //!
 //! Difference from gevent: gevent's `local` is an object with attributes; a `Local<T>` holds
 //! one typed value per greenlet, created on first access by the initialiser given to
@@ -50,7 +52,10 @@ impl<T: 'static> Local<T> {
     /// Runs `f` with the current greenlet's value. (While `f` runs, the value is lent out: a
     /// nested `with` on the same `Local` from inside `f` sees a fresh value.)
     pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        let core = hub().current();
+        let hub = hub();
+        // The closure runs with this frame still using the hub: `hub::destroy` is refused.
+        let _busy = crate::hub::Busy::enter(hub);
+        let core = hub.current();
         let mut slot = {
             let mut map = core.locals.borrow_mut();
             let map = map.get_or_insert_with(Default::default);

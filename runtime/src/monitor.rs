@@ -1,16 +1,21 @@
 //! The blocked-hub monitor (gevent's `_monitor.py`, `max_blocking_time`).
 //!
-//! A cooperative scheduler has one failure mode no scheduler can fix: a greenlet that runs for
-//! long without blocking holds the whole hub. The monitor is a watchdog *thread*: the hub
-//! publishes (in two relaxed atomic stores per switch) which greenlet it is running and how
-//! many switches it has made; the watchdog wakes every quarter of the threshold, and when the
-//! same greenlet has been running for longer than the threshold it logs a warning naming it:
+//! A cooperative scheduler has one failure mode no scheduler can fix: code that runs for long
+//! without blocking holds the whole hub. The monitor is a watchdog *thread*: the hub
+//! publishes (in two relaxed atomic stores per switch) what it is running — a greenlet, a hub
+//! callback, the root context (`main` between two blocking calls, and the hub's own loop), or
+//! nothing (waiting in `epoll_wait`) — and how many switches it has made; the watchdog wakes
+//! every quarter of the threshold, and when the same thing has held the hub for longer than
+//! the threshold it reports it, once per episode:
 //!
 //! ```text
-//! evergreen monitor: greenlet #7 'cruncher' has held the hub for 212 ms without yielding
+//! evergreen monitor: greenlet #7 'cruncher' has held the hub for 212 ms without yielding (threshold 100 ms); other greenlets, timers and I/O are stalled
+//! evergreen monitor: the root context (main, outside any greenlet) has held the hub for ...
+//! evergreen monitor: a hub callback (a raw link, timer or run_callback) has held the hub for ...
 //! ```
 //!
-//! once per episode. Enable it with `EVERGREEN_MONITOR=1` (threshold
+//! The report goes through `log::warn!` when a logger is installed, and straight to stderr
+//! when none is, so it is never silent. Enable it with `EVERGREEN_MONITOR=1` (threshold
 //! `EVERGREEN_MONITOR_THRESHOLD_MS`, default 100 ms) or [`start`].
 
 use std::collections::HashMap;
@@ -20,6 +25,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::hub::hub;
+
+/// Published while the hub waits for I/O or timers (nothing holds it).
+const IDLE: u64 = u64::MAX;
+/// Published while a hub callback runs.
+const CALLBACK: u64 = u64::MAX - 1;
+/// The root context's id (the root core's id).
+const ROOT: u64 = 0;
 
 struct Shared {
     current: AtomicU64,
@@ -39,7 +51,7 @@ pub(crate) struct MonitorHandle {
 impl MonitorHandle {
     pub(crate) fn start(threshold: Duration) -> MonitorHandle {
         let shared = Arc::new(Shared {
-            current: AtomicU64::new(0),
+            current: AtomicU64::new(ROOT),
             switches: AtomicU64::new(0),
             reports: AtomicU64::new(0),
             stop: AtomicBool::new(false),
@@ -66,9 +78,22 @@ impl MonitorHandle {
         self.shared.current.store(id, Ordering::Relaxed);
     }
 
+    /// Back to the root context (the hub loop, or `main`).
     #[inline]
     pub(crate) fn left(&self) {
-        self.shared.current.store(0, Ordering::Relaxed);
+        self.entered(ROOT);
+    }
+
+    /// A hub callback starts.
+    #[inline]
+    pub(crate) fn callback(&self) {
+        self.entered(CALLBACK);
+    }
+
+    /// The hub starts waiting for I/O or timers.
+    #[inline]
+    pub(crate) fn idle(&self) {
+        self.entered(IDLE);
     }
 
     pub(crate) fn name(&self, id: u64, name: &str) {
@@ -109,7 +134,7 @@ fn watch(s: Arc<Shared>, threshold: Duration) {
             s.current.load(Ordering::Relaxed),
             s.switches.load(Ordering::Relaxed),
         );
-        if now != last || now.0 == 0 {
+        if now != last || now.0 == IDLE {
             last = now;
             since = Instant::now();
             reported = false;
@@ -118,20 +143,31 @@ fn watch(s: Arc<Shared>, threshold: Duration) {
         let held = since.elapsed();
         if !reported && held >= threshold {
             reported = true;
-            let name = s
-                .names
-                .lock()
-                .ok()
-                .and_then(|m| m.get(&now.0).cloned())
-                .map(|n| format!(" '{n}'"))
-                .unwrap_or_default();
-            log::warn!(
-                "evergreen monitor: greenlet #{}{name} has held the hub for {} ms without \
-                 yielding (threshold {} ms); other greenlets, timers and I/O are stalled",
-                now.0,
+            let who = match now.0 {
+                ROOT => "the root context (main, outside any greenlet)".to_string(),
+                CALLBACK => "a hub callback (a raw link, timer or run_callback)".to_string(),
+                id => {
+                    let name = s
+                        .names
+                        .lock()
+                        .ok()
+                        .and_then(|m| m.get(&id).cloned())
+                        .map(|n| format!(" '{n}'"))
+                        .unwrap_or_default();
+                    format!("greenlet #{id}{name}")
+                }
+            };
+            let msg = format!(
+                "evergreen monitor: {who} has held the hub for {} ms without yielding \
+                 (threshold {} ms); other greenlets, timers and I/O are stalled",
                 held.as_millis(),
                 threshold.as_millis()
             );
+            if log::log_enabled!(log::Level::Warn) {
+                log::warn!("{msg}");
+            } else {
+                eprintln!("{msg}");
+            }
             s.reports.fetch_add(1, Ordering::Relaxed);
         }
     }

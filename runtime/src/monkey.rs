@@ -26,13 +26,35 @@
 //! * `close` of an fd the reactor knows deregisters it first and wakes its waiters with
 //!   `EBADF` (so fd numbers can be reused safely).
 //!
+//! * Blocking semantics are kept: on a stream socket a blocking write (`write`, `send`,
+//!   `writev`, `sendmsg`...) moves every byte and `recv(MSG_WAITALL)` fills the buffer, as the
+//!   kernel's calls do (a timeout, an error or an interrupt after some bytes moved returns the
+//!   count so far); a `connect` to a Unix listener whose queue is full waits for room.
+//! * A second greenlet waiting on the same fd in the same direction fails with `EALREADY`
+//!   ("operation already in progress": evergreen's
+//!   [`ConcurrentObjectUse`](crate::Error::ConcurrentObjectUse), logged once per occurrence).
+//! * The standard streams (fds 0, 1 and 2) always pass through: std guards stdin, stdout and
+//!   stderr with a lock that is re-entrant per *thread*, so a greenlet parked in a write to a
+//!   stdout that is a socket (systemd's journal) would hold it while another greenlet of the
+//!   same thread re-entered it and panicked.
+//! * `connect` and `accept` have no per-call "don't wait" flag: they set `O_NONBLOCK` for one
+//!   attempt. The flag belongs to the open file description, shared by `dup`/`try_clone`, so
+//!   those windows are serialised by a process-wide lock, the owner's flags are only read
+//!   under it, and a pass-through `accept`/`connect` (a plain thread, the root) on a blocking
+//!   description that ran into a window completes as the blocking call would. A description
+//!   shared with another process (a fork) is not covered.
+//!
 //! A kill or `Timeout` delivered to a greenlet parked in a hook does **not** unwind through it
 //! (callers reach the hooks through `extern "C"` declarations, which must not unwind): the
-//! hooked call fails with `ECANCELED` (a kill) or `ETIMEDOUT` (a scoped `Timeout`), every
-//! further hooked call fails the same way at once, and the interrupt itself is delivered, by
-//! unwinding, at the greenlet's next evergreen blocking point (or the greenlet ends normally if
-//! its code returns first). A patched `sleep` is cut short instead. This is a difference from
-//! gevent, where `GreenletExit` is raised inside the socket call.
+//! hooked call fails with `ECANCELED` (a kill) or `ETIMEDOUT` (a scoped `Timeout`), and the
+//! interrupt itself is delivered, by unwinding, at the greenlet's next evergreen blocking point
+//! (or the greenlet ends normally if its code returns first). A patched `sleep` is cut short
+//! instead. This is a difference from gevent, where `GreenletExit` is raised inside the socket
+//! call. Code that ignores the error and calls the hooks again is slowed down rather than left
+//! to spin (see `Hub::hook_saw_interrupt`): the same interrupt reported again first parks the
+//! greenlet for 1 ms, doubling up to 100 ms, and a later patched sleep sleeps its full time, so
+//! the hub and the killer's own timeout keep running; such code ends only when it returns or
+//! reaches an evergreen blocking point.
 //!
 //! # Not covered
 //!
@@ -44,9 +66,9 @@
 //!   so the first never runs again. This is why `mysql::Pool` (a `Mutex` + `Condvar` pool)
 //!   cannot be used cooperatively: use one connection per greenlet, or a pool built on
 //!   evergreen's [`Semaphore`](crate::Semaphore)/[`Queue`](crate::Queue).
-//! * `poll` on more than one fd is emulated by polling without blocking every millisecond
-//!   (or less), since a greenlet can wait on one fd at a time; `select`, `epoll_wait`,
-//!   `usleep`/`sleep` (glibc-internal nanosleep) and file I/O are not patched.
+//! * `select`, `epoll_wait`, `usleep`/`sleep` (glibc-internal nanosleep) and file I/O are not
+//!   patched. (`poll` waits on all its fds in the reactor; it falls back to polling every
+//!   millisecond or less only for an fd epoll refuses or another greenlet already waits on.)
 //! * File descriptors closed without going through the `close`/`dup2`/`dup3` hooks (by
 //!   glibc internally, `close_range`, raw syscalls, another thread) leave stale reactor state
 //!   for their number; evergreen's own sockets and std's never do.
@@ -170,11 +192,6 @@ fn fcntl_setfl(fd: RawFd, flags: c_int) {
     sys!(libc::SYS_fcntl, fd, libc::F_SETFL, flags);
 }
 
-fn is_nonblocking(fd: RawFd) -> bool {
-    let fl = fcntl_getfl(fd);
-    fl >= 0 && fl & libc::O_NONBLOCK != 0
-}
-
 /// `SO_RCVTIMEO`/`SO_SNDTIMEO` of a socket, if set.
 fn sock_timeout(fd: RawFd, dir: Dir) -> Option<Duration> {
     let opt = match dir {
@@ -210,41 +227,95 @@ fn in_greenlet() -> bool {
     crate::hub::in_greenlet()
 }
 
-/// Whether a socket call on `fd` must be made cooperative here.
-#[inline]
-fn cooperative_flags(fd: RawFd, flags: c_int) -> bool {
-    // A caller asking for MSG_DONTWAIT wants EAGAIN, not a wait (the classic "is this pooled
-    // connection still alive?" peek).
-    flags & libc::MSG_DONTWAIT == 0 && cooperative_socket(fd)
+/// What a cooperative call knows of its socket.
+#[derive(Clone, Copy)]
+struct Sock {
+    /// `SOCK_STREAM`: blocking writes and `MSG_WAITALL` reads transfer everything.
+    stream: bool,
 }
 
+/// Whether a socket call on `fd` must be made cooperative here.
 #[inline]
-fn cooperative_socket(fd: RawFd) -> bool {
-    if !SOCKET.load(Ordering::Relaxed) || fd < 0 || !in_greenlet() {
-        return false;
+fn cooperative_flags(fd: RawFd, flags: c_int) -> Option<Sock> {
+    // A caller asking for MSG_DONTWAIT wants EAGAIN, not a wait (the classic "is this pooled
+    // connection still alive?" peek).
+    if flags & libc::MSG_DONTWAIT != 0 {
+        return None;
+    }
+    cooperative_socket(fd)
+}
+
+/// The standard streams are never made cooperative: std guards stdin, stdout and stderr with
+/// a lock that is re-entrant *per thread*, so a greenlet parked in a write to stdout (on a
+/// socket: systemd's journal, socket activation) would hold it while another greenlet of the
+/// same thread re-entered it and panicked ("already borrowed"). Writing to them blocks the
+/// thread, as it does under gevent (which does not patch `sys.stdout` either).
+const STD_STREAMS: RawFd = 2;
+
+#[inline]
+fn cooperative_socket(fd: RawFd) -> Option<Sock> {
+    if !SOCKET.load(Ordering::Relaxed) || fd <= STD_STREAMS || !in_greenlet() {
+        return None;
     }
     let hub = hub();
     let Ok(mut r) = hub.reactor.try_borrow_mut() else {
-        return false;
+        return None;
     };
     match r.kind(fd) {
-        FdKind::Socket => true,
-        FdKind::Owned | FdKind::Other => false,
+        FdKind::Socket => Some(Sock { stream: false }),
+        FdKind::StreamSocket => Some(Sock { stream: true }),
+        FdKind::Owned | FdKind::Other => None,
         FdKind::Unknown => {
             // SAFETY: a zeroed stat buffer filled by fstat(2).
             let mut st: libc::stat = unsafe { std::mem::zeroed() };
-            let ok = sys!(libc::SYS_fstat, fd, &mut st as *mut libc::stat) == 0;
-            let kind = if ok && st.st_mode & libc::S_IFMT == libc::S_IFSOCK {
-                FdKind::Socket
-            } else {
-                FdKind::Other
-            };
-            if ok {
-                r.state(fd).kind = kind;
+            if sys!(libc::SYS_fstat, fd, &mut st as *mut libc::stat) != 0 {
+                return None;
             }
-            kind == FdKind::Socket
+            let kind = if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+                FdKind::Other
+            } else if socket_type(fd) == Some(libc::SOCK_STREAM) {
+                FdKind::StreamSocket
+            } else {
+                FdKind::Socket
+            };
+            r.state(fd).kind = kind;
+            match kind {
+                FdKind::Socket => Some(Sock { stream: false }),
+                FdKind::StreamSocket => Some(Sock { stream: true }),
+                _ => None,
+            }
         }
     }
+}
+
+/// `SO_TYPE` of a socket.
+fn socket_type(fd: RawFd) -> Option<c_int> {
+    let mut ty: c_int = 0;
+    let mut len = std::mem::size_of::<c_int>() as socklen_t;
+    let r = sys!(
+        libc::SYS_getsockopt,
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_TYPE,
+        &mut ty as *mut c_int,
+        &mut len as *mut socklen_t
+    );
+    (r == 0).then_some(ty)
+}
+
+/// `SO_DOMAIN` of a socket.
+fn socket_domain(fd: RawFd) -> Option<c_int> {
+    let mut d: c_int = 0;
+    let mut len = std::mem::size_of::<c_int>() as socklen_t;
+    let r = sys!(
+        libc::SYS_getsockopt,
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_DOMAIN,
+        &mut d as *mut c_int,
+        &mut len as *mut socklen_t
+    );
+    (r == 0).then_some(d)
 }
 
 /// Runs `op` (which returns -1 and sets errno on failure) cooperatively: retried after
@@ -278,25 +349,92 @@ fn coop<R: Copy + PartialOrd + From<i8>>(fd: RawFd, dir: Dir, mut op: impl FnMut
     }
 }
 
+/// A blocking transfer that must move all `total` bytes, as the kernel's blocking call does
+/// on a stream socket (a write of any size; a read with `MSG_WAITALL`): `op(done)` transfers
+/// from offset `done` without blocking and returns a count, 0 at end of stream (reads), or
+/// -1 with errno. It is repeated, waiting for `fd` whenever it would block, until everything
+/// is moved. As with the kernel's call, a timeout (`SO_RCVTIMEO`/`SO_SNDTIMEO`), an error or
+/// an interrupt after some bytes moved returns the count moved so far.
+fn coop_all(fd: RawFd, dir: Dir, total: usize, mut op: impl FnMut(usize) -> ssize_t) -> ssize_t {
+    let mut done = 0usize;
+    let mut deadline: Option<Option<Instant>> = None;
+    loop {
+        let r = op(done);
+        if r > 0 {
+            done += r as usize;
+            if done >= total {
+                return done as ssize_t;
+            }
+            continue;
+        }
+        if r == 0 {
+            return done as ssize_t;
+        }
+        let e = errno();
+        if e == libc::EINTR {
+            continue;
+        }
+        let partial = |e: c_int| {
+            if done > 0 {
+                done as ssize_t
+            } else {
+                set_errno(e);
+                -1
+            }
+        };
+        if e != libc::EAGAIN && e != libc::EWOULDBLOCK {
+            return partial(e);
+        }
+        if is_nonblocking(fd) {
+            return partial(e);
+        }
+        let d =
+            *deadline.get_or_insert_with(|| sock_timeout(fd, dir).and_then(|t| hub().deadline(t)));
+        if let Err(err) = reactor::wait_io_no_unwind(fd, dir, d, true) {
+            return partial(hook_errno(&err, libc::EAGAIN));
+        }
+    }
+}
+
 /// The errno for a failed wait: the interrupt's code (`ECANCELED`/`ETIMEDOUT`), `on_timeout`
-/// when the socket's own timeout passed, `EBADF` when the fd was closed.
+/// when the socket's own timeout passed, `EBADF` when the fd was closed, `EALREADY` when
+/// another greenlet already waits on the fd in the same direction (evergreen's
+/// `ConcurrentObjectUse`; reported once per fd through `log::warn!`).
 fn hook_errno(err: &io::Error, on_timeout: c_int) -> c_int {
     match err.raw_os_error() {
         Some(code) => code,
         None if err.kind() == io::ErrorKind::TimedOut => on_timeout,
+        None if matches!(
+            err.get_ref().and_then(|e| e.downcast_ref::<crate::Error>()),
+            Some(crate::Error::ConcurrentObjectUse(_))
+        ) =>
+        {
+            log::warn!("evergreen: a hooked call fails with EALREADY: {err}");
+            libc::EALREADY
+        }
         None => libc::EBADF,
     }
 }
 
 /// Sleeps without unwinding (for the hooks): a pending kill or `Timeout` cuts the sleep short
-/// and stays pending. Returns `false` if it was cut short.
+/// the first time and stays pending; a later sleep with the same interrupt still pending
+/// sleeps its whole time (code that ignores the interrupt stays cooperative instead of
+/// spinning; see `Hub::hook_saw_interrupt`). Returns `false` if it was cut short.
 fn sleep_no_unwind(d: Duration) -> bool {
     let hub = hub();
     let deadline = hub.deadline(d);
     loop {
         match hub.park(deadline, "sleep (patched)") {
             crate::hub::Wake::Deadline => return true,
-            crate::hub::Wake::Interrupted if !hub.current().is_unwinding() => return false,
+            crate::hub::Wake::Interrupted if !hub.current().is_unwinding() => {
+                if hub.current().hook_reports.get() == 0 {
+                    hub.hook_saw_interrupt();
+                    return false;
+                }
+                let left = deadline.map(|dl| dl.saturating_duration_since(hub.now()));
+                hub.park_uninterruptible(left.unwrap_or(Duration::MAX), "sleep (patched)");
+                return true;
+            }
             _ => {}
         }
         if deadline.is_some_and(|dl| hub.now() >= dl) {
@@ -309,15 +447,91 @@ fn sleep_no_unwind(d: Duration) -> bool {
 // The hooks
 // ---------------------------------------------------------------------------------------------
 
-/// The body shared by the `recv`/`send` family: a pass-through unless the call must be made
-/// cooperative, in which case `call` is retried with `MSG_DONTWAIT` added, waiting for `fd` in
-/// between.
+/// The body shared by `recv`, `recvfrom`, `send`, `sendto`, `write`: on a cooperative stream
+/// socket, a write (or a read with `MSG_WAITALL`) moves everything, as the kernel's blocking
+/// call would; `call(offset, len, flags)` transfers `len` bytes from `offset` of the caller's
+/// buffer.
 #[inline]
-fn socket_call(fd: RawFd, flags: c_int, dir: Dir, call: impl Fn(c_int) -> ssize_t) -> ssize_t {
-    if !cooperative_flags(fd, flags) {
-        return call(flags);
+fn buffer_call(
+    fd: RawFd,
+    flags: c_int,
+    dir: Dir,
+    len: size_t,
+    call: impl Fn(usize, size_t, c_int) -> ssize_t,
+) -> ssize_t {
+    let Some(sock) = cooperative_flags(fd, flags) else {
+        return call(0, len, flags);
+    };
+    let all = sock.stream && (dir == Dir::Write || flags & libc::MSG_WAITALL != 0);
+    if !all {
+        return coop(fd, dir, || call(0, len, flags | libc::MSG_DONTWAIT));
     }
-    coop(fd, dir, || call(flags | libc::MSG_DONTWAIT))
+    let f = (flags & !libc::MSG_WAITALL) | libc::MSG_DONTWAIT;
+    coop_all(fd, dir, len, |done| call(done, len - done, f))
+}
+
+/// The body shared by `recvmsg`, `sendmsg`, `readv`, `writev`: as [`buffer_call`], over an
+/// I/O vector; `call(msg, flags)` makes the call with `msg` (the caller's, or a copy whose
+/// vector skips what was already transferred).
+#[inline]
+fn msg_call(
+    fd: RawFd,
+    flags: c_int,
+    dir: Dir,
+    msg: *const libc::msghdr,
+    call: impl Fn(*const libc::msghdr, c_int) -> ssize_t,
+) -> ssize_t {
+    let Some(sock) = cooperative_flags(fd, flags) else {
+        return call(msg, flags);
+    };
+    let all = sock.stream && (dir == Dir::Write || flags & libc::MSG_WAITALL != 0);
+    if !all || msg.is_null() {
+        return coop(fd, dir, || call(msg, flags | libc::MSG_DONTWAIT));
+    }
+    // SAFETY: non-null, and valid per the caller's contract.
+    let m = unsafe { *msg };
+    // `msg_iovlen` is a `size_t` on glibc and an `int` on musl.
+    #[allow(clippy::unnecessary_cast)]
+    let iov: &[libc::iovec] = if m.msg_iov.is_null() || m.msg_iovlen == 0 {
+        &[]
+    } else {
+        // SAFETY: the caller's message holds `msg_iovlen` iovecs at `msg_iov`.
+        unsafe { std::slice::from_raw_parts(m.msg_iov, m.msg_iovlen as usize) }
+    };
+    let total = iov.iter().map(|v| v.iov_len).sum();
+    let f = (flags & !libc::MSG_WAITALL) | libc::MSG_DONTWAIT;
+    coop_all(fd, dir, total, |done| {
+        if done == 0 {
+            return call(msg, f);
+        }
+        // Rare (only after a partial transfer): a copy of the vector that skips `done` bytes;
+        // ancillary data went with the first part.
+        let rest = skip_iov(iov, done);
+        let mut m2 = m;
+        m2.msg_iov = rest.as_ptr() as *mut libc::iovec;
+        m2.msg_iovlen = rest.len() as _;
+        m2.msg_control = std::ptr::null_mut();
+        m2.msg_controllen = 0;
+        call(&m2, f)
+    })
+}
+
+/// The iovecs of `iov` after the first `skip` bytes.
+fn skip_iov(iov: &[libc::iovec], mut skip: usize) -> Vec<libc::iovec> {
+    let mut out = Vec::with_capacity(iov.len());
+    for v in iov {
+        if skip >= v.iov_len {
+            skip -= v.iov_len;
+            continue;
+        }
+        out.push(libc::iovec {
+            // SAFETY: `skip < iov_len`, so the result stays inside the caller's buffer.
+            iov_base: unsafe { (v.iov_base as *mut u8).add(skip) } as *mut c_void,
+            iov_len: v.iov_len - skip,
+        });
+        skip = 0;
+    }
+    out
 }
 
 /// Hook for `recv(2)`. See the [module docs](self).
@@ -332,8 +546,10 @@ pub unsafe extern "C-unwind" fn recv(
     len: size_t,
     flags: c_int,
 ) -> ssize_t {
-    socket_call(fd, flags, Dir::Read, |f| {
-        sys!(libc::SYS_recvfrom, fd, buf, len, f, 0usize, 0usize) as ssize_t
+    buffer_call(fd, flags, Dir::Read, len, |off, n, f| {
+        // SAFETY: `off <= len`: inside the caller's buffer.
+        let p = unsafe { (buf as *mut u8).add(off) };
+        sys!(libc::SYS_recvfrom, fd, p, n, f, 0usize, 0usize) as ssize_t
     })
 }
 
@@ -351,8 +567,10 @@ pub unsafe extern "C-unwind" fn recvfrom(
     addr: *mut sockaddr,
     addrlen: *mut socklen_t,
 ) -> ssize_t {
-    socket_call(fd, flags, Dir::Read, |f| {
-        sys!(libc::SYS_recvfrom, fd, buf, len, f, addr, addrlen) as ssize_t
+    buffer_call(fd, flags, Dir::Read, len, |off, n, f| {
+        // SAFETY: `off <= len`: inside the caller's buffer.
+        let p = unsafe { (buf as *mut u8).add(off) };
+        sys!(libc::SYS_recvfrom, fd, p, n, f, addr, addrlen) as ssize_t
     })
 }
 
@@ -368,8 +586,10 @@ pub unsafe extern "C-unwind" fn send(
     len: size_t,
     flags: c_int,
 ) -> ssize_t {
-    socket_call(fd, flags, Dir::Write, |f| {
-        sys!(libc::SYS_sendto, fd, buf, len, f, 0usize, 0usize) as ssize_t
+    buffer_call(fd, flags, Dir::Write, len, |off, n, f| {
+        // SAFETY: `off <= len`: inside the caller's buffer.
+        let p = unsafe { (buf as *const u8).add(off) };
+        sys!(libc::SYS_sendto, fd, p, n, f, 0usize, 0usize) as ssize_t
     })
 }
 
@@ -387,8 +607,10 @@ pub unsafe extern "C-unwind" fn sendto(
     addr: *const sockaddr,
     addrlen: socklen_t,
 ) -> ssize_t {
-    socket_call(fd, flags, Dir::Write, |f| {
-        sys!(libc::SYS_sendto, fd, buf, len, f, addr, addrlen) as ssize_t
+    buffer_call(fd, flags, Dir::Write, len, |off, n, f| {
+        // SAFETY: `off <= len`: inside the caller's buffer.
+        let p = unsafe { (buf as *const u8).add(off) };
+        sys!(libc::SYS_sendto, fd, p, n, f, addr, addrlen) as ssize_t
     })
 }
 
@@ -403,8 +625,8 @@ pub unsafe extern "C-unwind" fn recvmsg(
     msg: *mut libc::msghdr,
     flags: c_int,
 ) -> ssize_t {
-    socket_call(fd, flags, Dir::Read, |f| {
-        sys!(libc::SYS_recvmsg, fd, msg, f) as ssize_t
+    msg_call(fd, flags, Dir::Read, msg, |m, f| {
+        sys!(libc::SYS_recvmsg, fd, m, f) as ssize_t
     })
 }
 
@@ -419,8 +641,8 @@ pub unsafe extern "C-unwind" fn sendmsg(
     msg: *const libc::msghdr,
     flags: c_int,
 ) -> ssize_t {
-    socket_call(fd, flags, Dir::Write, |f| {
-        sys!(libc::SYS_sendmsg, fd, msg, f) as ssize_t
+    msg_call(fd, flags, Dir::Write, msg, |m, f| {
+        sys!(libc::SYS_sendmsg, fd, m, f) as ssize_t
     })
 }
 
@@ -432,7 +654,7 @@ pub unsafe extern "C-unwind" fn sendmsg(
 /// The same contract as libc's `read`.
 #[no_mangle]
 pub unsafe extern "C-unwind" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
-    if !cooperative_socket(fd) {
+    if cooperative_socket(fd).is_none() {
         return sys!(libc::SYS_read, fd, buf, count) as ssize_t;
     }
     coop(fd, Dir::Read, || {
@@ -448,27 +670,19 @@ pub unsafe extern "C-unwind" fn read(fd: c_int, buf: *mut c_void, count: size_t)
     })
 }
 
-/// Hook for `write(2)`.
+/// Hook for `write(2)`: on a blocking stream socket in a greenlet, writes everything (as the
+/// kernel's blocking `write` does), waiting cooperatively whenever the socket is full.
 ///
 /// # Safety
 ///
 /// The same contract as libc's `write`.
 #[no_mangle]
 pub unsafe extern "C-unwind" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
-    if !cooperative_socket(fd) {
+    if cooperative_socket(fd).is_none() {
         return sys!(libc::SYS_write, fd, buf, count) as ssize_t;
     }
-    coop(fd, Dir::Write, || {
-        sys!(
-            libc::SYS_sendto,
-            fd,
-            buf,
-            count,
-            libc::MSG_DONTWAIT,
-            0usize,
-            0usize
-        ) as ssize_t
-    })
+    // SAFETY: forwarded with the caller's contract.
+    unsafe { send(fd, buf, count, 0) }
 }
 
 fn iov_msg(iov: *const libc::iovec, iovcnt: c_int) -> libc::msghdr {
@@ -490,7 +704,7 @@ pub unsafe extern "C-unwind" fn readv(
     iov: *const libc::iovec,
     iovcnt: c_int,
 ) -> ssize_t {
-    if !cooperative_socket(fd) {
+    if cooperative_socket(fd).is_none() {
         return sys!(libc::SYS_readv, fd, iov, iovcnt) as ssize_t;
     }
     let mut m = iov_msg(iov, iovcnt);
@@ -504,7 +718,7 @@ pub unsafe extern "C-unwind" fn readv(
     })
 }
 
-/// Hook for `writev(2)`.
+/// Hook for `writev(2)`: as [`write`], everything is written on a blocking stream socket.
 ///
 /// # Safety
 ///
@@ -515,61 +729,143 @@ pub unsafe extern "C-unwind" fn writev(
     iov: *const libc::iovec,
     iovcnt: c_int,
 ) -> ssize_t {
-    if !cooperative_socket(fd) {
+    if cooperative_socket(fd).is_none() {
         return sys!(libc::SYS_writev, fd, iov, iovcnt) as ssize_t;
     }
     let m = iov_msg(iov, iovcnt);
-    coop(fd, Dir::Write, || {
-        sys!(
-            libc::SYS_sendmsg,
-            fd,
-            &m as *const libc::msghdr,
-            libc::MSG_DONTWAIT
-        ) as ssize_t
-    })
+    // SAFETY: forwarded with the caller's contract.
+    unsafe { sendmsg(fd, &m, 0) }
 }
 
-/// Runs `op` with `O_NONBLOCK` temporarily set on `fd` (restored before returning).
-fn with_nonblock<R>(fd: RawFd, flags: c_int, op: impl FnOnce() -> R) -> R {
+// ---------------------------------------------------------------------------------------------
+// Temporary O_NONBLOCK windows (connect, accept)
+// ---------------------------------------------------------------------------------------------
+//
+// `connect` and `accept` have no per-call "don't wait" flag, so a hooked call sets
+// `O_NONBLOCK` for the duration of one attempt. The flag lives on the *open file description*,
+// which `dup`, `try_clone` and threads share: another thread entering a blocking `accept` on a
+// clone during that window would get `EAGAIN`, and another hub reading the flags would take
+// the listener for one its owner made non-blocking. So, within this process:
+//
+// * every window runs under one lock (held for two `fcntl`s and one non-blocking syscall),
+//   and whoever needs the *owner's* flags reads them under that lock, never mid-window;
+// * windows are counted (`NB_SEQ`: odd while one is open), and a pass-through `accept` or
+//   `connect` (a plain thread, the root) on a socket its owner keeps blocking that fails with
+//   `EAGAIN`/`EINPROGRESS` while a window was open completes as the blocking call would
+//   (it waits with `poll` and retries, or waits for the connection).
+//
+// A process that shares the description with *another process* (a fork) is not covered.
+
+static NB_LOCK: AtomicBool = AtomicBool::new(false);
+static NB_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+struct NbLock;
+
+impl NbLock {
+    fn take() -> NbLock {
+        while NB_LOCK
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            std::thread::yield_now();
+        }
+        NbLock
+    }
+}
+
+impl Drop for NbLock {
+    fn drop(&mut self) {
+        NB_LOCK.store(false, Ordering::Release);
+    }
+}
+
+/// Whether the owner of `fd` made it non-blocking (read outside any hook's window).
+fn is_nonblocking(fd: RawFd) -> bool {
+    let _l = NbLock::take();
+    let fl = fcntl_getfl(fd);
+    fl >= 0 && fl & libc::O_NONBLOCK != 0
+}
+
+/// Runs `op` with `O_NONBLOCK` set on `fd` for just this call; `None` (and `op` not run) if
+/// the owner made `fd` non-blocking, or its flags cannot be read.
+fn in_nonblocking_window<R>(fd: RawFd, op: impl FnOnce() -> R) -> Option<R> {
+    let _l = NbLock::take();
+    let flags = fcntl_getfl(fd);
+    if flags < 0 || flags & libc::O_NONBLOCK != 0 {
+        return None;
+    }
+    NB_SEQ.fetch_add(1, Ordering::SeqCst);
     fcntl_setfl(fd, flags | libc::O_NONBLOCK);
     let r = op();
     let e = errno();
     fcntl_setfl(fd, flags);
+    NB_SEQ.fetch_add(1, Ordering::SeqCst);
     set_errno(e);
-    r
+    Some(r)
 }
 
-/// Hook for `connect(2)`: in a greenlet, a blocking connect becomes a non-blocking connect
-/// and a wait for writability (bounded by `SO_SNDTIMEO`, as the kernel does).
-///
-/// # Safety
-///
-/// The same contract as libc's `connect`.
-#[no_mangle]
-pub unsafe extern "C-unwind" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-    if !cooperative_socket(fd) {
-        return sys!(libc::SYS_connect, fd, addr, len) as c_int;
+/// Whether a pass-through call on `fd` that started at window count `seq0` and failed as a
+/// non-blocking call would may owe that to a hook's window (not to its owner's flags).
+fn failed_in_a_window(fd: RawFd, seq0: u64) -> bool {
+    let seq1 = NB_SEQ.load(Ordering::SeqCst);
+    if seq0 == seq1 && seq0 % 2 == 0 {
+        return false;
     }
-    let flags = fcntl_getfl(fd);
-    if flags < 0 || flags & libc::O_NONBLOCK != 0 {
-        return sys!(libc::SYS_connect, fd, addr, len) as c_int;
+    !is_nonblocking(fd)
+}
+
+/// Waits, blocking the thread, until `fd` has `events` (for pass-through calls).
+fn poll_blocking(fd: RawFd, events: libc::c_short) {
+    let mut p = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    loop {
+        let r = sys!(libc::SYS_poll, &mut p as *mut libc::pollfd, 1, -1);
+        if r >= 0 || errno() != libc::EINTR {
+            return;
+        }
     }
-    let r = with_nonblock(fd, flags, || {
-        sys!(libc::SYS_connect, fd, addr, len) as c_int
-    });
+}
+
+/// `accept4` outside greenlets: the real call, made to block again if a hook's window made it
+/// fail with `EAGAIN`.
+fn accept4_passthrough(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
+    loop {
+        let seq0 = NB_SEQ.load(Ordering::SeqCst);
+        let r = sys!(libc::SYS_accept4, fd, addr, len, flags) as c_int;
+        if r >= 0 {
+            return r;
+        }
+        let e = errno();
+        if (e != libc::EAGAIN && e != libc::EWOULDBLOCK) || !failed_in_a_window(fd, seq0) {
+            set_errno(e);
+            return r;
+        }
+        poll_blocking(fd, libc::POLLIN);
+    }
+}
+
+/// `connect` outside greenlets: the real call, made to wait for the connection if a hook's
+/// window made it return `EINPROGRESS`.
+fn connect_passthrough(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let seq0 = NB_SEQ.load(Ordering::SeqCst);
+    let r = sys!(libc::SYS_connect, fd, addr, len) as c_int;
     if r == 0 {
         return 0;
     }
     let e = errno();
-    if e != libc::EINPROGRESS {
+    if e != libc::EINPROGRESS || !failed_in_a_window(fd, seq0) {
         set_errno(e);
-        return -1;
+        return r;
     }
-    let deadline = sock_timeout(fd, Dir::Write).and_then(|t| hub().deadline(t));
-    if let Err(err) = reactor::wait_io_no_unwind(fd, Dir::Write, deadline, true) {
-        set_errno(hook_errno(&err, libc::EINPROGRESS));
-        return -1;
-    }
+    poll_blocking(fd, libc::POLLOUT);
+    connect_result(fd)
+}
+
+/// The outcome of a connection in progress that became writable (`SO_ERROR`).
+fn connect_result(fd: c_int) -> c_int {
     let mut so_error: c_int = 0;
     let mut l = std::mem::size_of::<c_int>() as socklen_t;
     let r = sys!(
@@ -590,6 +886,84 @@ pub unsafe extern "C-unwind" fn connect(fd: c_int, addr: *const sockaddr, len: s
     0
 }
 
+/// Parks the current greenlet for `d` (a hook's back-off); `Err(errno)` if an interrupt is
+/// pending (reported as for any hooked call; see `Hub::hook_saw_interrupt`).
+fn hook_pause(d: Duration) -> Result<(), c_int> {
+    let hub = hub();
+    let deadline = hub.deadline(d);
+    loop {
+        match hub.park(deadline, "connect (listen queue full)") {
+            crate::hub::Wake::Deadline => return Ok(()),
+            crate::hub::Wake::Interrupted if !hub.current().is_unwinding() => {
+                let code = reactor::interrupted_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::ECANCELED);
+                hub.hook_saw_interrupt();
+                return Err(code);
+            }
+            _ => {}
+        }
+        if deadline.is_some_and(|dl| hub.now() >= dl) {
+            return Ok(());
+        }
+    }
+}
+
+/// Hook for `connect(2)`: in a greenlet, a blocking connect becomes a non-blocking connect
+/// and a wait for writability (bounded by `SO_SNDTIMEO`, as the kernel does). On a Unix
+/// socket whose listener's queue is full (the non-blocking connect says `EAGAIN`), it retries
+/// with a back-off (1 ms doubling to 50 ms) until the queue has room or `SO_SNDTIMEO` passes,
+/// as the blocking call waits.
+///
+/// # Safety
+///
+/// The same contract as libc's `connect`.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    if cooperative_socket(fd).is_none() {
+        return connect_passthrough(fd, addr, len);
+    }
+    let mut pause = Duration::from_millis(1);
+    let mut deadline: Option<Option<Instant>> = None;
+    loop {
+        let Some(r) = in_nonblocking_window(fd, || sys!(libc::SYS_connect, fd, addr, len) as c_int)
+        else {
+            // The owner's non-blocking socket: it expects EINPROGRESS.
+            return sys!(libc::SYS_connect, fd, addr, len) as c_int;
+        };
+        if r == 0 {
+            return 0;
+        }
+        let e = errno();
+        let d = *deadline
+            .get_or_insert_with(|| sock_timeout(fd, Dir::Write).and_then(|t| hub().deadline(t)));
+        if e == libc::EAGAIN && socket_domain(fd) == Some(libc::AF_UNIX) {
+            // The listen queue is full: the blocking call would wait for room.
+            let now = hub().now();
+            if d.is_some_and(|d| now >= d) {
+                set_errno(libc::EAGAIN);
+                return -1;
+            }
+            let step = d.map_or(pause, |d| pause.min(d - now));
+            if let Err(code) = hook_pause(step) {
+                set_errno(code);
+                return -1;
+            }
+            pause = (pause * 2).min(Duration::from_millis(50));
+            continue;
+        }
+        if e != libc::EINPROGRESS {
+            set_errno(e);
+            return -1;
+        }
+        if let Err(err) = reactor::wait_io_no_unwind(fd, Dir::Write, d, true) {
+            set_errno(hook_errno(&err, libc::EINPROGRESS));
+            return -1;
+        }
+        return connect_result(fd);
+    }
+}
+
 /// Hook for `accept4(2)`.
 ///
 /// # Safety
@@ -602,19 +976,16 @@ pub unsafe extern "C-unwind" fn accept4(
     len: *mut socklen_t,
     flags: c_int,
 ) -> c_int {
-    if !cooperative_socket(fd) {
-        return sys!(libc::SYS_accept4, fd, addr, len, flags) as c_int;
-    }
-    let fl = fcntl_getfl(fd);
-    if fl < 0 || fl & libc::O_NONBLOCK != 0 {
-        return sys!(libc::SYS_accept4, fd, addr, len, flags) as c_int;
+    if cooperative_socket(fd).is_none() {
+        return accept4_passthrough(fd, addr, len, flags);
     }
     coop(fd, Dir::Read, || {
-        // The listener is blocking: try with O_NONBLOCK set just for this call. `coop` sees
-        // the restored flags, so it waits on EAGAIN.
-        with_nonblock(fd, fl, || {
+        // A blocking listener: try without blocking, in a window (see above). `coop` reads
+        // the owner's flags, so it waits on EAGAIN.
+        in_nonblocking_window(fd, || {
             sys!(libc::SYS_accept4, fd, addr, len, flags) as c_int
         })
+        .unwrap_or_else(|| sys!(libc::SYS_accept4, fd, addr, len, flags) as c_int)
     })
 }
 
@@ -635,9 +1006,11 @@ pub unsafe extern "C-unwind" fn accept(
 
 /// Hook for `poll(2)`: in a greenlet (after [`patch_socket`]), waits cooperatively.
 ///
-/// One fd waiting for one direction parks on the reactor; anything else (several fds, or both
-/// directions) polls without blocking and sleeps cooperatively in between (50 µs doubling up
-/// to 1 ms). A pending kill or `Timeout` makes it fail with `ECANCELED`/`ETIMEDOUT`.
+/// The greenlet waits on the reactor for every fd and direction asked for at once, and
+/// re-polls when any of them becomes ready. If one of the fds cannot be waited on that way
+/// (another greenlet waits on it in the same direction, or epoll refuses it), it polls
+/// without blocking and sleeps cooperatively in between (50 µs doubling up to 1 ms). A pending
+/// kill or `Timeout` makes it fail with `ECANCELED`/`ETIMEDOUT`.
 ///
 /// # Safety
 ///
@@ -662,38 +1035,42 @@ pub unsafe extern "C-unwind" fn poll(
     } else {
         None
     };
-    if nfds == 1 {
-        // SAFETY: nfds == 1, so `fds` points to one pollfd.
-        let p = unsafe { &*fds };
-        let rd = p.events & libc::POLLIN != 0;
-        let wr = p.events & libc::POLLOUT != 0;
-        if p.fd >= 0 && rd != wr {
-            let dir = if wr { Dir::Write } else { Dir::Read };
-            let mut drained = false;
-            loop {
-                match reactor::wait_io_no_unwind(p.fd, dir, deadline, drained) {
-                    Ok(()) => {
-                        let r = raw(0);
-                        if r != 0 {
-                            return r;
-                        }
-                        // Readiness was stale: wait for the next edge.
-                        drained = true;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::TimedOut && e.raw_os_error().is_none() => {
-                        return 0
-                    }
-                    Err(e)
-                        if e.raw_os_error() == Some(libc::ECANCELED)
-                            || e.raw_os_error() == Some(libc::ETIMEDOUT) =>
-                    {
-                        set_errno(e.raw_os_error().unwrap_or(libc::ECANCELED));
-                        return -1;
-                    }
-                    // Not pollable by epoll (a regular file), or closed meanwhile: emulate.
-                    Err(_) => break,
+    let pfds: &[libc::pollfd] = if fds.is_null() || nfds == 0 {
+        &[]
+    } else {
+        // SAFETY: per the caller's contract, `fds` holds `nfds` entries.
+        unsafe { std::slice::from_raw_parts(fds, nfds as usize) }
+    };
+    let mut waits = Vec::with_capacity(pfds.len());
+    for p in pfds.iter().filter(|p| p.fd >= 0) {
+        if p.events & (libc::POLLIN | libc::POLLPRI | libc::POLLRDHUP) != 0 {
+            waits.push((p.fd, Dir::Read));
+        }
+        if p.events & libc::POLLOUT != 0 {
+            waits.push((p.fd, Dir::Write));
+        }
+    }
+    loop {
+        match reactor::wait_many_no_unwind(&waits, deadline) {
+            Ok(()) => {
+                let r = raw(0);
+                if r != 0 {
+                    return r;
                 }
+                // Readiness was stale: the next wait drains it and waits for the next edge.
             }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut && e.raw_os_error().is_none() => {
+                return raw(0);
+            }
+            Err(e)
+                if e.raw_os_error() == Some(libc::ECANCELED)
+                    || e.raw_os_error() == Some(libc::ETIMEDOUT) =>
+            {
+                set_errno(e.raw_os_error().unwrap_or(libc::ECANCELED));
+                return -1;
+            }
+            // Not pollable by epoll (a regular file), or waited on by another greenlet.
+            Err(_) => break,
         }
     }
     let mut pause = Duration::from_micros(50);

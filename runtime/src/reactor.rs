@@ -47,8 +47,12 @@ pub(crate) enum FdKind {
     Unknown,
     /// A socket that evergreen's `net` owns (non-blocking): hooks pass it through.
     Owned,
-    /// A socket created elsewhere (blocking unless its owner says otherwise).
+    /// A socket created elsewhere (blocking unless its owner says otherwise), not a stream
+    /// (datagram, seqpacket...).
     Socket,
+    /// A `SOCK_STREAM` socket created elsewhere: blocking writes and `MSG_WAITALL` reads
+    /// must transfer everything, as the kernel's would.
+    StreamSocket,
     /// Not a socket (file, pipe, tty): hooks pass it through.
     Other,
 }
@@ -400,10 +404,102 @@ fn wait_io_inner(
             Wake::Interrupted if unwind => hub.deliver_interrupt(),
             Wake::Interrupted => {
                 if !hub.current().is_unwinding() {
+                    // The slot is freed first: the report may park for a while.
+                    drop(_guard);
+                    hub.hook_saw_interrupt();
                     return Err(interrupted_error());
                 }
             }
             // Spurious: wait again.
+            Wake::Woken => {}
+        }
+    }
+}
+
+/// Waits until any of `waits` (fds and directions, whose readiness the caller just found
+/// drained) is ready, `deadline` passes (`TimedOut`), or one of the fds is closed; for the
+/// hooked `poll`. Like [`wait_io_no_unwind`], an interrupt fails the wait with
+/// `ECANCELED`/`ETIMEDOUT`. Fails at once (before parking) with `ConcurrentObjectUse` if
+/// another greenlet waits on one of them in the same direction, or with the registration
+/// error of an fd epoll refuses: the caller then falls back to polling.
+pub(crate) fn wait_many_no_unwind(
+    waits: &[(RawFd, Dir)],
+    deadline: Option<Instant>,
+) -> io::Result<()> {
+    let hub = hub();
+    let me = hub.current().ptr();
+    let mut guards: Vec<SlotGuard> = Vec::with_capacity(waits.len());
+    {
+        let mut r = hub.reactor.borrow_mut();
+        for &(fd, dir) in waits {
+            let claimed = (|| {
+                r.register(fd)?;
+                let st = r.state(fd);
+                let (ready, slot) = match dir {
+                    Dir::Read => (&mut st.readable, &mut st.reader),
+                    Dir::Write => (&mut st.writable, &mut st.writer),
+                };
+                match *slot {
+                    Some(g) if g == me => return Ok(None), // listed twice
+                    Some(_) => {
+                        return Err(io::Error::other(Error::ConcurrentObjectUse(format!(
+                            "poll: another greenlet waits for fd {fd} to become {}",
+                            dir_name(dir)
+                        ))))
+                    }
+                    None => {}
+                }
+                *ready = false;
+                *slot = Some(me);
+                Ok(Some(st.generation))
+            })();
+            match claimed {
+                Ok(Some(generation)) => {
+                    r.waiting += 1;
+                    guards.push(SlotGuard {
+                        fd,
+                        dir,
+                        me,
+                        generation,
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    drop(r);
+                    return Err(e);
+                }
+            }
+        }
+    }
+    loop {
+        let wake = hub.park(deadline, "poll (patched)");
+        {
+            let mut r = hub.reactor.borrow_mut();
+            for g in &guards {
+                let st = r.state(g.fd);
+                let ready = match g.dir {
+                    Dir::Read => st.readable,
+                    Dir::Write => st.writable,
+                };
+                if st.generation != g.generation || ready {
+                    return Ok(());
+                }
+            }
+        }
+        match wake {
+            Wake::Deadline => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "timed out waiting in poll",
+                ))
+            }
+            Wake::Interrupted => {
+                if !hub.current().is_unwinding() {
+                    drop(guards);
+                    hub.hook_saw_interrupt();
+                    return Err(interrupted_error());
+                }
+            }
             Wake::Woken => {}
         }
     }

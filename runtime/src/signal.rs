@@ -97,15 +97,32 @@ impl std::fmt::Debug for SignalHandler {
     }
 }
 
+/// Signals raised synchronously by a faulting instruction. They are refused: a handler that
+/// only records the signal returns to the faulting instruction, which faults again forever, and
+/// `SIGSEGV`/`SIGBUS` belong to evergreen's stack-overflow handler.
+const SYNCHRONOUS_FAULTS: [i32; 4] = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE];
+
 /// Runs `callback` in a new greenlet each time the process receives `sig`.
 ///
-/// Errors: an invalid signal number, `SIGKILL`/`SIGSTOP`, more than 16 registrations of
-/// one signal, or a failure to make the pipe.
+/// Errors: an invalid signal number, `SIGKILL`/`SIGSTOP`, a synchronous fault signal
+/// (`SIGSEGV`, `SIGBUS`, `SIGILL`, `SIGFPE`), more than 16 registrations of one signal, or a
+/// failure to make the pipe.
 pub fn signal_handler(sig: i32, callback: impl Fn() + 'static) -> io::Result<SignalHandler> {
     if sig <= 0 || sig as usize >= NSIG || sig == libc::SIGKILL || sig == libc::SIGSTOP {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("signal {sig} cannot be handled"),
+        ));
+    }
+    if SYNCHRONOUS_FAULTS.contains(&sig) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "signal {sig} is a synchronous fault (SIGSEGV, SIGBUS, SIGILL or SIGFPE): it \
+                 cannot be handled later in a greenlet, since the faulting instruction would run \
+                 again at once, and replacing the handler would also disable evergreen's \
+                 stack-overflow report"
+            ),
         ));
     }
     let mut reg = registry();

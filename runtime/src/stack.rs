@@ -25,11 +25,21 @@
 //!   slab's one mapping: 100,000 guarded stacks cost ~1,600 mappings.
 //! * Elsewhere, `mprotect(PROT_NONE)` splits the mapping at every guard: two mappings per
 //!   stack, so Linux's default `vm.max_map_count` of 65530 caps guarded stacks at ~32,000.
-//!   When `mprotect` fails for that reason, [`GuardMode::Auto`] falls back to a dense slab
-//!   without guard pages and logs one warning saying so (raise the limit with
-//!   `sysctl -w vm.max_map_count=262144` to keep guards). Unguarded stacks carry a canary word
-//!   at their bottom that is checked whenever the greenlet switches out; a clobbered canary
-//!   aborts the process with the greenlet's name.
+//!   [`GuardMode::Auto`] keeps count of the mappings its guards make and, *before* they would
+//!   use up `vm.max_map_count` (it leaves room for the rest of the process: 1/16 of the limit,
+//!   at least 1,024 mappings, since `malloc` and every other `mmap` fail once the limit is
+//!   reached), falls back to dense slabs without guard pages for the rest of the hub's life.
+//!   It says so once on stderr (through `log` when a logger is installed): raise the limit
+//!   with `sysctl -w vm.max_map_count=262144` to keep guards. If `mprotect` fails with
+//!   `ENOMEM` anyway, it falls back the same way.
+//! * Unguarded stacks (`EVERGREEN_GUARD=none`, or that fallback) carry a canary word at their
+//!   bottom that is checked whenever the greenlet switches out; a clobbered canary aborts the
+//!   process with the greenlet's name. Each unguarded *slab* has one guard page below its
+//!   lowest stack, so an overflow that runs through its neighbours' stacks faults there at
+//!   the latest, and any fault while a greenlet runs on an unguarded stack is reported as a
+//!   probable overflow (of that greenlet, or of a neighbour that overwrote its stack): never a
+//!   silent `SIGSEGV`, though an overflow may corrupt the stacks of the greenlets below it
+//!   before it is caught.
 //!
 //! # Overflow reports
 //!
@@ -206,6 +216,40 @@ pub struct StackPool {
     /// understands the switches between them instead of reporting every access on the thread's
     /// own stack as invalid.
     valgrind: Vec<ValgrindStackRegistration>,
+    /// Estimated memory mappings of the process, for the `mprotect` fallback: read from
+    /// `/proc/self/maps` when the first `mprotect` slab is made (and again near the limit),
+    /// plus what this pool's guards added since.
+    maps_estimate: usize,
+}
+
+/// How many mappings the `mprotect` guards leave free for the rest of the process.
+fn map_reserve(limit: usize) -> usize {
+    (limit / 16).max(1024)
+}
+
+/// `vm.max_map_count` (65530 if unreadable).
+fn max_map_count_value() -> usize {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(65530)
+}
+
+/// How many mappings the process has now.
+fn maps_in_use() -> usize {
+    std::fs::read("/proc/self/maps")
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+        .unwrap_or(0)
+}
+
+/// Reports a fallback that must never go unnoticed: through `log` when a logger is installed,
+/// on stderr otherwise.
+pub(crate) fn warn_always(msg: &str) {
+    if log::log_enabled!(log::Level::Warn) {
+        log::warn!("{msg}");
+    } else {
+        eprintln!("{msg}");
+    }
 }
 
 impl StackPool {
@@ -223,6 +267,7 @@ impl StackPool {
             slabs: Vec::new(),
             outstanding: 0,
             valgrind: Vec::new(),
+            maps_estimate: 0,
         }
     }
 
@@ -337,19 +382,64 @@ impl StackPool {
         m
     }
 
+    /// Whether `mprotect` guards for one more slab would leave too little of
+    /// `vm.max_map_count` to the rest of the process (see the module docs); if so, switches
+    /// this pool to unguarded stacks, saying so once.
+    fn mprotect_guards_would_exhaust_maps(&mut self) -> bool {
+        let limit = max_map_count_value();
+        let reserve = map_reserve(limit);
+        // One slab with a guard per stack: the mapping is split into 2 per stack (+ 1).
+        let need = 2 * SLAB_STACKS + 1;
+        if self.maps_estimate == 0 || self.maps_estimate + need + 2 * reserve > limit {
+            // Near the limit (or the first time): count for real.
+            self.maps_estimate = maps_in_use();
+        }
+        if self.maps_estimate + need + reserve <= limit {
+            self.maps_estimate += need;
+            return false;
+        }
+        warn_always(&format!(
+            "evergreen: mprotect guard pages would use up vm.max_map_count ({limit}; about {} \
+             mappings in use): new greenlet stacks are unguarded (canary-checked) for the rest \
+             of this hub's life. Raise the limit (sysctl -w vm.max_map_count=262144) or use \
+             Linux >= 6.13 to keep guard pages.",
+            self.maps_estimate
+        ));
+        self.effective = Some(GuardMode::None);
+        true
+    }
+
     fn map_slab(&mut self) -> io::Result<()> {
-        let mode = self.guard_mode();
+        let mut mode = self.guard_mode();
+        if mode == GuardMode::Mprotect
+            && self.mode == GuardMode::Auto
+            && self.mprotect_guards_would_exhaust_maps()
+        {
+            mode = GuardMode::None;
+        }
         let guard = if mode == GuardMode::None {
             0
         } else {
             self.page
         };
+        // An unguarded slab gets one guard page below its lowest stack (2 mappings per slab):
+        // an overflow running down through its neighbours faults there at the latest.
+        let slab_guard = if mode == GuardMode::None {
+            self.page
+        } else {
+            0
+        };
         let stride = guard + self.default_size;
-        let len = stride * SLAB_STACKS;
+        let len = slab_guard + stride * SLAB_STACKS;
         let base = mmap_anon(len)?;
+        if slab_guard > 0 {
+            // Best effort: without it, the per-stack canaries and the fault report remain.
+            let _ = install_guard(GuardMode::Mprotect, base, slab_guard);
+        }
+        let first = base + slab_guard;
         let mut made = Vec::with_capacity(SLAB_STACKS);
         for i in 0..SLAB_STACKS {
-            let lo = base + i * stride;
+            let lo = first + i * stride;
             made.push(GreenStack {
                 top: lo + stride,
                 bottom: lo + guard,
@@ -364,13 +454,13 @@ impl StackPool {
                         && self.mode == GuardMode::Auto
                         && e.raw_os_error() == Some(libc::ENOMEM)
                     {
-                        log::warn!(
+                        warn_always(&format!(
                             "evergreen: mprotect guard pages hit vm.max_map_count ({}): \
                              switching to unguarded stacks with canaries for the rest of this \
                              hub's life. Raise the limit (sysctl -w vm.max_map_count=262144) or \
                              use Linux >= 6.13 to keep guard pages.",
                             max_map_count()
-                        );
+                        ));
                         self.effective = Some(GuardMode::None);
                         // The stacks already guarded keep their guards; the others get canaries.
                         for s in &mut made[i..] {
@@ -574,6 +664,8 @@ pub(crate) struct OverflowInfo {
     /// Pointer and length of the greenlet's name (immutable for its whole life), or null.
     pub name: *const u8,
     pub name_len: usize,
+    /// Its stack has no guard page.
+    pub unguarded: bool,
 }
 
 impl OverflowInfo {
@@ -585,6 +677,7 @@ impl OverflowInfo {
         size: 0,
         name: ptr::null(),
         name_len: 0,
+        unguarded: false,
     };
 }
 
@@ -706,7 +799,7 @@ extern "C" fn overflow_handler(
             // the fault to land in).
             || (sp != 0 && sp < running.bottom && running.bottom - sp <= NEAR)
             || (addr < running.bottom && running.bottom - addr <= NEAR && sp < running.bottom + 4096));
-    if overflowed {
+    if overflowed || (running.hi != 0 && running.unguarded) {
         raw_write(b"\nevergreen: greenlet #");
         raw_write_num(running.id);
         if !running.name.is_null() {
@@ -715,6 +808,21 @@ extern "C" fn overflow_handler(
             // alive while it runs.
             raw_write(unsafe { std::slice::from_raw_parts(running.name, running.name_len) });
             raw_write(b"'");
+        }
+        if !overflowed {
+            // No guard page to tell an overflow from another fault: say what is likely.
+            raw_write(b" faulted (signal ");
+            raw_write_num(sig as u64);
+            raw_write(b") on its unguarded ");
+            raw_write_num(running.size as u64);
+            raw_write(
+                b"-byte stack (EVERGREEN_GUARD=none, or the fallback once guard pages would \
+                  use up vm.max_map_count): most likely this greenlet overflowed its stack, or \
+                  a neighbouring greenlet's overflow overwrote it; raise EVERGREEN_STACK_SIZE or \
+                  use Builder::stack_size, and restore guard pages to catch it exactly\n",
+            );
+            // SAFETY: abort is async-signal-safe.
+            unsafe { libc::abort() }
         }
         raw_write(b" overflowed its ");
         raw_write_num(running.size as u64);

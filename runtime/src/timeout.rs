@@ -123,7 +123,7 @@ impl Timeout {
     pub fn cancel(&mut self) {
         if let Some(t) = self.timer.take() {
             if crate::hub::exists() {
-                hub().cancel_timer(t);
+                drop(hub().take_timer(t));
             }
         }
         if let Some(o) = self.owner.take() {

@@ -10,7 +10,9 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Instant;
 
-/// Identifies a timer for [`Timers::cancel`]. Never reused within one hub.
+/// Identifies a timer for [`Timers::cancel`]. Never reused on one thread, even across hubs
+/// (sequence numbers carry on from one hub's timer queue to the next), so an id that outlives
+/// its hub (a `Timeout` dropped after `hub::destroy`) cancels nothing in the next hub.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TimerId {
     seq: u64,
@@ -31,15 +33,27 @@ pub struct Timers<A> {
     live: usize,
 }
 
+thread_local! {
+    /// The next sequence number for this thread's next timer queue (see [`TimerId`]).
+    static NEXT_SEQ: std::cell::Cell<u64> = const { std::cell::Cell::new(1) };
+}
+
 impl<A> Default for Timers<A> {
     fn default() -> Self {
         Timers {
             heap: BinaryHeap::new(),
             slots: Vec::new(),
             free: Vec::new(),
-            next_seq: 1,
+            next_seq: NEXT_SEQ.try_with(|n| n.get()).unwrap_or(1),
             live: 0,
         }
+    }
+}
+
+impl<A> Drop for Timers<A> {
+    fn drop(&mut self) {
+        // The next queue on this thread starts where this one stopped.
+        let _ = NEXT_SEQ.try_with(|n| n.set(n.get().max(self.next_seq)));
     }
 }
 
@@ -182,6 +196,19 @@ mod tests {
         assert_eq!(t.cancel(a), None);
         assert_eq!(t.pop_due(t0), Some(2));
         assert_eq!(t.cancel(b), None);
+    }
+
+    #[test]
+    fn ids_are_not_reused_by_the_next_queue_of_the_thread() {
+        let t0 = Instant::now();
+        let mut first = Timers::default();
+        let old = first.insert(t0, 1);
+        drop(first);
+        let mut second = Timers::default();
+        let new = second.insert(t0, 2);
+        assert_ne!(old, new);
+        assert_eq!(second.cancel(old), None, "a stale id cancels nothing");
+        assert_eq!(second.pop_due(t0), Some(2));
     }
 
     #[test]

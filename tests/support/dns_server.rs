@@ -139,6 +139,8 @@ struct Shared {
     zone: Zone,
     log: Mutex<Vec<LoggedQuery>>,
     stop: AtomicBool,
+    /// Send TCP answers one byte per this interval (a slow or hostile server).
+    tcp_drip: Option<std::time::Duration>,
 }
 
 /// A running test DNS server; dropping it stops and joins all its threads.
@@ -155,6 +157,15 @@ impl TestDnsServer {
     ///
     /// If no port free for both protocols is found in 50 tries, or a thread cannot start.
     pub fn start(zone: Zone) -> TestDnsServer {
+        TestDnsServer::start_with(zone, None)
+    }
+
+    /// Like [`start`](Self::start), but every TCP answer is sent one byte per `interval`.
+    pub fn start_dripping_tcp(zone: Zone, interval: std::time::Duration) -> TestDnsServer {
+        TestDnsServer::start_with(zone, Some(interval))
+    }
+
+    fn start_with(zone: Zone, tcp_drip: Option<std::time::Duration>) -> TestDnsServer {
         let (udp, tcp) = bind_pair();
         let addr = udp.local_addr().expect("UDP local address");
         udp.set_read_timeout(Some(POLL)).expect("UDP read timeout");
@@ -163,6 +174,7 @@ impl TestDnsServer {
             zone,
             log: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
+            tcp_drip,
         });
         let udp_thread = {
             let shared = Arc::clone(&shared);
@@ -285,7 +297,14 @@ fn serve_conn(mut stream: TcpStream, shared: &Shared) {
             let len = u16::try_from(reply.len()).expect("reply fits a TCP frame");
             let mut framed = len.to_be_bytes().to_vec();
             framed.extend_from_slice(&reply);
-            if stream.write_all(&framed).is_err() {
+            let sent = match shared.tcp_drip {
+                None => stream.write_all(&framed).is_ok(),
+                Some(interval) => framed.iter().all(|b| {
+                    thread::sleep(interval); // pacing a hostile server, not ordering a test
+                    !shared.stop.load(Ordering::SeqCst) && stream.write_all(&[*b]).is_ok()
+                }),
+            };
+            if !sent {
                 break;
             }
         }

@@ -257,9 +257,7 @@ impl Resolver {
                 Err(e) => return Err(e),
             };
             match dns_wire::parse_response(id, name, qtype, &buf[..n]) {
-                Ok(ans) if ans.truncated => {
-                    return self.query_tcp(ns, name, qtype, deadline_after(self.config.timeout))
-                }
+                Ok(ans) if ans.truncated => return self.query_tcp(ns, name, qtype, deadline),
                 Ok(ans) => return Ok(ans.addrs),
                 // A stray or forged datagram (wrong id or question): keep waiting.
                 Err(dns_wire::DnsError::IdMismatch { .. })
@@ -279,24 +277,28 @@ impl Resolver {
     ) -> io::Result<Vec<IpAddr>> {
         let id = query_id();
         let q = dns_wire::build_query(id, name, qtype)?;
-        let left = deadline
-            .saturating_duration_since(hub().now())
-            .max(Duration::from_millis(1));
-        let mut s = TcpStream::connect_timeout(ns, left)?;
-        s.set_read_timeout(Some(left))?;
-        s.set_write_timeout(Some(left))?;
-        s.write_all(&dns_wire::tcp_frame(&q))?;
-        let mut len = [0u8; 2];
-        s.read_exact(&mut len)?;
-        let mut msg = vec![0u8; dns_wire::tcp_frame_len(len)];
-        s.read_exact(&mut msg)?;
+        let left = deadline.saturating_duration_since(hub().now());
+        if left.is_zero() {
+            return Err(timed_out(name, qtype, ns, self.config.timeout));
+        }
+        // The query's deadline bounds the whole exchange, not each read: a server that drips
+        // its answer a byte at a time must not keep the lookup going.
+        let exchange = crate::Timeout::new(left).run(|| -> io::Result<Vec<u8>> {
+            let mut s = TcpStream::connect_timeout(ns, left)?;
+            s.write_all(&dns_wire::tcp_frame(&q))?;
+            let mut len = [0u8; 2];
+            s.read_exact(&mut len)?;
+            let mut msg = vec![0u8; dns_wire::tcp_frame_len(len)];
+            s.read_exact(&mut msg)?;
+            Ok(msg)
+        });
+        let msg = match exchange {
+            Ok(r) => r?,
+            Err(_) => return Err(timed_out(name, qtype, ns, self.config.timeout)),
+        };
         let ans = dns_wire::parse_response(id, name, qtype, &msg)?;
         Ok(ans.addrs)
     }
-}
-
-fn deadline_after(t: Duration) -> Instant {
-    hub().far_deadline(t)
 }
 
 fn timed_out(name: &str, qtype: QType, ns: SocketAddr, t: Duration) -> io::Error {

@@ -17,6 +17,25 @@
 //! Differences from gevent: host names are resolved by evergreen's own resolver (never by
 //! glibc's `getaddrinfo`, which would block the hub); `try_clone` duplicates the fd, and each
 //! clone has its own reader and writer slots.
+//!
+//! Sockets are `!Send`: each is registered with the reactor of the hub of the thread that made
+//! it, and must be used and dropped there (one hub per thread; for several cores, accept on
+//! one listener per thread, or hand connections over as raw fds with `into_raw_fd` and
+//! `from_raw_fd`):
+//!
+//! ```compile_fail
+//! fn must_be_send<T: Send>() {}
+//! must_be_send::<evergreen::net::TcpStream>();
+//! ```
+//!
+//! ```compile_fail
+//! fn must_be_send<T: Send>() {}
+//! must_be_send::<evergreen::net::UnixListener>();
+//! ```
+//!
+//! Listeners are bound with a backlog of
+//! [`Config::listen_backlog`](crate::config::Config::listen_backlog) (1024 by default, as
+//! tokio; std and mio use 128), or the one given to [`TcpListener::bind_with_backlog`].
 
 use std::cell::Cell;
 use std::io;
@@ -44,6 +63,11 @@ pub use unix::{UnixListener, UnixStream};
 /// Must be declared *before* the socket it belongs to in a struct, so that it deregisters the
 /// fd before the socket closes it.
 pub(crate) struct IoState {
+    /// Sockets belong to the hub of the thread that made them: their fd is registered in
+    /// that hub's reactor, so moving one to another thread and dropping it there would leave
+    /// the first hub believing the fd number is registered. This marker makes every socket
+    /// `!Send` (and `!Sync`), like greenlet handles.
+    _not_send: std::marker::PhantomData<*const ()>,
     fd: RawFd,
     closed: Cell<bool>,
     read_timeout: Cell<Option<Duration>>,
@@ -54,6 +78,7 @@ impl IoState {
     pub(crate) fn new(fd: RawFd) -> io::Result<IoState> {
         reactor::adopt_fd(fd)?;
         Ok(IoState {
+            _not_send: std::marker::PhantomData,
             fd,
             closed: Cell::new(false),
             read_timeout: Cell::new(None),
@@ -133,6 +158,18 @@ impl IoState {
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.get()
     }
+}
+
+/// Raises the listen backlog of a freshly bound listener (std and mio listen with 128) to
+/// [`Config::listen_backlog`](crate::config::Config::listen_backlog), or to `backlog`.
+pub(crate) fn set_backlog(fd: RawFd, backlog: Option<u32>) -> io::Result<()> {
+    let n = backlog.unwrap_or_else(|| crate::hub::hub().config.listen_backlog);
+    let n = i32::try_from(n).unwrap_or(i32::MAX);
+    // SAFETY: listen(2) on a bound socket we own; calling it again only changes the backlog.
+    if unsafe { libc::listen(fd, n) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl Drop for IoState {

@@ -3,7 +3,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::{each_addr, IoState, ToAddrs};
@@ -146,6 +146,60 @@ impl TcpStream {
         self.io.io(Dir::Read, || self.inner.peek(buf))
     }
 
+    /// Adopts a connected std stream (made non-blocking and registered with this thread's
+    /// hub).
+    pub fn from_std(s: std::net::TcpStream) -> io::Result<TcpStream> {
+        s.set_nonblocking(true)?;
+        TcpStream::from_mio(mio::net::TcpStream::from_std(s))
+    }
+
+    /// Turns it back into a std stream (still non-blocking; call `set_nonblocking(false)` for
+    /// blocking use), forgetting it in the hub's reactor.
+    pub fn into_std(self) -> std::net::TcpStream {
+        // SAFETY: the fd is ours and open; ownership moves to the std stream.
+        unsafe { std::net::TcpStream::from_raw_fd(self.into_raw_fd()) }
+    }
+
+    /// Enables TCP keep-alive probes after `idle` without traffic (`SO_KEEPALIVE` and
+    /// `TCP_KEEPIDLE`, whole seconds, at least 1), or disables them with `None`.
+    pub fn set_keepalive(&self, idle: Option<Duration>) -> io::Result<()> {
+        let fd = self.io.fd;
+        let on = libc::c_int::from(idle.is_some());
+        setsockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, on)?;
+        if let Some(d) = idle {
+            let secs = d.as_secs().clamp(1, i32::MAX as u64) as libc::c_int;
+            setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs)?;
+        }
+        Ok(())
+    }
+
+    /// The keep-alive idle time, or `None` if keep-alive is off.
+    pub fn keepalive(&self) -> io::Result<Option<Duration>> {
+        let fd = self.io.fd;
+        if getsockopt::<libc::c_int>(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE)? == 0 {
+            return Ok(None);
+        }
+        let secs = getsockopt::<libc::c_int>(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE)?;
+        Ok(Some(Duration::from_secs(secs.max(0) as u64)))
+    }
+
+    /// Sets `SO_LINGER`: with `Some(t)`, closing waits (in the kernel) up to `t` for unsent
+    /// data, and `Some(ZERO)` resets the connection on close; `None` is the default
+    /// (close returns at once, data is sent in the background).
+    pub fn set_linger(&self, linger: Option<Duration>) -> io::Result<()> {
+        let l = libc::linger {
+            l_onoff: libc::c_int::from(linger.is_some()),
+            l_linger: linger.map_or(0, |d| d.as_secs().min(i32::MAX as u64) as libc::c_int),
+        };
+        setsockopt(self.io.fd, libc::SOL_SOCKET, libc::SO_LINGER, l)
+    }
+
+    /// The `SO_LINGER` setting.
+    pub fn linger(&self) -> io::Result<Option<Duration>> {
+        let l = getsockopt::<libc::linger>(self.io.fd, libc::SOL_SOCKET, libc::SO_LINGER)?;
+        Ok((l.l_onoff != 0).then(|| Duration::from_secs(l.l_linger.max(0) as u64)))
+    }
+
     /// A new handle to the same socket: the fd is duplicated, and the clone has its own
     /// timeouts and its own reader and writer slots (so a reader on the clone and a reader on
     /// the original are not detected as concurrent use). Closing one handle with
@@ -244,12 +298,26 @@ impl std::fmt::Debug for TcpListener {
 }
 
 impl TcpListener {
-    /// Binds (with `SO_REUSEADDR`) and listens on the first address that works.
+    /// Binds (with `SO_REUSEADDR`) and listens on the first address that works, with a
+    /// backlog of [`Config::listen_backlog`](crate::config::Config::listen_backlog) (1024 by
+    /// default, `EVERGREEN_LISTEN_BACKLOG`).
     pub fn bind(addr: impl ToAddrs) -> io::Result<TcpListener> {
+        TcpListener::bind_inner(addr, None)
+    }
+
+    /// Like [`bind`](Self::bind), with this listen backlog (capped by the kernel at
+    /// `net.core.somaxconn`).
+    pub fn bind_with_backlog(addr: impl ToAddrs, backlog: u32) -> io::Result<TcpListener> {
+        TcpListener::bind_inner(addr, Some(backlog))
+    }
+
+    fn bind_inner(addr: impl ToAddrs, backlog: Option<u32>) -> io::Result<TcpListener> {
         let addrs = addr.to_addrs()?;
         each_addr(addrs, |a| {
             let l = mio::net::TcpListener::bind(a)
                 .map_err(|e| io::Error::new(e.kind(), format!("binding {a}: {e}")))?;
+            super::set_backlog(l.as_raw_fd(), backlog)
+                .map_err(|e| io::Error::new(e.kind(), format!("listening on {a}: {e}")))?;
             TcpListener::from_mio(l)
         })
     }
@@ -301,6 +369,81 @@ impl TcpListener {
     pub fn is_closed(&self) -> bool {
         self.io.is_closed()
     }
+}
+
+impl IntoRawFd for TcpStream {
+    /// Gives up the fd (still non-blocking), forgetting it in the hub's reactor.
+    fn into_raw_fd(self) -> RawFd {
+        let TcpStream { io, inner } = self;
+        // Deregisters first (see `IoState`), then releases the fd without closing it.
+        drop(io);
+        inner.into_raw_fd()
+    }
+}
+
+impl FromRawFd for TcpStream {
+    /// Adopts a connected TCP socket (made non-blocking and registered with this thread's
+    /// hub).
+    ///
+    /// # Safety
+    ///
+    /// `fd` must be an open, connected TCP socket that nothing else owns.
+    ///
+    /// # Panics
+    ///
+    /// If the fd cannot be registered with the hub's reactor (the hub has no epoll
+    /// instance); use [`TcpStream::from_std`] to get an error instead.
+    unsafe fn from_raw_fd(fd: RawFd) -> TcpStream {
+        // SAFETY: per this function's contract.
+        let s = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+        TcpStream::from_std(s).unwrap_or_else(|e| panic!("TcpStream::from_raw_fd({fd}): {e}"))
+    }
+}
+
+impl IntoRawFd for TcpListener {
+    /// Gives up the fd (still non-blocking), forgetting it in the hub's reactor.
+    fn into_raw_fd(self) -> RawFd {
+        let TcpListener { io, inner } = self;
+        drop(io);
+        inner.into_raw_fd()
+    }
+}
+
+fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, v: T) -> io::Result<()> {
+    // SAFETY: `v` is a valid value of the option's type, passed with its exact size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            &v as *const T as *const libc::c_void,
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn getsockopt<T: Copy>(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<T> {
+    // SAFETY: an all-zero value is valid for the plain C option types used here (int, linger).
+    let mut v: T = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: `v` has room for `len` bytes.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            name,
+            &mut v as *mut T as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(v)
 }
 
 impl AsRawFd for TcpListener {

@@ -148,6 +148,8 @@ impl UnixListener {
         let p = path.as_ref();
         let inner = mio::net::UnixListener::bind(p)
             .map_err(|e| io::Error::new(e.kind(), format!("binding {}: {e}", p.display())))?;
+        super::set_backlog(inner.as_raw_fd(), None)
+            .map_err(|e| io::Error::new(e.kind(), format!("listening on {}: {e}", p.display())))?;
         let io = IoState::new(inner.as_raw_fd())?;
         Ok(UnixListener { io, inner })
     }
