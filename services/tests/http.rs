@@ -762,3 +762,57 @@ fn the_api_key_never_appears_in_any_error_or_debug_output() {
         srv.stop();
     });
 }
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+#[test]
+fn gzip_bodies_are_decoded_within_the_limit() {
+    run(|| {
+        // Compressed here, in the root context: miniz's encoder needs more stack (in debug
+        // builds) than a handler greenlet has. Decoding below runs in a greenlet with the
+        // default stack, as the services do.
+        let json = gzip(br#"{"users": ["alice", "bob"]}"#);
+        // 50 MB of zeros: a compression bomb of about 50 KB.
+        let bomb = gzip(&vec![0u8; 50 << 20]);
+        let srv = TestServer::start(move |req| {
+            let enc = [("Content-Encoding", "gzip")];
+            match req.path.as_str() {
+                "/json" => Reply::Bytes(response(200, &enc, &json)),
+                "/bomb" => Reply::Bytes(response(200, &enc, &bomb)),
+                "/corrupt" => Reply::Bytes(response(200, &enc, b"\x1f\x8b\x08\x00garbage")),
+                _ => Reply::Bytes(response(200, &[("Content-Encoding", "br")], b"xx")),
+            }
+        });
+        let c = client().max_response_bytes(1 << 20).build().unwrap();
+        let url = |p: &str| srv.url(p);
+        let (json_url, bomb_url, corrupt_url, br_url) =
+            (url("/json"), url("/bomb"), url("/corrupt"), url("/br"));
+        let g = evergreen::spawn(move || {
+            let v: serde_json::Value = c.get(&json_url).json().unwrap();
+            assert_eq!(v["users"][1], "bob");
+            assert_err(
+                c.get(&bomb_url).send(),
+                ErrorKind::TooLarge,
+                &["once decompressed"],
+            );
+            assert_err(
+                c.get(&corrupt_url).send(),
+                ErrorKind::Malformed,
+                &["invalid gzip body"],
+            );
+            assert_err(
+                c.get(&br_url).send(),
+                ErrorKind::Malformed,
+                &["Content-Encoding \"br\""],
+            );
+        });
+        g.get().unwrap();
+        assert_eq!(srv.seen()[0].header("accept-encoding"), Some("gzip"));
+        srv.stop();
+    });
+}

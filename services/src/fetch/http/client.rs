@@ -36,6 +36,7 @@ pub struct ClientBuilder {
     max_idle_per_host: usize,
     idle_timeout: Duration,
     keep_alive: bool,
+    gzip: bool,
     default_headers: Vec<(String, String)>,
     user_agent: String,
     webpki_roots: bool,
@@ -82,6 +83,7 @@ impl Default for ClientBuilder {
             max_idle_per_host: 100,
             idle_timeout: Duration::from_secs(90),
             keep_alive: true,
+            gzip: true,
             default_headers: Vec::new(),
             user_agent: concat!("evergreen-services/", env!("CARGO_PKG_VERSION")).to_string(),
             webpki_roots: true,
@@ -162,6 +164,13 @@ impl ClientBuilder {
     /// `Connection: close`.
     pub fn keep_alive(mut self, on: bool) -> Self {
         self.keep_alive = on;
+        self
+    }
+    /// Whether to ask for gzip-compressed bodies (`Accept-Encoding: gzip`) and decode them
+    /// (default true, as `requests` does). The decoded size is bounded by
+    /// [`max_response_bytes`](Self::max_response_bytes), so a compression bomb is refused.
+    pub fn gzip(mut self, on: bool) -> Self {
+        self.gzip = on;
         self
     }
     /// A header sent with every request (for example the upstream's `apikey`). Its value never
@@ -686,11 +695,12 @@ fn execute(inner: &Inner, mut req: Req) -> Result<Response, Error> {
         let location = raw.head.header("location").map(str::to_string);
         let is_redirect = matches!(status, 301 | 302 | 303 | 307 | 308);
         if !(is_redirect && inner.settings.max_redirects > 0) || location.is_none() {
+            let body = decode_body(inner, &raw.head, raw.body, &req.url)?;
             return Ok(Response {
                 status,
                 reason: raw.head.reason,
                 headers: raw.head.headers,
-                body: raw.body,
+                body,
                 url: req.url,
             });
         }
@@ -748,6 +758,53 @@ fn execute(inner: &Inner, mut req: Req) -> Result<Response, Error> {
         log::debug!("redirect {status}: {} -> {}", here, redact(&next));
         req.url = next;
     }
+}
+
+/// The body with its `Content-Encoding` undone (gzip, when the client asked for it).
+fn decode_body(
+    inner: &Inner,
+    head: &super::wire::Head,
+    body: Vec<u8>,
+    url: &Url,
+) -> Result<Vec<u8>, Error> {
+    let coding = head
+        .header("content-encoding")
+        .map(|c| c.to_ascii_lowercase())
+        .unwrap_or_default();
+    if body.is_empty() || coding.is_empty() || coding == "identity" {
+        return Ok(body);
+    }
+    if coding != "gzip" || !inner.settings.gzip {
+        return Err(Error::new(
+            ErrorKind::Malformed,
+            &redact(url),
+            format!(
+                "the body has Content-Encoding {}, which was not asked for",
+                snippet(coding.as_bytes(), 40)
+            ),
+        ));
+    }
+    use std::io::Read;
+    let limit = inner.settings.limits.max_body_bytes;
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
+    flate2::read::GzDecoder::new(&body[..])
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Malformed,
+                &redact(url),
+                format!("invalid gzip body ({} bytes): {e}", body.len()),
+            )
+        })?;
+    if out.len() > limit {
+        return Err(Error::new(
+            ErrorKind::TooLarge,
+            &redact(url),
+            format!("response body larger than the limit of {limit} bytes once decompressed"),
+        ));
+    }
+    Ok(out)
 }
 
 /// Whether a failed attempt may be tried again.
@@ -1047,6 +1104,9 @@ fn request_head(inner: &Inner, req: &Req) -> Vec<u8> {
     }
     if !overridden("accept") {
         h.extend_from_slice(b"Accept: */*\r\n");
+    }
+    if s.gzip && !overridden("accept-encoding") {
+        h.extend_from_slice(b"Accept-Encoding: gzip\r\n");
     }
     for (n, v) in &req.headers {
         if n.eq_ignore_ascii_case("content-length") || n.eq_ignore_ascii_case("host") {

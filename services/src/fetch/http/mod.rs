@@ -64,8 +64,9 @@
 //! | `response.json()`, `raise_for_status()` | [`Response::json`], [`Response::error_for_status`] | errors carry the redacted URL, the status and a snippet of the body |
 //! | `verify=...` | [`ClientBuilder::add_root_certificate_pem`], [`ClientBuilder::webpki_roots`] | no way to turn verification off |
 //!
-//! Not supported: HTTP/2, proxies, cookies, compressed bodies (no `Accept-Encoding` is sent),
-//! streaming bodies (a response is read whole, within [`ClientBuilder::max_response_bytes`]).
+//! Bodies are asked for and decoded as gzip ([`ClientBuilder::gzip`], on by default, bounded by
+//! the size limit after decompression). Not supported: HTTP/2, proxies, cookies, other
+//! content codings, streaming bodies (a response is read whole, within [`ClientBuilder::max_response_bytes`]).
 
 mod client;
 mod error;
