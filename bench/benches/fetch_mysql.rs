@@ -6,6 +6,12 @@
 //! * `mysql_async` (pool of 10) with 200 tasks on tokio current-thread and on tokio
 //!   multi-thread (2 workers).
 //!
+//! The peers are configured to do the same work per operation as evergreen's pool: no
+//! `COM_RESET_CONNECTION` when a connection goes back to the pool (their default, which also
+//! empties the prepared-statement cache, so every operation re-prepares) and, for
+//! `mysql::Pool`, no ping on every checkout (its default `check_health`). evergreen's pool
+//! pings only a connection idle for more than 5 s and never resets.
+//!
 //! Two workloads, each a run of `OPS` operations, every operation checking a connection out
 //! and in: point SELECTs by primary key (prepared, `SELECT v FROM kv WHERE id = ?` over 10,000
 //! rows), and single-row autocommit INSERTs into an InnoDB table. Runs interleaved across
@@ -236,7 +242,9 @@ fn run_mysql_pool(db: &str, work: Work, ops: usize) -> usize {
         .prefer_socket(false)
         .pool_opts(
             mysql::PoolOpts::new()
-                .with_constraints(mysql::PoolConstraints::new(POOL, POOL).unwrap()),
+                .with_constraints(mysql::PoolConstraints::new(POOL, POOL).unwrap())
+                .with_reset_connection(false)
+                .with_check_health(false),
         );
     let pool = mysql::Pool::new(opts).unwrap();
     let next = Arc::new(AtomicUsize::new(0));
@@ -279,7 +287,8 @@ async fn async_load(db: String, work: Work, ops: usize) -> usize {
         .prefer_socket(false)
         .pool_opts(
             mysql_async::PoolOpts::default()
-                .with_constraints(mysql_async::PoolConstraints::new(POOL, POOL).unwrap()),
+                .with_constraints(mysql_async::PoolConstraints::new(POOL, POOL).unwrap())
+                .with_reset_connection(false),
         );
     let pool = mysql_async::Pool::new(opts);
     let next = Arc::new(AtomicUsize::new(0));

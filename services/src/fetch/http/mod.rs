@@ -29,7 +29,7 @@
 //! greenlet on the hub, so thousands of requests from thousands of greenlets overlap on one
 //! thread.
 //!
-//! 1. **Pool** ([`pool`]): take a permit for the host (FIFO, bounded by
+//! 1. **Pool**: take a permit for the host (FIFO, bounded by
 //!    [`ClientBuilder::max_connections_per_host`]), then the most recently used idle
 //!    connection, or open one: the name is resolved by evergreen's own resolver
 //!    ([`evergreen::net::dns`], never glibc's blocking `getaddrinfo`), each address tried
