@@ -16,7 +16,7 @@
 //! current-thread server with a hand-written keep-alive loop (httparse), so it costs less
 //! per request than any client and stays out of the way on its own core.
 //!
-//! `cargo bench -p evergreen-bench --bench fetch_http` writes `bench/FETCH_HTTP.md`;
+//! `cargo bench -p evergreen-bench --bench fetch_http` writes its section of `bench/FETCH.md`;
 //! `cargo test --benches` runs one short round and writes nothing.
 
 use std::io::{BufRead, BufReader};
@@ -48,8 +48,14 @@ fn main() {
         ("reqwest tokio-mt2", run_reqwest_mt),
         ("ureq 100 threads", run_ureq),
     ];
+    // EVG_FETCH_ONLY=substring runs only the matching clients (for profiling one of them).
+    let only = std::env::var("EVG_FETCH_ONLY").unwrap_or_default();
+    let clients: Vec<_> = clients
+        .iter()
+        .filter(|(n, _)| n.contains(only.as_str()))
+        .collect();
     // One warm-up run each (connections, page faults), not recorded.
-    for (_, f) in clients {
+    for (_, f) in &clients {
         assert_eq!(f(&url, requests / 10), requests / 10);
     }
     let mut rps: Vec<Vec<f64>> = vec![Vec::new(); clients.len()];
@@ -85,10 +91,10 @@ fn main() {
         .collect();
     let table = report(&rows, requests, rounds);
     println!("{table}");
-    if full {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/FETCH_HTTP.md");
-        std::fs::write(path, table).expect("write FETCH_HTTP.md");
-        eprintln!("wrote {path}");
+    if full && only.is_empty() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/FETCH.md");
+        evergreen_bench::write_section(path, "fetch_http", &table).expect("write FETCH.md");
+        eprintln!("wrote the fetch_http section of {path}");
     }
 }
 

@@ -18,7 +18,7 @@
 //! clients, `ROUNDS` rounds, medians; operations per second and the client process's CPU time
 //! per operation (the server's is not counted).
 //!
-//! `cargo bench -p evergreen-bench --bench fetch_mysql` writes `bench/FETCH_MYSQL.md`;
+//! `cargo bench -p evergreen-bench --bench fetch_mysql` writes its section of `bench/FETCH.md`;
 //! `cargo test --benches` runs one short round and writes nothing. Without a server on
 //! 127.0.0.1:3306 it says so and exits.
 
@@ -56,6 +56,12 @@ fn main() {
         ("mysql_async tokio-ct (200 tasks)", run_async_ct),
         ("mysql_async tokio-mt2 (200 tasks)", run_async_mt),
     ];
+    // EVG_FETCH_ONLY=substring runs only the matching clients (for profiling one of them).
+    let only = std::env::var("EVG_FETCH_ONLY").unwrap_or_default();
+    let clients: Vec<_> = clients
+        .iter()
+        .filter(|(n, _)| n.contains(only.as_str()))
+        .collect();
     let mut out = String::new();
     out.push_str(&format!(
         "MySQL (MariaDB on 127.0.0.1), a pool of {POOL} connections, {ops} operations per run, \
@@ -65,7 +71,7 @@ fn main() {
     ));
     let mut verdicts = Vec::new();
     for work in [Work::Select, Work::Insert] {
-        for (_, f) in clients {
+        for (_, f) in &clients {
             assert_eq!(f(&db, work, ops / 10), ops / 10);
         }
         let mut rate: Vec<Vec<f64>> = vec![Vec::new(); clients.len()];
@@ -125,10 +131,10 @@ fn main() {
     ));
     teardown(&db);
     println!("{out}");
-    if full {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/FETCH_MYSQL.md");
-        std::fs::write(path, out).expect("write FETCH_MYSQL.md");
-        eprintln!("wrote {path}");
+    if full && only.is_empty() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/FETCH.md");
+        evergreen_bench::write_section(path, "fetch_mysql", &out).expect("write FETCH.md");
+        eprintln!("wrote the fetch_mysql section of {path}");
     }
 }
 
