@@ -152,6 +152,29 @@ fn a_pooled_connection_killed_on_the_server_is_replaced() {
         drop(c);
         let s = pool.stats();
         assert_eq!((s.opened, s.discarded), (2, 1), "{s:?}");
+        // A transaction on a reused connection that was killed: the ping before it replaces
+        // the connection, and the body runs once.
+        pool.migrate(SCHEMA).unwrap();
+        let id = pool.get().unwrap().connection_id();
+        db.admin
+            .get()
+            .unwrap()
+            .query_drop(&format!("KILL {id}"))
+            .unwrap();
+        let runs = Cell::new(0);
+        let mut c = pool.get().unwrap();
+        c.transaction("inserting after a kill", |tx| {
+            use mysql::prelude::Queryable;
+            runs.set(runs.get() + 1);
+            tx.exec_drop(
+                "INSERT INTO costs VALUES ('a', '2016-08-18', 'n', 'c', 1)",
+                (),
+            )
+        })
+        .unwrap();
+        assert_ne!(c.connection_id(), id);
+        drop(c);
+        assert_eq!((runs.get(), count(&pool, "costs")), (1, 1));
         // A ping after idleness catches it too.
         let pool = MySqlPool::new(
             db.opts()

@@ -801,7 +801,14 @@ impl PooledConn {
     /// closed, not pooled) and the error classified, naming `context`. If this is the first
     /// call on a connection reused from the pool and the connection turns out to be lost
     /// (killed on the server while idle, server restarted), `f` is run again, once, on a new
-    /// connection: the server never received the first try.
+    /// connection.
+    ///
+    /// # Caution
+    ///
+    /// That retry assumes the lost connection died while idle, before `f`'s statement. If it
+    /// died *while* the server executed an autocommit statement, after the commit but before
+    /// the answer, the statement runs twice. Use [`transaction`](Self::transaction) (which
+    /// never replays) or idempotent statements (upserts) where that matters.
     pub fn run<R>(
         &mut self,
         context: &str,
@@ -884,11 +891,23 @@ impl PooledConn {
     /// Runs `f` in a transaction: committed if `f` returns `Ok`, rolled back otherwise (and on
     /// a kill or timeout, when the connection is closed with the transaction open, the server
     /// rolls it back).
+    ///
+    /// `f` runs at most once: on a connection reused from the pool, a ping first makes sure the
+    /// connection is alive (replacing it once if it was lost), so a transaction is never
+    /// replayed after a failure that might have come after its `COMMIT` reached the server.
     pub fn transaction<R>(
         &mut self,
         context: &str,
         mut f: impl FnMut(&mut mysql::Transaction<'_>) -> Result<R, mysql::Error>,
     ) -> Result<R, Error> {
+        if self.reused {
+            self.pool.stats.borrow_mut().pings += 1;
+            self.run(context, |c| c.ping())?;
+        }
+        debug_assert!(
+            !self.reused,
+            "the retry-once window is closed before the body runs"
+        );
         self.run(context, |c| {
             let mut tx = c.start_transaction(TxOpts::default())?;
             let v = f(&mut tx)?; // dropping `tx` on error rolls back
