@@ -816,3 +816,46 @@ fn gzip_bodies_are_decoded_within_the_limit() {
         srv.stop();
     });
 }
+
+#[test]
+fn a_connect_that_gets_no_answer_times_out_and_is_retried() {
+    run_virtual(|| {
+        // A listener that never accepts, with a backlog of 0: once its accept queue holds a
+        // connection, the kernel drops further SYNs and a connect gets no answer.
+        let l = evergreen::net::TcpListener::bind_with_backlog("127.0.0.1:0", 0).unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut fillers = Vec::new();
+        loop {
+            match evergreen::net::TcpStream::connect_timeout(addr, Duration::from_millis(100)) {
+                Ok(s) => fillers.push(s),
+                Err(e) => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+                    break;
+                }
+            }
+            assert!(fillers.len() < 64, "the backlog never filled");
+        }
+        let c = client()
+            .connect_timeout(Duration::from_secs(3))
+            .max_retries(2)
+            .build()
+            .unwrap();
+        let start = evergreen::hub::now();
+        assert_err(
+            c.get(&format!("http://{addr}/x")).send(),
+            ErrorKind::Timeout,
+            &[
+                "connecting to 127.0.0.1",
+                "timed out after 3s",
+                "after 3 attempts",
+            ],
+        );
+        let took = evergreen::hub::now() - start;
+        // Three connects of 3 s, and two back-offs of at most 10 and 20 ms.
+        assert!(
+            took >= Duration::from_secs(9) && took <= Duration::from_millis(9030),
+            "{took:?}"
+        );
+        drop(fillers);
+    });
+}
