@@ -512,6 +512,11 @@ fn bad_urls_are_config_errors_without_the_password() {
     assert_eq!(e.kind(), ErrorKind::Config);
     assert!(!e.to_string().contains("hunter2"), "{e}");
     assert!(PoolOptions::from_url("mysql://").is_err());
+    let e = PoolOptions::from_url("mysql://u:hunter2@h/db?ssl=true&pool_max=3").unwrap_err();
+    assert!(
+        e.to_string().contains("ssl, pool_max") && !e.to_string().contains("hunter2"),
+        "{e}"
+    );
     let o = PoolOptions::from_url("mysql://u%40x:p%3Aw@db.example:3307/stats").unwrap();
     let dbg = format!("{o:?}");
     assert!(

@@ -310,6 +310,13 @@ impl PoolOptions {
                 u.scheme()
             )));
         }
+        if u.query().is_some_and(|q| !q.is_empty()) {
+            let names: Vec<String> = u.query_pairs().map(|(k, _)| k.into_owned()).collect();
+            return Err(bad(&format!(
+                "URL options are not supported ({}); set them on PoolOptions",
+                names.join(", ")
+            )));
+        }
         let host = u
             .host_str()
             .filter(|h| !h.is_empty())
