@@ -126,6 +126,12 @@ fn parse(
     };
     let mut w = Wire::new(d);
     let r = w.read_response(method, limits).map(|resp| resp.body);
+    let cap = w.buffer_capacity();
+    let bound = limits.max_head_bytes.max(16 * 1024) + 32 * 1024;
+    assert!(
+        cap <= bound,
+        "read buffer grew to {cap} bytes (bound {bound})"
+    );
     let d = w.get_ref();
     assert!(
         d.reads_after_eof <= 2,
@@ -213,6 +219,11 @@ fn an_endless_stream_stops_at_the_limits() {
     ] {
         let mut w = Wire::new(Endless(prefix.to_vec(), 0, 0));
         let e = w.read_response("GET", &limits).unwrap_err();
+        assert!(
+            w.buffer_capacity() <= 8192 + 48 * 1024,
+            "{}",
+            w.buffer_capacity()
+        );
         assert!(w.get_ref().2 < 200, "{} reads", w.get_ref().2);
         assert!(
             matches!(e, WireError::TooLarge { .. } | WireError::Malformed(_)),

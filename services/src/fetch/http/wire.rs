@@ -201,6 +201,13 @@ impl<S: Read> Wire<S> {
         self.end - self.pos
     }
 
+    /// The size of the read buffer. It grows only while an unfinished head or line fills it,
+    /// so it stays below the largest of the head limit and the line limits (16 KiB), plus two
+    /// reads (32 KiB): bodies are moved out as they arrive.
+    pub fn buffer_capacity(&self) -> usize {
+        self.buf.len()
+    }
+
     fn unread(&self) -> &[u8] {
         &self.buf[self.pos..self.end]
     }
