@@ -269,6 +269,7 @@ fn status_503_with_retry_after_is_retried_after_the_delay_asked() {
         assert_eq!((r.status(), r.text()), (200, "finally".to_string()));
         assert_eq!(evergreen::hub::now() - start, Duration::from_secs(6));
         assert_eq!(n.get(), 3);
+        assert_eq!(c.pool_stats().retries, 2);
         // A POST is not retried on 503; the status is an error with the body's start.
         n.set(0);
         let r = c.post(&srv.url("/p")).body("b").send().unwrap();

@@ -258,6 +258,7 @@ impl ClientBuilder {
                 settings: self,
                 tls: Arc::new(tls),
                 pool,
+                retries: std::cell::Cell::new(0),
             }),
         })
     }
@@ -267,6 +268,7 @@ struct Inner {
     settings: ClientBuilder,
     tls: Arc<rustls::ClientConfig>,
     pool: ConnPool,
+    retries: std::cell::Cell<u64>,
 }
 
 /// A cooperative HTTP/1.1 client (the `requests.Session` of the sample): cheap to clone (the
@@ -363,9 +365,12 @@ impl Client {
         }
     }
 
-    /// Counters of the connection pool.
+    /// Counters: connections opened and reused, idle connections, retries.
     pub fn pool_stats(&self) -> PoolStats {
-        self.inner.pool.stats()
+        PoolStats {
+            retries: self.inner.retries.get(),
+            ..self.inner.pool.stats()
+        }
     }
 
     /// Closes every idle pooled connection.
@@ -843,6 +848,7 @@ fn send_with_retries(inner: &Inner, req: &Req) -> Result<RawResponse, Error> {
                     redact(&req.url),
                     s.max_retries
                 );
+                inner.retries.set(inner.retries.get() + 1);
                 evergreen::sleep(delay);
             }
             Err((e, retry)) => {
@@ -856,6 +862,7 @@ fn send_with_retries(inner: &Inner, req: &Req) -> Result<RawResponse, Error> {
                     return Err(e.retry_count_note(attempt));
                 }
                 log::debug!("{e}; retry {attempt} of {} in {delay:?}", s.max_retries);
+                inner.retries.set(inner.retries.get() + 1);
                 evergreen::sleep(delay);
             }
         }

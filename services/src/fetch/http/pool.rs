@@ -41,7 +41,7 @@ struct HostPool {
     idle: RefCell<VecDeque<Conn>>,
 }
 
-/// Counters kept by a client's pool.
+/// Counters kept by a client (see [`Client::pool_stats`](super::Client::pool_stats)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PoolStats {
     /// Connections opened.
@@ -50,6 +50,9 @@ pub struct PoolStats {
     pub reused: u64,
     /// Connections idle in the pool now.
     pub idle: usize,
+    /// Attempts repeated after a failure or a retryable status (not counting the transparent
+    /// replacement of a dead pooled connection).
+    pub retries: u64,
 }
 
 pub(crate) struct ConnPool {
@@ -154,6 +157,7 @@ impl ConnPool {
                 .values()
                 .map(|h| h.idle.borrow().len())
                 .sum(),
+            retries: 0,
         }
     }
 }
