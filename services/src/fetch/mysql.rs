@@ -76,7 +76,11 @@ use std::time::{Duration, Instant};
 
 use evergreen::Semaphore;
 use mysql::prelude::{FromRow, Queryable};
-use mysql::{Conn, Opts, OptsBuilder, Params, TxOpts, Value};
+use mysql::{Conn, Opts, OptsBuilder, TxOpts};
+
+/// The `mysql` crate's types that appear in this module's API, re-exported so callers need
+/// not depend on the same version of the crate themselves.
+pub use mysql::{prelude, Params, Row, Transaction, Value};
 
 /// What kind of failure an [`Error`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
