@@ -37,7 +37,7 @@ fn main() {
         return;
     }
     let full = bench_mode();
-    let (requests, rounds) = if full { (40_000, 5) } else { (2_000, 1) };
+    let (requests, rounds) = if full { (40_000, 7) } else { (2_000, 1) };
     let mut server = Server::start();
     let url = format!("http://127.0.0.1:{}/stats?user=alice", server.port);
 

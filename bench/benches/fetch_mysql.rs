@@ -42,7 +42,7 @@ enum Work {
 
 fn main() {
     let full = bench_mode();
-    let (ops, rounds) = if full { (20_000, 5) } else { (1_000, 1) };
+    let (ops, rounds) = if full { (20_000, 7) } else { (1_000, 1) };
     if std::net::TcpStream::connect("127.0.0.1:3306").is_err() {
         eprintln!("fetch_mysql: no MySQL/MariaDB on 127.0.0.1:3306; skipped");
         return;
