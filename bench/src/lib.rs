@@ -95,6 +95,28 @@ pub fn bench_mode() -> bool {
     std::env::args().any(|a| a == "--bench")
 }
 
+/// Replaces the section `name` of the Markdown file at `path` (the text between
+/// `<!-- name -->` and `<!-- /name -->`) with `text`, appending the section if the file lacks
+/// it, so that several bench targets can each keep their own table in one report.
+pub fn write_section(path: &str, name: &str, text: &str) -> std::io::Result<()> {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let (open, close) = (format!("<!-- {name} -->"), format!("<!-- /{name} -->"));
+    let block = format!("{open}\n{}\n{close}", text.trim_end());
+    let new = match (old.find(&open), old.find(&close)) {
+        (Some(a), Some(b)) if a < b => format!("{}{block}{}", &old[..a], &old[b + close.len()..]),
+        _ => format!(
+            "{}{}{block}\n",
+            old,
+            if old.is_empty() || old.ends_with("\n\n") {
+                ""
+            } else {
+                "\n"
+            }
+        ),
+    };
+    std::fs::write(path, new)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,9 +131,27 @@ mod tests {
     }
 
     #[test]
+    fn sections_are_replaced_in_place() {
+        let path = std::env::temp_dir().join(format!("evg-section-{}.md", std::process::id()));
+        let p = path.to_str().unwrap();
+        std::fs::write(p, "# Report\n\nintro\n").unwrap();
+        write_section(p, "a", "first").unwrap();
+        write_section(p, "b", "second").unwrap();
+        write_section(p, "a", "third").unwrap();
+        let s = std::fs::read_to_string(p).unwrap();
+        std::fs::remove_file(p).unwrap();
+        assert_eq!(
+            s,
+            "# Report\n\nintro\n\n<!-- a -->\nthird\n<!-- /a -->\n\n<!-- b -->\nsecond\n<!-- /b -->\n"
+        );
+    }
+
+    #[test]
     fn rss_is_readable_on_linux() {
-        let peak = peak_rss_kib().expect("VmHWM");
+        // The current size first: the peak read after it cannot be smaller, even if the
+        // process grew in between (tests run on parallel threads).
         let now = rss_kib().expect("VmRSS");
+        let peak = peak_rss_kib().expect("VmHWM");
         assert!(peak >= now && now > 0);
     }
 }

@@ -1,0 +1,351 @@
+//! MySQL through a pool of 10 connections, against the local MariaDB (127.0.0.1:3306, root):
+//!
+//! * evergreen: `evergreen_services::fetch::mysql::MySqlPool` (10 connections, the unmodified
+//!   `mysql` crate made cooperative by monkey patching), 200 greenlets on one hub;
+//! * `mysql::Pool` (10 connections) on 10 OS threads;
+//! * `mysql_async` (pool of 10) with 200 tasks on tokio current-thread and on tokio
+//!   multi-thread (2 workers).
+//!
+//! The peers are configured to do the same work per operation as evergreen's pool: no
+//! `COM_RESET_CONNECTION` when a connection goes back to the pool (their default, which also
+//! empties the prepared-statement cache, so every operation re-prepares) and, for
+//! `mysql::Pool`, no ping on every checkout (its default `check_health`). evergreen's pool
+//! pings only a connection idle for more than 5 s and never resets.
+//!
+//! Two workloads, each a run of `OPS` operations, every operation checking a connection out
+//! and in: point SELECTs by primary key (prepared, `SELECT v FROM kv WHERE id = ?` over 10,000
+//! rows), and single-row autocommit INSERTs into an InnoDB table. Runs interleaved across
+//! clients, `ROUNDS` rounds, medians; operations per second and the client process's CPU time
+//! per operation (the server's is not counted).
+//!
+//! `cargo bench -p evergreen-bench --bench fetch_mysql` writes its section of `bench/FETCH.md`;
+//! `cargo test --benches` runs one short round and writes nothing. Without a server on
+//! 127.0.0.1:3306 it says so and exits.
+
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use evergreen_bench::{bench_mode, cpu_model, Summary};
+use mysql::prelude::Queryable;
+
+const POOL: usize = 10;
+const GREEN_WORKERS: usize = 200;
+const ROWS: u32 = 10_000;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Work {
+    Select,
+    Insert,
+}
+
+fn main() {
+    let full = bench_mode();
+    let (ops, rounds) = if full { (20_000, 7) } else { (1_000, 1) };
+    if std::net::TcpStream::connect("127.0.0.1:3306").is_err() {
+        eprintln!("fetch_mysql: no MySQL/MariaDB on 127.0.0.1:3306; skipped");
+        return;
+    }
+    let db = format!("evg_bench_{}", std::process::id());
+    setup(&db);
+    type Runner = fn(&str, Work, usize) -> usize;
+    let clients: &[(&str, Runner)] = &[
+        ("evergreen (200 greenlets)", run_evergreen),
+        ("mysql::Pool (10 threads)", run_mysql_pool),
+        ("mysql_async tokio-ct (200 tasks)", run_async_ct),
+        ("mysql_async tokio-mt2 (200 tasks)", run_async_mt),
+    ];
+    // EVG_FETCH_ONLY=substring runs only the matching clients (for profiling one of them).
+    let only = std::env::var("EVG_FETCH_ONLY").unwrap_or_default();
+    let clients: Vec<_> = clients
+        .iter()
+        .filter(|(n, _)| n.contains(only.as_str()))
+        .collect();
+    let mut out = String::new();
+    out.push_str(&format!(
+        "MySQL (MariaDB on 127.0.0.1), a pool of {POOL} connections, {ops} operations per run, \
+         median of {rounds} interleaved runs; CPU: {}, {} cores.\n\n",
+        cpu_model(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    ));
+    let mut verdicts = Vec::new();
+    for work in [Work::Select, Work::Insert] {
+        for (_, f) in &clients {
+            assert_eq!(f(&db, work, ops / 10), ops / 10);
+        }
+        let mut rate: Vec<Vec<f64>> = vec![Vec::new(); clients.len()];
+        let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); clients.len()];
+        for round in 0..rounds {
+            for (i, (name, f)) in clients.iter().enumerate() {
+                let c0 = process_cpu();
+                let t = Instant::now();
+                let done = f(&db, work, ops);
+                let secs = t.elapsed().as_secs_f64();
+                let cpu_us = (process_cpu() - c0).as_secs_f64() * 1e6 / ops as f64;
+                assert_eq!(done, ops, "{name}: every operation must succeed");
+                rate[i].push(ops as f64 / secs);
+                cpu[i].push(cpu_us);
+                eprintln!(
+                    "{work:?} round {round}: {name:<34} {:>8.0} ops/s {cpu_us:>6.1} µs CPU/op",
+                    ops as f64 / secs
+                );
+            }
+        }
+        let med: Vec<Summary> = rate.iter().map(|r| Summary::of(r)).collect();
+        let best_peer = med[1..].iter().map(|s| s.median).fold(0.0, f64::max);
+        out.push_str(&format!(
+            "{}:\n\n| client | ops/s (median) | ÷ best peer | client CPU µs/op | runs (ops/s) |\n|---|---:|---:|---:|---|\n",
+            match work {
+                Work::Select => "Point SELECTs by primary key",
+                Work::Insert => "Single-row INSERTs (autocommit)",
+            }
+        ));
+        for (i, (name, _)) in clients.iter().enumerate() {
+            out.push_str(&format!(
+                "| {name} | {:.0} | {:.2} | {:.1} | {} |\n",
+                med[i].median,
+                med[i].median / best_peer,
+                Summary::of(&cpu[i]).median,
+                rate[i]
+                    .iter()
+                    .map(|x| format!("{x:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        out.push('\n');
+        verdicts.push(format!(
+            "{work:?}: evergreen {:.2}× the best peer ({})",
+            med[0].median / best_peer,
+            if med[0].median >= best_peer {
+                "PASS"
+            } else {
+                "FAIL"
+            }
+        ));
+    }
+    out.push_str(&format!(
+        "Target ≥ 1.0× the best of the peers: {}.\n",
+        verdicts.join("; ")
+    ));
+    teardown(&db);
+    println!("{out}");
+    if full && only.is_empty() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/FETCH.md");
+        evergreen_bench::write_section(path, "fetch_mysql", &out).expect("write FETCH.md");
+        eprintln!("wrote the fetch_mysql section of {path}");
+    }
+}
+
+fn admin() -> mysql::Conn {
+    mysql::Conn::new(
+        mysql::OptsBuilder::new()
+            .ip_or_hostname(Some("127.0.0.1"))
+            .user(Some("root"))
+            .prefer_socket(false),
+    )
+    .expect("connect to MariaDB as root")
+}
+
+fn setup(db: &str) {
+    let mut c = admin();
+    c.query_drop(format!("CREATE DATABASE `{db}`")).unwrap();
+    c.query_drop(format!("USE `{db}`")).unwrap();
+    c.query_drop("CREATE TABLE kv (id INT PRIMARY KEY, v VARCHAR(64) NOT NULL) ENGINE=InnoDB")
+        .unwrap();
+    c.query_drop(
+        "CREATE TABLE log (id BIGINT AUTO_INCREMENT PRIMARY KEY, worker INT NOT NULL, \
+         n INT NOT NULL, v VARCHAR(64) NOT NULL) ENGINE=InnoDB",
+    )
+    .unwrap();
+    let mut tx = c.start_transaction(mysql::TxOpts::default()).unwrap();
+    tx.exec_batch(
+        "INSERT INTO kv VALUES (?, ?)",
+        (0..ROWS).map(|i| (i, format!("value-{i}"))),
+    )
+    .unwrap();
+    tx.commit().unwrap();
+}
+
+fn teardown(db: &str) {
+    let _ = admin().query_drop(format!("DROP DATABASE IF EXISTS `{db}`"));
+}
+
+fn sql(work: Work) -> &'static str {
+    match work {
+        Work::Select => "SELECT v FROM kv WHERE id = ?",
+        Work::Insert => "INSERT INTO log (worker, n, v) VALUES (?, ?, 'payload')",
+    }
+}
+
+/// User + system CPU time of this process so far.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+fn run_evergreen(db: &str, work: Work, ops: usize) -> usize {
+    use evergreen_services::fetch::mysql::{MySqlPool, PoolOptions};
+    let db = db.to_string();
+    std::thread::spawn(move || {
+        let pool = MySqlPool::new(
+            PoolOptions::new("127.0.0.1", 3306)
+                .user("root")
+                .database(Some(&db))
+                .max_connections(POOL),
+        );
+        let next = Rc::new(std::cell::Cell::new(0usize));
+        let gs: Vec<_> = (0..GREEN_WORKERS)
+            .map(|w| {
+                let (pool, next) = (pool.clone(), next.clone());
+                evergreen::spawn(move || {
+                    let mut done = 0;
+                    while next.get() < ops {
+                        let n = next.get();
+                        next.set(n + 1);
+                        let mut c = pool.get().unwrap();
+                        match work {
+                            Work::Select => {
+                                let v: Option<String> = c
+                                    .exec_first(sql(work), ((n as u32 * 7919) % ROWS,))
+                                    .unwrap();
+                                done += v.is_some() as usize;
+                            }
+                            Work::Insert => {
+                                c.exec_drop(sql(work), (w as u32, n as u32)).unwrap();
+                                done += 1;
+                            }
+                        }
+                    }
+                    done
+                })
+            })
+            .collect();
+        let total = evergreen::joinall(&gs)
+            .iter()
+            .map(|g| g.get().unwrap())
+            .sum();
+        drop(pool);
+        evergreen::hub::destroy();
+        total
+    })
+    .join()
+    .unwrap()
+}
+
+fn run_mysql_pool(db: &str, work: Work, ops: usize) -> usize {
+    let opts = mysql::OptsBuilder::new()
+        .ip_or_hostname(Some("127.0.0.1"))
+        .user(Some("root"))
+        .db_name(Some(db))
+        .prefer_socket(false)
+        .pool_opts(
+            mysql::PoolOpts::new()
+                .with_constraints(mysql::PoolConstraints::new(POOL, POOL).unwrap())
+                .with_reset_connection(false)
+                .with_check_health(false),
+        );
+    let pool = mysql::Pool::new(opts).unwrap();
+    let next = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..POOL)
+        .map(|w| {
+            let (pool, next) = (pool.clone(), next.clone());
+            std::thread::spawn(move || {
+                let mut done = 0;
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= ops {
+                        return done;
+                    }
+                    let mut c = pool.get_conn().unwrap();
+                    match work {
+                        Work::Select => {
+                            let v: Option<String> = c
+                                .exec_first(sql(work), ((n as u32 * 7919) % ROWS,))
+                                .unwrap();
+                            done += v.is_some() as usize;
+                        }
+                        Work::Insert => {
+                            c.exec_drop(sql(work), (w as u32, n as u32)).unwrap();
+                            done += 1;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).sum()
+}
+
+async fn async_load(db: String, work: Work, ops: usize) -> usize {
+    use mysql_async::prelude::Queryable as _;
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .user(Some("root"))
+        .db_name(Some(db))
+        .prefer_socket(false)
+        .pool_opts(
+            mysql_async::PoolOpts::default()
+                .with_constraints(mysql_async::PoolConstraints::new(POOL, POOL).unwrap())
+                .with_reset_connection(false),
+        );
+    let pool = mysql_async::Pool::new(opts);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..GREEN_WORKERS {
+        let (pool, next) = (pool.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0;
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= ops {
+                    return done;
+                }
+                let mut c = pool.get_conn().await.unwrap();
+                match work {
+                    Work::Select => {
+                        let v: Option<String> = c
+                            .exec_first(sql(work), ((n as u32 * 7919) % ROWS,))
+                            .await
+                            .unwrap();
+                        done += v.is_some() as usize;
+                    }
+                    Work::Insert => {
+                        c.exec_drop(sql(work), (w as u32, n as u32)).await.unwrap();
+                        done += 1;
+                    }
+                }
+            }
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    pool.disconnect().await.unwrap();
+    total
+}
+
+fn run_async_ct(db: &str, work: Work, ops: usize) -> usize {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async_load(db.to_string(), work, ops))
+}
+
+fn run_async_mt(db: &str, work: Work, ops: usize) -> usize {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async_load(db.to_string(), work, ops))
+}

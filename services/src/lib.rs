@@ -1,0 +1,37 @@
+//! # evergreen-services
+//!
+//! The services layer of evergreen. This crate holds the [`fetch`] helper, the I/O the stats
+//! services need, made cooperative on evergreen's hub:
+//!
+//! * [`fetch::http`]: an HTTP/1.1 client (keep-alive pool, retries with back-off, redirects,
+//!   timeouts, gzip, TLS by rustls) on evergreen's cooperative `TcpStream`;
+//! * [`fetch::mysql`]: a green pool over the unmodified `mysql` crate's connections, which
+//!   evergreen's monkey patching makes cooperative.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use evergreen_services::fetch::{http::Client, mysql::{MySqlPool, PoolOptions}};
+//!
+//! let http = Client::builder().default_header("apikey", "s3cret").build()?;
+//! let db = MySqlPool::new(PoolOptions::from_url("mysql://root@127.0.0.1/stats")?);
+//! let g = evergreen::spawn(move || -> Result<u64, Box<dyn std::error::Error>> {
+//!     let users: Vec<String> = http.get("https://api.example.com/users").json()?;
+//!     let rows: Vec<Vec<mysql::Value>> = users.into_iter().map(|u| vec![u.into()]).collect();
+//!     Ok(db.upsert("users", &["name"], &[], &rows, 500)?.rows)
+//! });
+//! println!("{:?}", g.into_result());
+//! # Ok(()) }
+//! ```
+//!
+//! # How it maps to the sample's gevent stack
+//!
+//! The sample ran `requests` and a blocking MySQL driver under `gevent.monkey.patch_all()`.
+//! Here the HTTP client is cooperative natively (it is written on evergreen's sockets), and the
+//! MySQL driver is the unmodified blocking crate, made cooperative by evergreen's libc-level
+//! hooks exactly as gevent's patching made the Python driver cooperative. Each module's docs
+//! describe its mechanism and map its items to their Python counterparts.
+//!
+//! `unsafe` is forbidden in this crate: everything unsafe lives in the runtime.
+#![forbid(unsafe_code)]
+
+pub mod fetch;
