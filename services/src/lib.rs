@@ -35,3 +35,4 @@
 #![forbid(unsafe_code)]
 
 pub mod fetch;
+pub mod store;
