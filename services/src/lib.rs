@@ -36,3 +36,5 @@
 
 pub mod fetch;
 pub mod store;
+pub mod demo_api;
+pub mod stats;
