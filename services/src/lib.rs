@@ -38,3 +38,4 @@ pub mod fetch;
 pub mod store;
 pub mod demo_api;
 pub mod stats;
+pub mod config;
