@@ -44,14 +44,14 @@ enum Cmd {
 #[derive(Args)]
 struct DbArgs {
     /// sqlite://PATH or mysql://USER:PASSWORD@HOST:PORT/DATABASE
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, value_parser = config::database_url, hide_env_values = true)]
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
     database_url: String,
 }
 
 #[derive(Args)]
 struct UpstreamArgs {
     /// The stats API's root; the views are appended (e.g. http://127.0.0.1:8080/)
-    #[arg(long, env = "BASE_URL", value_parser = config::base_url)]
+    #[arg(long, env = "BASE_URL", hide_env_values = true)]
     base_url: String,
     /// The api key, sent as the `apikey` header (never printed)
     #[arg(long, env = "APIKEY", hide_env_values = true)]
@@ -150,7 +150,7 @@ struct ServeArgs {
 #[derive(Args)]
 struct DemoArgs {
     /// Where to store (default: an SQLite file in the working directory)
-    #[arg(long, default_value = "sqlite://./stats-demo.db", value_parser = config::database_url)]
+    #[arg(long, default_value = "sqlite://./stats-demo.db")]
     database_url: String,
     /// How many dates, ending today
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=366))]
@@ -172,12 +172,21 @@ impl<E: std::fmt::Display> From<(i32, E)> for Fail {
 
 fn main() {
     // .env first: it never overrides the environment, and flags override both.
-    let env_problem = match dotenvy::dotenv() {
+    let env_problem = match dotenvy::from_filename(".env") {
         Ok(_) => None,
         Err(e) if e.not_found() => None,
-        Err(dotenvy::Error::LineParse(line, pos)) => {
-            let shown: String = line.split('=').next().unwrap_or("").chars().take(40).collect();
-            Some(format!(".env: cannot parse the line starting {shown:?} (at character {pos})"))
+        Err(dotenvy::Error::LineParse(snippet, _)) => {
+            // Name the line and its variable only: the value may be a secret.
+            let text = std::fs::read_to_string(".env").unwrap_or_default();
+            let snippet = snippet.lines().next().unwrap_or("").trim();
+            let found = text.lines().enumerate().find(|(_, l)| !snippet.is_empty() && l.contains(snippet));
+            Some(match found {
+                Some((i, l)) => {
+                    let name: String = l.trim_start().chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
+                    format!(".env line {}: cannot parse the value of {name:?}; expected NAME=value (quote values with spaces)", i + 1)
+                }
+                None => ".env: a line cannot be parsed; expected NAME=value (quote values with spaces)".to_string(),
+            })
         }
         Err(e) => Some(format!(".env: {e}")),
     };
@@ -213,6 +222,8 @@ fn main() {
 }
 
 fn open_store(url: &str) -> Result<Rc<dyn Store>, Fail> {
+    // Checked here, not by clap: clap's errors echo the value, which may hold a password.
+    config::database_url(url).map_err(|e| Fail(exit::CONFIG, format!("--database-url / {e}")))?;
     let s = store::open(url).map_err(|e| Fail(exit::CONFIG, e.to_string()))?;
     s.migrate().map_err(|e| Fail(exit::FAILURE, e.to_string()))?;
     Ok(s)
@@ -220,7 +231,9 @@ fn open_store(url: &str) -> Result<Rc<dyn Store>, Fail> {
 
 fn pipeline_config(up: &UpstreamArgs) -> Result<PipelineConfig, Fail> {
     let key = config::api_key(&up.api_key).map_err(|e| Fail(exit::CONFIG, e))?;
-    let mut c = PipelineConfig::new(&up.base_url, &key);
+    // Checked here, not by clap: clap's errors echo the value, which may hold a password.
+    let base = config::base_url(&up.base_url).map_err(|e| Fail(exit::CONFIG, format!("--base-url / BASE_URL: {e}")))?;
+    let mut c = PipelineConfig::new(&base, &key);
     c.concurrency = up.concurrency as usize;
     c.batch = up.batch_size as usize;
     c.flush_interval = Duration::from_millis(up.flush_ms);
@@ -333,8 +346,18 @@ fn print_summary(reports: &[CrunchReport]) {
             ));
         }
     }
+    if let Some(mb) = peak_rss_mb() {
+        out.push_str(&format!("peak RSS: {mb:.1} MB\n"));
+    }
     print!("{out}");
     let _ = std::io::stdout().flush();
+}
+
+/// The process's peak resident set (Linux `VmHWM`), in MB.
+fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 fn outcome_code(reports: &[CrunchReport]) -> Result<(), Fail> {
@@ -484,6 +507,7 @@ fn serve_api(a: ServeArgs) -> Result<(), Fail> {
 }
 
 fn migrate(a: DbArgs) -> Result<(), Fail> {
+    config::database_url(&a.database_url).map_err(|e| Fail(exit::CONFIG, format!("--database-url / {e}")))?;
     let s = store::open(&a.database_url).map_err(|e| Fail(exit::CONFIG, e.to_string()))?;
     let n = s.migrate().map_err(|e| Fail(exit::FAILURE, e.to_string()))?;
     println!("{n} migration(s) applied; the schema is current in {}", s.location());

@@ -61,6 +61,7 @@ impl Writer {
             loop {
                 match self.store.upsert(t, &rows) {
                     Ok(n) => {
+                        log::debug!("writer: wrote {n} rows into {}", t.name());
                         Metrics::add(&self.metrics.rows_written, n);
                         Metrics::add(&self.metrics.batches, 1);
                         break;
