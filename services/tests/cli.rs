@@ -291,3 +291,29 @@ fn mysql_connections_killed_mid_run_still_completes() {
         assert_exact(&*s, &Dataset { seed: 1, users, networks: 3, malformed_rate: 0.0 }, d("2016-08-18"));
     });
 }
+
+/// A 100,000-user date (300,000 user fetches, 1.5 M rows) with peak RSS under 100 MB, read
+/// from the child's own `VmHWM` (printed in its summary). Minutes in a debug build: run it with
+/// `cargo test --release -p evergreen-services --test cli -- --ignored hundred_thousand`.
+#[test]
+#[ignore = "long: run in release (see the doc comment)"]
+fn hundred_thousand_users_in_bounded_memory() {
+    let dir = TempDir::new("cli_100k");
+    let users = 100_000;
+    let (_api, url) = serve_api(&dir, &["--users", &users.to_string()]);
+    let mut c = cmd(&dir);
+    c.args(["crunch", "--date", "2016-08-18", "--base-url", &url, "--database-url", "sqlite://./s.db"]).env("APIKEY", KEY);
+    let (st, out, err) = output(c);
+    assert_eq!(st.code(), Some(0), "{out}{err}");
+    let rss: f64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("peak RSS: "))
+        .and_then(|l| l.trim_end_matches(" MB").parse().ok())
+        .expect("a peak RSS line");
+    assert!(rss < 100.0, "peak RSS {rss} MB");
+    let s = store::open(&format!("sqlite://{}/s.db", dir.path())).unwrap();
+    for t in evergreen_services::store::Table::ALL {
+        assert_eq!(s.count_rows(t, d("2016-08-18")).unwrap(), (users * 5) as u64);
+    }
+    assert!(out.contains(&format!("{users:>8}")), "{out}");
+}
