@@ -22,9 +22,13 @@ pub mod exit {
 
 /// `BASE_URL`: an `http`/`https` URL with a host and no query; a trailing `/` is added.
 pub fn base_url(s: &str) -> Result<String, String> {
-    let u = url::Url::parse(s).map_err(|e| format!("not a URL ({e}); expected e.g. http://127.0.0.1:8080/"))?;
+    let u = url::Url::parse(s)
+        .map_err(|e| format!("not a URL ({e}); expected e.g. http://127.0.0.1:8080/"))?;
     if u.scheme() != "http" && u.scheme() != "https" {
-        return Err(format!("the scheme is {:?}; expected http or https", u.scheme()));
+        return Err(format!(
+            "the scheme is {:?}; expected http or https",
+            u.scheme()
+        ));
     }
     if u.host_str().is_none_or(|h| h.is_empty()) {
         return Err("no host".into());
@@ -68,7 +72,9 @@ pub fn api_key(s: &str) -> Result<String, String> {
         return Err("the api key (--api-key or APIKEY) is empty".into());
     }
     if !s.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("the api key (--api-key or APIKEY) must be printable ASCII without spaces".into());
+        return Err(
+            "the api key (--api-key or APIKEY) must be printable ASCII without spaces".into(),
+        );
     }
     Ok(s.to_string())
 }
@@ -79,13 +85,34 @@ mod tests {
 
     #[test]
     fn values_are_checked() {
-        assert_eq!(base_url("http://127.0.0.1:8080").unwrap(), "http://127.0.0.1:8080/");
-        assert_eq!(base_url("https://api.example.com/v1/").unwrap(), "https://api.example.com/v1/");
-        for bad in ["127.0.0.1:8080", "ftp://x/", "http:///", "http://x/?a=1", "http://u:p@x/"] {
+        assert_eq!(
+            base_url("http://127.0.0.1:8080").unwrap(),
+            "http://127.0.0.1:8080/"
+        );
+        assert_eq!(
+            base_url("https://api.example.com/v1/").unwrap(),
+            "https://api.example.com/v1/"
+        );
+        for bad in [
+            "127.0.0.1:8080",
+            "ftp://x/",
+            "http:///",
+            "http://x/?a=1",
+            "http://u:p@x/",
+        ] {
             assert!(base_url(bad).is_err(), "{bad}");
         }
-        assert!(base_url("http://u:hunter2@x/").unwrap_err().find("hunter2").is_none());
-        assert!(rate("0.5").is_ok() && rate("1").is_ok() && rate("1.5").is_err() && rate("x").is_err() && rate("-0.1").is_err());
+        assert!(base_url("http://u:hunter2@x/")
+            .unwrap_err()
+            .find("hunter2")
+            .is_none());
+        assert!(
+            rate("0.5").is_ok()
+                && rate("1").is_ok()
+                && rate("1.5").is_err()
+                && rate("x").is_err()
+                && rate("-0.1").is_err()
+        );
         assert!(api_key("abc").is_ok());
         let e = api_key("se cret").unwrap_err();
         assert!(!e.contains("se cret"));

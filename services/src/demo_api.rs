@@ -55,9 +55,21 @@ pub struct ViewSpec {
 
 /// The three views, as the upstream serves them.
 pub const VIEWS: [ViewSpec; 3] = [
-    ViewSpec { path: "bulkSms/sent", metric: "cost", table: Table::BulkSmsNetworksCost },
-    ViewSpec { path: "bulkSms/failed", metric: "count", table: Table::BulkSmsNetworksFailed },
-    ViewSpec { path: "airtime/delivered", metric: "cost", table: Table::AirtimeNetworksDelivered },
+    ViewSpec {
+        path: "bulkSms/sent",
+        metric: "cost",
+        table: Table::BulkSmsNetworksCost,
+    },
+    ViewSpec {
+        path: "bulkSms/failed",
+        metric: "count",
+        table: Table::BulkSmsNetworksFailed,
+    },
+    ViewSpec {
+        path: "airtime/delivered",
+        metric: "cost",
+        table: Table::AirtimeNetworksDelivered,
+    },
 ];
 
 fn mix(mut z: u64) -> u64 {
@@ -97,7 +109,13 @@ impl Dataset {
 
     fn hash(&self, user: usize, date: Date, view: usize, net: usize, salt: u64) -> u64 {
         let mut h = mix(self.seed ^ 0x5EED);
-        for x in [user as u64, date.days() as u64, view as u64, net as u64, salt] {
+        for x in [
+            user as u64,
+            date.days() as u64,
+            view as u64,
+            net as u64,
+            salt,
+        ] {
             h = mix(h ^ x);
         }
         h
@@ -130,7 +148,11 @@ impl Dataset {
                 let key = format!("{country} ({network})");
                 let good = if money {
                     let units = self.amount_units(user, date, view, n);
-                    json!(format!("USD {}.{:02}", units / 10_000, units % 10_000 / 100))
+                    json!(format!(
+                        "USD {}.{:02}",
+                        units / 10_000,
+                        units % 10_000 / 100
+                    ))
                 } else {
                     json!(self.count(user, date, view, n))
                 };
@@ -154,21 +176,31 @@ impl Dataset {
         let mut rows = Vec::new();
         let mut bad = 0;
         for u in 0..self.users {
-            for n in 0..self.networks {
+            for (n, &(country, network)) in NETWORKS.iter().enumerate().take(self.networks) {
                 if self.is_malformed(u, date, view, n).is_some() {
                     bad += 1;
                     continue;
                 }
-                let (country, network) = NETWORKS[n];
                 let value = if money {
-                    Value::Money { currency: "USD".into(), amount: Decimal::from_units(self.amount_units(u, date, view, n)) }
+                    Value::Money {
+                        currency: "USD".into(),
+                        amount: Decimal::from_units(self.amount_units(u, date, view, n)),
+                    }
                 } else {
                     Value::Count(self.count(u, date, view, n))
                 };
-                rows.push(Row { username: self.username(u), date, network: network.into(), country: country.into(), value });
+                rows.push(Row {
+                    username: self.username(u),
+                    date,
+                    network: network.into(),
+                    country: country.into(),
+                    value,
+                });
             }
         }
-        rows.sort_by(|a, b| (&a.username, &a.network, &a.country).cmp(&(&b.username, &b.network, &b.country)));
+        rows.sort_by(|a, b| {
+            (&a.username, &a.network, &a.country).cmp(&(&b.username, &b.network, &b.country))
+        });
         (rows, bad)
     }
 
@@ -224,10 +256,17 @@ impl DemoApi {
     /// Binds `addr` (port 0 for any) and starts serving in greenlets of the current hub.
     pub fn start(addr: &str, cfg: ApiConfig) -> io::Result<DemoApi> {
         if cfg.data.networks == 0 || cfg.data.networks > NETWORKS.len() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("networks must be 1..={}", NETWORKS.len())));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("networks must be 1..={}", NETWORKS.len()),
+            ));
         }
         let counters = Rc::new(ApiCounters::default());
-        let state = Rc::new(State { rng: RefCell::new(fastrand::Rng::with_seed(cfg.data.seed)), cfg, counters: counters.clone() });
+        let state = Rc::new(State {
+            rng: RefCell::new(fastrand::Rng::with_seed(cfg.data.seed)),
+            cfg,
+            counters: counters.clone(),
+        });
         let server = StreamServer::bind(addr, move |conn, peer| serve_conn(&state, conn, peer))?;
         server.start();
         Ok(DemoApi { server, counters })
@@ -273,7 +312,13 @@ fn serve_conn(state: &State, mut conn: TcpStream, _peer: SocketAddr) {
                 break p + 4;
             }
             if buf.len() > 16 * 1024 {
-                let _ = write_response(&mut conn, 431, &json!({"error": "request head too large"}), false, &[]);
+                let _ = write_response(
+                    &mut conn,
+                    431,
+                    &json!({"error": "request head too large"}),
+                    false,
+                    &[],
+                );
                 return;
             }
             match conn.read(&mut tmp) {
@@ -285,13 +330,33 @@ fn serve_conn(state: &State, mut conn: TcpStream, _peer: SocketAddr) {
         let mut req = httparse::Request::new(&mut headers);
         let (method, target, key, close, body_len) = match req.parse(&buf[..end]) {
             Ok(httparse::Status::Complete(_)) => {
-                let h = |n: &str| req.headers.iter().find(|x| x.name.eq_ignore_ascii_case(n)).map(|x| String::from_utf8_lossy(x.value).into_owned());
-                let close = h("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) || req.version == Some(0);
-                let len = h("content-length").and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(0);
-                (req.method.unwrap_or("").to_string(), req.path.unwrap_or("").to_string(), h("apikey"), close, len)
+                let h = |n: &str| {
+                    req.headers
+                        .iter()
+                        .find(|x| x.name.eq_ignore_ascii_case(n))
+                        .map(|x| String::from_utf8_lossy(x.value).into_owned())
+                };
+                let close = h("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"))
+                    || req.version == Some(0);
+                let len = h("content-length")
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                (
+                    req.method.unwrap_or("").to_string(),
+                    req.path.unwrap_or("").to_string(),
+                    h("apikey"),
+                    close,
+                    len,
+                )
             }
             _ => {
-                let _ = write_response(&mut conn, 400, &json!({"error": "malformed HTTP request"}), false, &[]);
+                let _ = write_response(
+                    &mut conn,
+                    400,
+                    &json!({"error": "malformed HTTP request"}),
+                    false,
+                    &[],
+                );
                 return;
             }
         };
@@ -324,19 +389,30 @@ fn serve_conn(state: &State, mut conn: TcpStream, _peer: SocketAddr) {
         if status == 401 {
             c.unauthorized.set(c.unauthorized.get() + 1);
         }
-        let (status, body, extra): (u16, Json, &[(&str, &str)]) = if status == 200 && roll(state.cfg.error_rate) {
-            c.errors.set(c.errors.get() + 1);
-            (503, json!({"error": "service unavailable (injected)"}), &[("Retry-After", "0")])
-        } else {
-            (status, body, &[])
-        };
+        let (status, body, extra): (u16, Json, &[(&str, &str)]) =
+            if status == 200 && roll(state.cfg.error_rate) {
+                c.errors.set(c.errors.get() + 1);
+                (
+                    503,
+                    json!({"error": "service unavailable (injected)"}),
+                    &[("Retry-After", "0")],
+                )
+            } else {
+                (status, body, &[])
+            };
         if write_response(&mut conn, status, &body, !close, extra).is_err() || close {
             return;
         }
     }
 }
 
-fn write_response(conn: &mut TcpStream, status: u16, body: &Json, keep_alive: bool, extra: &[(&str, &str)]) -> io::Result<()> {
+fn write_response(
+    conn: &mut TcpStream,
+    status: u16,
+    body: &Json,
+    keep_alive: bool,
+    extra: &[(&str, &str)],
+) -> io::Result<()> {
     let body = serde_json::to_vec(body).expect("JSON values serialise");
     let reason = match status {
         200 => "OK",
@@ -369,17 +445,27 @@ fn bad(msg: String) -> (u16, Json) {
 /// Answers one request: `(status, JSON body)`.
 fn answer(state: &State, method: &str, target: &str, key: Option<&str>) -> (u16, Json) {
     if key != Some(state.cfg.api_key.as_str()) {
-        let why = if key.is_none() { "missing apikey header" } else { "invalid apikey" };
+        let why = if key.is_none() {
+            "missing apikey header"
+        } else {
+            "invalid apikey"
+        };
         return (401, json!({ "error": why }));
     }
     if method != "GET" {
-        return (405, json!({"error": format!("method {method} not allowed; use GET")}));
+        return (
+            405,
+            json!({"error": format!("method {method} not allowed; use GET")}),
+        );
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let path = path.trim_start_matches('/');
     let Some(view) = VIEWS.iter().position(|v| v.path == path) else {
         let known: Vec<&str> = VIEWS.iter().map(|v| v.path).collect();
-        return (404, json!({"error": format!("unknown view {path:?}; the views are {}", known.join(", "))}));
+        return (
+            404,
+            json!({"error": format!("unknown view {path:?}; the views are {}", known.join(", "))}),
+        );
     };
     let spec = VIEWS[view];
     let mut got: Vec<(String, String)> = Vec::new();
@@ -391,7 +477,14 @@ fn answer(state: &State, method: &str, target: &str, key: Option<&str>) -> (u16,
     }
     let money = spec.metric == "cost";
     let allowed: &[&str] = if money {
-        &["granularity", "metric", "currencyCode", "startDate", "endDate", "username"]
+        &[
+            "granularity",
+            "metric",
+            "currencyCode",
+            "startDate",
+            "endDate",
+            "username",
+        ]
     } else {
         &["granularity", "metric", "startDate", "endDate", "username"]
     };
@@ -408,7 +501,10 @@ fn answer(state: &State, method: &str, target: &str, key: Option<&str>) -> (u16,
         return bad("parameter granularity must be day".into());
     }
     if get("metric") != Some(spec.metric) {
-        return bad(format!("parameter metric must be {} for view {path}", spec.metric));
+        return bad(format!(
+            "parameter metric must be {} for view {path}",
+            spec.metric
+        ));
     }
     if money && get("currencyCode") != Some("USD") {
         return bad("parameter currencyCode must be USD".into());
@@ -426,13 +522,23 @@ fn answer(state: &State, method: &str, target: &str, key: Option<&str>) -> (u16,
     match get("username") {
         None => {
             let users: Vec<String> = (0..data.users).map(|i| data.username(i)).collect();
-            (200, json!({"responses": {"userStats": [{"elements": users}]}}))
+            (
+                200,
+                json!({"responses": {"userStats": [{"elements": users}]}}),
+            )
         }
         Some(u) => match data.user_index(u) {
-            None => (404, json!({"error": format!("parameter username: no such user {u:?}")})),
+            None => (
+                404,
+                json!({"error": format!("parameter username: no such user {u:?}")}),
+            ),
             Some(i) => {
-                let elements: serde_json::Map<String, Json> = data.elements(i, start, view).into_iter().collect();
-                (200, json!({"responses": {"networkStats": [{"date": start.to_string(), "elements": elements}]}}))
+                let elements: serde_json::Map<String, Json> =
+                    data.elements(i, start, view).into_iter().collect();
+                (
+                    200,
+                    json!({"responses": {"networkStats": [{"date": start.to_string(), "elements": elements}]}}),
+                )
             }
         },
     }

@@ -34,8 +34,8 @@
 //! `unsafe` is forbidden in this crate: everything unsafe lives in the runtime.
 #![forbid(unsafe_code)]
 
-pub mod fetch;
-pub mod store;
-pub mod demo_api;
-pub mod stats;
 pub mod config;
+pub mod demo_api;
+pub mod fetch;
+pub mod stats;
+pub mod store;

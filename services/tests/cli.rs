@@ -19,7 +19,14 @@ const DEADLINE: Duration = Duration::from_secs(120);
 fn cmd(dir: &TempDir) -> Command {
     let mut c = Command::new(BIN);
     c.current_dir(dir.path());
-    for v in ["BASE_URL", "APIKEY", "DATABASE_URL", "RUST_LOG", "STATS_TODAY", "STATS_START_DATE"] {
+    for v in [
+        "BASE_URL",
+        "APIKEY",
+        "DATABASE_URL",
+        "RUST_LOG",
+        "STATS_TODAY",
+        "STATS_START_DATE",
+    ] {
         c.env_remove(v);
     }
     c
@@ -27,13 +34,24 @@ fn cmd(dir: &TempDir) -> Command {
 
 /// Runs to completion (with a deadline): (status, stdout, stderr).
 fn output(mut c: Command) -> (ExitStatus, String, String) {
-    let child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    let o = rx.recv_timeout(DEADLINE).expect("the command finished in time").unwrap();
-    (o.status, String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
+    let o = rx
+        .recv_timeout(DEADLINE)
+        .expect("the command finished in time")
+        .unwrap();
+    (
+        o.status,
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
 }
 
 /// Kills the child on drop.
@@ -58,7 +76,11 @@ impl Proc {
         }
     }
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.0.id().to_string()).status().unwrap();
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.0.id().to_string())
+            .status()
+            .unwrap();
         assert!(ok.success());
     }
 }
@@ -91,12 +113,20 @@ fn wait_line(rx: &mpsc::Receiver<String>, what: &str) -> String {
 /// The demo API in a child process: (process, BASE_URL).
 fn serve_api(dir: &TempDir, args: &[&str]) -> (Proc, String) {
     let mut c = cmd(dir);
-    c.args(["serve-api", "--port", "0", "--api-key", KEY]).args(args).stdout(Stdio::piped()).stderr(Stdio::null());
+    c.args(["serve-api", "--port", "0", "--api-key", KEY])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     let mut child = c.spawn().unwrap();
     let out = lines(child.stdout.take().unwrap());
     let p = Proc(child);
     let l = wait_line(&out, "BASE_URL=");
-    let url = l.split("BASE_URL=").nth(1).unwrap().trim_end_matches(')').to_string();
+    let url = l
+        .split("BASE_URL=")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(')')
+        .to_string();
     (p, url)
 }
 
@@ -107,7 +137,12 @@ fn d(s: &str) -> Date {
 fn assert_exact(s: &dyn Store, data: &Dataset, date: Date) {
     for (v, spec) in VIEWS.iter().enumerate() {
         let (want, _) = data.expected(date, v);
-        assert_eq!(s.rows(spec.table, date).unwrap(), want, "{} on {date}", spec.table.name());
+        assert_eq!(
+            s.rows(spec.table, date).unwrap(),
+            want,
+            "{} on {date}",
+            spec.table.name()
+        );
     }
 }
 
@@ -115,13 +150,25 @@ fn assert_exact(s: &dyn Store, data: &Dataset, date: Date) {
 fn bad_flags_env_and_dotenv_are_clear_config_errors() {
     let dir = TempDir::new("cli_cfg");
     let mut c = cmd(&dir);
-    c.args(["crunch", "--date", "2016-02-30", "--base-url", "http://127.0.0.1:1/", "--api-key", KEY]);
+    c.args([
+        "crunch",
+        "--date",
+        "2016-02-30",
+        "--base-url",
+        "http://127.0.0.1:1/",
+        "--api-key",
+        KEY,
+    ]);
     let (st, _, err) = output(c);
     assert_eq!(st.code(), Some(2), "{err}");
-    assert!(err.contains("--date") && err.contains("not a valid calendar date"), "{err}");
+    assert!(
+        err.contains("--date") && err.contains("not a valid calendar date"),
+        "{err}"
+    );
 
     let mut c = cmd(&dir);
-    c.args(["crunch", "--date", "2016-02-28", "--api-key", KEY]).env("BASE_URL", "ftp://example.com/");
+    c.args(["crunch", "--date", "2016-02-28", "--api-key", KEY])
+        .env("BASE_URL", "ftp://example.com/");
     let (st, _, err) = output(c);
     assert_eq!(st.code(), Some(2), "{err}");
     assert!(err.contains("BASE_URL") && err.contains("scheme"), "{err}");
@@ -133,13 +180,25 @@ fn bad_flags_env_and_dotenv_are_clear_config_errors() {
     assert!(err.contains("redis") && !err.contains("hunter2"), "{err}");
 
     let mut c = cmd(&dir);
-    c.args(["run", "--base-url", "http://127.0.0.1:1/", "--api-key", KEY, "--concurrency", "0"]);
+    c.args([
+        "run",
+        "--base-url",
+        "http://127.0.0.1:1/",
+        "--api-key",
+        KEY,
+        "--concurrency",
+        "0",
+    ]);
     let (st, _, err) = output(c);
     assert_eq!(st.code(), Some(2), "{err}");
     assert!(err.contains("--concurrency"), "{err}");
 
     // A .env line that does not parse.
-    std::fs::write(format!("{}/.env", dir.path()), "BASE_URL=http://127.0.0.1:1/\nAPIKEY 'oops\n").unwrap();
+    std::fs::write(
+        format!("{}/.env", dir.path()),
+        "BASE_URL=http://127.0.0.1:1/\nAPIKEY 'oops\n",
+    )
+    .unwrap();
     let mut c = cmd(&dir);
     c.args(["status"]);
     let (st, _, err) = output(c);
@@ -149,7 +208,11 @@ fn bad_flags_env_and_dotenv_are_clear_config_errors() {
     assert!(err.contains("line 2") && err.contains("APIKEY"), "{err}");
 
     // A .env value that is wrong is named like a flag's.
-    std::fs::write(format!("{}/.env", dir.path()), "BASE_URL=\"not a url\"\nAPIKEY=x\n").unwrap();
+    std::fs::write(
+        format!("{}/.env", dir.path()),
+        "BASE_URL=\"not a url\"\nAPIKEY=x\n",
+    )
+    .unwrap();
     let mut c = cmd(&dir);
     c.args(["crunch", "--date", "2016-02-28"]);
     let (st, _, err) = output(c);
@@ -162,45 +225,110 @@ fn wrong_api_key_exits_3_without_printing_keys() {
     let dir = TempDir::new("cli_key");
     let (_api, url) = serve_api(&dir, &["--users", "5"]);
     let mut c = cmd(&dir);
-    c.args(["crunch", "--date", "2016-08-18", "--base-url", &url, "--database-url", "sqlite://./s.db"])
-        .env("APIKEY", "wrong-key-zz9")
-        .env("RUST_LOG", "debug");
+    c.args([
+        "crunch",
+        "--date",
+        "2016-08-18",
+        "--base-url",
+        &url,
+        "--database-url",
+        "sqlite://./s.db",
+    ])
+    .env("APIKEY", "wrong-key-zz9")
+    .env("RUST_LOG", "debug");
     let (st, out, err) = output(c);
     assert_eq!(st.code(), Some(3), "{out}{err}");
     assert!(err.contains("refused the api key"), "{err}");
-    assert!(!out.contains("wrong-key-zz9") && !err.contains("wrong-key-zz9"), "the key was printed");
+    assert!(
+        !out.contains("wrong-key-zz9") && !err.contains("wrong-key-zz9"),
+        "the key was printed"
+    );
     // The right key: exit 0, exact data, and still no key anywhere in the output.
     let mut c = cmd(&dir);
-    c.args(["crunch", "--date", "2016-08-18", "--base-url", &url, "--database-url", "sqlite://./s.db"])
-        .env("APIKEY", KEY)
-        .env("RUST_LOG", "debug");
+    c.args([
+        "crunch",
+        "--date",
+        "2016-08-18",
+        "--base-url",
+        &url,
+        "--database-url",
+        "sqlite://./s.db",
+    ])
+    .env("APIKEY", KEY)
+    .env("RUST_LOG", "debug");
     let (st, out, err) = output(c);
     assert_eq!(st.code(), Some(0), "{out}{err}");
-    assert!(!out.contains(KEY) && !err.contains(KEY), "the key was printed");
-    assert!(out.contains("complete") && out.contains("bulk-sms-cost"), "{out}");
+    assert!(
+        !out.contains(KEY) && !err.contains(KEY),
+        "the key was printed"
+    );
+    assert!(
+        out.contains("complete") && out.contains("bulk-sms-cost"),
+        "{out}"
+    );
     let s = store::open(&format!("sqlite://{}/s.db", dir.path())).unwrap();
-    assert_exact(&*s, &Dataset { seed: 1, users: 5, networks: 5, malformed_rate: 0.0 }, d("2016-08-18"));
+    assert_exact(
+        &*s,
+        &Dataset {
+            seed: 1,
+            users: 5,
+            networks: 5,
+            malformed_rate: 0.0,
+        },
+        d("2016-08-18"),
+    );
 }
 
 /// `run` stopped mid-date (`sig`), then restarted: complete, exact, no duplicates, and the
 /// cursor never passed the unfinished date.
 fn stop_mid_date_then_restart(sig: &str, db_url: &str, dir: &TempDir) {
     let users = 1500;
-    let (_api, url) = serve_api(dir, &["--users", &users.to_string(), "--networks", "3", "--latency-ms", "2"]);
+    let (_api, url) = serve_api(
+        dir,
+        &[
+            "--users",
+            &users.to_string(),
+            "--networks",
+            "3",
+            "--latency-ms",
+            "2",
+        ],
+    );
     let run = |once: bool| {
         let mut c = cmd(dir);
-        c.args(["run", "--base-url", &url, "--database-url", db_url, "--concurrency", "8", "--interval-secs", "3600"])
-            .args(["--start-date", "2016-08-18", "--flush-ms", "50", "--batch-size", "100"])
-            .env("APIKEY", KEY)
-            .env("STATS_TODAY", "2016-08-19")
-            .env("RUST_LOG", "evergreen_services=debug");
+        c.args([
+            "run",
+            "--base-url",
+            &url,
+            "--database-url",
+            db_url,
+            "--concurrency",
+            "8",
+            "--interval-secs",
+            "3600",
+        ])
+        .args([
+            "--start-date",
+            "2016-08-18",
+            "--flush-ms",
+            "50",
+            "--batch-size",
+            "100",
+        ])
+        .env("APIKEY", KEY)
+        .env("STATS_TODAY", "2016-08-19")
+        .env("RUST_LOG", "evergreen_services=debug");
         if once {
             c.arg("--once");
         }
         c
     };
     let mut c = run(false);
-    let mut child = c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = c
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let err = lines(child.stderr.take().unwrap());
     let mut p = Proc(child);
     wait_line(&err, "writer: wrote");
@@ -208,9 +336,18 @@ fn stop_mid_date_then_restart(sig: &str, db_url: &str, dir: &TempDir) {
     let st = p.wait();
     let s = store::open(db_url).unwrap();
     let first = d("2016-08-18");
-    assert_eq!(s.cursor(CURSOR).unwrap(), Some(first), "the cursor stays on the unfinished date");
-    let partial = s.count_rows(evergreen_services::store::Table::BulkSmsNetworksCost, first).unwrap();
-    assert!(partial < (users * 3) as u64, "stopped mid-date ({partial} rows)");
+    assert_eq!(
+        s.cursor(CURSOR).unwrap(),
+        Some(first),
+        "the cursor stays on the unfinished date"
+    );
+    let partial = s
+        .count_rows(evergreen_services::store::Table::BulkSmsNetworksCost, first)
+        .unwrap();
+    assert!(
+        partial < (users * 3) as u64,
+        "stopped mid-date ({partial} rows)"
+    );
     if sig == "TERM" {
         assert_eq!(st.code(), Some(0), "a graceful stop");
         let runs = s.status(5, 5).unwrap().runs;
@@ -221,7 +358,12 @@ fn stop_mid_date_then_restart(sig: &str, db_url: &str, dir: &TempDir) {
     // Restart: one tick catches up both dates.
     let (st, out, err) = output(run(true));
     assert_eq!(st.code(), Some(0), "{out}{err}");
-    let data = Dataset { seed: 1, users, networks: 3, malformed_rate: 0.0 };
+    let data = Dataset {
+        seed: 1,
+        users,
+        networks: 3,
+        malformed_rate: 0.0,
+    };
     assert_exact(&*s, &data, first);
     assert_exact(&*s, &data, first.succ());
     assert_eq!(s.cursor(CURSOR).unwrap(), Some(first.succ()));
@@ -265,19 +407,46 @@ fn mysql_connections_killed_mid_run_still_completes() {
     let dir = TempDir::new("cli_mykill");
     let db = MySqlDb::new("cli_mykill");
     let users = 1200;
-    let (_api, url) = serve_api(&dir, &["--users", &users.to_string(), "--networks", "3", "--latency-ms", "2"]);
+    let (_api, url) = serve_api(
+        &dir,
+        &[
+            "--users",
+            &users.to_string(),
+            "--networks",
+            "3",
+            "--latency-ms",
+            "2",
+        ],
+    );
     let mut c = cmd(&dir);
-    c.args(["crunch", "--date", "2016-08-18", "--base-url", &url, "--database-url", &db.url(), "--concurrency", "8"])
-        .args(["--flush-ms", "50", "--batch-size", "100"])
-        .env("APIKEY", KEY)
-        .env("RUST_LOG", "evergreen_services=debug");
-    let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    c.args([
+        "crunch",
+        "--date",
+        "2016-08-18",
+        "--base-url",
+        &url,
+        "--database-url",
+        &db.url(),
+        "--concurrency",
+        "8",
+    ])
+    .args(["--flush-ms", "50", "--batch-size", "100"])
+    .env("APIKEY", KEY)
+    .env("RUST_LOG", "evergreen_services=debug");
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let err = lines(child.stderr.take().unwrap());
     let out = lines(child.stdout.take().unwrap());
     let mut p = Proc(child);
     wait_line(&err, "writer: wrote");
     // KILL every connection of the pipeline's database, from the server side.
-    let ids: Vec<u64> = MySqlDb::admin_query(&format!("SELECT id FROM information_schema.processlist WHERE db = '{}'", db.name));
+    let ids: Vec<u64> = MySqlDb::admin_query(&format!(
+        "SELECT id FROM information_schema.processlist WHERE db = '{}'",
+        db.name
+    ));
     assert!(!ids.is_empty(), "the pipeline has connections");
     for id in &ids {
         let _: Vec<u64> = MySqlDb::admin_query(&format!("KILL {id}"));
@@ -288,7 +457,16 @@ fn mysql_connections_killed_mid_run_still_completes() {
     let name = db.url();
     in_hub(move || {
         let s = store::open(&name).unwrap();
-        assert_exact(&*s, &Dataset { seed: 1, users, networks: 3, malformed_rate: 0.0 }, d("2016-08-18"));
+        assert_exact(
+            &*s,
+            &Dataset {
+                seed: 1,
+                users,
+                networks: 3,
+                malformed_rate: 0.0,
+            },
+            d("2016-08-18"),
+        );
     });
 }
 
@@ -302,7 +480,16 @@ fn hundred_thousand_users_in_bounded_memory() {
     let users = 100_000;
     let (_api, url) = serve_api(&dir, &["--users", &users.to_string()]);
     let mut c = cmd(&dir);
-    c.args(["crunch", "--date", "2016-08-18", "--base-url", &url, "--database-url", "sqlite://./s.db"]).env("APIKEY", KEY);
+    c.args([
+        "crunch",
+        "--date",
+        "2016-08-18",
+        "--base-url",
+        &url,
+        "--database-url",
+        "sqlite://./s.db",
+    ])
+    .env("APIKEY", KEY);
     let (st, out, err) = output(c);
     assert_eq!(st.code(), Some(0), "{out}{err}");
     let rss: f64 = out
@@ -313,7 +500,10 @@ fn hundred_thousand_users_in_bounded_memory() {
     assert!(rss < 100.0, "peak RSS {rss} MB");
     let s = store::open(&format!("sqlite://{}/s.db", dir.path())).unwrap();
     for t in evergreen_services::store::Table::ALL {
-        assert_eq!(s.count_rows(t, d("2016-08-18")).unwrap(), (users * 5) as u64);
+        assert_eq!(
+            s.count_rows(t, d("2016-08-18")).unwrap(),
+            (users * 5) as u64
+        );
     }
     assert!(out.contains(&format!("{users:>8}")), "{out}");
 }

@@ -17,7 +17,12 @@ fn api(users: usize, networks: usize, malformed: f64, error_rate: f64, drop_rate
     DemoApi::start(
         "127.0.0.1:0",
         ApiConfig {
-            data: Dataset { seed: 42, users, networks, malformed_rate: malformed },
+            data: Dataset {
+                seed: 42,
+                users,
+                networks,
+                malformed_rate: malformed,
+            },
             api_key: KEY.into(),
             latency: Duration::ZERO,
             error_rate,
@@ -44,7 +49,12 @@ fn check_exact(s: &dyn Store, data: &Dataset, date: Date) -> u64 {
     for (v, spec) in VIEWS.iter().enumerate() {
         let (want, bad) = data.expected(date, v);
         let got = s.rows(spec.table, date).unwrap();
-        assert_eq!(got.len(), want.len(), "{} rows on {date}", spec.table.name());
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "{} rows on {date}",
+            spec.table.name()
+        );
         assert_eq!(got, want, "{} values on {date}", spec.table.name());
         malformed += bad;
     }
@@ -75,8 +85,14 @@ fn exact_and_idempotent(kind: &'static str) {
     common::run(move || {
         with_store(kind, |s| {
             let api = api(120, 5, 0.0, 0.0, 0.0);
-            let data = Dataset { seed: 42, users: 120, networks: 5, malformed_rate: 0.0 };
-            let p = Pipeline::start(&config(&api, KEY), s.clone(), Rc::new(Metrics::new())).unwrap();
+            let data = Dataset {
+                seed: 42,
+                users: 120,
+                networks: 5,
+                malformed_rate: 0.0,
+            };
+            let p =
+                Pipeline::start(&config(&api, KEY), s.clone(), Rc::new(Metrics::new())).unwrap();
             let date = d("2016-08-18");
             let r = p.crunch_date(date, &[]);
             assert_eq!(r.outcome(), Outcome::Complete, "{r:?}");
@@ -93,8 +109,16 @@ fn exact_and_idempotent(kind: &'static str) {
             // One service only.
             let r = p.crunch_date(date.succ(), &[ServiceId::BulkSmsFailed]);
             assert_eq!(r.services.len(), 1);
-            assert_eq!(s.count_rows(Table::BulkSmsNetworksFailed, date.succ()).unwrap(), 600);
-            assert_eq!(s.count_rows(Table::BulkSmsNetworksCost, date.succ()).unwrap(), 0);
+            assert_eq!(
+                s.count_rows(Table::BulkSmsNetworksFailed, date.succ())
+                    .unwrap(),
+                600
+            );
+            assert_eq!(
+                s.count_rows(Table::BulkSmsNetworksCost, date.succ())
+                    .unwrap(),
+                0
+            );
             let st = s.status(10, 10).unwrap();
             assert_eq!(st.runs.len(), 3);
             assert!(st.runs.iter().all(|r| r.outcome == "complete"));
@@ -118,8 +142,14 @@ fn faults_and_malformed(kind: &'static str) {
     common::run(move || {
         with_store(kind, |s| {
             let api = api(150, 6, 0.05, 0.1, 0.03);
-            let data = Dataset { seed: 42, users: 150, networks: 6, malformed_rate: 0.05 };
-            let p = Pipeline::start(&config(&api, KEY), s.clone(), Rc::new(Metrics::new())).unwrap();
+            let data = Dataset {
+                seed: 42,
+                users: 150,
+                networks: 6,
+                malformed_rate: 0.05,
+            };
+            let p =
+                Pipeline::start(&config(&api, KEY), s.clone(), Rc::new(Metrics::new())).unwrap();
             let date = d("2020-02-29");
             // A user fails only if 6 attempts in a row hit a fault (p = 0.13^6 each); the
             // scheduler would retry the date on its next tick: so does this test, at most twice.
@@ -133,8 +163,15 @@ fn faults_and_malformed(kind: &'static str) {
             assert_eq!(r.outcome(), Outcome::Complete, "{r:?}");
             let malformed = check_exact(&*s, &data, date);
             assert!(malformed > 0, "the seed gives malformed elements");
-            assert_eq!(r.record().malformed, malformed, "every malformed element counted");
-            assert!(api.counters().errors.get() > 0 && api.counters().drops.get() > 0, "faults were injected");
+            assert_eq!(
+                r.record().malformed,
+                malformed,
+                "every malformed element counted"
+            );
+            assert!(
+                api.counters().errors.get() > 0 && api.counters().drops.get() > 0,
+                "faults were injected"
+            );
             assert!(p.http().pool_stats().retries > 0, "and retried");
             p.shutdown(Duration::from_secs(5));
             api.stop(Duration::from_secs(1));
@@ -157,13 +194,25 @@ fn wrong_api_key_is_refused_and_nothing_written() {
     common::run(|| {
         with_store("sqlite", |s| {
             let api = api(10, 2, 0.0, 0.0, 0.0);
-            let p = Pipeline::start(&config(&api, "wrong-key-123"), s.clone(), Rc::new(Metrics::new())).unwrap();
+            let p = Pipeline::start(
+                &config(&api, "wrong-key-123"),
+                s.clone(),
+                Rc::new(Metrics::new()),
+            )
+            .unwrap();
             let r = p.crunch_date(d("2016-08-18"), &[]);
             assert_eq!(r.outcome(), Outcome::Refused);
             let detail = r.record().detail;
             assert!(detail.contains("401"), "{detail}");
-            assert!(!detail.contains("wrong-key-123") && !detail.contains(KEY), "no key in errors: {detail}");
-            assert_eq!(api.counters().unauthorized.get(), 3, "one refused user-list request per service, not retried");
+            assert!(
+                !detail.contains("wrong-key-123") && !detail.contains(KEY),
+                "no key in errors: {detail}"
+            );
+            assert_eq!(
+                api.counters().unauthorized.get(),
+                3,
+                "one refused user-list request per service, not retried"
+            );
             p.shutdown(Duration::from_secs(5));
             api.stop(Duration::from_secs(1));
         })
@@ -174,7 +223,12 @@ fn cursor_days(kind: &'static str) {
     common::run(move || {
         with_store(kind, |s| {
             let api = api(30, 3, 0.0, 0.0, 0.0);
-            let data = Dataset { seed: 42, users: 30, networks: 3, malformed_rate: 0.0 };
+            let data = Dataset {
+                seed: 42,
+                users: 30,
+                networks: 3,
+                malformed_rate: 0.0,
+            };
             let today = d("2016-08-20");
             let mut cfg = config(&api, KEY);
             cfg.today = Some(today);
@@ -183,7 +237,16 @@ fn cursor_days(kind: &'static str) {
             // Catch-up: four past dates and today in one tick, the cursor stops at today.
             let done = p.catch_up().unwrap();
             let dates: Vec<String> = done.iter().map(|r| r.date.to_string()).collect();
-            assert_eq!(dates, ["2016-08-16", "2016-08-17", "2016-08-18", "2016-08-19", "2016-08-20"]);
+            assert_eq!(
+                dates,
+                [
+                    "2016-08-16",
+                    "2016-08-17",
+                    "2016-08-18",
+                    "2016-08-19",
+                    "2016-08-20"
+                ]
+            );
             assert_eq!(s.cursor(CURSOR).unwrap(), Some(today));
             for r in &done {
                 check_exact(&*s, &data, r.date);
@@ -199,7 +262,10 @@ fn cursor_days(kind: &'static str) {
             cfg.today = Some(today.succ());
             let p = Pipeline::start(&cfg, s.clone(), Rc::new(Metrics::new())).unwrap();
             let done = p.catch_up().unwrap();
-            assert_eq!(done.iter().map(|r| r.date).collect::<Vec<_>>(), [today, today.succ()]);
+            assert_eq!(
+                done.iter().map(|r| r.date).collect::<Vec<_>>(),
+                [today, today.succ()]
+            );
             assert_eq!(s.cursor(CURSOR).unwrap(), Some(today.succ()));
             p.shutdown(Duration::from_secs(5));
             api.stop(Duration::from_secs(1));
@@ -236,7 +302,10 @@ fn a_failed_date_keeps_the_cursor_and_is_retried() {
             cfg.api_key = KEY.into();
             let p = Pipeline::start(&cfg, s.clone(), Rc::new(Metrics::new())).unwrap();
             let done = p.catch_up().unwrap();
-            assert_eq!(done.iter().map(|r| r.outcome()).collect::<Vec<_>>(), [Outcome::Complete, Outcome::Complete]);
+            assert_eq!(
+                done.iter().map(|r| r.outcome()).collect::<Vec<_>>(),
+                [Outcome::Complete, Outcome::Complete]
+            );
             assert_eq!(s.cursor(CURSOR).unwrap(), Some(d("2016-08-19")));
             p.shutdown(Duration::from_secs(5));
             api.stop(Duration::from_secs(1));

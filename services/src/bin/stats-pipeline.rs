@@ -14,12 +14,18 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use evergreen_services::config::{self, exit};
 use evergreen_services::demo_api::{ApiConfig, Dataset, DemoApi};
-use evergreen_services::stats::{CrunchReport, Metrics, Outcome, Pipeline, PipelineConfig, ServiceId};
+use evergreen_services::stats::{
+    CrunchReport, Metrics, Outcome, Pipeline, PipelineConfig, ServiceId,
+};
 use evergreen_services::store::{self, Date, Store, DEFAULT_DATABASE_URL};
 
 #[derive(Parser)]
-#[command(name = "stats-pipeline", version, about = "Per-user network stats from an HTTP API into MySQL or SQLite, on evergreen's green threads",
-    long_about = "Per-user network stats from an HTTP API into MySQL or SQLite, on evergreen's green threads.\n\nConfiguration comes from flags, then environment variables, then a .env file in the working directory.\nExit codes: 0 ok, 1 failure, 2 bad configuration, 3 the upstream refused the api key, 4 partial (some users failed), 5 interrupted.")]
+#[command(
+    name = "stats-pipeline",
+    version,
+    about = "Per-user network stats from an HTTP API into MySQL or SQLite, on evergreen's green threads",
+    long_about = "Per-user network stats from an HTTP API into MySQL or SQLite, on evergreen's green threads.\n\nConfiguration comes from flags, then environment variables, then a .env file in the working directory.\nExit codes: 0 ok, 1 failure, 2 bad configuration, 3 the upstream refused the api key, 4 partial (some users failed), 5 interrupted."
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -179,13 +185,24 @@ fn main() {
             // Name the line and its variable only: the value may be a secret.
             let text = std::fs::read_to_string(".env").unwrap_or_default();
             let snippet = snippet.lines().next().unwrap_or("").trim();
-            let found = text.lines().enumerate().find(|(_, l)| !snippet.is_empty() && l.contains(snippet));
+            let found = text
+                .lines()
+                .enumerate()
+                .find(|(_, l)| !snippet.is_empty() && l.contains(snippet));
             Some(match found {
                 Some((i, l)) => {
-                    let name: String = l.trim_start().chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
+                    let name: String = l
+                        .trim_start()
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .take(64)
+                        .collect();
                     format!(".env line {}: cannot parse the value of {name:?}; expected NAME=value (quote values with spaces)", i + 1)
                 }
-                None => ".env: a line cannot be parsed; expected NAME=value (quote values with spaces)".to_string(),
+                None => {
+                    ".env: a line cannot be parsed; expected NAME=value (quote values with spaces)"
+                        .to_string()
+                }
             })
         }
         Err(e) => Some(format!(".env: {e}")),
@@ -196,8 +213,16 @@ fn main() {
     }
     let cli = Cli::parse();
     let tty = std::io::stderr().is_terminal();
-    let default_level = if matches!(cli.cmd, Cmd::Demo(_)) || (tty && matches!(cli.cmd, Cmd::Crunch(_) | Cmd::Run(_))) { "warn" } else { "info" };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level)).format_timestamp_millis().init();
+    let default_level = if matches!(cli.cmd, Cmd::Demo(_))
+        || (tty && matches!(cli.cmd, Cmd::Crunch(_) | Cmd::Run(_)))
+    {
+        "warn"
+    } else {
+        "info"
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
+        .format_timestamp_millis()
+        .init();
     let g = evergreen::spawn(move || match cli.cmd {
         Cmd::Demo(a) => demo(a, tty),
         Cmd::Run(a) => run(a, tty),
@@ -225,14 +250,16 @@ fn open_store(url: &str) -> Result<Rc<dyn Store>, Fail> {
     // Checked here, not by clap: clap's errors echo the value, which may hold a password.
     config::database_url(url).map_err(|e| Fail(exit::CONFIG, format!("--database-url / {e}")))?;
     let s = store::open(url).map_err(|e| Fail(exit::CONFIG, e.to_string()))?;
-    s.migrate().map_err(|e| Fail(exit::FAILURE, e.to_string()))?;
+    s.migrate()
+        .map_err(|e| Fail(exit::FAILURE, e.to_string()))?;
     Ok(s)
 }
 
 fn pipeline_config(up: &UpstreamArgs) -> Result<PipelineConfig, Fail> {
     let key = config::api_key(&up.api_key).map_err(|e| Fail(exit::CONFIG, e))?;
     // Checked here, not by clap: clap's errors echo the value, which may hold a password.
-    let base = config::base_url(&up.base_url).map_err(|e| Fail(exit::CONFIG, format!("--base-url / BASE_URL: {e}")))?;
+    let base = config::base_url(&up.base_url)
+        .map_err(|e| Fail(exit::CONFIG, format!("--base-url / BASE_URL: {e}")))?;
     let mut c = PipelineConfig::new(&base, &key);
     c.concurrency = up.concurrency as usize;
     c.batch = up.batch_size as usize;
@@ -243,7 +270,9 @@ fn pipeline_config(up: &UpstreamArgs) -> Result<PipelineConfig, Fail> {
 }
 
 /// Stops `p` gracefully on SIGINT/SIGTERM. Keep the handles.
-fn on_signals(stop: Rc<evergreen_services::stats::StopFlag>) -> Vec<evergreen::signal::SignalHandler> {
+fn on_signals(
+    stop: Rc<evergreen_services::stats::StopFlag>,
+) -> Vec<evergreen::signal::SignalHandler> {
     [libc::SIGINT, libc::SIGTERM]
         .into_iter()
         .filter_map(|sig| {
@@ -267,7 +296,11 @@ struct Progress {
 }
 
 impl Progress {
-    fn start(tty: bool, metrics: Rc<Metrics>, http: evergreen_services::fetch::http::Client) -> Progress {
+    fn start(
+        tty: bool,
+        metrics: Rc<Metrics>,
+        http: evergreen_services::fetch::http::Client,
+    ) -> Progress {
         let done = Rc::new(std::cell::Cell::new(false));
         if !tty {
             return Progress { done, g: None };
@@ -276,9 +309,11 @@ impl Progress {
         let g = evergreen::spawn(move || {
             use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
             let mp = MultiProgress::new();
-            let style = ProgressStyle::with_template("{prefix:>18} [{bar:30}] {pos:>7}/{len:7} users {msg}")
-                .expect("a valid template")
-                .progress_chars("=> ");
+            let style = ProgressStyle::with_template(
+                "{prefix:>18} [{bar:30}] {pos:>7}/{len:7} users {msg}",
+            )
+            .expect("a valid template")
+            .progress_chars("=> ");
             let bars: Vec<ProgressBar> = ServiceId::ALL
                 .iter()
                 .map(|id| {
@@ -342,7 +377,15 @@ fn print_summary(reports: &[CrunchReport]) {
                 s.rows,
                 s.malformed,
                 s.millis as f64 / 1000.0,
-                if s.is_complete() { "complete" } else if s.refused { "refused" } else if s.interrupted { "interrupted" } else { "partial" }
+                if s.is_complete() {
+                    "complete"
+                } else if s.refused {
+                    "refused"
+                } else if s.interrupted {
+                    "interrupted"
+                } else {
+                    "partial"
+                }
             ));
         }
     }
@@ -356,21 +399,45 @@ fn print_summary(reports: &[CrunchReport]) {
 /// The process's peak resident set (Linux `VmHWM`), in MB.
 fn peak_rss_mb() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let kb: f64 = s
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
     Some(kb / 1024.0)
 }
 
 fn outcome_code(reports: &[CrunchReport]) -> Result<(), Fail> {
     let worst = |o: Outcome| reports.iter().find(|r| r.outcome() == o);
     if let Some(r) = worst(Outcome::Refused) {
-        return Err(Fail(exit::REFUSED, format!("the upstream refused the api key (check APIKEY): {}", r.record().detail)));
+        return Err(Fail(
+            exit::REFUSED,
+            format!(
+                "the upstream refused the api key (check APIKEY): {}",
+                r.record().detail
+            ),
+        ));
     }
     if let Some(r) = worst(Outcome::Interrupted) {
-        return Err(Fail(exit::INTERRUPTED, format!("stopped before {} was complete; run again to finish it", r.date)));
+        return Err(Fail(
+            exit::INTERRUPTED,
+            format!(
+                "stopped before {} was complete; run again to finish it",
+                r.date
+            ),
+        ));
     }
     if let Some(r) = worst(Outcome::Partial) {
         let rec = r.record();
-        return Err(Fail(exit::PARTIAL, format!("{} is incomplete ({} failed users): {}", r.date, rec.failed_users, rec.detail)));
+        return Err(Fail(
+            exit::PARTIAL,
+            format!(
+                "{} is incomplete ({} failed users): {}",
+                r.date, rec.failed_users, rec.detail
+            ),
+        ));
     }
     Ok(())
 }
@@ -379,7 +446,8 @@ fn crunch(a: CrunchArgs, tty: bool) -> Result<(), Fail> {
     let store = open_store(&a.db.database_url)?;
     let cfg = pipeline_config(&a.up)?;
     let metrics = Rc::new(Metrics::new());
-    let p = Pipeline::start(&cfg, store.clone(), metrics.clone()).map_err(|e| Fail(exit::FAILURE, e))?;
+    let p = Pipeline::start(&cfg, store.clone(), metrics.clone())
+        .map_err(|e| Fail(exit::FAILURE, e))?;
     let _sig = on_signals(p.stop_flag().clone());
     let progress = Progress::start(tty, metrics, p.http().clone());
     let r = p.crunch_date(a.date, &a.services);
@@ -395,13 +463,24 @@ fn run(a: RunArgs, tty: bool) -> Result<(), Fail> {
     let mut cfg = pipeline_config(&a.up)?;
     cfg.start_date = a.start_date;
     let metrics = Rc::new(Metrics::new());
-    let p = Rc::new(Pipeline::start(&cfg, store.clone(), metrics.clone()).map_err(|e| Fail(exit::FAILURE, e))?);
+    let p = Rc::new(
+        Pipeline::start(&cfg, store.clone(), metrics.clone())
+            .map_err(|e| Fail(exit::FAILURE, e))?,
+    );
     let _sig = on_signals(p.stop_flag().clone());
     let metrics_server = match a.metrics {
-        Some(addr) => Some(serve_metrics(addr, metrics.clone()).map_err(|e| Fail(exit::CONFIG, format!("--metrics {addr}: {e}")))?),
+        Some(addr) => Some(
+            serve_metrics(addr, metrics.clone())
+                .map_err(|e| Fail(exit::CONFIG, format!("--metrics {addr}: {e}")))?,
+        ),
         None => None,
     };
-    log::info!("running against {} into {}, every {} s", cfg.base_url, store.location(), a.interval_secs);
+    log::info!(
+        "running against {} into {}, every {} s",
+        cfg.base_url,
+        store.location(),
+        a.interval_secs
+    );
     let progress = Progress::start(tty, metrics.clone(), p.http().clone());
     let result = if a.once {
         let r = p.catch_up().map_err(|e| Fail(exit::FAILURE, e.to_string()));
@@ -452,7 +531,10 @@ fn run(a: RunArgs, tty: bool) -> Result<(), Fail> {
     result
 }
 
-fn serve_metrics(addr: SocketAddr, metrics: Rc<Metrics>) -> std::io::Result<evergreen::net::StreamServer> {
+fn serve_metrics(
+    addr: SocketAddr,
+    metrics: Rc<Metrics>,
+) -> std::io::Result<evergreen::net::StreamServer> {
     let server = evergreen::net::StreamServer::bind(addr, move |mut conn, _| {
         let mut buf = Vec::new();
         let mut tmp = [0u8; 1024];
@@ -467,8 +549,16 @@ fn serve_metrics(addr: SocketAddr, metrics: Rc<Metrics>) -> std::io::Result<ever
         let (status, ctype, body) = match path {
             "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
             "/healthz" if metrics.healthy.get() => ("200 OK", "text/plain", "ok\n".to_string()),
-            "/healthz" => ("503 Service Unavailable", "text/plain", "the last crunch was incomplete\n".to_string()),
-            _ => ("404 Not Found", "text/plain", "try /metrics or /healthz\n".to_string()),
+            "/healthz" => (
+                "503 Service Unavailable",
+                "text/plain",
+                "the last crunch was incomplete\n".to_string(),
+            ),
+            _ => (
+                "404 Not Found",
+                "text/plain",
+                "try /metrics or /healthz\n".to_string(),
+            ),
         };
         let _ = conn.write_all(
             format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes(),
@@ -496,8 +586,17 @@ fn serve_api(a: ServeArgs) -> Result<(), Fail> {
         error_rate: a.data.error_rate.unwrap_or(0.0),
         drop_rate: a.data.drop_rate,
     };
-    let api = DemoApi::start(&format!("{}:{}", a.host, a.port), cfg).map_err(|e| Fail(exit::CONFIG, format!("cannot listen on {}:{}: {e}", a.host, a.port)))?;
-    println!("serving the demo stats API on {} (BASE_URL={})", api.local_addr(), api.base_url());
+    let api = DemoApi::start(&format!("{}:{}", a.host, a.port), cfg).map_err(|e| {
+        Fail(
+            exit::CONFIG,
+            format!("cannot listen on {}:{}: {e}", a.host, a.port),
+        )
+    })?;
+    println!(
+        "serving the demo stats API on {} (BASE_URL={})",
+        api.local_addr(),
+        api.base_url()
+    );
     let _ = std::io::stdout().flush();
     let stop = Rc::new(evergreen_services::stats::StopFlag::default());
     let _sig = on_signals(stop.clone());
@@ -507,18 +606,29 @@ fn serve_api(a: ServeArgs) -> Result<(), Fail> {
 }
 
 fn migrate(a: DbArgs) -> Result<(), Fail> {
-    config::database_url(&a.database_url).map_err(|e| Fail(exit::CONFIG, format!("--database-url / {e}")))?;
+    config::database_url(&a.database_url)
+        .map_err(|e| Fail(exit::CONFIG, format!("--database-url / {e}")))?;
     let s = store::open(&a.database_url).map_err(|e| Fail(exit::CONFIG, e.to_string()))?;
-    let n = s.migrate().map_err(|e| Fail(exit::FAILURE, e.to_string()))?;
-    println!("{n} migration(s) applied; the schema is current in {}", s.location());
+    let n = s
+        .migrate()
+        .map_err(|e| Fail(exit::FAILURE, e.to_string()))?;
+    println!(
+        "{n} migration(s) applied; the schema is current in {}",
+        s.location()
+    );
     Ok(())
 }
 
 fn status(a: DbArgs) -> Result<(), Fail> {
     let s = open_store(&a.database_url)?;
-    let st = s.status(10, 5).map_err(|e| Fail(exit::FAILURE, e.to_string()))?;
+    let st = s
+        .status(10, 5)
+        .map_err(|e| Fail(exit::FAILURE, e.to_string()))?;
     println!("store:  {}", s.location());
-    println!("cursor: {}", st.cursor.map_or("unset".to_string(), |d| d.to_string()));
+    println!(
+        "cursor: {}",
+        st.cursor.map_or("unset".to_string(), |d| d.to_string())
+    );
     println!("\nrows per table and date (last 10 dates):");
     for (t, d, n) in &st.rows {
         println!("  {:<28} {d}  {n:>9}", t.name());
@@ -551,7 +661,8 @@ fn demo(a: DemoArgs, tty: bool) -> Result<(), Fail> {
         error_rate: a.data.error_rate.unwrap_or(0.01),
         drop_rate: a.data.drop_rate,
     };
-    let api = DemoApi::start("127.0.0.1:0", api_cfg).map_err(|e| Fail(exit::FAILURE, format!("starting the demo API: {e}")))?;
+    let api = DemoApi::start("127.0.0.1:0", api_cfg)
+        .map_err(|e| Fail(exit::FAILURE, format!("starting the demo API: {e}")))?;
     let store = open_store(&a.database_url)?;
     let today = Date::today_utc();
     let mut cfg = PipelineConfig::new(&api.base_url(), &key);
@@ -564,9 +675,14 @@ fn demo(a: DemoArgs, tty: bool) -> Result<(), Fail> {
         data.networks,
         data.seed
     );
-    println!("demo: crunching {} dates up to today ({today}) into {}", a.days, store.location());
+    println!(
+        "demo: crunching {} dates up to today ({today}) into {}",
+        a.days,
+        store.location()
+    );
     let metrics = Rc::new(Metrics::new());
-    let p = Pipeline::start(&cfg, store.clone(), metrics.clone()).map_err(|e| Fail(exit::FAILURE, e))?;
+    let p = Pipeline::start(&cfg, store.clone(), metrics.clone())
+        .map_err(|e| Fail(exit::FAILURE, e))?;
     let _sig = on_signals(p.stop_flag().clone());
     let progress = Progress::start(tty, metrics.clone(), p.http().clone());
     let t0 = std::time::Instant::now();
@@ -588,8 +704,13 @@ fn demo(a: DemoArgs, tty: bool) -> Result<(), Fail> {
         metrics.rows_written.get(),
         metrics.batches.get()
     );
-    let st = store.status(1, 1).map_err(|e| Fail(exit::FAILURE, e.to_string()))?;
-    println!("cursor: {} (today is re-crunched on every run; past dates are done)", st.cursor.map_or("unset".into(), |d| d.to_string()));
+    let st = store
+        .status(1, 1)
+        .map_err(|e| Fail(exit::FAILURE, e.to_string()))?;
+    println!(
+        "cursor: {} (today is re-crunched on every run; past dates are done)",
+        st.cursor.map_or("unset".into(), |d| d.to_string())
+    );
     println!("data:   {}", store.location());
     println!("        tables bulk_sms_networks_cost, bulk_sms_networks_failed, airtime_networks_delivered; crunch_cursor; pipeline_runs");
     println!("next:   cargo run --release -p evergreen-services --bin stats-pipeline -- status --database-url {}", a.database_url);

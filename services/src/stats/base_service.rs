@@ -52,7 +52,11 @@ pub struct DateReport {
 impl DateReport {
     /// Every user done, nothing failed, rows written.
     pub fn is_complete(&self) -> bool {
-        !self.refused && !self.interrupted && self.error.is_none() && self.failed_users == 0 && self.done == self.users
+        !self.refused
+            && !self.interrupted
+            && self.error.is_none()
+            && self.failed_users == 0
+            && self.done == self.users
     }
 }
 
@@ -111,7 +115,14 @@ impl<S: Service> BaseService<S> {
             base_url.push('/');
         }
         BaseService {
-            inner: Rc::new(Inner { base_url, http, writer, concurrency: concurrency.max(1), stop, metrics }),
+            inner: Rc::new(Inner {
+                base_url,
+                http,
+                writer,
+                concurrency: concurrency.max(1),
+                stop,
+                metrics,
+            }),
             _s: PhantomData,
         }
     }
@@ -135,7 +146,12 @@ impl<S: Service> BaseService<S> {
     }
 
     /// One user's rows and malformed elements (the sample's `processUserResponse`).
-    pub fn process_user_response(&self, resp: &Json, username: &str, date: Date) -> Result<(Vec<Row>, Vec<Malformed>), String> {
+    pub fn process_user_response(
+        &self,
+        resp: &Json,
+        username: &str,
+        date: Date,
+    ) -> Result<(Vec<Row>, Vec<Malformed>), String> {
         parse::user_stats(resp, username, date, S::ID.table().is_money())
     }
 
@@ -146,10 +162,21 @@ impl<S: Service> BaseService<S> {
         let counters = inner.metrics.service(id);
         counters.users_total.set(0);
         counters.users_done.set(0);
-        let report = Rc::new(RefCell::new(DateReport { service: Some(id), date: Some(date), ..Default::default() }));
-        let users = match fetch(&inner.http, &self.build_url(date, None)).map_err(|f| (f.refused, f.message)).and_then(|j| {
-            self.process_response(&j).map_err(|e| (false, format!("the user list of {} for {date}: {e}", id.name())))
-        }) {
+        let report = Rc::new(RefCell::new(DateReport {
+            service: Some(id),
+            date: Some(date),
+            ..Default::default()
+        }));
+        let users = match fetch(&inner.http, &self.build_url(date, None))
+            .map_err(|f| (f.refused, f.message))
+            .and_then(|j| {
+                self.process_response(&j).map_err(|e| {
+                    (
+                        false,
+                        format!("the user list of {} for {date}: {e}", id.name()),
+                    )
+                })
+            }) {
             Ok(u) => u,
             Err((refused, message)) => {
                 log::error!("{}: {date}: cannot get the user list: {message}", id.name());
@@ -178,10 +205,12 @@ impl<S: Service> BaseService<S> {
         match flushed {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                r.error.get_or_insert(format!("writing {}: {e}", id.table().name()));
+                r.error
+                    .get_or_insert(format!("writing {}: {e}", id.table().name()));
             }
             Err(e) => {
-                r.error.get_or_insert(format!("the writer is unavailable: {e:?}"));
+                r.error
+                    .get_or_insert(format!("the writer is unavailable: {e:?}"));
             }
         }
         r.millis = t0.elapsed().as_millis() as u64;
@@ -208,22 +237,38 @@ fn fetch(http: &Client, url: &str) -> Result<Json, FetchFailure> {
     resp.json::<Json>().map_err(to_failure)
 }
 
-fn crunch_user<S: Service>(inner: &Inner, report: &RefCell<DateReport>, date: Date, username: String) {
+fn crunch_user<S: Service>(
+    inner: &Inner,
+    report: &RefCell<DateReport>,
+    date: Date,
+    username: String,
+) {
     let id = S::ID;
     let counters = inner.metrics.service(id);
     let url = build_url::<S>(&inner.base_url, date, Some(&username));
     let outcome = fetch(&inner.http, &url).and_then(|j| {
-        parse::user_stats(&j, &username, date, id.table().is_money())
-            .map_err(|e| FetchFailure { refused: false, message: format!("user {username:?}: {e}") })
+        parse::user_stats(&j, &username, date, id.table().is_money()).map_err(|e| FetchFailure {
+            refused: false,
+            message: format!("user {username:?}: {e}"),
+        })
     });
     counters.users_done.set(counters.users_done.get() + 1);
     match outcome {
         Ok((rows, bad)) => {
             for m in &bad {
-                log::warn!("{}: {date}: user {username:?}: malformed element {} ({})", id.name(), m.raw, m.reason);
+                log::warn!(
+                    "{}: {date}: user {username:?}: malformed element {} ({})",
+                    id.name(),
+                    m.raw,
+                    m.reason
+                );
             }
             let n = rows.len() as u64;
-            let told = if rows.is_empty() { Ok(()) } else { inner.writer.tell(WriterMsg::Rows(id.table(), rows)) };
+            let told = if rows.is_empty() {
+                Ok(())
+            } else {
+                inner.writer.tell(WriterMsg::Rows(id.table(), rows))
+            };
             let mut r = report.borrow_mut();
             r.malformed += bad.len() as u64;
             Metrics::add(&counters.malformed, bad.len() as u64);
@@ -237,12 +282,17 @@ fn crunch_user<S: Service>(inner: &Inner, report: &RefCell<DateReport>, date: Da
                 Err(e) => {
                     r.failed_users += 1;
                     Metrics::add(&counters.users_failed, 1);
-                    r.error.get_or_insert(format!("the writer refused rows: {:?}", e.discard()));
+                    r.error
+                        .get_or_insert(format!("the writer refused rows: {:?}", e.discard()));
                 }
             }
         }
         Err(f) => {
-            log::warn!("{}: {date}: user {username:?} failed: {}", id.name(), f.message);
+            log::warn!(
+                "{}: {date}: user {username:?} failed: {}",
+                id.name(),
+                f.message
+            );
             let mut r = report.borrow_mut();
             r.failed_users += 1;
             r.refused |= f.refused;

@@ -80,20 +80,88 @@ impl Metrics {
             }
         };
         let per = |f: &dyn Fn(&ServiceCounters) -> u64| -> Vec<(String, u64)> {
-            ServiceId::ALL.iter().map(|id| (format!("{{service=\"{}\"}}", id.name()), f(self.service(*id)))).collect()
+            ServiceId::ALL
+                .iter()
+                .map(|id| {
+                    (
+                        format!("{{service=\"{}\"}}", id.name()),
+                        f(self.service(*id)),
+                    )
+                })
+                .collect()
         };
-        family("stats_users_fetched_total", "Users fetched and parsed.", "counter", per(&|c| c.users_fetched.get()));
-        family("stats_users_failed_total", "Users whose fetch failed after retries.", "counter", per(&|c| c.users_failed.get()));
-        family("stats_rows_total", "Rows produced by the service.", "counter", per(&|c| c.rows.get()));
-        family("stats_malformed_elements_total", "Malformed elements skipped.", "counter", per(&|c| c.malformed.get()));
-        family("stats_date_users", "Users of the date in progress.", "gauge", per(&|c| c.users_total.get()));
-        family("stats_date_users_done", "Users of the date in progress done.", "gauge", per(&|c| c.users_done.get()));
-        family("stats_rows_written_total", "Rows written to the store.", "counter", vec![(String::new(), self.rows_written.get())]);
-        family("stats_write_batches_total", "Upsert transactions committed.", "counter", vec![(String::new(), self.batches.get())]);
-        family("stats_write_errors_total", "Upsert transactions that failed.", "counter", vec![(String::new(), self.write_errors.get())]);
-        family("stats_http_retries_total", "HTTP attempts repeated.", "counter", vec![(String::new(), self.http_retries.get())]);
-        family("stats_dates_complete_total", "Dates crunched completely.", "counter", vec![(String::new(), self.dates_complete.get())]);
-        family("stats_dates_incomplete_total", "Dates crunched incompletely.", "counter", vec![(String::new(), self.dates_incomplete.get())]);
+        family(
+            "stats_users_fetched_total",
+            "Users fetched and parsed.",
+            "counter",
+            per(&|c| c.users_fetched.get()),
+        );
+        family(
+            "stats_users_failed_total",
+            "Users whose fetch failed after retries.",
+            "counter",
+            per(&|c| c.users_failed.get()),
+        );
+        family(
+            "stats_rows_total",
+            "Rows produced by the service.",
+            "counter",
+            per(&|c| c.rows.get()),
+        );
+        family(
+            "stats_malformed_elements_total",
+            "Malformed elements skipped.",
+            "counter",
+            per(&|c| c.malformed.get()),
+        );
+        family(
+            "stats_date_users",
+            "Users of the date in progress.",
+            "gauge",
+            per(&|c| c.users_total.get()),
+        );
+        family(
+            "stats_date_users_done",
+            "Users of the date in progress done.",
+            "gauge",
+            per(&|c| c.users_done.get()),
+        );
+        family(
+            "stats_rows_written_total",
+            "Rows written to the store.",
+            "counter",
+            vec![(String::new(), self.rows_written.get())],
+        );
+        family(
+            "stats_write_batches_total",
+            "Upsert transactions committed.",
+            "counter",
+            vec![(String::new(), self.batches.get())],
+        );
+        family(
+            "stats_write_errors_total",
+            "Upsert transactions that failed.",
+            "counter",
+            vec![(String::new(), self.write_errors.get())],
+        );
+        family(
+            "stats_http_retries_total",
+            "HTTP attempts repeated.",
+            "counter",
+            vec![(String::new(), self.http_retries.get())],
+        );
+        family(
+            "stats_dates_complete_total",
+            "Dates crunched completely.",
+            "counter",
+            vec![(String::new(), self.dates_complete.get())],
+        );
+        family(
+            "stats_dates_incomplete_total",
+            "Dates crunched incompletely.",
+            "counter",
+            vec![(String::new(), self.dates_incomplete.get())],
+        );
         s
     }
 }

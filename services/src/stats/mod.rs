@@ -30,7 +30,9 @@ pub mod writer;
 
 pub use base_service::{BaseService, DateReport, ServiceMsg};
 pub use metrics::{Metrics, ServiceCounters};
-pub use scheduler::{CrunchReport, Outcome, Pipeline, PipelineConfig, Scheduler, SchedulerMsg};
+pub use scheduler::{
+    CrunchReport, OnTick, Outcome, Pipeline, PipelineConfig, Scheduler, SchedulerMsg,
+};
 pub use writer::{Writer, WriterMsg};
 
 use std::cell::Cell;
@@ -86,7 +88,11 @@ pub enum ServiceId {
 
 impl ServiceId {
     /// All three.
-    pub const ALL: [ServiceId; 3] = [ServiceId::BulkSmsCost, ServiceId::BulkSmsFailed, ServiceId::AirtimeDelivered];
+    pub const ALL: [ServiceId; 3] = [
+        ServiceId::BulkSmsCost,
+        ServiceId::BulkSmsFailed,
+        ServiceId::AirtimeDelivered,
+    ];
 
     /// `bulk-sms-cost`, `bulk-sms-failed`, `airtime-delivered`.
     pub fn name(self) -> &'static str {

@@ -47,7 +47,12 @@ pub fn user_list(resp: &Json) -> Result<Vec<String>, String> {
         for (j, e) in elements.iter().enumerate() {
             match e.as_str() {
                 Some(u) if !u.is_empty() => users.push(u.to_string()),
-                _ => return Err(format!("responses.userStats[{i}].elements[{j}] is not a user name: {}", cut(e.to_string()))),
+                _ => {
+                    return Err(format!(
+                        "responses.userStats[{i}].elements[{j}] is not a user name: {}",
+                        cut(e.to_string())
+                    ))
+                }
             }
         }
     }
@@ -80,7 +85,9 @@ pub fn split_key(key: &str) -> Result<(String, String), String> {
 
 /// Parses a money value `CURRENCY AMOUNT` (`USD 12.50`).
 pub fn money(v: &Json) -> Result<Value, String> {
-    let s = v.as_str().ok_or("the value is not a string \"CURRENCY AMOUNT\"")?;
+    let s = v
+        .as_str()
+        .ok_or("the value is not a string \"CURRENCY AMOUNT\"")?;
     let mut it = s.split_whitespace();
     let (cur, amt) = match (it.next(), it.next(), it.next()) {
         (Some(c), Some(a), None) => (c, a),
@@ -90,7 +97,10 @@ pub fn money(v: &Json) -> Result<Value, String> {
         return Err(format!("{cur:?} is not a currency code"));
     }
     let amount = Decimal::parse(amt)?;
-    Ok(Value::Money { currency: cur.to_string(), amount })
+    Ok(Value::Money {
+        currency: cur.to_string(),
+        amount,
+    })
 }
 
 /// Parses a count (a non-negative JSON integer, or a string of digits).
@@ -100,7 +110,10 @@ pub fn count(v: &Json) -> Result<Value, String> {
     }
     if let Some(s) = v.as_str() {
         if !s.is_empty() && s.len() < 20 && s.bytes().all(|b| b.is_ascii_digit()) {
-            return s.parse().map(Value::Count).map_err(|_| "not a count".to_string());
+            return s
+                .parse()
+                .map(Value::Count)
+                .map_err(|_| "not a count".to_string());
         }
     }
     Err("the value is not a non-negative integer count".into())
@@ -144,11 +157,20 @@ pub fn user_stats(
         for (key, v) in elements {
             let parsed = split_key(key).and_then(|(country, network)| {
                 let value = if is_money { money(v)? } else { count(v)? };
-                Ok(Row { username: username.to_string(), date, network, country, value })
+                Ok(Row {
+                    username: username.to_string(),
+                    date,
+                    network,
+                    country,
+                    value,
+                })
             });
             match parsed {
                 Ok(r) => rows.push(r),
-                Err(reason) => bad.push(Malformed { raw: cut(format!("{key:?}: {v}")), reason }),
+                Err(reason) => bad.push(Malformed {
+                    raw: cut(format!("{key:?}: {v}")),
+                    reason,
+                }),
             }
         }
     }
@@ -162,22 +184,55 @@ mod tests {
 
     #[test]
     fn keys() {
-        assert_eq!(split_key("Kenya (Safaricom)"), Ok(("Kenya".into(), "Safaricom".into())));
-        assert_eq!(split_key("  Côte d'Ivoire ( Orange CI ) "), Ok(("Côte d'Ivoire".into(), "Orange CI".into())));
-        for bad in ["Kenya Safaricom", "(Safaricom)", "Kenya ()", "Kenya )Safaricom(", "Kenya (Safaricom) x", "Kenya (Safaricom"] {
+        assert_eq!(
+            split_key("Kenya (Safaricom)"),
+            Ok(("Kenya".into(), "Safaricom".into()))
+        );
+        assert_eq!(
+            split_key("  Côte d'Ivoire ( Orange CI ) "),
+            Ok(("Côte d'Ivoire".into(), "Orange CI".into()))
+        );
+        for bad in [
+            "Kenya Safaricom",
+            "(Safaricom)",
+            "Kenya ()",
+            "Kenya )Safaricom(",
+            "Kenya (Safaricom) x",
+            "Kenya (Safaricom",
+        ] {
             assert!(split_key(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn values() {
-        assert_eq!(money(&json!("USD 12.50")), Ok(Value::Money { currency: "USD".into(), amount: Decimal::from_units(125_000) }));
-        for bad in [json!("USD"), json!("12.50"), json!("usd 1"), json!("USD 1,5"), json!(12.5), json!(null), json!("USD 1 2")] {
+        assert_eq!(
+            money(&json!("USD 12.50")),
+            Ok(Value::Money {
+                currency: "USD".into(),
+                amount: Decimal::from_units(125_000)
+            })
+        );
+        for bad in [
+            json!("USD"),
+            json!("12.50"),
+            json!("usd 1"),
+            json!("USD 1,5"),
+            json!(12.5),
+            json!(null),
+            json!("USD 1 2"),
+        ] {
             assert!(money(&bad).is_err(), "{bad}");
         }
         assert_eq!(count(&json!(7)), Ok(Value::Count(7)));
         assert_eq!(count(&json!("7")), Ok(Value::Count(7)));
-        for bad in [json!(-1), json!(1.5), json!("seven"), json!(null), json!([])] {
+        for bad in [
+            json!(-1),
+            json!(1.5),
+            json!("seven"),
+            json!(null),
+            json!([]),
+        ] {
             assert!(count(&bad).is_err(), "{bad}");
         }
     }
@@ -200,7 +255,10 @@ mod tests {
 
     #[test]
     fn user_lists() {
-        assert_eq!(user_list(&json!({"responses": {"userStats": [{"elements": ["a", "b"]}]}})), Ok(vec!["a".into(), "b".into()]));
+        assert_eq!(
+            user_list(&json!({"responses": {"userStats": [{"elements": ["a", "b"]}]}})),
+            Ok(vec!["a".into(), "b".into()])
+        );
         assert!(user_list(&json!({"responses": {"userStats": [{"elements": ["a", 3]}]}})).is_err());
         assert!(user_list(&json!({"responses": {}})).is_err());
     }

@@ -12,9 +12,15 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use evergreen_actors::{Actor, ActorRef, Builder, ChildSpec, Ctx, Mailbox, Policy, Reply, Strategy, Supervisor, SupervisorSpec};
+use evergreen_actors::{
+    Actor, ActorRef, Builder, ChildSpec, Ctx, Mailbox, Policy, Reply, Strategy, Supervisor,
+    SupervisorSpec,
+};
 
-use super::{AirtimeDelivered, BaseService, BulkSmsCost, BulkSmsFailed, DateReport, Metrics, Service, ServiceId, ServiceMsg, StopFlag, Writer};
+use super::{
+    AirtimeDelivered, BaseService, BulkSmsCost, BulkSmsFailed, DateReport, Metrics, Service,
+    ServiceId, ServiceMsg, StopFlag, Writer,
+};
 use crate::fetch::http::Client;
 use crate::store::{Date, RunRecord, Store, StoreError, CURSOR};
 
@@ -120,12 +126,22 @@ impl CrunchReport {
             malformed: sum(|s| s.malformed),
             millis: self.millis,
             finished_at: String::new(),
-            detail: self.services.iter().find_map(|s| s.error.clone()).unwrap_or_default().chars().take(500).collect(),
+            detail: self
+                .services
+                .iter()
+                .find_map(|s| s.error.clone())
+                .unwrap_or_default()
+                .chars()
+                .take(500)
+                .collect(),
         }
     }
 }
 
 type Crunch = Rc<dyn Fn(Date) -> DateReport>;
+
+/// Called by the [`Scheduler`] after each tick with the dates it crunched.
+pub type OnTick = Rc<dyn Fn(&[CrunchReport])>;
 
 /// The running pipeline: a supervisor with the writer and the three services.
 pub struct Pipeline {
@@ -142,18 +158,23 @@ pub struct Pipeline {
 fn ask_service<S: Service>(sup: &ActorRef<Supervisor>) -> Crunch {
     let svc: ActorRef<BaseService<S>> = sup.child(S::ID.name()).expect("the service was started");
     Rc::new(move |date| {
-        svc.ask(|reply| ServiceMsg::Crunch { date, reply }).unwrap_or_else(|e| DateReport {
-            service: Some(S::ID),
-            date: Some(date),
-            error: Some(format!("the {} service failed: {e:?}", S::ID.name())),
-            ..Default::default()
-        })
+        svc.ask(|reply| ServiceMsg::Crunch { date, reply })
+            .unwrap_or_else(|e| DateReport {
+                service: Some(S::ID),
+                date: Some(date),
+                error: Some(format!("the {} service failed: {e:?}", S::ID.name())),
+                ..Default::default()
+            })
     })
 }
 
 impl Pipeline {
     /// Starts the writer and the three services under a supervisor named `stats`.
-    pub fn start(cfg: &PipelineConfig, store: Rc<dyn Store>, metrics: Rc<Metrics>) -> Result<Pipeline, String> {
+    pub fn start(
+        cfg: &PipelineConfig,
+        store: Rc<dyn Store>,
+        metrics: Rc<Metrics>,
+    ) -> Result<Pipeline, String> {
         let http = Client::builder()
             .default_header("apikey", &cfg.api_key)
             .timeout(cfg.http_timeout)
@@ -166,9 +187,11 @@ impl Pipeline {
         let writer_spec = {
             let (store, metrics) = (store.clone(), metrics.clone());
             let (batch, every) = (cfg.batch, cfg.flush_interval);
-            ChildSpec::with_builder("writer", Builder::new().mailbox(Mailbox::bounded(256, Policy::Block)), move || {
-                Writer::new(store.clone(), metrics.clone(), batch, every)
-            })
+            ChildSpec::with_builder(
+                "writer",
+                Builder::new().mailbox(Mailbox::bounded(256, Policy::Block)),
+                move || Writer::new(store.clone(), metrics.clone(), batch, every),
+            )
         };
         // The services need the writer's reference: start the supervisor with the writer,
         // then add the services (rest_for_one keeps the order: writer first).
@@ -178,11 +201,30 @@ impl Pipeline {
             .spawn("stats")
             .map_err(|e| format!("starting the pipeline's supervisor: {e:?}"))?;
         let writer: ActorRef<Writer> = sup.child("writer").expect("the writer was started");
-        fn spec<S: Service>(cfg: &PipelineConfig, http: &Client, writer: &ActorRef<Writer>, stop: &Rc<StopFlag>, metrics: &Rc<Metrics>) -> ChildSpec {
-            let (base, http, writer, stop, metrics, n) =
-                (cfg.base_url.clone(), http.clone(), writer.clone(), stop.clone(), metrics.clone(), cfg.concurrency);
+        fn spec<S: Service>(
+            cfg: &PipelineConfig,
+            http: &Client,
+            writer: &ActorRef<Writer>,
+            stop: &Rc<StopFlag>,
+            metrics: &Rc<Metrics>,
+        ) -> ChildSpec {
+            let (base, http, writer, stop, metrics, n) = (
+                cfg.base_url.clone(),
+                http.clone(),
+                writer.clone(),
+                stop.clone(),
+                metrics.clone(),
+                cfg.concurrency,
+            );
             ChildSpec::worker(S::ID.name(), move || {
-                BaseService::<S>::new(&base, http.clone(), writer.clone(), n, stop.clone(), metrics.clone())
+                BaseService::<S>::new(
+                    &base,
+                    http.clone(),
+                    writer.clone(),
+                    n,
+                    stop.clone(),
+                    metrics.clone(),
+                )
             })
         }
         for c in [
@@ -190,14 +232,27 @@ impl Pipeline {
             spec::<BulkSmsFailed>(cfg, &http, &writer, &stop, &metrics),
             spec::<AirtimeDelivered>(cfg, &http, &writer, &stop, &metrics),
         ] {
-            sup.start_child(c).map_err(|e| format!("starting a service: {e:?}"))?;
+            sup.start_child(c)
+                .map_err(|e| format!("starting a service: {e:?}"))?;
         }
         let services = vec![
             (ServiceId::BulkSmsCost, ask_service::<BulkSmsCost>(&sup)),
             (ServiceId::BulkSmsFailed, ask_service::<BulkSmsFailed>(&sup)),
-            (ServiceId::AirtimeDelivered, ask_service::<AirtimeDelivered>(&sup)),
+            (
+                ServiceId::AirtimeDelivered,
+                ask_service::<AirtimeDelivered>(&sup),
+            ),
         ];
-        Ok(Pipeline { sup, store, http, services, stop, metrics, today: cfg.today, start_date: cfg.start_date })
+        Ok(Pipeline {
+            sup,
+            store,
+            http,
+            services,
+            stop,
+            metrics,
+            today: cfg.today,
+            start_date: cfg.start_date,
+        })
     }
 
     /// The supervisor (for `dump()` and tests).
@@ -249,17 +304,39 @@ impl Pipeline {
                 evergreen::spawn(move || f(date))
             })
             .collect();
-        let services: Vec<DateReport> = gs.into_iter().map(|g| g.into_result().unwrap_or_default()).collect();
-        let report = CrunchReport { date, services, millis: t0.elapsed().as_millis() as u64 };
-        self.metrics.http_retries.set(self.http.pool_stats().retries);
+        let services: Vec<DateReport> = gs
+            .into_iter()
+            .map(|g| g.into_result().unwrap_or_default())
+            .collect();
+        let report = CrunchReport {
+            date,
+            services,
+            millis: t0.elapsed().as_millis() as u64,
+        };
+        self.metrics
+            .http_retries
+            .set(self.http.pool_stats().retries);
         *self.metrics.current_date.borrow_mut() = None;
         let complete = report.outcome() == Outcome::Complete;
         self.metrics.healthy.set(complete);
-        Metrics::add(if complete { &self.metrics.dates_complete } else { &self.metrics.dates_incomplete }, 1);
+        Metrics::add(
+            if complete {
+                &self.metrics.dates_complete
+            } else {
+                &self.metrics.dates_incomplete
+            },
+            1,
+        );
         if let Err(e) = self.store.record_run(&report.record()) {
             log::error!("recording the run of {date}: {e}");
         }
-        log::info!("{date}: {} ({} rows, {} failed users, {} malformed)", report.outcome().as_str(), report.record().rows, report.record().failed_users, report.record().malformed);
+        log::info!(
+            "{date}: {} ({} rows, {} failed users, {} malformed)",
+            report.outcome().as_str(),
+            report.record().rows,
+            report.record().failed_users,
+            report.record().malformed
+        );
         report
     }
 
@@ -269,12 +346,15 @@ impl Pipeline {
     pub fn catch_up(&self) -> Result<Vec<CrunchReport>, StoreError> {
         let mut done = Vec::new();
         let today = self.today();
-        self.store.init_cursor(CURSOR, self.start_date.unwrap_or(today))?;
+        self.store
+            .init_cursor(CURSOR, self.start_date.unwrap_or(today))?;
         loop {
             if self.stop.is_set() {
                 break;
             }
-            let Some(date) = self.store.cursor(CURSOR)? else { break };
+            let Some(date) = self.store.cursor(CURSOR)? else {
+                break;
+            };
             *self.metrics.cursor.borrow_mut() = Some(date.to_string());
             if date > today {
                 log::info!("the cursor {date} is after today ({today}): nothing to crunch");
@@ -284,7 +364,10 @@ impl Pipeline {
             let outcome = report.outcome();
             done.push(report);
             if outcome != Outcome::Complete {
-                log::warn!("{date} is not complete ({}); the cursor stays, it is retried on the next tick", outcome.as_str());
+                log::warn!(
+                    "{date} is not complete ({}); the cursor stays, it is retried on the next tick",
+                    outcome.as_str()
+                );
                 break;
             }
             if date == today {
@@ -299,11 +382,24 @@ impl Pipeline {
     }
 
     /// Adds the [`Scheduler`] to the supervisor: a tick now, then every `interval`.
-    pub fn start_scheduler(self: &Rc<Self>, interval: Duration, on_tick: Rc<dyn Fn(&[CrunchReport])>) -> Result<ActorRef<Scheduler>, String> {
+    pub fn start_scheduler(
+        self: &Rc<Self>,
+        interval: Duration,
+        on_tick: OnTick,
+    ) -> Result<ActorRef<Scheduler>, String> {
         let p = self.clone();
-        let spec = ChildSpec::worker("scheduler", move || Scheduler { pipeline: p.clone(), interval, on_tick: on_tick.clone() });
-        self.sup.start_child(spec).map_err(|e| format!("starting the scheduler: {e:?}"))?;
-        Ok(self.sup.child("scheduler").expect("the scheduler was started"))
+        let spec = ChildSpec::worker("scheduler", move || Scheduler {
+            pipeline: p.clone(),
+            interval,
+            on_tick: on_tick.clone(),
+        });
+        self.sup
+            .start_child(spec)
+            .map_err(|e| format!("starting the scheduler: {e:?}"))?;
+        Ok(self
+            .sup
+            .child("scheduler")
+            .expect("the scheduler was started"))
     }
 
     /// Stops the actors (scheduler, services, writer: reverse order; the writer flushes).
@@ -330,7 +426,7 @@ pub enum SchedulerMsg {
 pub struct Scheduler {
     pipeline: Rc<Pipeline>,
     interval: Duration,
-    on_tick: Rc<dyn Fn(&[CrunchReport])>,
+    on_tick: OnTick,
 }
 
 impl Scheduler {

@@ -46,8 +46,21 @@ fn slot(t: Table) -> usize {
 
 impl Writer {
     /// A writer to `store`, flushing at `batch` rows and every `flush_interval`.
-    pub fn new(store: Rc<dyn Store>, metrics: Rc<Metrics>, batch: usize, flush_interval: Duration) -> Writer {
-        Writer { store, metrics, buf: Default::default(), buffered: 0, batch: batch.max(1), flush_interval, errors: Default::default() }
+    pub fn new(
+        store: Rc<dyn Store>,
+        metrics: Rc<Metrics>,
+        batch: usize,
+        flush_interval: Duration,
+    ) -> Writer {
+        Writer {
+            store,
+            metrics,
+            buf: Default::default(),
+            buffered: 0,
+            batch: batch.max(1),
+            flush_interval,
+            errors: Default::default(),
+        }
     }
 
     fn flush_all(&mut self) {
@@ -70,11 +83,18 @@ impl Writer {
                         Metrics::add(&self.metrics.write_errors, 1);
                         attempt += 1;
                         if attempt >= 3 {
-                            log::error!("writer: giving up on {} rows of {} after {attempt} attempts: {e}", rows.len(), t.name());
+                            log::error!(
+                                "writer: giving up on {} rows of {} after {attempt} attempts: {e}",
+                                rows.len(),
+                                t.name()
+                            );
                             self.errors[slot(t)].get_or_insert_with(|| e.to_string());
                             break;
                         }
-                        log::warn!("writer: upsert into {} failed (attempt {attempt}), retrying: {e}", t.name());
+                        log::warn!(
+                            "writer: upsert into {} failed (attempt {attempt}), retrying: {e}",
+                            t.name()
+                        );
                         evergreen::sleep(Duration::from_millis(100 << (2 * attempt)));
                     }
                 }

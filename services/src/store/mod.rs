@@ -34,8 +34,7 @@ pub struct Date(i32);
 impl Date {
     /// The date of `y-m-d`, or `None` if it does not exist.
     pub fn from_ymd(y: i32, m: u32, d: u32) -> Option<Date> {
-        if !(1..=9999).contains(&y) || !(1..=12).contains(&m) || d == 0 || d > days_in_month(y, m)
-        {
+        if !(1..=9999).contains(&y) || !(1..=12).contains(&m) || d == 0 || d > days_in_month(y, m) {
             return None;
         }
         // Howard Hinnant's days_from_civil.
@@ -167,13 +166,26 @@ impl Decimal {
             return Err(format!("{s:?} is not a decimal number"));
         }
         if frac.len() > Self::SCALE as usize {
-            return Err(format!("{s:?} has more than {} decimal places", Self::SCALE));
+            return Err(format!(
+                "{s:?} has more than {} decimal places",
+                Self::SCALE
+            ));
         }
         if int.trim_start_matches('0').len() > 15 {
             return Err(format!("{s:?} is too large"));
         }
-        let i: i64 = if int.is_empty() { 0 } else { int.parse().map_err(|_| format!("{s:?} is not a decimal number"))? };
-        let mut f: i64 = if frac.is_empty() { 0 } else { frac.parse().map_err(|_| format!("{s:?} is not a decimal number"))? };
+        let i: i64 = if int.is_empty() {
+            0
+        } else {
+            int.parse()
+                .map_err(|_| format!("{s:?} is not a decimal number"))?
+        };
+        let mut f: i64 = if frac.is_empty() {
+            0
+        } else {
+            frac.parse()
+                .map_err(|_| format!("{s:?} is not a decimal number"))?
+        };
         for _ in frac.len()..Self::SCALE as usize {
             f *= 10;
         }
@@ -307,7 +319,10 @@ pub struct StoreError {
 
 impl StoreError {
     pub(crate) fn new(context: impl Into<String>, message: impl fmt::Display) -> StoreError {
-        StoreError { context: context.into(), message: message.to_string() }
+        StoreError {
+            context: context.into(),
+            message: message.to_string(),
+        }
     }
 }
 
@@ -367,7 +382,9 @@ impl StoreUrl {
     pub fn parse(url: &str) -> Result<StoreUrl, String> {
         if let Some(path) = url.strip_prefix("sqlite://") {
             if path.is_empty() {
-                return Err("DATABASE_URL sqlite:// needs a file path, e.g. sqlite://./stats.db".into());
+                return Err(
+                    "DATABASE_URL sqlite:// needs a file path, e.g. sqlite://./stats.db".into(),
+                );
             }
             Ok(StoreUrl::Sqlite(path.to_string()))
         } else if url == "sqlite::memory:" {
@@ -379,7 +396,11 @@ impl StoreUrl {
             Ok(StoreUrl::MySql(u))
         } else {
             let scheme = url.split("://").next().unwrap_or(url);
-            let shown = if url.contains("://") { format!("{scheme}://…") } else { "(no scheme)".to_string() };
+            let shown = if url.contains("://") {
+                format!("{scheme}://…")
+            } else {
+                "(no scheme)".to_string()
+            };
             Err(format!(
                 "DATABASE_URL {shown} is not supported: use sqlite://PATH or mysql://USER:PASSWORD@HOST:PORT/DATABASE"
             ))
@@ -401,13 +422,33 @@ mod tests {
 
     #[test]
     fn dates_round_trip_and_validate() {
-        for s in ["1970-01-01", "2016-08-18", "2000-02-29", "2024-12-31", "1969-12-31"] {
+        for s in [
+            "1970-01-01",
+            "2016-08-18",
+            "2000-02-29",
+            "2024-12-31",
+            "1969-12-31",
+        ] {
             assert_eq!(Date::parse(s).unwrap().to_string(), s);
         }
         assert_eq!(Date::parse("1970-01-02").unwrap().days(), 1);
-        assert_eq!(Date::parse("2016-08-18").unwrap().succ().to_string(), "2016-08-19");
-        assert_eq!(Date::parse("2016-12-31").unwrap().succ().to_string(), "2017-01-01");
-        for bad in ["2016-02-30", "2015-02-29", "2016-13-01", "2016-8-18", "20160818", "2016-08-1x", ""] {
+        assert_eq!(
+            Date::parse("2016-08-18").unwrap().succ().to_string(),
+            "2016-08-19"
+        );
+        assert_eq!(
+            Date::parse("2016-12-31").unwrap().succ().to_string(),
+            "2017-01-01"
+        );
+        for bad in [
+            "2016-02-30",
+            "2015-02-29",
+            "2016-13-01",
+            "2016-8-18",
+            "20160818",
+            "2016-08-1x",
+            "",
+        ] {
             assert!(Date::parse(bad).is_err(), "{bad}");
         }
         let mut d = Date::parse("1999-01-01").unwrap();
@@ -424,15 +465,32 @@ mod tests {
         assert_eq!(Decimal::parse("12").unwrap().units(), 120_000);
         assert_eq!(Decimal::parse(".5").unwrap().to_string(), "0.5000");
         assert_eq!(Decimal::parse("-0.0001").unwrap().to_string(), "-0.0001");
-        assert_eq!(Decimal::parse("0.1").unwrap().units() * 3, Decimal::parse("0.3").unwrap().units());
-        for bad in ["", ".", "1.2.3", "abc", "1e5", "1.23456", " 1", "1,5", "-", "9999999999999999"] {
+        assert_eq!(
+            Decimal::parse("0.1").unwrap().units() * 3,
+            Decimal::parse("0.3").unwrap().units()
+        );
+        for bad in [
+            "",
+            ".",
+            "1.2.3",
+            "abc",
+            "1e5",
+            "1.23456",
+            " 1",
+            "1,5",
+            "-",
+            "9999999999999999",
+        ] {
             assert!(Decimal::parse(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn store_urls() {
-        assert_eq!(StoreUrl::parse("sqlite://./x.db"), Ok(StoreUrl::Sqlite("./x.db".into())));
+        assert_eq!(
+            StoreUrl::parse("sqlite://./x.db"),
+            Ok(StoreUrl::Sqlite("./x.db".into()))
+        );
         assert!(StoreUrl::parse("mysql://root@127.0.0.1:3306/stats").is_ok());
         let e = StoreUrl::parse("postgres://u:hunter2@h/db").unwrap_err();
         assert!(e.contains("postgres") && !e.contains("hunter2"), "{e}");

@@ -8,7 +8,9 @@
 
 use ::mysql::prelude::Queryable;
 
-use super::{now_utc_string, Date, Decimal, Row, RunRecord, Status, Store, StoreError, Table, Value};
+use super::{
+    now_utc_string, Date, Decimal, Row, RunRecord, Status, Store, StoreError, Table, Value,
+};
 use crate::fetch::mysql::{Migration, MySqlPool, PoolOptions, Value as SqlValue};
 
 const MIGRATIONS: &[Migration] = &[
@@ -83,7 +85,10 @@ impl MySqlStore {
             }
             Err(_) => "MySQL".into(),
         };
-        Ok(MySqlStore { pool: MySqlPool::new(opts.max_connections(4)), shown })
+        Ok(MySqlStore {
+            pool: MySqlPool::new(opts.max_connections(4)),
+            shown,
+        })
     }
 
     /// The pool (for tests and metrics).
@@ -106,7 +111,9 @@ impl Store for MySqlStore {
     }
 
     fn migrate(&self) -> Result<usize, StoreError> {
-        self.pool.migrate(MIGRATIONS).map_err(err("migrating the MySQL schema"))
+        self.pool
+            .migrate(MIGRATIONS)
+            .map_err(err("migrating the MySQL schema"))
     }
 
     fn upsert(&self, table: Table, rows: &[Row]) -> Result<u64, StoreError> {
@@ -137,16 +144,38 @@ impl Store for MySqlStore {
         }
         let (cols, update): (&[&str], &[&str]) = if table.is_money() {
             (
-                &["username", "date", "network", "country", "cost", "currency", "updated_at"],
+                &[
+                    "username",
+                    "date",
+                    "network",
+                    "country",
+                    "cost",
+                    "currency",
+                    "updated_at",
+                ],
                 &["cost", "currency", "updated_at"],
             )
         } else {
-            (&["username", "date", "network", "country", "failed", "updated_at"], &["failed", "updated_at"])
+            (
+                &[
+                    "username",
+                    "date",
+                    "network",
+                    "country",
+                    "failed",
+                    "updated_at",
+                ],
+                &["failed", "updated_at"],
+            )
         };
         let s = self
             .pool
             .upsert(table.name(), cols, update, &values, BATCH)
-            .map_err(err(&format!("upserting {} rows into {}", rows.len(), table.name())))?;
+            .map_err(err(&format!(
+                "upserting {} rows into {}",
+                rows.len(),
+                table.name()
+            )))?;
         Ok(s.rows)
     }
 
@@ -154,7 +183,10 @@ impl Store for MySqlStore {
         let ctx = "reading the cursor";
         let mut c = self.pool.get().map_err(err(ctx))?;
         let d: Option<String> = c
-            .exec_first("SELECT DATE_FORMAT(date, '%Y-%m-%d') FROM crunch_cursor WHERE name = ?", (name,))
+            .exec_first(
+                "SELECT DATE_FORMAT(date, '%Y-%m-%d') FROM crunch_cursor WHERE name = ?",
+                (name,),
+            )
             .map_err(err(ctx))?;
         d.map(date_of).transpose()
     }
@@ -178,7 +210,12 @@ impl Store for MySqlStore {
     fn advance_cursor(&self, name: &str, from: Date, to: Date) -> Result<bool, StoreError> {
         let ctx = "advancing the cursor";
         let mut c = self.pool.get().map_err(err(ctx))?;
-        let (name, f, t, now) = (name.to_string(), from.to_string(), to.to_string(), now_utc_string());
+        let (name, f, t, now) = (
+            name.to_string(),
+            from.to_string(),
+            to.to_string(),
+            now_utc_string(),
+        );
         let n = c
             .run(ctx, |c| {
                 c.exec_drop(
@@ -194,7 +231,11 @@ impl Store for MySqlStore {
     fn record_run(&self, run: &RunRecord) -> Result<(), StoreError> {
         let ctx = "recording the run";
         let mut c = self.pool.get().map_err(err(ctx))?;
-        let finished = if run.finished_at.is_empty() { now_utc_string() } else { run.finished_at.clone() };
+        let finished = if run.finished_at.is_empty() {
+            now_utc_string()
+        } else {
+            run.finished_at.clone()
+        };
         let params: Vec<SqlValue> = vec![
             run.date.map(|d| d.to_string()).into(),
             run.outcome.as_str().into(),
@@ -218,7 +259,10 @@ impl Store for MySqlStore {
         let ctx = "counting rows";
         let mut c = self.pool.get().map_err(err(ctx))?;
         let n: Option<u64> = c
-            .exec_first(&format!("SELECT COUNT(*) FROM {} WHERE date = ?", table.name()), (date.to_string(),))
+            .exec_first(
+                &format!("SELECT COUNT(*) FROM {} WHERE date = ?", table.name()),
+                (date.to_string(),),
+            )
             .map_err(err(ctx))?;
         Ok(n.unwrap_or(0))
     }
@@ -236,11 +280,23 @@ impl Store for MySqlStore {
         got.into_iter()
             .map(|(username, network, country, v, currency)| {
                 let value = if table.is_money() {
-                    Value::Money { currency, amount: Decimal::parse(&v).map_err(|m| StoreError::new(ctx, m))? }
+                    Value::Money {
+                        currency,
+                        amount: Decimal::parse(&v).map_err(|m| StoreError::new(ctx, m))?,
+                    }
                 } else {
-                    Value::Count(v.parse().map_err(|_| StoreError::new(ctx, format!("bad count {v:?}")))?)
+                    Value::Count(
+                        v.parse()
+                            .map_err(|_| StoreError::new(ctx, format!("bad count {v:?}")))?,
+                    )
                 };
-                Ok(Row { username, date, network, country, value })
+                Ok(Row {
+                    username,
+                    date,
+                    network,
+                    country,
+                    value,
+                })
             })
             .collect()
     }
@@ -261,7 +317,17 @@ impl Store for MySqlStore {
                 rows.push((t, date_of(d)?, n));
             }
         }
-        type RunRow = (Option<String>, String, u64, u64, u64, u64, u64, String, String);
+        type RunRow = (
+            Option<String>,
+            String,
+            u64,
+            u64,
+            u64,
+            u64,
+            u64,
+            String,
+            String,
+        );
         let got: Vec<RunRow> = c
             .exec(
                 "SELECT DATE_FORMAT(date, '%Y-%m-%d'), outcome, users, failed_users, rows_written, malformed, millis, \
@@ -270,7 +336,8 @@ impl Store for MySqlStore {
             )
             .map_err(err(ctx))?;
         let mut out = Vec::new();
-        for (d, outcome, users, failed_users, rows_w, malformed, millis, finished_at, detail) in got {
+        for (d, outcome, users, failed_users, rows_w, malformed, millis, finished_at, detail) in got
+        {
             out.push(RunRecord {
                 date: d.map(date_of).transpose()?,
                 outcome,
@@ -283,6 +350,10 @@ impl Store for MySqlStore {
                 detail,
             });
         }
-        Ok(Status { cursor, rows, runs: out })
+        Ok(Status {
+            cursor,
+            rows,
+            runs: out,
+        })
     }
 }

@@ -10,7 +10,9 @@ use std::cell::RefCell;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{now_utc_string, Date, Decimal, Row, RunRecord, Status, Store, StoreError, Table, Value};
+use super::{
+    now_utc_string, Date, Decimal, Row, RunRecord, Status, Store, StoreError, Table, Value,
+};
 
 const SCHEMA: &[(&str, &str)] = &[(
     "0001_stats_tables",
@@ -50,12 +52,18 @@ impl SqliteStore {
     pub fn open(path: &str) -> Result<SqliteStore, StoreError> {
         let ctx = format!("opening the SQLite database {path}");
         let conn = Connection::open(path).map_err(|e| StoreError::new(&ctx, e))?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(|e| StoreError::new(&ctx, e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(|e| StoreError::new(&ctx, e))?;
         if path != ":memory:" {
-            conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| StoreError::new(&ctx, e))?;
-            conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| StoreError::new(&ctx, e))?;
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .map_err(|e| StoreError::new(&ctx, e))?;
+            conn.pragma_update(None, "synchronous", "NORMAL")
+                .map_err(|e| StoreError::new(&ctx, e))?;
         }
-        Ok(SqliteStore { conn: RefCell::new(conn), path: path.to_string() })
+        Ok(SqliteStore {
+            conn: RefCell::new(conn),
+            path: path.to_string(),
+        })
     }
 }
 
@@ -86,7 +94,11 @@ impl Store for SqliteStore {
         let mut applied = 0;
         for (name, sql) in SCHEMA {
             let done: Option<String> = tx
-                .query_row("SELECT name FROM _evergreen_migrations WHERE name = ?1", [name], |r| r.get(0))
+                .query_row(
+                    "SELECT name FROM _evergreen_migrations WHERE name = ?1",
+                    [name],
+                    |r| r.get(0),
+                )
                 .optional()
                 .map_err(err(ctx))?;
             if done.is_none() {
@@ -127,18 +139,29 @@ impl Store for SqliteStore {
                     table.name()
                 )
             };
-            let mut st = tx.prepare_cached(&sql).map_err(|e| StoreError::new(&ctx, e))?;
+            let mut st = tx
+                .prepare_cached(&sql)
+                .map_err(|e| StoreError::new(&ctx, e))?;
             for r in rows {
                 let date = r.date.to_string();
                 let res = match (&r.value, table.is_money()) {
                     (Value::Money { currency, amount }, true) => st.execute(params![
-                        r.username, date, r.network, r.country, amount.to_string(), currency, now
+                        r.username,
+                        date,
+                        r.network,
+                        r.country,
+                        amount.to_string(),
+                        currency,
+                        now
                     ]),
-                    (Value::Count(n), false) => {
-                        st.execute(params![r.username, date, r.network, r.country, *n as i64, now])
-                    }
+                    (Value::Count(n), false) => st.execute(params![
+                        r.username, date, r.network, r.country, *n as i64, now
+                    ]),
                     _ => {
-                        return Err(StoreError::new(&ctx, format!("a {:?} value does not fit table {}", r.value, table.name())))
+                        return Err(StoreError::new(
+                            &ctx,
+                            format!("a {:?} value does not fit table {}", r.value, table.name()),
+                        ))
                     }
                 };
                 res.map_err(|e| StoreError::new(&ctx, e))?;
@@ -151,7 +174,11 @@ impl Store for SqliteStore {
     fn cursor(&self, name: &str) -> Result<Option<Date>, StoreError> {
         let c = self.conn.borrow();
         let d: Option<String> = c
-            .query_row("SELECT date FROM crunch_cursor WHERE name = ?1", [name], |r| r.get(0))
+            .query_row(
+                "SELECT date FROM crunch_cursor WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(err("reading the cursor"))?;
         d.map(parse_date).transpose()
@@ -181,7 +208,11 @@ impl Store for SqliteStore {
 
     fn record_run(&self, run: &RunRecord) -> Result<(), StoreError> {
         let c = self.conn.borrow();
-        let finished = if run.finished_at.is_empty() { now_utc_string() } else { run.finished_at.clone() };
+        let finished = if run.finished_at.is_empty() {
+            now_utc_string()
+        } else {
+            run.finished_at.clone()
+        };
         c.execute(
             "INSERT INTO pipeline_runs (date, outcome, users, failed_users, rows_written, malformed, millis, finished_at, detail) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -204,7 +235,11 @@ impl Store for SqliteStore {
     fn count_rows(&self, table: Table, date: Date) -> Result<u64, StoreError> {
         let c = self.conn.borrow();
         let n: i64 = c
-            .query_row(&format!("SELECT COUNT(*) FROM {} WHERE date = ?1", table.name()), [date.to_string()], |r| r.get(0))
+            .query_row(
+                &format!("SELECT COUNT(*) FROM {} WHERE date = ?1", table.name()),
+                [date.to_string()],
+                |r| r.get(0),
+            )
             .map_err(err("counting rows"))?;
         Ok(n as u64)
     }
@@ -248,10 +283,15 @@ impl Store for SqliteStore {
         let mut rows = Vec::new();
         for t in Table::ALL {
             let mut st = c
-                .prepare(&format!("SELECT date, COUNT(*) FROM {} GROUP BY date ORDER BY date DESC LIMIT ?1", t.name()))
+                .prepare(&format!(
+                    "SELECT date, COUNT(*) FROM {} GROUP BY date ORDER BY date DESC LIMIT ?1",
+                    t.name()
+                ))
                 .map_err(err(ctx))?;
             let got = st
-                .query_map([dates as i64], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .query_map([dates as i64], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })
                 .map_err(err(ctx))?;
             for g in got {
                 let (d, n) = g.map_err(err(ctx))?;
@@ -285,6 +325,10 @@ impl Store for SqliteStore {
             run.date = d.map(parse_date).transpose()?;
             runs_out.push(run);
         }
-        Ok(Status { cursor, rows, runs: runs_out })
+        Ok(Status {
+            cursor,
+            rows,
+            runs: runs_out,
+        })
     }
 }

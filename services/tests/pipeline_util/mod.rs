@@ -7,7 +7,11 @@ static SEQ: AtomicU64 = AtomicU64::new(0);
 
 fn unique(tag: &str) -> String {
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() % 1_000_000_000;
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        % 1_000_000_000;
     format!("{tag}_{}_{n}_{t}", std::process::id())
 }
 
@@ -38,7 +42,11 @@ pub struct MySqlDb {
 }
 
 fn admin() -> mysql::Conn {
-    let o = mysql::OptsBuilder::new().ip_or_hostname(Some("127.0.0.1")).tcp_port(3306).user(Some("root")).prefer_socket(false);
+    let o = mysql::OptsBuilder::new()
+        .ip_or_hostname(Some("127.0.0.1"))
+        .tcp_port(3306)
+        .user(Some("root"))
+        .prefer_socket(false);
     mysql::Conn::new(o).expect("MariaDB on 127.0.0.1:3306 (root, no password)")
 }
 
@@ -46,7 +54,9 @@ impl MySqlDb {
     pub fn new(tag: &str) -> MySqlDb {
         use mysql::prelude::Queryable;
         let name = format!("evg_pl_{}", unique(tag));
-        admin().query_drop(format!("CREATE DATABASE `{name}`")).unwrap();
+        admin()
+            .query_drop(format!("CREATE DATABASE `{name}`"))
+            .unwrap();
         MySqlDb { name }
     }
     pub fn url(&self) -> String {
