@@ -66,7 +66,7 @@ struct UpstreamArgs {
     #[arg(long, env = "STATS_CONCURRENCY", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     concurrency: u32,
     /// Rows per upsert flush
-    #[arg(long, env = "STATS_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=50_000))]
+    #[arg(long, env = "STATS_BATCH_SIZE", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
     batch_size: u32,
     /// The writer's flush interval in milliseconds
     #[arg(long, env = "STATS_FLUSH_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=600_000))]

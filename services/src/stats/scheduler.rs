@@ -54,7 +54,7 @@ impl PipelineConfig {
             base_url: base_url.to_string(),
             api_key: api_key.to_string(),
             concurrency: 50,
-            batch: 500,
+            batch: 2000,
             flush_interval: Duration::from_secs(1),
             http_timeout: Duration::from_secs(120),
             http_retries: 5,

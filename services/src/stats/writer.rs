@@ -63,41 +63,67 @@ impl Writer {
         }
     }
 
+    /// Writes every buffered table: the tables concurrently (a greenlet each, so with MySQL
+    /// each on a connection of its own), each in one transaction, retried up to 3 attempts.
     fn flush_all(&mut self) {
+        let mut gs = Vec::new();
         for t in Table::ALL {
             let rows = std::mem::take(&mut self.buf[slot(t)]);
             if rows.is_empty() {
                 continue;
             }
             self.buffered -= rows.len();
-            let mut attempt = 0;
-            loop {
-                match self.store.upsert(t, &rows) {
-                    Ok(n) => {
-                        log::debug!("writer: wrote {n} rows into {}", t.name());
-                        Metrics::add(&self.metrics.rows_written, n);
-                        Metrics::add(&self.metrics.batches, 1);
-                        break;
-                    }
-                    Err(e) => {
-                        Metrics::add(&self.metrics.write_errors, 1);
-                        attempt += 1;
-                        if attempt >= 3 {
-                            log::error!(
-                                "writer: giving up on {} rows of {} after {attempt} attempts: {e}",
-                                rows.len(),
-                                t.name()
-                            );
-                            self.errors[slot(t)].get_or_insert_with(|| e.to_string());
-                            break;
-                        }
-                        log::warn!(
-                            "writer: upsert into {} failed (attempt {attempt}), retrying: {e}",
-                            t.name()
-                        );
-                        evergreen::sleep(Duration::from_millis(100 << (2 * attempt)));
-                    }
+            let (store, metrics) = (self.store.clone(), self.metrics.clone());
+            gs.push((
+                t,
+                evergreen::spawn(move || write_with_retries(&*store, &metrics, t, &rows)),
+            ));
+        }
+        for (t, g) in gs {
+            match g.into_result() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    self.errors[slot(t)].get_or_insert(e);
                 }
+                Err(e) => {
+                    self.errors[slot(t)].get_or_insert(format!("the write was interrupted: {e:?}"));
+                }
+            }
+        }
+    }
+}
+
+fn write_with_retries(
+    store: &dyn Store,
+    metrics: &Metrics,
+    t: Table,
+    rows: &[Row],
+) -> Result<(), String> {
+    let mut attempt = 0;
+    loop {
+        match store.upsert(t, rows) {
+            Ok(n) => {
+                log::debug!("writer: wrote {n} rows into {}", t.name());
+                Metrics::add(&metrics.rows_written, n);
+                Metrics::add(&metrics.batches, 1);
+                return Ok(());
+            }
+            Err(e) => {
+                Metrics::add(&metrics.write_errors, 1);
+                attempt += 1;
+                if attempt >= 3 {
+                    log::error!(
+                        "writer: giving up on {} rows of {} after {attempt} attempts: {e}",
+                        rows.len(),
+                        t.name()
+                    );
+                    return Err(e.to_string());
+                }
+                log::warn!(
+                    "writer: upsert into {} failed (attempt {attempt}), retrying: {e}",
+                    t.name()
+                );
+                evergreen::sleep(Duration::from_millis(100 << (2 * attempt)));
             }
         }
     }
