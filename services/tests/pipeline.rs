@@ -312,3 +312,117 @@ fn a_failed_date_keeps_the_cursor_and_is_retried() {
         })
     });
 }
+
+#[test]
+fn a_crashed_service_is_restarted_and_its_date_retried() {
+    use evergreen_services::stats::{BaseService, BulkSmsCost};
+    common::run(|| {
+        with_store("sqlite", |s| {
+            let api = api(40, 2, 0.0, 0.0, 0.0);
+            let data = Dataset {
+                seed: 42,
+                users: 40,
+                networks: 2,
+                malformed_rate: 0.0,
+            };
+            let p =
+                Pipeline::start(&config(&api, KEY), s.clone(), Rc::new(Metrics::new())).unwrap();
+            let svc = p
+                .supervisor()
+                .child::<BaseService<BulkSmsCost>>("bulk-sms-cost")
+                .unwrap();
+            let date = d("2016-08-18");
+            // Kill the service while it crunches (once its first user is done: ordered by a
+            // ticker greenlet that yields until the counter moves, no sleep).
+            let m = p.metrics().clone();
+            let killer = {
+                let svc = svc.clone();
+                evergreen::spawn(move || {
+                    while m.service(ServiceId::BulkSmsCost).users_done.get() == 0 {
+                        evergreen::sleep(Duration::ZERO);
+                    }
+                    svc.kill();
+                })
+            };
+            let r = p.crunch_date(date, &[]);
+            killer.join();
+            assert_eq!(r.outcome(), Outcome::Partial, "{r:?}");
+            let cost = r
+                .services
+                .iter()
+                .find(|x| x.service == Some(ServiceId::BulkSmsCost))
+                .unwrap();
+            assert!(
+                cost.error
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("bulk-sms-cost"),
+                "{cost:?}"
+            );
+            // The same reference works again (the supervisor restarted it; the ask waits in
+            // its mailbox meanwhile), and the retried date is complete and exact.
+            let r = p.crunch_date(date, &[]);
+            assert_eq!(r.outcome(), Outcome::Complete, "{r:?}");
+            assert_eq!(svc.stats().restarts, 1, "the supervisor restarted it");
+            check_exact(&*s, &data, date);
+            p.shutdown(Duration::from_secs(5));
+            api.stop(Duration::from_secs(1));
+        })
+    });
+}
+
+#[test]
+fn scheduler_actor_ticks_and_metrics_render() {
+    use evergreen_services::stats::CrunchReport;
+    common::run(|| {
+        with_store("sqlite", |s| {
+            let api = api(10, 2, 0.0, 0.0, 0.0);
+            let mut cfg = config(&api, KEY);
+            cfg.today = Some(d("2016-08-19"));
+            cfg.start_date = Some(d("2016-08-17"));
+            let metrics = Rc::new(Metrics::new());
+            let p = Rc::new(Pipeline::start(&cfg, s.clone(), metrics.clone()).unwrap());
+            // Each tick reports to a queue; the test waits on it (the first tick runs at once,
+            // the second after the interval).
+            // The metrics are rendered inside the callback: a snapshot taken at the tick's end.
+            type Tick = (Vec<String>, String);
+            let q: Rc<evergreen::Queue<Tick>> = Rc::new(evergreen::Queue::new());
+            let (q2, m2) = (q.clone(), metrics.clone());
+            p.start_scheduler(
+                Duration::from_millis(50),
+                Rc::new(move |rs: &[CrunchReport]| {
+                    let dates = rs
+                        .iter()
+                        .map(|r| format!("{} {}", r.date, r.outcome().as_str()))
+                        .collect();
+                    q2.put((dates, m2.render())).unwrap();
+                }),
+            )
+            .unwrap();
+            let (first, _) = q.get().unwrap();
+            assert_eq!(
+                first,
+                [
+                    "2016-08-17 complete",
+                    "2016-08-18 complete",
+                    "2016-08-19 complete"
+                ]
+            );
+            let (second, text) = q.get().unwrap();
+            assert_eq!(
+                second,
+                ["2016-08-19 complete"],
+                "today again on the next tick"
+            );
+            assert_eq!(s.cursor(CURSOR).unwrap(), Some(d("2016-08-19")));
+            assert!(
+                text.contains("stats_users_fetched_total{service=\"bulk-sms-cost\"} 40"),
+                "{text}"
+            );
+            assert!(text.contains("stats_dates_complete_total 4"), "{text}");
+            assert!(metrics.healthy.get());
+            p.shutdown(Duration::from_secs(5));
+            api.stop(Duration::from_secs(1));
+        })
+    });
+}

@@ -4,12 +4,17 @@
 //! back-off); if it still fails its rows are dropped and the error is kept for that table's next
 //! `Flush`, so the date is reported incomplete and crunched again (upserts are idempotent).
 //!
-//! Its mailbox is bounded (`Policy::Block`): when the store is slower than the fetches, the
-//! services' user greenlets park on `tell`, which bounds memory.
+//! Batches are written by up to [`FLUSHERS`] greenlets at once (an evergreen `Pool`; with MySQL
+//! each on a connection of its own), so the writer keeps taking rows while the database commits.
+//! Its mailbox is bounded (`Policy::Block`) and it parks when all flushers are busy: when the
+//! store is slower than the fetches, the services' user greenlets park on `tell`, which bounds
+//! memory.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
+use evergreen::Pool;
 use evergreen_actors::{Actor, Ctx, ExitReason, Reply};
 
 use super::Metrics;
@@ -33,8 +38,12 @@ pub struct Writer {
     buffered: usize,
     batch: usize,
     flush_interval: Duration,
-    errors: [Option<String>; 3],
+    errors: Rc<RefCell<[Option<String>; 3]>>,
+    flushers: Pool,
 }
+
+/// Batches written concurrently by one writer.
+pub const FLUSHERS: usize = 4;
 
 fn slot(t: Table) -> usize {
     match t {
@@ -60,36 +69,37 @@ impl Writer {
             batch: batch.max(1),
             flush_interval,
             errors: Default::default(),
+            flushers: Pool::new(FLUSHERS),
         }
     }
 
-    /// Writes every buffered table: the tables concurrently (a greenlet each, so with MySQL
-    /// each on a connection of its own), each in one transaction, retried up to 3 attempts.
+    /// Hands every buffered table to a flusher greenlet (at most [`FLUSHERS`] in flight, so
+    /// with MySQL as many connections write at once; the writer parks when all are busy, which
+    /// is the back-pressure). Each batch is one transaction, retried up to 3 attempts.
     fn flush_all(&mut self) {
-        let mut gs = Vec::new();
         for t in Table::ALL {
             let rows = std::mem::take(&mut self.buf[slot(t)]);
             if rows.is_empty() {
                 continue;
             }
             self.buffered -= rows.len();
-            let (store, metrics) = (self.store.clone(), self.metrics.clone());
-            gs.push((
-                t,
-                evergreen::spawn(move || write_with_retries(&*store, &metrics, t, &rows)),
-            ));
-        }
-        for (t, g) in gs {
-            match g.into_result() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    self.errors[slot(t)].get_or_insert(e);
+            let (store, metrics, errors) = (
+                self.store.clone(),
+                self.metrics.clone(),
+                self.errors.clone(),
+            );
+            self.flushers.spawn(move || {
+                if let Err(e) = write_with_retries(&*store, &metrics, t, &rows) {
+                    errors.borrow_mut()[slot(t)].get_or_insert(e);
                 }
-                Err(e) => {
-                    self.errors[slot(t)].get_or_insert(format!("the write was interrupted: {e:?}"));
-                }
-            }
+            });
         }
+    }
+
+    /// Flushes and waits until every batch handed out is written (or failed).
+    fn flush_and_wait(&mut self) {
+        self.flush_all();
+        self.flushers.join();
     }
 }
 
@@ -152,8 +162,9 @@ impl Actor for Writer {
                 ctx.send_after("flush", self.flush_interval, WriterMsg::Tick);
             }
             WriterMsg::Flush(t, reply) => {
-                self.flush_all();
-                reply.send(match self.errors[slot(t)].take() {
+                self.flush_and_wait();
+                let err = self.errors.borrow_mut()[slot(t)].take();
+                reply.send(match err {
                     None => Ok(()),
                     Some(e) => Err(e),
                 });
@@ -162,6 +173,6 @@ impl Actor for Writer {
     }
 
     fn stopped(&mut self, _reason: &ExitReason, _ctx: &mut Ctx<Self>) {
-        self.flush_all();
+        self.flush_and_wait();
     }
 }

@@ -86,7 +86,7 @@ impl MySqlStore {
             Err(_) => "MySQL".into(),
         };
         Ok(MySqlStore {
-            pool: MySqlPool::new(opts.max_connections(4)),
+            pool: MySqlPool::new(opts.max_connections(6)),
             shown,
         })
     }
