@@ -212,8 +212,8 @@ impl Dataset {
     }
 }
 
-/// The demo API's settings.
-#[derive(Clone, Debug)]
+/// The demo API's settings (`Debug` shows the api key as `***`).
+#[derive(Clone)]
 pub struct ApiConfig {
     /// The data served.
     pub data: Dataset,
@@ -225,6 +225,18 @@ pub struct ApiConfig {
     pub error_rate: f64,
     /// Probability of closing the connection without answering.
     pub drop_rate: f64,
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("data", &self.data)
+            .field("api_key", &"***")
+            .field("latency", &self.latency)
+            .field("error_rate", &self.error_rate)
+            .field("drop_rate", &self.drop_rate)
+            .finish()
+    }
 }
 
 /// Counters of what the demo API did.

@@ -24,8 +24,8 @@ use super::{
 use crate::fetch::http::Client;
 use crate::store::{Date, RunRecord, Store, StoreError, CURSOR};
 
-/// The pipeline's settings.
-#[derive(Clone, Debug)]
+/// The pipeline's settings (`Debug` shows the api key as `***`).
+#[derive(Clone)]
 pub struct PipelineConfig {
     /// The upstream's root; the views are appended.
     pub base_url: String,
@@ -45,6 +45,22 @@ pub struct PipelineConfig {
     pub start_date: Option<Date>,
     /// A fixed "today" (tests, replays); `None` is the UTC date of the system clock.
     pub today: Option<Date>,
+}
+
+impl std::fmt::Debug for PipelineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipelineConfig")
+            .field("base_url", &self.base_url)
+            .field("api_key", &"***")
+            .field("concurrency", &self.concurrency)
+            .field("batch", &self.batch)
+            .field("flush_interval", &self.flush_interval)
+            .field("http_timeout", &self.http_timeout)
+            .field("http_retries", &self.http_retries)
+            .field("start_date", &self.start_date)
+            .field("today", &self.today)
+            .finish()
+    }
 }
 
 impl PipelineConfig {
@@ -299,14 +315,23 @@ impl Pipeline {
             .services
             .iter()
             .filter(|(id, _)| which.is_empty() || which.contains(id))
-            .map(|(_, f)| {
+            .map(|(id, f)| {
                 let f = f.clone();
-                evergreen::spawn(move || f(date))
+                (*id, evergreen::spawn(move || f(date)))
             })
             .collect();
+        // A crunch greenlet that did not return (killed) is a failed service, never a
+        // complete one.
         let services: Vec<DateReport> = gs
             .into_iter()
-            .map(|g| g.into_result().unwrap_or_default())
+            .map(|(id, g)| {
+                g.into_result().unwrap_or_else(|e| DateReport {
+                    service: Some(id),
+                    date: Some(date),
+                    error: Some(format!("the crunch of {} did not finish: {e:?}", id.name())),
+                    ..Default::default()
+                })
+            })
             .collect();
         let report = CrunchReport {
             date,
