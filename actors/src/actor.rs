@@ -1802,16 +1802,12 @@ fn run<A: Actor>(mut guard: NotRun<A>, mut actor: A) {
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         body(&cell, &mut actor, &mut ctx, signal.as_deref())
     }));
-    let mut killed = false;
     let reason = match outcome {
         Ok(Outcome::Stopped(r)) => {
             let r2 = catch_unwind(AssertUnwindSafe(|| actor.stopped(&r, &mut ctx)));
             match r2 {
                 Ok(()) => r,
-                Err(p) if is_kill(&*p) => {
-                    killed = true;
-                    ExitReason::Killed
-                }
+                Err(p) if is_kill(&*p) => ExitReason::Killed,
                 Err(p) => {
                     log::error!(
                         "actor {}: its stopped hook panicked: {}",
@@ -1823,10 +1819,7 @@ fn run<A: Actor>(mut guard: NotRun<A>, mut actor: A) {
             }
         }
         Ok(Outcome::StartFailed(m)) => ExitReason::StartFailed(m),
-        Err(p) if is_kill(&*p) => {
-            killed = true;
-            ExitReason::Killed
-        }
+        Err(p) if is_kill(&*p) => ExitReason::Killed,
         Err(p) => ExitReason::Panicked(panic_message(&*p)),
     };
     if let Some(s) = &signal {
@@ -1839,7 +1832,6 @@ fn run<A: Actor>(mut guard: NotRun<A>, mut actor: A) {
     // ends the cleanup.
     let _ = catch_unwind(AssertUnwindSafe(move || drop(actor)));
     drop(ctx);
-    let _ = killed;
     incarnation_ended(&cell, reason);
 }
 
