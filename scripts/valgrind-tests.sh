@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
-cargo test -q --workspace --no-run
-for t in semantics timeouts regressions net monkey signals dns; do
+cargo test -q --no-run
+for t in semantics timeouts regressions net monkey signals dns gevent_fidelity; do
   bin=$(ls -t target/debug/deps/"$t"-* | grep -v '\.d$' | head -1)
   echo "== $t"
   # No block cache: a freed greenlet goes back to malloc, so memcheck sees a use after free.

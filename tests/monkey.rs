@@ -727,3 +727,36 @@ fn printing_from_greenlets_with_stdout_on_a_socket_is_safe() {
         "{stderr}"
     );
 }
+
+/// Issue 8: `monkey::original` (gevent's `get_original`) makes hooked calls block for real.
+#[test]
+fn original_calls_block_the_thread_even_in_a_greenlet() {
+    monkey::patch_all();
+    run(|| {
+        let ticks = Rc::new(Cell::new(0u32));
+        let t2 = ticks.clone();
+        let ticker = spawn(move || loop {
+            t2.set(t2.get() + 1);
+            sleep(Duration::ZERO);
+        });
+        let g = spawn(|| {
+            assert!(!monkey::in_original());
+            monkey::original(|| {
+                assert!(monkey::in_original());
+                std::thread::sleep(ms(30)); // the real nanosleep: nobody else runs
+            });
+            assert!(!monkey::in_original());
+        });
+        let before = ticks.get();
+        let t0 = Instant::now();
+        g.join();
+        assert!(t0.elapsed() >= ms(30));
+        // Cooperative, the ticker would have run thousands of times in 30 ms.
+        assert!(
+            ticks.get() - before <= 5,
+            "the ticker ran {} times while the thread was blocked",
+            ticks.get() - before
+        );
+        ticker.kill();
+    });
+}

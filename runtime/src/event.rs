@@ -29,6 +29,9 @@ pub struct Event {
     flag: Cell<bool>,
     waiters: WaitList<()>,
     links: Links,
+    /// Waiters woken by `set` that have not run yet: a `wait` on the set event yields to
+    /// them first (gevent issue 1520: waiters run in the order they started waiting).
+    notifying: Cell<usize>,
 }
 
 impl std::fmt::Debug for Event {
@@ -56,8 +59,22 @@ impl Event {
     /// Sets the flag and wakes every waiter (FIFO); schedules the raw links.
     pub fn set(&self) {
         self.flag.set(true);
-        self.waiters.wake_all_unit();
+        let n = self.waiters.wake_all_unit();
+        self.notifying.set(self.notifying.get() + n);
         self.links.fire_all();
+    }
+
+    /// A waiter woken by `set` runs again.
+    fn woken(&self) {
+        self.notifying.set(self.notifying.get().saturating_sub(1));
+    }
+
+    /// A `wait` on a set event: it returns after the waiters that `set` woke and that have
+    /// not run yet, as in gevent.
+    fn after_notified(&self) {
+        if self.notifying.get() > 0 {
+            hub().yield_keeping_interrupts();
+        }
     }
 
     /// Clears the flag. Waiters already woken by a `set` still return.
@@ -67,8 +84,10 @@ impl Event {
 
     /// Blocks until the flag is set.
     pub fn wait(&self) {
-        if !self.flag.get() {
-            let _ = self.waiters.wait(None, None, "Event::wait");
+        if self.flag.get() {
+            self.after_notified();
+        } else if self.waiters.wait(None, None, "Event::wait").is_ok() {
+            self.woken();
         }
     }
 
@@ -77,12 +96,18 @@ impl Event {
     /// followed.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         if self.flag.get() {
+            self.after_notified();
             return true;
         }
         let hub = hub();
-        self.waiters
+        let woken = self
+            .waiters
             .wait(None, hub.deadline(timeout), "Event::wait")
-            .is_ok()
+            .is_ok();
+        if woken {
+            self.woken();
+        }
+        woken
     }
 
     /// Number of greenlets waiting.

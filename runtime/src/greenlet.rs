@@ -120,6 +120,9 @@ pub(crate) enum State {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Interrupt {
     Kill,
+    /// A kill with a caller-chosen payload (`Greenlet::throw`), kept in the hub's side table
+    /// (`Hub::thrown`) under the greenlet's id.
+    Throw,
     /// `after_ns`: the timeout's duration in nanoseconds (kept small: this sits in every core).
     Timeout {
         id: u64,
@@ -131,6 +134,12 @@ impl Interrupt {
     pub(crate) fn raise(self) -> ! {
         match self {
             Interrupt::Kill => resume_unwind(Box::new(GreenletExit)),
+            Interrupt::Throw => {
+                let _ = LAST_PANIC_LOCATION.try_with(|l| l.borrow_mut().take());
+                let id = hub().current().id;
+                let p = hub().thrown.borrow_mut().remove(&id);
+                resume_unwind(p.unwrap_or_else(|| Box::new(GreenletExit)))
+            }
             Interrupt::Timeout { id, after_ns } => resume_unwind(Box::new(TimeoutExpired {
                 id,
                 after: Duration::from_nanos(after_ns),
@@ -188,7 +197,9 @@ pub(crate) struct Core {
     /// The generation of the hub that made this greenlet (and its stack).
     pub(crate) hub_generation: u64,
     pub(crate) start_timer: Cell<Option<TimerId>>,
-    pub(crate) joiners: WaitList<()>,
+    /// Greenlets joining it; each waiter's slot holds `links.next_ordinal()` at the time it
+    /// started waiting, so joiners and links are notified in registration order.
+    pub(crate) joiners: WaitList<u32>,
     pub(crate) links: Links,
     pub(crate) locals: RefCell<Option<Box<LocalMap>>>,
 }
@@ -291,7 +302,7 @@ impl Core {
     /// later one.
     pub(crate) fn set_interrupt(&self, i: Interrupt) {
         match (self.interrupt.get(), i) {
-            (None, _) | (Some(Interrupt::Timeout { .. }), Interrupt::Kill) => {
+            (None, _) | (Some(Interrupt::Timeout { .. }), Interrupt::Kill | Interrupt::Throw) => {
                 self.interrupt.set(Some(i));
                 self.hook_reports.set(0);
             }
@@ -400,13 +411,39 @@ impl Core {
         self.ended.set(ended);
         self.unwinding.set(0);
         self.state.set(State::Dead);
-        self.interrupt.set(None);
+        if self.interrupt.take() == Some(Interrupt::Throw) {
+            // Never delivered: drop its payload.
+            let p = hub().thrown.borrow_mut().remove(&self.id);
+            drop(p);
+        }
         let locals = self.locals.borrow_mut().take();
         if let Some(l) = locals {
             self.drop_locals(l);
         }
-        self.joiners.wake_all_unit();
-        self.links.fire_all();
+        if self.links.is_empty() {
+            self.joiners.wake_all();
+        } else {
+            self.schedule_notify();
+        }
+    }
+
+    /// Schedules the notification of its links and joiners (see [`notify_links`]), unless
+    /// one is scheduled or running already.
+    #[cold]
+    fn schedule_notify(&self) {
+        if self.links.begin_notify() {
+            let g = GRef::from_core(self);
+            hub().schedule_callback(Box::new(move || notify_links(g)));
+        }
+    }
+
+    /// Registers a raw link; notifies at once (as a hub callback) if it is dead already.
+    pub(crate) fn rawlink(&self, f: Box<dyn FnOnce()>) -> LinkId {
+        let id = self.links.add(f);
+        if self.state.get() == State::Dead {
+            self.schedule_notify();
+        }
+        id
     }
 }
 
@@ -438,6 +475,41 @@ fn release_coroutine(co: Option<Coro>, hub_generation: u64) {
     }
 }
 
+/// Notifies a dead greenlet's links and joiners, in registration order, as gevent's
+/// `_notify_links` does: raw links run here one at a time (a link unlinked by an earlier one
+/// does not run; one added meanwhile does), and when a joiner's turn comes it is woken and the
+/// rest of the notification is scheduled behind it, so it runs before the links registered
+/// after it (gevent switches to it in the middle of the notification).
+fn notify_links(g: GRef) {
+    let core = g.core();
+    loop {
+        let link = core.links.front_ordinal();
+        let joiner = core.joiners.with_front(|k| k.copied());
+        let link_first = match (link, joiner) {
+            (Some(o), Some(k)) => o < k,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if link_first {
+            if let Some(cb) = core.links.pop_front() {
+                hub().run_hub_callback(cb);
+            }
+        } else if joiner.is_some() {
+            core.joiners.take_one();
+            if core.links.is_empty() {
+                core.joiners.wake_all();
+                core.links.end_notify();
+            } else {
+                hub().schedule_callback(Box::new(move || notify_links(g)));
+            }
+            return;
+        } else {
+            core.links.end_notify();
+            return;
+        }
+    }
+}
+
 /// The state's name, as shown in run-info dumps and `LoopExit` messages.
 pub(crate) fn state_name(s: State) -> &'static str {
     match s {
@@ -458,6 +530,8 @@ pub(crate) struct BlockOps {
     complete_killed: unsafe fn(&Core),
     /// The error it ended with, if any (`Killed` included).
     error: unsafe fn(&Core) -> Option<Error>,
+    /// Completes a greenlet that never started as failed with a thrown payload.
+    complete_thrown: unsafe fn(&Core, Box<dyn Any + Send>),
 }
 
 /// An owning, type-erased reference to a greenlet (or the root): one count of its block.
@@ -493,6 +567,13 @@ impl GRef {
     pub(crate) fn core(&self) -> &Core {
         // SAFETY: this reference owns a count, so the block is alive.
         unsafe { self.0.as_ref() }
+    }
+
+    /// Completes a greenlet that never started as failed with `p`.
+    pub(crate) fn complete_thrown(&self, p: Box<dyn Any + Send>) {
+        let c = self.core();
+        // SAFETY: `ops` belongs to the block `c` heads.
+        unsafe { (c.ops.complete_thrown)(c, p) }
     }
 
     /// Completes a greenlet that never started as killed.
@@ -572,6 +653,7 @@ impl<T: 'static> Inner<T> {
         free: Self::free,
         complete_killed: Self::complete_killed,
         error: Self::error,
+        complete_thrown: Self::complete_thrown,
     };
 
     /// Allocates an uninitialised block (from the hub's cache of freed blocks when it can).
@@ -615,6 +697,18 @@ impl<T: 'static> Inner<T> {
         let me = unsafe { Self::block(c) };
         *me.result.borrow_mut() = Some(Err(Error::Killed));
         me.core.complete(Ended::Killed);
+    }
+
+    /// # Safety
+    ///
+    /// `c` heads an `Inner<T>` block.
+    unsafe fn complete_thrown(c: &Core, p: Box<dyn Any + Send>) {
+        // SAFETY: per `BlockOps`, `c` heads an `Inner<T>`.
+        let me = unsafe { Self::block(c) };
+        let msg = panic_message(&*p);
+        *me.payload.borrow_mut() = Some(p);
+        *me.result.borrow_mut() = Some(Err(Error::Panicked(msg)));
+        me.core.complete(Ended::Failed);
     }
 
     /// # Safety
@@ -1122,9 +1216,11 @@ impl<T: 'static> Greenlet<T> {
         self.ready()
     }
 
-    /// Whether its function has started running (gevent's `bool(g)` before death).
+    /// Whether it was started (or scheduled with `start_later`) and has not finished: true as
+    /// soon as [`spawn`]/[`start`](Self::start) returns, before it first runs (gevent's
+    /// `started` and `bool(g)`).
     pub fn started(&self) -> bool {
-        self.inner().core.started.get()
+        !matches!(self.inner().core.state.get(), State::New | State::Dead)
     }
 
     /// Whether it finished without failing; being killed counts as success, as in gevent.
@@ -1228,6 +1324,24 @@ impl<T: 'static> Greenlet<T> {
         kill_dyn(&self.gref());
     }
 
+    /// Kills it with `payload` instead of [`GreenletExit`] and returns at once (gevent's
+    /// `kill(exception=..., block=False)` and `throw`): the payload unwinds the greenlet
+    /// from its next blocking point (at once if it is the current greenlet), and the greenlet
+    /// ends *failed* with [`Error::Panicked`] (the payload's text for a `&str` or `String`)
+    /// unless the payload is a `GreenletExit`; [`take_panic_payload`](Self::take_panic_payload)
+    /// gives the payload back. A greenlet that has not started never runs and ends the same
+    /// way. If a kill is already pending, the first one wins.
+    pub fn throw<E: Any + Send>(&self, payload: E) {
+        kill_with_dyn(&self.gref(), Some(Box::new(payload)));
+    }
+
+    /// [`throw`](Self::throw), then waits until it has finished (gevent's
+    /// `kill(exception=..., block=True)`).
+    pub fn kill_with<E: Any + Send>(&self, payload: E) {
+        self.throw(payload);
+        self.join();
+    }
+
     /// Calls `f(&greenlet)` in a new greenlet when this one finishes (gevent's `link`).
     /// Links run in registration order, also when added after death.
     pub fn link(&self, f: impl FnOnce(&Greenlet<T>) + 'static) -> LinkId {
@@ -1262,13 +1376,28 @@ impl<T: 'static> Greenlet<T> {
     }
 
     fn rawlink_box(&self, f: Box<dyn FnOnce()>) -> LinkId {
-        let core = &self.inner().core;
-        core.links.add_or_fire(f, core.state.get() == State::Dead)
+        self.inner().core.rawlink(f)
     }
 
-    /// Removes a link that has not fired yet.
+    /// Removes a link that has not run yet (also one whose turn has not come in a
+    /// notification that is running: a link may unlink a later one).
     pub fn unlink(&self, id: LinkId) -> bool {
         self.inner().core.links.remove(id)
+    }
+
+    /// Removes every link that has not run yet (gevent's `unlink_all`); returns how many.
+    pub fn unlink_all(&self) -> usize {
+        self.inner().core.links.clear()
+    }
+
+    /// Whether links are registered and not run yet (gevent's `has_links`).
+    pub fn has_links(&self) -> bool {
+        !self.inner().core.links.is_empty()
+    }
+
+    /// How many links are registered and not run yet.
+    pub fn link_count(&self) -> usize {
+        self.inner().core.links.len()
     }
 
     /// A type-erased handle.
@@ -1294,7 +1423,11 @@ fn join_core(core: &Core, deadline: Option<Instant>) -> bool {
     if core.state.get() == State::Dead {
         return true;
     }
-    match core.joiners.wait(None, deadline, "Greenlet::join") {
+    let after_links = core.links.next_ordinal();
+    match core
+        .joiners
+        .wait(Some(after_links), deadline, "Greenlet::join")
+    {
         Ok(_) => true,
         Err(WaitFail::Deadline(_)) => core.state.get() == State::Dead,
     }
@@ -1302,20 +1435,33 @@ fn join_core(core: &Core, deadline: Option<Instant>) -> bool {
 
 /// Kill without waiting, for any greenlet.
 pub(crate) fn kill_dyn(g: &GRef) {
+    kill_with_dyn(g, None)
+}
+
+/// Kill without waiting, with a payload instead of `GreenletExit` (`throw`).
+pub(crate) fn kill_with_dyn(g: &GRef, payload: Option<Box<dyn Any + Send>>) {
     let core = g.core();
     if core.is_root {
         log::warn!("evergreen: ignoring an attempt to kill the root context");
         return;
     }
+    let interrupt = if payload.is_some() {
+        Interrupt::Throw
+    } else {
+        Interrupt::Kill
+    };
     match core.state.get() {
         State::Dead => {}
         State::Running => {
-            // Killing oneself: gevent raises GreenletExit at once.
+            // Killing oneself: gevent raises GreenletExit (or the exception) at once.
             if !core.is_unwinding() {
                 core.unwind_started();
-                resume_unwind(Box::new(GreenletExit));
+                resume_unwind(payload.unwrap_or_else(|| Box::new(GreenletExit)));
             }
-            core.set_interrupt(Interrupt::Kill);
+            if let Some(p) = payload {
+                hub().thrown.borrow_mut().insert(core.id, p);
+            }
+            core.set_interrupt(interrupt);
         }
         st if !core.started.get() => {
             let hub = hub();
@@ -1324,20 +1470,29 @@ pub(crate) fn kill_dyn(g: &GRef) {
                 drop(hub.take_timer(t));
             }
             let co = core.take_unstarted();
-            g.complete_killed();
-            // A queued greenlet stays registered until the hub pops its entry.
-            let registered = if st != State::Runnable {
-                hub.unregister_live(core)
-            } else {
-                None
-            };
+            match payload {
+                Some(p) if !p.is::<GreenletExit>() => g.complete_thrown(p),
+                _ => g.complete_killed(),
+            }
+            // It leaves the live registry now (so `live_count` and the run-info dump no longer
+            // show it); a queued one's registry count passes to its run-queue entry, which
+            // releases it when the hub pops it (see `Hub::resume_greenlet`).
+            let mut registered = hub.unregister_live(core);
+            if st == State::Runnable {
+                std::mem::forget(registered.take());
+            }
             // Drop the unrun function last: its `Drop` is user code, and whatever it does to
             // this greenlet (start it, kill it) must find it dead.
             release_coroutine(co, core.hub_generation);
             drop(registered);
         }
         _ => {
-            core.set_interrupt(Interrupt::Kill);
+            if core.interrupt.get().is_none() || interrupt == Interrupt::Kill {
+                if let Some(p) = payload {
+                    hub().thrown.borrow_mut().insert(core.id, p);
+                }
+            }
+            core.set_interrupt(interrupt);
             hub().unpark(core);
         }
     }
@@ -1410,8 +1565,7 @@ impl Waitable for GreenletRef {
         self.dead()
     }
     fn rawlink(&self, f: Box<dyn FnOnce()>) -> LinkId {
-        let core = self.g.core();
-        core.links.add_or_fire(f, core.state.get() == State::Dead)
+        self.g.core().rawlink(f)
     }
     fn unlink(&self, id: LinkId) -> bool {
         self.g.core().links.remove(id)
@@ -1423,6 +1577,13 @@ impl Waitable for GreenletRef {
 pub fn getcurrent() -> GreenletRef {
     GreenletRef {
         g: hub().current_gref(),
+    }
+}
+
+/// Kills every greenlet in `gs` without waiting (gevent's `killall(block=False)`).
+pub fn killall_nowait<T: 'static>(gs: &[Greenlet<T>]) {
+    for g in gs {
+        g.kill_nowait();
     }
 }
 

@@ -152,6 +152,12 @@ pub struct Hub {
     root_park_seq: Cell<u64>,
     /// Tasks left before the hub must poll timers and I/O (the fairness policy).
     budget: Cell<u32>,
+    /// Set while the root waits in [`wait_until_done`]: "nothing can wake it" then means it
+    /// is done, not `LoopExit`.
+    until_done: Cell<bool>,
+    /// Payloads of pending `Greenlet::throw`s, by greenlet id (a side table: keeping a slot
+    /// in every greenlet's core would cost every greenlet two words).
+    pub(crate) thrown: RefCell<std::collections::HashMap<u64, Box<dyn Any + Send>>>,
     /// How many hub-loop runs, `Local::with` closures and teardowns are in progress: while
     /// non-zero, evergreen frames on the root's stack still use the hub, so [`destroy`] is
     /// refused.
@@ -425,6 +431,8 @@ fn create() -> &'static Hub {
         },
         declined: RefCell::new(Vec::new()),
         busy: Cell::new(0),
+        until_done: Cell::new(false),
+        thrown: RefCell::new(std::collections::HashMap::new()),
         config,
     });
     let p = Box::into_raw(hub);
@@ -501,6 +509,17 @@ pub fn destroy() {
         let actions = hub.timers.borrow_mut().drain();
         hub.drop_on_hub(actions);
         let queued = hub.run_queue.take_all();
+        for t in &queued {
+            if let Task::Resume(p) = t {
+                // SAFETY: a queued greenlet is alive: registered, or killed before it started
+                // with its count owned by this entry.
+                let c = unsafe { p.as_ref() };
+                if c.state.get() == State::Dead && !c.in_live.get() {
+                    // SAFETY: see `kill_dyn`: the entry owns that count.
+                    hub.drop_on_hub(unsafe { GRef::adopt(*p) });
+                }
+            }
+        }
         hub.drop_on_hub(queued);
         let declined = std::mem::take(&mut *hub.declined.borrow_mut());
         hub.drop_on_hub(declined);
@@ -508,6 +527,36 @@ pub fn destroy() {
     HUB.with(|h| h.set(std::ptr::null()));
     // SAFETY: `p` came from `Box::into_raw` and the thread-local no longer points to it.
     drop(unsafe { Box::from_raw(p as *mut Hub) });
+}
+
+/// Runs the hub until nothing is left to run: no runnable greenlet, no pending timer and no
+/// I/O being waited for (gevent's `gevent.wait()` with no objects). Greenlets parked on
+/// something that nothing can set any more do not keep it waiting, as in gevent.
+///
+/// # Panics
+///
+/// When called from a greenlet or a hub callback (it would wait for itself).
+pub fn wait_until_done() {
+    let hub = hub();
+    assert!(
+        hub.current().is_root && !hub.in_callback.get(),
+        "evergreen::hub::wait_until_done() waits for every greenlet: call it from the root \
+         context, not from a greenlet or a hub callback"
+    );
+    if hub.until_done.replace(true) {
+        return;
+    }
+    struct Reset<'a>(&'a Cell<bool>);
+    impl Drop for Reset<'_> {
+        fn drop(&mut self) {
+            self.0.set(false);
+        }
+    }
+    let _reset = Reset(&hub.until_done);
+    if hub.park(None, "wait_until_done") == Wake::Interrupted {
+        // A `Timeout` of the root around the wait.
+        hub.deliver_interrupt();
+    }
 }
 
 /// Switches this thread's hub to the virtual clock (see the [module docs](self)). Returns
@@ -576,6 +625,11 @@ impl Hub {
         // that is running, hence registered in `live`, which owns it until it is reaped after
         // its coroutine returned, when `current` has already been switched back to the root.
         unsafe { self.current.get().as_ref() }
+    }
+
+    /// The root context's core.
+    pub(crate) fn root_core(&self) -> &Core {
+        self.root.core()
     }
 
     /// An owning handle to the running greenlet.
@@ -823,6 +877,25 @@ impl Hub {
         }
     }
 
+    /// Yields like `sleep(0)`, but leaves a pending interrupt pending (for a call whose work
+    /// is already done: the interrupt is delivered at the next blocking point, as when a
+    /// completed wait wins over an interrupt).
+    pub(crate) fn yield_keeping_interrupts(&self) {
+        let core = self.current();
+        if self.in_callback.get() {
+            return;
+        }
+        if core.is_root {
+            core.state.set(State::Parked);
+            let seq = self.root_park_seq.get() + 1;
+            self.run_queue.push(Task::WakeRoot(seq));
+        } else {
+            core.state.set(State::Runnable);
+            self.run_queue.push(Task::Resume(core.ptr()));
+        }
+        self.switch_out(core, "sleep(0)");
+    }
+
     /// Delivers the pending interrupt of the current greenlet by unwinding its stack. Does
     /// nothing while this greenlet is already unwinding (an unwind escaping a `Drop` during
     /// unwinding would abort): the interrupt then stays pending for its next blocking point.
@@ -1011,11 +1084,11 @@ impl Hub {
         match core.state.get() {
             State::Runnable => {}
             State::Dead => {
-                // Killed before it started while queued: its registration was kept for this
-                // entry.
-                if let Some(g) = self.unregister_live(core) {
-                    self.release(g);
-                }
+                // Killed before it started while queued: its entry owns the count the registry
+                // held (see `kill_dyn`).
+                debug_assert!(!core.in_live.get());
+                // SAFETY: `kill_dyn` gave up the registry's count of it to this entry.
+                self.release(unsafe { GRef::adopt(ptr) });
                 return;
             }
             _ => {
@@ -1099,6 +1172,11 @@ impl Hub {
             let next = self.timers.borrow_mut().next_deadline();
             let io_pending = self.reactor.borrow().has_waiters();
             if next.is_none() && !io_pending && self.idle_waiters.is_empty() {
+                if self.until_done.get() {
+                    // `wait_until_done`: nothing is left to run.
+                    self.unpark(self.root.core());
+                    return;
+                }
                 self.loop_exit(what);
             }
             if !self.idle_waiters.is_empty() {

@@ -46,16 +46,16 @@
 //! | `Greenlet(run)`, `start`, `start_later` | [`Greenlet::new`], [`Greenlet::start`], [`Greenlet::start_later`] | |
 //! | `g.join(timeout)` | [`Greenlet::join`], [`Greenlet::join_timeout`] (returns whether it finished) | |
 //! | `g.get()` | [`Greenlet::get`] (`T: Clone`), [`Greenlet::into_result`] | a killed greenlet gives `Err(Error::Killed)`, not the `GreenletExit` value |
-//! | `g.kill(block, timeout)` | [`Greenlet::kill`], [`Greenlet::kill_timeout`], [`Greenlet::kill_nowait`] | a kill arriving after the victim's wait completed is delivered at its next blocking point |
+//! | `g.kill(exception, block, timeout)`, `g.throw` | [`Greenlet::kill`], [`Greenlet::kill_timeout`], [`Greenlet::kill_nowait`], [`Greenlet::kill_with`], [`Greenlet::throw`] | a kill arriving after the victim's wait completed is delivered at its next blocking point |
 //! | `GreenletExit` | [`GreenletExit`] (unwinding payload), [`Error::Killed`] | counts as success, as in gevent |
-//! | `gevent.killall`, `joinall` | [`killall`], [`joinall`], [`joinall_timeout`], [`joinall_raise`] | |
-//! | `g.link`, `link_value`, `link_exception`, `rawlink`, `unlink` | same names on [`Greenlet`] | |
+//! | `gevent.killall(block)`, `joinall` | [`killall`], [`killall_nowait`], [`joinall`], [`joinall_timeout`], [`joinall_raise`] | |
+//! | `g.link`, `link_value`, `link_exception`, `rawlink`, `unlink`, `unlink_all`, `has_links` | same names on [`Greenlet`], and [`Greenlet::link_count`] | links and joiners notified in registration order, one at a time |
 //! | `ready()`, `successful()`, `dead`, `value`, `exception` | same names | `exception()` is an [`Error`] |
 //! | `gevent.getcurrent()` | [`getcurrent`] | returns the root context in hub callbacks (gevent: the hub) |
-//! | `gevent.sleep`, `sleep(0)`, `idle` | [`sleep`], `sleep(Duration::ZERO)`, [`idle`] | |
+//! | `gevent.sleep`, `sleep(0)`, `idle`, `gevent.wait()` | [`sleep`], `sleep(Duration::ZERO)`, [`idle`], [`hub::wait_until_done`] | |
 //! | `Timeout`, `Timeout.start_new`, `with_timeout` | [`Timeout`], [`Timeout::start_new`], [`Timeout::run`], [`with_timeout`] | the expiry is always [`TimeoutExpired`]; caught by `run`/`with_timeout` |
 //! | `Event`, `AsyncResult` | [`Event`], [`AsyncResult`] | `AsyncResult::get_nowait` on an empty result is `Err(Error::Empty)` |
-//! | `Semaphore`, `BoundedSemaphore`, `RLock` | [`Semaphore`], [`BoundedSemaphore`], [`RLock`] | strict FIFO hand-off: no barging |
+//! | `Semaphore`, `BoundedSemaphore`, `RLock` | [`Semaphore`], [`BoundedSemaphore`], [`RLock`] (all [`Waitable`]) | strict FIFO hand-off: no barging |
 //! | `Queue`, `JoinableQueue`, `LifoQueue`, `PriorityQueue`, `Channel` | [`Queue`] (joinable), [`LifoQueue`], [`PriorityQueue`], [`Channel`] | `maxsize=0` is not unbounded: use `Queue::new` / `Channel`; `shutdown` as in Python 3.13 |
 //! | `gevent.wait`, `iwait` | [`wait()`], [`iwait`] | return indices into the slice given |
 //! | `Group`, `Pool`, `PoolFull` | [`Group`], [`Pool`], [`Error::PoolFull`] | |
@@ -67,10 +67,10 @@
 //! | `config.monitor_thread`, `max_blocking_time` | [`monitor`], `EVERGREEN_MONITOR`, `EVERGREEN_MONITOR_THRESHOLD_MS` | |
 //! | `gevent._config` | [`config`], `EVERGREEN_*` variables | |
 //! | `gevent.socket` (`create_connection`, `socket`) | [`net::TcpStream`], [`net::TcpListener`], [`net::UdpSocket`], [`net::UnixStream`], [`net::UnixListener`] | `std::io::Read`/`Write`; per-direction timeouts give `io::ErrorKind::TimedOut`; `close()` wakes a blocked greenlet with `EBADF` |
-//! | `gevent.server.StreamServer` | [`net::StreamServer`] | `stop(timeout)` returns how many handlers it had to kill |
+//! | `gevent.server.StreamServer` | [`net::StreamServer`] (TLS with the `tls` feature) | `stop(timeout)` returns how many handlers it had to kill |
 //! | `gevent.resolver` | [`net::dns`] | a stub resolver of its own (hosts file, UDP, TCP on truncation); no nsswitch |
 //! | `gevent.socket.wait_read`, `wait_write` | [`wait_read`], [`wait_write`] | may return spuriously; retry the operation |
-//! | `gevent.monkey.patch_all`, `patch_socket`, `patch_time`, `is_anything_patched` | [`monkey::patch_all`], [`monkey::patch_socket`], [`monkey::patch_time`], [`monkey::is_patched`] | works at the libc level (`#[no_mangle]` hooks); glibc-internal calls (`getaddrinfo`) are not covered |
+//! | `gevent.monkey.patch_all`, `patch_socket`, `patch_time`, `is_anything_patched`, `get_original` | [`monkey::patch_all`], [`monkey::patch_socket`], [`monkey::patch_time`], [`monkey::is_patched`], [`monkey::original`] | works at the libc level (`#[no_mangle]` hooks); glibc-internal calls (`getaddrinfo`) are not covered |
 //! | `gevent.signal_handler` | [`signal::signal_handler`] | keep the returned handle; dropping it unregisters |
 //!
 //! Everything is single-threaded: handles are `!Send`, and each OS thread that uses evergreen
@@ -103,8 +103,8 @@ pub mod waiter;
 pub use error::{Error, GreenletExit, LoopExit, Rejected};
 pub use event::{AsyncResult, Event};
 pub use greenlet::{
-    getcurrent, joinall, joinall_raise, joinall_timeout, killall, spawn, spawn_later, Builder,
-    Greenlet, GreenletRef,
+    getcurrent, joinall, joinall_raise, joinall_timeout, killall, killall_nowait, spawn,
+    spawn_later, Builder, Greenlet, GreenletRef,
 };
 pub use local::Local;
 pub use lock::{BoundedSemaphore, RLock, Semaphore, SemaphoreGuard};

@@ -39,6 +39,31 @@ impl<T: 'static> std::fmt::Debug for Local<T> {
     }
 }
 
+impl<T: 'static> Drop for Local<T> {
+    /// Drops this local's value in every greenlet that has one (and in the root), as gevent
+    /// frees a `local`'s values when it is collected. Costs one look-up per live greenlet;
+    /// the values are dropped here, by the caller.
+    fn drop(&mut self) {
+        if !crate::hub::exists() {
+            return;
+        }
+        let hub = hub();
+        let mut values: Vec<Box<dyn Any>> = Vec::new();
+        let mut take_from = |core: &crate::greenlet::Core| {
+            if let Ok(mut m) = core.locals.try_borrow_mut() {
+                if let Some(v) = m.as_mut().and_then(|m| m.remove(&self.key)) {
+                    values.push(v);
+                }
+            }
+        };
+        take_from(hub.root_core());
+        for g in hub.live_greenlets() {
+            take_from(g.core());
+        }
+        drop(values);
+    }
+}
+
 impl<T: 'static> Local<T> {
     /// A local whose value is made by `init` the first time a greenlet uses it.
     pub fn new(init: impl Fn() -> T + 'static) -> Local<T> {

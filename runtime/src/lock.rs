@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::hub::hub;
-use crate::waiter::WaitList;
+use crate::waiter::{LinkId, Links, WaitList, Waitable};
 
 /// A counting semaphore (gevent's `Semaphore`).
 ///
@@ -27,6 +27,8 @@ pub struct Semaphore {
     counter: Cell<usize>,
     acquirers: WaitList<()>,
     watchers: WaitList<()>,
+    /// Raw links, run when a permit becomes free (gevent's linkable semaphores).
+    links: Links,
 }
 
 impl std::fmt::Debug for Semaphore {
@@ -47,6 +49,7 @@ impl Semaphore {
             counter: Cell::new(value),
             acquirers: WaitList::new(),
             watchers: WaitList::new(),
+            links: Links::default(),
         }
     }
 
@@ -98,6 +101,7 @@ impl Semaphore {
         if self.acquirers.wake_one_with(()).is_err() {
             self.counter.set(self.counter.get() + 1);
             self.watchers.wake_all_unit();
+            self.links.fire_all();
         }
     }
 
@@ -120,6 +124,21 @@ impl Semaphore {
     pub fn guard(&self) -> SemaphoreGuard<'_> {
         self.acquire();
         SemaphoreGuard { sem: self }
+    }
+}
+
+/// A semaphore is ready when a permit is free (gevent's `Semaphore.ready()`); a raw link runs
+/// (once) when a permit becomes free, so `wait`/`iwait` can wait for one along with other
+/// objects. Waiting this way does not take the permit.
+impl Waitable for Semaphore {
+    fn ready(&self) -> bool {
+        self.counter.get() > 0
+    }
+    fn rawlink(&self, f: Box<dyn FnOnce()>) -> LinkId {
+        self.links.add_or_fire(f, self.counter.get() > 0)
+    }
+    fn unlink(&self, id: LinkId) -> bool {
+        self.links.remove(id)
     }
 }
 
@@ -259,5 +278,48 @@ impl RLock {
     /// Whether some greenlet owns it.
     pub fn locked(&self) -> bool {
         self.owner.get().is_some()
+    }
+
+    /// Acquires without blocking (gevent's `acquire(blocking=False)`): `true` if it now owns
+    /// it (also reentrantly), `false` if another greenlet does.
+    pub fn acquire_nowait(&self) -> bool {
+        let me = Self::me();
+        if self.owner.get() == Some(me) {
+            self.count.set(self.count.get() + 1);
+            return true;
+        }
+        if !self.sem.acquire_nowait() {
+            return false;
+        }
+        self.owner.set(Some(me));
+        self.count.set(1);
+        true
+    }
+}
+
+/// An `RLock` is ready when nobody owns it; a raw link runs (once) when it is released, so
+/// `wait`/`iwait` can wait for it along with other objects (gevent's linkable locks).
+impl Waitable for RLock {
+    fn ready(&self) -> bool {
+        !self.locked()
+    }
+    fn rawlink(&self, f: Box<dyn FnOnce()>) -> LinkId {
+        self.sem.rawlink(f)
+    }
+    fn unlink(&self, id: LinkId) -> bool {
+        self.sem.unlink(id)
+    }
+}
+
+/// See the `Semaphore` implementation.
+impl Waitable for BoundedSemaphore {
+    fn ready(&self) -> bool {
+        self.sem.ready()
+    }
+    fn rawlink(&self, f: Box<dyn FnOnce()>) -> LinkId {
+        self.sem.rawlink(f)
+    }
+    fn unlink(&self, id: LinkId) -> bool {
+        self.sem.unlink(id)
     }
 }

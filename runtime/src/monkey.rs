@@ -221,10 +221,45 @@ fn sock_timeout(fd: RawFd, dir: Dir) -> Option<Duration> {
 // The decision: cooperate or pass through
 // ---------------------------------------------------------------------------------------------
 
-/// Whether the calling code runs in a greenlet (not the root, not a hub callback).
+thread_local! {
+    /// Depth of [`original`] calls on this thread: while non-zero the hooks pass through.
+    static ORIGINAL: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether the calling code runs in a greenlet (not the root, not a hub callback) and not
+/// inside [`original`]: where the hooks cooperate.
 #[inline]
 fn in_greenlet() -> bool {
-    crate::hub::in_greenlet()
+    crate::hub::in_greenlet() && ORIGINAL.try_with(|o| o.get() == 0).unwrap_or(true)
+}
+
+/// Runs `f` with the original, unpatched behaviour of every hooked call made on this thread
+/// (gevent's `monkey.get_original`): a `std::thread::sleep` or a socket call inside `f`
+/// blocks the OS thread, as it would without evergreen, even in a greenlet. Nests.
+///
+/// ```
+/// evergreen::monkey::patch_all();
+/// let g = evergreen::spawn(|| {
+///     // Really blocks the thread for 1 ms, as gevent's get_original('time', 'sleep') would.
+///     evergreen::monkey::original(|| std::thread::sleep(std::time::Duration::from_millis(1)));
+/// });
+/// g.join();
+/// ```
+pub fn original<R>(f: impl FnOnce() -> R) -> R {
+    struct Depth;
+    impl Drop for Depth {
+        fn drop(&mut self) {
+            let _ = ORIGINAL.try_with(|o| o.set(o.get() - 1));
+        }
+    }
+    ORIGINAL.with(|o| o.set(o.get() + 1));
+    let _depth = Depth;
+    f()
+}
+
+/// Whether the calling code is inside [`original`].
+pub fn in_original() -> bool {
+    ORIGINAL.try_with(|o| o.get() > 0).unwrap_or(false)
 }
 
 /// What a cooperative call knows of its socket.
@@ -718,7 +753,7 @@ pub unsafe extern "C-unwind" fn readv(
     })
 }
 
-/// Hook for `writev(2)`: as [`write`], everything is written on a blocking stream socket.
+/// Hook for `writev(2)`: as [`write()`], everything is written on a blocking stream socket.
 ///
 /// # Safety
 ///

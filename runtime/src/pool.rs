@@ -29,6 +29,9 @@ struct Inner {
     empty: WaitList<()>,
     sem: Option<Semaphore>,
     size: Option<usize>,
+    /// The feeder greenlets of `map`/`imap` calls still adding members: `kill` stops them
+    /// first, or they would add a member after it.
+    feeders: RefCell<Vec<GreenletRef>>,
 }
 
 /// A pool of at most `size` running greenlets (gevent's `Pool`).
@@ -50,13 +53,10 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// A pool that runs at most `size` greenlets at a time.
-    ///
-    /// # Panics
-    ///
-    /// If `size` is 0.
+    /// A pool that runs at most `size` greenlets at a time. A pool of size 0 is valid and
+    /// always full, as in gevent: `spawn` blocks for ever and `add(g, false)` fails with
+    /// [`Error::PoolFull`].
     pub fn new(size: usize) -> Pool {
-        assert!(size > 0, "a Pool needs a size of at least 1");
         Pool::make(Some(size))
     }
 
@@ -67,6 +67,7 @@ impl Pool {
                 empty: WaitList::new(),
                 sem: size.map(Semaphore::new),
                 size,
+                feeders: RefCell::new(Vec::new()),
             }),
         }
     }
@@ -151,6 +152,22 @@ impl Pool {
         Ok(())
     }
 
+    /// Like [`add`](Self::add) with `blocking`, giving up after `timeout` with
+    /// [`Error::PoolFull`] (gevent's `add(greenlet, blocking=True, timeout=...)`).
+    pub fn add_timeout<T: 'static>(&self, g: &Greenlet<T>, timeout: Duration) -> Result<(), Error> {
+        let h = g.handle();
+        if self.contains(&h) {
+            return Ok(());
+        }
+        if let Some(s) = &self.inner.sem {
+            if !s.acquire_timeout(timeout) {
+                return Err(Error::PoolFull);
+            }
+        }
+        self.track(&h);
+        Ok(())
+    }
+
     fn track(&self, h: &GreenletRef) {
         let inner = Rc::downgrade(&self.inner);
         let id = h.id();
@@ -195,6 +212,33 @@ impl Pool {
         }
     }
 
+    /// Waits until every member has finished, then returns the error of the first member
+    /// (in the order they were added) that failed or was killed, if any (gevent's
+    /// `join(raise_error=True)`).
+    pub fn join_raise(&self) -> Result<(), Error> {
+        let members = self.greenlets();
+        self.join();
+        match members.iter().find_map(|g| g.exception()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Kills one member and waits until it has finished (gevent's `Group.killone`); does
+    /// nothing if it is not a member.
+    pub fn killone(&self, g: &GreenletRef) {
+        if self.contains(g) {
+            g.kill();
+        }
+    }
+
+    /// Kills one member without waiting (gevent's `killone(block=False)`).
+    pub fn killone_nowait(&self, g: &GreenletRef) {
+        if self.contains(g) {
+            g.kill_nowait();
+        }
+    }
+
     /// Like [`join`](Self::join) with a timeout; `false` if members were still running.
     pub fn join_timeout(&self, timeout: Duration) -> bool {
         if self.is_empty() {
@@ -207,17 +251,79 @@ impl Pool {
             .is_ok()
     }
 
-    /// Kills every member and waits until they have finished.
+    /// Kills every member, and the feeders of running `map`/`imap` calls, and waits until
+    /// they have finished: the pool is empty when it returns (gevent's `kill`).
     pub fn kill(&self) {
+        loop {
+            let feeders = std::mem::take(&mut *self.inner.feeders.borrow_mut());
+            for f in &feeders {
+                f.kill_nowait();
+            }
+            for g in self.greenlets() {
+                g.kill_nowait();
+            }
+            self.join();
+            // A feeder whose wait for a free slot had already completed adds one more member
+            // before its kill is delivered: wait for the feeders, then look again.
+            for f in &feeders {
+                f.join();
+            }
+            if self.is_empty() && self.inner.feeders.borrow().is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Kills every member (and feeder) without waiting (gevent's `kill(block=False)`).
+    pub fn kill_nowait(&self) {
+        let feeders = std::mem::take(&mut *self.inner.feeders.borrow_mut());
+        for f in feeders {
+            f.kill_nowait();
+        }
         for g in self.greenlets() {
             g.kill_nowait();
         }
-        self.join();
     }
 
-    /// Runs `f` in the pool and waits for its result (gevent's `apply`).
+    /// Runs `f` in the pool and waits for its result (gevent's `apply`). Called from a
+    /// member of this pool, it runs `f` right away in the caller (as gevent does), since
+    /// waiting for a slot that the caller itself holds could never end.
     pub fn apply<R: 'static>(&self, f: impl FnOnce() -> R + 'static) -> Result<R, Error> {
+        if self.contains(&crate::greenlet::getcurrent()) {
+            return run_inline(f);
+        }
         self.spawn(f).into_result()
+    }
+
+    /// Runs `f` in the pool without waiting (gevent's `apply_async`): returns its greenlet,
+    /// and calls `callback` with the result, in a new greenlet, if `f` succeeds.
+    pub fn apply_async<R: Clone + 'static>(
+        &self,
+        f: impl FnOnce() -> R + 'static,
+        callback: Option<Box<dyn FnOnce(R)>>,
+    ) -> Greenlet<R> {
+        let g = self.spawn(f);
+        if let Some(cb) = callback {
+            g.link_value(move |g| {
+                if let Some(v) = g.value() {
+                    cb(v)
+                }
+            });
+        }
+        g
+    }
+
+    /// [`map`](Self::map) in a new greenlet (not a member), whose value is the results
+    /// (gevent's `map_async`).
+    pub fn map_async<I, F, R>(&self, f: F, items: I) -> Greenlet<Result<Vec<R>, Error>>
+    where
+        I: IntoIterator + 'static,
+        I::Item: 'static,
+        F: Fn(I::Item) -> R + 'static,
+        R: 'static,
+    {
+        let pool = self.clone();
+        spawn(move || pool.map(f, items))
     }
 
     /// Runs `f` over `items` with the pool's concurrency and returns the results in input
@@ -241,7 +347,41 @@ impl Pool {
         F: Fn(I::Item) -> R + 'static,
         R: 'static,
     {
-        self.imap_inner(f, items, true)
+        self.imap_inner(f, items, true, None)
+    }
+
+    /// Like [`imap`](Self::imap), with at most `maxsize` results started and not yet taken
+    /// by the consumer (gevent's `imap(..., maxsize=)`): a slow consumer holds the feeder
+    /// back instead of letting results pile up.
+    ///
+    /// # Panics
+    ///
+    /// If `maxsize` is 0.
+    pub fn imap_maxsize<I, F, R>(&self, f: F, items: I, maxsize: usize) -> IMap<R>
+    where
+        I: IntoIterator + 'static,
+        I::Item: 'static,
+        F: Fn(I::Item) -> R + 'static,
+        R: 'static,
+    {
+        assert!(maxsize > 0, "imap's maxsize must be at least 1");
+        self.imap_inner(f, items, true, Some(maxsize))
+    }
+
+    /// [`imap_unordered`](Self::imap_unordered) with a bound, as [`imap_maxsize`](Self::imap_maxsize).
+    ///
+    /// # Panics
+    ///
+    /// If `maxsize` is 0.
+    pub fn imap_unordered_maxsize<I, F, R>(&self, f: F, items: I, maxsize: usize) -> IMap<R>
+    where
+        I: IntoIterator + 'static,
+        I::Item: 'static,
+        F: Fn(I::Item) -> R + 'static,
+        R: 'static,
+    {
+        assert!(maxsize > 0, "imap's maxsize must be at least 1");
+        self.imap_inner(f, items, false, Some(maxsize))
     }
 
     /// Yields results in completion order (gevent's `imap_unordered`).
@@ -252,10 +392,10 @@ impl Pool {
         F: Fn(I::Item) -> R + 'static,
         R: 'static,
     {
-        self.imap_inner(f, items, false)
+        self.imap_inner(f, items, false, None)
     }
 
-    fn imap_inner<I, F, R>(&self, f: F, items: I, ordered: bool) -> IMap<R>
+    fn imap_inner<I, F, R>(&self, f: F, items: I, ordered: bool, maxsize: Option<usize>) -> IMap<R>
     where
         I: IntoIterator + 'static,
         I::Item: 'static,
@@ -266,11 +406,16 @@ impl Pool {
         let pool = self.clone();
         let f = Rc::new(f);
         let q = results.clone();
+        let window = maxsize.map(|n| Rc::new(Semaphore::new(n)));
+        let w2 = window.clone();
         let feeder = crate::greenlet::Builder::new()
             .name("imap feeder")
             .spawn(move || {
                 let mut n = 0usize;
                 for item in items {
+                    if let Some(w) = &w2 {
+                        w.acquire();
+                    }
                     let f = f.clone();
                     let g = pool.spawn(move || f(item));
                     let g2 = g.clone();
@@ -283,6 +428,11 @@ impl Pool {
                 }
                 let _ = q.put_nowait(Msg::Done(n));
             });
+        {
+            let mut fs = self.inner.feeders.borrow_mut();
+            fs.retain(|f| !f.dead());
+            fs.push(feeder.handle());
+        }
         // If the feeder dies before saying `Done` (the input iterator panicked, say), tell the
         // consumer instead of leaving it waiting forever.
         let (q2, f2) = (results.clone(), feeder.clone());
@@ -294,12 +444,25 @@ impl Pool {
         IMap {
             results,
             feeder,
+            window,
             ordered,
             total: Cell::new(None),
             yielded: 0,
             next_index: 0,
             buffer: BTreeMap::new(),
         }
+    }
+}
+
+/// Runs `f` in the calling greenlet for [`Pool::apply`]: a panic becomes the error it would
+/// be in a member; a kill or `Timeout` passes through.
+fn run_inline<R>(f: impl FnOnce() -> R) -> Result<R, Error> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(v) => Ok(v),
+        Err(p) if p.is::<crate::GreenletExit>() || p.is::<crate::TimeoutExpired>() => {
+            std::panic::resume_unwind(p)
+        }
+        Err(p) => Err(Error::Panicked(crate::greenlet::panic_message(&*p))),
     }
 }
 
@@ -314,6 +477,8 @@ enum Msg<R> {
 pub struct IMap<R: 'static> {
     results: Rc<Queue<Msg<R>>>,
     feeder: Greenlet<()>,
+    /// With a `maxsize`: one permit per result started and not yet yielded.
+    window: Option<Rc<Semaphore>>,
     ordered: bool,
     total: Cell<Option<usize>>,
     yielded: usize,
@@ -335,6 +500,18 @@ impl<R: 'static> Iterator for IMap<R> {
     type Item = Result<R, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        let r = self.next_result();
+        if r.is_some() {
+            if let Some(w) = &self.window {
+                w.release();
+            }
+        }
+        r
+    }
+}
+
+impl<R: 'static> IMap<R> {
+    fn next_result(&mut self) -> Option<Result<R, Error>> {
         loop {
             if self.total.get() == Some(self.yielded) {
                 return None;

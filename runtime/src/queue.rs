@@ -536,7 +536,7 @@ queue_type!(
 );
 
 /// A rendezvous channel (gevent's `Channel`, a queue of size 0): `put` blocks until a getter
-/// takes the item.
+/// has taken the item, and returns after that getter ran (as in gevent).
 ///
 /// ```
 /// use std::rc::Rc;
@@ -582,6 +582,18 @@ impl<T> Channel<T> {
         self.getters.len()
     }
 
+    /// Always `true`: a channel holds no item (gevent's `Channel.full()`). Whether a `put`
+    /// would block is `getter_count() == 0`.
+    pub fn full(&self) -> bool {
+        true
+    }
+
+    /// Always `true`: a channel holds no item (gevent's `Channel.empty()`). Whether a `get`
+    /// would block is `putter_count() == 0`.
+    pub fn empty(&self) -> bool {
+        true
+    }
+
     /// Number of greenlets blocked in `put`.
     pub fn putter_count(&self) -> usize {
         self.putters.len()
@@ -607,7 +619,11 @@ impl<T> Channel<T> {
 
     fn put_inner(&self, item: T, timeout: Option<Duration>) -> Result<(), Rejected<T>> {
         let item = match self.getters.wake_one_with(item) {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                // As in gevent, `put` returns after the getter has taken the item and run.
+                hub().yield_keeping_interrupts();
+                return Ok(());
+            }
             Err(item) => item,
         };
         let hub = hub();

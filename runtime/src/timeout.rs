@@ -105,9 +105,13 @@ impl Timeout {
         self.owner = Some(owner);
     }
 
-    /// Whether it is armed and has not expired.
+    /// Whether it is armed and has not fired yet (gevent's `pending`: false once it fired,
+    /// whether or not its expiry was delivered).
     pub fn pending(&self) -> bool {
-        self.timer.is_some() && !self.expired()
+        match self.timer {
+            Some(t) => crate::hub::exists() && hub().timers.borrow().contains(t) && !self.expired(),
+            None => false,
+        }
     }
 
     fn expired(&self) -> bool {

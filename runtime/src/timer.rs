@@ -140,6 +140,13 @@ impl<A> Timers<A> {
         a
     }
 
+    /// Whether the timer `id` is still armed (neither fired nor cancelled).
+    pub fn contains(&self, id: TimerId) -> bool {
+        self.slots
+            .get(id.slot as usize)
+            .is_some_and(|s| s.seq == id.seq && s.action.is_some())
+    }
+
     /// Number of live timers.
     pub fn len(&self) -> usize {
         self.live

@@ -250,10 +250,19 @@ impl<T> WaitList<T> {
 }
 
 impl WaitList<()> {
-    /// Completes every wait, in FIFO order (the whole list is detached at once: waking only
-    /// queues the greenlets, so nothing can touch the list meanwhile).
+    /// Completes every wait, in FIFO order (see [`WaitList::wake_all`]).
     #[inline]
     pub(crate) fn wake_all_unit(&self) -> usize {
+        self.wake_all()
+    }
+}
+
+impl<T> WaitList<T> {
+    /// Completes every wait, in FIFO order, leaving each slot as it is (the whole list is
+    /// detached at once: waking only queues the greenlets, so nothing can touch the list
+    /// meanwhile).
+    #[inline]
+    pub(crate) fn wake_all(&self) -> usize {
         let mut cur = self.head.take();
         if cur.is_none() {
             return 0;
@@ -267,7 +276,6 @@ impl WaitList<()> {
             cur = w.next.take();
             w.prev.set(None);
             w.linked.set(false);
-            w.slot.set(Some(()));
             // SAFETY: a waiter's greenlet is parked on this wait, so it is alive: registered
             // with the hub (which holds a count of it), the root, or leaked at hub teardown
             // (never freed, and dead, so `unpark` ignores it).
@@ -290,27 +298,39 @@ pub struct LinkId(pub(crate) u64);
 /// A callback run on the hub.
 pub(crate) type Callback = Box<dyn FnOnce()>;
 
-/// Callbacks to run (as hub callbacks, in registration order) when an object becomes ready.
+/// One registered link.
+struct LinkEntry {
+    id: u64,
+    /// Registration order on this object (see [`Links::next_ordinal`]).
+    ordinal: u32,
+    cb: Callback,
+}
+
+/// The links of one object, shared with the notification callback while one is scheduled.
+#[derive(Default)]
+struct LinkList {
+    entries: std::collections::VecDeque<LinkEntry>,
+    next_ordinal: u32,
+    /// A notification callback is scheduled or running: it will run what is added meanwhile.
+    notifying: bool,
+}
+
+/// Callbacks to run when an object becomes ready (gevent's `AbstractLinkable` links).
+///
+/// As in gevent, a notification is *one* hub callback that runs the links one at a time, in
+/// registration order, taking each from the object's list only when its turn comes: a link
+/// that unlinks another, not yet run, link stops it, and a link added while the notification
+/// runs is run by it too. Each link runs as a hub callback of its own (it must not block; a
+/// panic is logged and does not stop the others).
 pub(crate) struct Links {
-    /// Dropped by hand (see `Drop`): most objects never get a link, and every greenlet has a
-    /// `Links`, so dropping an empty one must cost a check, not a call.
-    list: std::mem::ManuallyDrop<RefCell<Vec<(u64, Callback)>>>,
+    /// Made on the first link: most objects never get one, and every greenlet has a `Links`.
+    list: std::cell::OnceCell<std::rc::Rc<RefCell<LinkList>>>,
 }
 
 impl Default for Links {
     fn default() -> Links {
         Links {
-            list: std::mem::ManuallyDrop::new(RefCell::new(Vec::new())),
-        }
-    }
-}
-
-impl Drop for Links {
-    #[inline]
-    fn drop(&mut self) {
-        if self.list.get_mut().capacity() != 0 {
-            // SAFETY: dropped exactly once, here; `list` is not used after.
-            unsafe { std::mem::ManuallyDrop::drop(&mut self.list) }
+            list: std::cell::OnceCell::new(),
         }
     }
 }
@@ -320,29 +340,99 @@ thread_local! {
 }
 
 impl Links {
-    pub(crate) fn add(&self, f: Box<dyn FnOnce()>) -> LinkId {
+    fn shared(&self) -> &std::rc::Rc<RefCell<LinkList>> {
+        self.list.get_or_init(Default::default)
+    }
+
+    /// Registers `f` (it is not run: see [`add_or_fire`](Self::add_or_fire)).
+    pub(crate) fn add(&self, f: Callback) -> LinkId {
         let id = NEXT_LINK.with(|n| {
             let id = n.get();
             n.set(id + 1);
             id
         });
-        self.list.borrow_mut().push((id, f));
+        let mut l = self.shared().borrow_mut();
+        let ordinal = l.next_ordinal;
+        l.next_ordinal = ordinal.wrapping_add(1);
+        l.entries.push_back(LinkEntry { id, ordinal, cb: f });
         LinkId(id)
     }
 
+    /// Removes a link that has not run; `false` if it ran (or was never registered here).
     pub(crate) fn remove(&self, id: LinkId) -> bool {
-        let mut l = self.list.borrow_mut();
-        match l.iter().position(|(i, _)| *i == id.0) {
-            Some(p) => {
-                drop(l.remove(p));
-                true
+        let Some(rc) = self.list.get() else {
+            return false;
+        };
+        let removed = {
+            let mut l = rc.borrow_mut();
+            match l.entries.iter().position(|e| e.id == id.0) {
+                Some(p) => l.entries.remove(p),
+                None => None,
             }
-            None => false,
+        };
+        // Dropped outside the borrow: a callback's captures may do anything when dropped.
+        removed.is_some()
+    }
+
+    /// Removes every link that has not run (gevent's `unlink_all`); returns how many.
+    pub(crate) fn clear(&self) -> usize {
+        let Some(rc) = self.list.get() else {
+            return 0;
+        };
+        let taken = std::mem::take(&mut rc.borrow_mut().entries);
+        taken.len()
+    }
+
+    /// Number of links not run yet.
+    pub(crate) fn len(&self) -> usize {
+        self.list.get().map_or(0, |rc| rc.borrow().entries.len())
+    }
+
+    /// Whether no link is waiting to run.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.list
+            .get()
+            .is_none_or(|rc| rc.borrow().entries.is_empty())
+    }
+
+    /// How many links were ever registered: a waiter that records it when it starts waiting
+    /// comes after the links with a smaller ordinal (greenlet joiners, see `greenlet.rs`).
+    #[inline]
+    pub(crate) fn next_ordinal(&self) -> u32 {
+        self.list.get().map_or(0, |rc| rc.borrow().next_ordinal)
+    }
+
+    /// The ordinal of the next link to run.
+    pub(crate) fn front_ordinal(&self) -> Option<u32> {
+        self.list.get()?.borrow().entries.front().map(|e| e.ordinal)
+    }
+
+    /// Takes the next link to run.
+    pub(crate) fn pop_front(&self) -> Option<Callback> {
+        self.list
+            .get()?
+            .borrow_mut()
+            .entries
+            .pop_front()
+            .map(|e| e.cb)
+    }
+
+    /// Marks a notification as started; `false` if one is scheduled or running already.
+    pub(crate) fn begin_notify(&self) -> bool {
+        let mut l = self.shared().borrow_mut();
+        !std::mem::replace(&mut l.notifying, true)
+    }
+
+    /// Marks the notification as over.
+    pub(crate) fn end_notify(&self) {
+        if let Some(rc) = self.list.get() {
+            rc.borrow_mut().notifying = false;
         }
     }
 
-    /// Registers `f`; if the object is `ready` already, schedules it (and any other pending
-    /// link) at once, as a link added after the fact still fires.
+    /// Registers `f`; if the object is `ready` already, notifies (a link added after the fact
+    /// still fires).
     pub(crate) fn add_or_fire(&self, f: Callback, ready: bool) -> LinkId {
         let id = self.add(f);
         if ready {
@@ -351,10 +441,11 @@ impl Links {
         id
     }
 
-    /// Schedules every link as a hub callback, in registration order, and forgets them.
+    /// Schedules the notification (one hub callback running every link in order), unless
+    /// one is scheduled already or there is no link.
     #[inline]
     pub(crate) fn fire_all(&self) {
-        if self.list.borrow().is_empty() {
+        if self.is_empty() {
             return;
         }
         self.fire_all_slow();
@@ -362,11 +453,23 @@ impl Links {
 
     #[inline(never)]
     fn fire_all_slow(&self) {
-        let l = std::mem::take(&mut *self.list.borrow_mut());
-        let hub = hub();
-        for (_, f) in l {
-            hub.schedule_callback(f);
+        if !self.begin_notify() {
+            return;
         }
+        let rc = self.shared().clone();
+        hub().schedule_callback(Box::new(move || loop {
+            let next = {
+                let mut l = rc.borrow_mut();
+                match l.entries.pop_front() {
+                    Some(e) => e.cb,
+                    None => {
+                        l.notifying = false;
+                        return;
+                    }
+                }
+            };
+            hub().run_hub_callback(next);
+        }));
     }
 }
 

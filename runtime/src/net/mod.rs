@@ -50,6 +50,8 @@ pub mod dns;
 mod dns_wire;
 mod server;
 mod tcp;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod udp;
 mod unix;
 

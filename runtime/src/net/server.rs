@@ -146,6 +146,28 @@ impl StreamServer {
         *self.inner.acceptor.borrow_mut() = Some(g);
     }
 
+    /// Stops accepting new connections, without closing the listener: the kernel keeps
+    /// queueing them (up to the backlog) and running handlers go on (gevent's
+    /// `stop_accepting`). [`start_accepting`](Self::start_accepting) resumes.
+    pub fn stop_accepting(&self) {
+        let acceptor = self.inner.acceptor.borrow_mut().take();
+        if let Some(a) = acceptor {
+            a.kill();
+        }
+    }
+
+    /// Resumes accepting after [`stop_accepting`](Self::stop_accepting) (gevent's
+    /// `start_accepting`); the same as [`start`](Self::start). Does nothing once the server
+    /// was stopped.
+    pub fn start_accepting(&self) {
+        self.start()
+    }
+
+    /// Whether it is accepting connections now.
+    pub fn is_accepting(&self) -> bool {
+        self.started()
+    }
+
     /// Starts (if needed) and blocks until [`stop`](Self::stop) is called (gevent's
     /// `serve_forever`).
     ///

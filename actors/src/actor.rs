@@ -1,0 +1,1978 @@
+//! Actors: the definition, the mailbox, `tell`/`ask`, the lifecycle, links, monitors and keyed
+//! timers.
+//!
+//! # Mechanism
+//!
+//! An actor is a *cell* and, while it runs, one greenlet (an *incarnation*) pulling from the
+//! cell's mailbox, as in the gevent sample: `loop { msg = inbox.get(); self.receive(msg) }`.
+//! The cell holds two lanes:
+//!
+//! * the **user lane**, an inline `VecDeque` of the actor's own message type (no boxing; an
+//!   envelope adds one optional pointer, set only for asks and timer messages), unbounded or
+//!   bounded with a [`Policy`];
+//! * the **system lane**, unbounded, for stop requests and exit/down signals. The loop reads
+//!   it before every user message, so a full mailbox never delays supervision.
+//!
+//! When both lanes are empty the incarnation parks on an [`Event`]; a tell pushes and, only if
+//! the actor is parked, sets the event (a busy actor costs a tell one push and one flag test).
+//! A `Block` mailbox that is full parks its tellers on a FIFO [`Semaphore`]: each message the
+//! actor takes hands one reserved slot to the longest-waiting teller, so a late teller cannot
+//! take the place of one that waited (no barging).
+//!
+//! The cell outlives its incarnations: a supervisor restarts an actor by running a new
+//! incarnation (a fresh actor value from its factory) on the same cell, so an [`ActorRef`]
+//! stays valid across restarts and the queued messages are kept (the message that was being
+//! handled when it failed is dropped; its asker gets an error). An actor exits *for good* when
+//! it is not supervised and its incarnation ends, or when its supervisor decides not to
+//! restart it; only then do links and monitors fire, queued asks fail with
+//! [`Error::Dead`], leftovers become dead letters and its name is unregistered.
+//!
+//! # Asks
+//!
+//! [`ActorRef::ask`] builds the message around a [`Reply`] handle and waits on a reply slot
+//! (reused from a per-thread cache, so a steady stream of asks allocates nothing). The slot is
+//! also the envelope's pointer, which is how the loop knows it is handling an ask: a panic
+//! then goes to the asker as [`Error::Panicked`] and the actor lives on (OTP would crash the
+//! server and the caller); a panic while handling a tell crashes the actor. The asker is
+//! registered with the callee while it waits, so a callee that exits for good fails the ask at
+//! once with its reason, even if the reply handle was handed to another greenlet. A reply
+//! that comes after the timeout is dropped (a dead letter), a reply handle dropped unanswered
+//! fails the ask at once, and an actor asking itself gets [`Error::SelfAsk`].
+//!
+//! # Differences from Erlang/OTP (gen_server) and Akka
+//!
+//! * Links and monitors see an actor's *final* exit, not each restart: the reference is stable
+//!   across restarts (as Akka's `ActorRef`; an Erlang restart makes a new pid).
+//! * The `stopped` hook (OTP's `terminate/2`, Akka's `postStop`) runs on every exit except a
+//!   kill, also when an exit signal from a link ends the actor (OTP skips `terminate` there
+//!   unless the process traps exits).
+//! * `ask` waits without a limit (`gen_server:call` defaults to 5 s); `ask_timeout` takes one.
+//! * Exit and down signals are delivered to [`Actor::handle_signal`], not as mailbox messages,
+//!   because the mailbox is typed.
+//! * Timer messages bypass the mailbox bound (they cannot block in a timer callback), and an
+//!   interval timer does not queue a new tick while its previous one is still queued.
+
+use std::any::Any;
+use std::cell::{Cell as StdCell, RefCell};
+use std::collections::VecDeque;
+use std::fmt;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
+
+use evergreen::timer::TimerId;
+use evergreen::{Event, Greenlet, Queue, Semaphore};
+
+use crate::dead_letters::{self, Reason as DlReason};
+use crate::error::{is_kill, panic_message, Error, ExitReason};
+use crate::supervisor::{self, Supervisor};
+
+/// An actor: state plus a handler for one message type, run one message at a time.
+///
+/// ```
+/// use evergreen_actors::{spawn, Actor, Ctx, Reply};
+///
+/// struct Counter(u64);
+/// enum Msg { Add(u64), Get(Reply<u64>) }
+///
+/// impl Actor for Counter {
+///     type Msg = Msg;
+///     fn handle(&mut self, msg: Msg, _ctx: &mut Ctx<Self>) {
+///         match msg {
+///             Msg::Add(n) => self.0 += n,
+///             Msg::Get(r) => r.send(self.0),
+///         }
+///     }
+/// }
+///
+/// let c = spawn(Counter(0));
+/// c.tell(Msg::Add(2)).unwrap();
+/// assert_eq!(c.ask(Msg::Get), Ok(2));
+/// c.stop();
+/// c.join().unwrap();
+/// ```
+pub trait Actor: Sized + 'static {
+    /// The one message type of its mailbox.
+    type Msg: 'static;
+
+    /// Runs first in each incarnation, before any message (OTP's `init/1`, Akka's
+    /// `preStart`). An error (or a panic) ends the incarnation with
+    /// [`ExitReason::StartFailed`]; `stopped` is then not called.
+    fn started(&mut self, ctx: &mut Ctx<Self>) -> Result<(), Box<dyn std::error::Error>> {
+        let _ = ctx;
+        Ok(())
+    }
+
+    /// Handles one message (OTP's `handle_call`/`handle_cast`, the sample's `receive`).
+    /// It may block (the actor's greenlet parks; others run).
+    fn handle(&mut self, msg: Self::Msg, ctx: &mut Ctx<Self>);
+
+    /// Handles an exit signal from a link (only while trapping exits, see
+    /// [`Ctx::trap_exit`]) or a down signal from a monitor. The default ignores them.
+    fn handle_signal(&mut self, signal: Signal, ctx: &mut Ctx<Self>) {
+        let _ = (signal, ctx);
+    }
+
+    /// Runs when an incarnation ends, with the reason (OTP's `terminate/2`), except when it
+    /// was killed or failed to start.
+    fn stopped(&mut self, reason: &ExitReason, ctx: &mut Ctx<Self>) {
+        let _ = (reason, ctx);
+    }
+}
+
+/// A signal from a link or monitor, given to [`Actor::handle_signal`].
+#[derive(Clone, Debug)]
+pub enum Signal {
+    /// A linked actor exited for good (delivered only while trapping exits; Erlang's
+    /// `{'EXIT', Pid, Reason}`).
+    Exit {
+        /// The actor that exited.
+        from: AnyRef,
+        /// Its exit reason.
+        reason: ExitReason,
+    },
+    /// A monitored actor exited for good (Erlang's `{'DOWN', Ref, process, Pid, Reason}`).
+    Down {
+        /// The monitor that fired.
+        monitor: MonitorId,
+        /// The actor that exited.
+        from: AnyRef,
+        /// Its exit reason.
+        reason: ExitReason,
+    },
+}
+
+/// Identifies a monitor ([`Ctx::monitor`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MonitorId(u64);
+
+/// What a bounded mailbox does with a tell when it is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Policy {
+    /// The teller blocks (FIFO) until there is room; `try_tell` fails with `Full`.
+    Block,
+    /// The tell fails at once with [`Error::Full`], handing the message back.
+    Fail,
+    /// The new message is dropped (a dead letter); the tell succeeds.
+    DropNewest,
+    /// The oldest queued message is dropped (a dead letter; an ask fails with `Full`) to make
+    /// room; the tell succeeds.
+    DropOldest,
+}
+
+/// A mailbox's shape: unbounded, or bounded with a [`Policy`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Mailbox {
+    cap: usize,
+    policy: Policy,
+}
+
+impl Default for Mailbox {
+    fn default() -> Self {
+        Mailbox::unbounded()
+    }
+}
+
+impl Mailbox {
+    /// No bound: a tell never blocks and never fails while the actor lives.
+    pub const fn unbounded() -> Mailbox {
+        Mailbox {
+            cap: usize::MAX,
+            policy: Policy::Block,
+        }
+    }
+
+    /// At most `capacity` queued user messages; when full, `policy` applies. A capacity of
+    /// 0 is rejected when the actor is spawned.
+    pub const fn bounded(capacity: usize, policy: Policy) -> Mailbox {
+        Mailbox {
+            cap: capacity,
+            policy,
+        }
+    }
+
+    /// The bound, if any.
+    pub fn capacity(&self) -> Option<usize> {
+        (self.cap != usize::MAX).then_some(self.cap)
+    }
+
+    /// The policy applied when full.
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+}
+
+/// Per-actor counters ([`ActorRef::stats`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stats {
+    /// Messages handled (user messages, asks and timer messages), over all incarnations.
+    pub handled: u64,
+    /// User messages queued now.
+    pub mailbox_len: usize,
+    /// The most user messages ever queued at once.
+    pub high_water: usize,
+    /// How many times a supervisor restarted it.
+    pub restarts: u32,
+    /// Time spent in `handle`, if measured ([`Builder::measure_time`]); measuring costs two
+    /// clock reads per message, more than a message itself, so it is off by default.
+    pub handler_time: Option<Duration>,
+    /// `running`, `restarting` (awaiting its supervisor) or `dead`.
+    pub status: &'static str,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Status {
+    Running,
+    Restarting,
+    Dead,
+}
+
+/// A message and, for asks and timer messages, its token.
+pub(crate) struct Envelope<M> {
+    msg: M,
+    token: Option<Rc<dyn Token>>,
+}
+
+/// What the loop needs to know about an envelope's token (an ask's reply slot, or a timer).
+pub(crate) trait Token {
+    fn is_ask(&self) -> bool;
+    /// A timer message: whether its timer is still armed (not cancelled or replaced).
+    fn live(&self) -> bool {
+        true
+    }
+    /// A timer message was taken from the mailbox.
+    fn taken(&self) {}
+    /// An ask: completes it with `e` if it is still pending (`force`: also over the error a
+    /// dropped reply handle left, which the asker has not read yet).
+    fn fail(&self, e: Error, force: bool) {
+        let _ = (e, force);
+    }
+}
+
+/// A system-lane entry.
+pub(crate) enum Sys {
+    Stop(ExitReason),
+    Exit(AnyRef, ExitReason),
+    Down(MonitorId, AnyRef, ExitReason),
+}
+
+/// Runs when an actor exits for good (a supervisor finalizes its children).
+pub(crate) type FinalHook = Box<dyn FnOnce(&ExitReason)>;
+
+/// Bookkeeping most actors never use, allocated on first use.
+#[derive(Default)]
+pub(crate) struct Extras {
+    links: Vec<Weak<dyn CellDyn>>,
+    monitors: Vec<(MonitorId, Weak<dyn CellDyn>)>,
+    exited: Option<Rc<Event>>,
+    /// The last incarnation's exit reason (final once the status is `Dead`).
+    reason: Option<ExitReason>,
+    registered: Option<String>,
+    timers: Vec<TimerEntry>,
+    pub(crate) parent: Option<Weak<Cell<Supervisor>>>,
+    pub(crate) on_final: Vec<FinalHook>,
+    pub(crate) tree: Option<Rc<supervisor::Shared>>,
+    trap_exit: bool,
+    /// The system lane: stop requests, exit and down signals.
+    sys: VecDeque<Sys>,
+    /// Asks waiting on this actor (failed at once if it exits for good).
+    asks: Vec<Rc<dyn Token>>,
+    /// Time spent in `handle`, when measured.
+    busy_ns: u64,
+}
+
+struct TimerEntry {
+    key: String,
+    token: Rc<TimerToken>,
+    id: TimerId,
+}
+
+/// Where tellers of a full `Block` mailbox wait: the semaphore that hands them slots, and
+/// their greenlet ids in the same FIFO order (for the blocked-tell cycle check).
+struct Space {
+    sem: Semaphore,
+    waiting: RefCell<VecDeque<u64>>,
+}
+
+/// Forgets that greenlet `g` is blocked telling a full mailbox.
+fn unblocked(g: u64) {
+    let _ = BLOCKED.try_with(|bl| {
+        let mut bl = bl.borrow_mut();
+        if let Some(p) = bl.iter().position(|e| e.0 == g) {
+            bl.swap_remove(p);
+        }
+    });
+}
+
+/// The untyped part of a cell.
+pub(crate) struct Base {
+    pub(crate) id: u64,
+    name: Option<Box<str>>,
+    status: StdCell<Status>,
+    parked: StdCell<bool>,
+    /// The doorbell the idle incarnation waits on: rung (`put_nowait`) only while the actor
+    /// waits, so the item goes straight to it and the queue never stores one. A `Queue`,
+    /// because its `get` inlines all the way down to the park: a greenlet that returns from
+    /// the function it parked in pays a return-address misprediction on every wake-up (see
+    /// the runtime's greenlet docs), which was the largest cost of a message hop.
+    wake: Queue<()>,
+    /// How many system-lane entries wait (the lane itself is in `extras`: it is usually
+    /// empty, and the loop tests only this count before each message).
+    sys_len: StdCell<u32>,
+    cap: usize,
+    policy: Policy,
+    /// Slots handed to blocked tellers that have not pushed yet (Block policy).
+    reserved: StdCell<usize>,
+    space: Option<Box<Space>>,
+    gid: StdCell<u64>,
+    incarnation: StdCell<u32>,
+    greenlet: RefCell<Option<Greenlet<()>>>,
+    handled: StdCell<u64>,
+    hwm: StdCell<usize>,
+    pub(crate) restarts: StdCell<u32>,
+    measure: bool,
+    pub(crate) extras: RefCell<Option<Box<Extras>>>,
+}
+
+thread_local! {
+    static NEXT_ID: StdCell<u64> = const { StdCell::new(1) };
+    static NEXT_MONITOR: StdCell<u64> = const { StdCell::new(1) };
+    /// Greenlets blocked telling a full `Block` mailbox: (teller gid, target gid, target label).
+    static BLOCKED: RefCell<Vec<(u64, u64, String)>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Base {
+    fn new(name: Option<String>, mailbox: Mailbox, measure: bool) -> Base {
+        let id = NEXT_ID.with(|n| {
+            let id = n.get();
+            n.set(id + 1);
+            id
+        });
+        let bounded_block = mailbox.cap != usize::MAX && mailbox.policy == Policy::Block;
+        Base {
+            id,
+            name: name.map(String::into_boxed_str),
+            status: StdCell::new(Status::Running),
+            parked: StdCell::new(false),
+            wake: Queue::new(),
+            sys_len: StdCell::new(0),
+            cap: mailbox.cap,
+            policy: mailbox.policy,
+            reserved: StdCell::new(0),
+            space: bounded_block.then(|| {
+                Box::new(Space {
+                    sem: Semaphore::new(0),
+                    waiting: RefCell::new(VecDeque::new()),
+                })
+            }),
+            gid: StdCell::new(0),
+            incarnation: StdCell::new(0),
+            greenlet: RefCell::new(None),
+            handled: StdCell::new(0),
+            hwm: StdCell::new(0),
+            restarts: StdCell::new(0),
+            measure,
+            extras: RefCell::new(None),
+        }
+    }
+
+    /// The actor's name, or `#id`.
+    pub(crate) fn label(&self) -> String {
+        match &self.name {
+            Some(n) => format!("'{n}'"),
+            None => format!("#{}", self.id),
+        }
+    }
+
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    pub(crate) fn status(&self) -> Status {
+        self.status.get()
+    }
+
+    pub(crate) fn set_status(&self, s: Status) {
+        self.status.set(s)
+    }
+
+    pub(crate) fn incarnation(&self) -> u32 {
+        self.incarnation.get()
+    }
+
+    pub(crate) fn with_extras<R>(&self, f: impl FnOnce(&mut Extras) -> R) -> R {
+        let mut e = self.extras.borrow_mut();
+        f(e.get_or_insert_with(Default::default))
+    }
+
+    fn peek_extras<R>(&self, f: impl FnOnce(Option<&Extras>) -> R) -> R {
+        f(self.extras.borrow().as_deref())
+    }
+
+    pub(crate) fn final_reason(&self) -> Option<ExitReason> {
+        if self.status.get() != Status::Dead {
+            return None;
+        }
+        Some(
+            self.peek_extras(|e| e.and_then(|e| e.reason.clone()))
+                .unwrap_or(ExitReason::Normal),
+        )
+    }
+
+    pub(crate) fn last_reason(&self) -> Option<ExitReason> {
+        self.peek_extras(|e| e.and_then(|e| e.reason.clone()))
+    }
+
+    pub(crate) fn registered_name(&self) -> Option<String> {
+        self.peek_extras(|e| e.and_then(|e| e.registered.clone()))
+    }
+
+    pub(crate) fn set_registered_name(&self, n: Option<String>) {
+        self.with_extras(|e| e.registered = n);
+    }
+
+    pub(crate) fn tree(&self) -> Option<Rc<supervisor::Shared>> {
+        self.peek_extras(|e| e.and_then(|e| e.tree.clone()))
+    }
+
+    #[inline]
+    fn wake_up(&self) {
+        if self.parked.get() {
+            self.parked.set(false);
+            let _ = self.wake.put_nowait(());
+        }
+    }
+
+    pub(crate) fn push_sys(&self, s: Sys) {
+        if self.status.get() == Status::Dead {
+            return;
+        }
+        self.with_extras(|e| e.sys.push_back(s));
+        self.sys_len.set(self.sys_len.get() + 1);
+        self.wake_up();
+    }
+
+    /// The running incarnation's greenlet.
+    pub(crate) fn greenlet(&self) -> Option<Greenlet<()>> {
+        self.greenlet.borrow().clone()
+    }
+
+    fn is_current(&self) -> bool {
+        let gid = self.gid.get();
+        gid != 0 && evergreen::getcurrent().id() == gid
+    }
+
+    pub(crate) fn stats(&self, mailbox_len: usize) -> Stats {
+        Stats {
+            handled: self.handled.get(),
+            mailbox_len,
+            high_water: self.hwm.get(),
+            restarts: self.restarts.get(),
+            handler_time: self
+                .measure
+                .then(|| Duration::from_nanos(self.peek_extras(|e| e.map_or(0, |e| e.busy_ns)))),
+            status: match self.status.get() {
+                Status::Running => "running",
+                Status::Restarting => "restarting",
+                Status::Dead => "dead",
+            },
+        }
+    }
+
+    /// Stops the running incarnation: a stop request, then a kill once `timeout` passed
+    /// (`None`: wait as long as it takes; `Some(ZERO)`: kill at once). Returns its reason.
+    pub(crate) fn shutdown_incarnation(
+        &self,
+        reason: ExitReason,
+        timeout: Option<Duration>,
+    ) -> Option<ExitReason> {
+        let g = self.greenlet()?;
+        match timeout {
+            Some(t) if t.is_zero() => g.kill(),
+            Some(t) => {
+                self.push_sys(Sys::Stop(reason));
+                if !g.join_timeout(t) {
+                    g.kill();
+                }
+            }
+            None => {
+                self.push_sys(Sys::Stop(reason));
+                g.join();
+            }
+        }
+        self.last_reason()
+    }
+}
+
+/// The type-erased view of a cell.
+pub(crate) trait CellDyn: 'static {
+    fn base(&self) -> &Base;
+    fn as_any(self: Rc<Self>) -> Rc<dyn Any>;
+    fn as_dyn(self: Rc<Self>) -> Rc<dyn CellDyn>;
+    fn mailbox_len(&self) -> usize;
+    /// Makes the exit final: see [`Cell::finalize`].
+    fn finalize(self: Rc<Self>, reason: ExitReason);
+}
+
+/// An actor's cell: the untyped part and its typed user lane.
+pub(crate) struct Cell<A: Actor> {
+    pub(crate) base: Base,
+    user: RefCell<VecDeque<Envelope<A::Msg>>>,
+}
+
+impl<A: Actor> CellDyn for Cell<A> {
+    fn base(&self) -> &Base {
+        &self.base
+    }
+    fn as_any(self: Rc<Self>) -> Rc<dyn Any> {
+        self
+    }
+    fn as_dyn(self: Rc<Self>) -> Rc<dyn CellDyn> {
+        self
+    }
+    fn mailbox_len(&self) -> usize {
+        self.user.borrow().len()
+    }
+    fn finalize(self: Rc<Self>, reason: ExitReason) {
+        Cell::finalize(&self, reason)
+    }
+}
+
+impl<A: Actor> Cell<A> {
+    pub(crate) fn new(name: Option<String>, mailbox: Mailbox, measure: bool) -> Rc<Cell<A>> {
+        Rc::new(Cell {
+            base: Base::new(name, mailbox, measure),
+            user: RefCell::new(VecDeque::new()),
+        })
+    }
+
+    /// Pushes a message past the bound and policy (timer messages, supervisor notices).
+    pub(crate) fn push_unbounded(&self, msg: A::Msg, token: Option<Rc<dyn Token>>) -> bool {
+        if self.base.status.get() == Status::Dead {
+            return false;
+        }
+        let mut q = self.user.borrow_mut();
+        q.push_back(Envelope { msg, token });
+        let len = q.len();
+        drop(q);
+        if len > self.base.hwm.get() {
+            self.base.hwm.set(len);
+        }
+        self.base.wake_up();
+        true
+    }
+
+    /// Queues an envelope under the mailbox's policy. `block`: whether a full `Block` mailbox
+    /// may block the caller, and until when.
+    #[inline]
+    fn enqueue(
+        &self,
+        env: Envelope<A::Msg>,
+        block: Option<Option<Instant>>,
+    ) -> Result<(), (Error, Envelope<A::Msg>)> {
+        let b = &self.base;
+        if b.status.get() == Status::Dead {
+            return Err(self.dead(env));
+        }
+        let mut q = self.user.borrow_mut();
+        let len = q.len();
+        if len + b.reserved.get() < b.cap {
+            q.push_back(env);
+            drop(q);
+            if len >= b.hwm.get() {
+                b.hwm.set(len + 1);
+            }
+            b.wake_up();
+            return Ok(());
+        }
+        drop(q);
+        self.enqueue_full(env, block)
+    }
+
+    #[cold]
+    fn dead(&self, env: Envelope<A::Msg>) -> (Error, Envelope<A::Msg>) {
+        let r = self.base.final_reason().unwrap_or(ExitReason::Normal);
+        dead_letters::record(
+            || self.base.label(),
+            DlReason::DeadTarget,
+            std::any::type_name::<A::Msg>(),
+        );
+        (Error::Dead(r, ()), env)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn enqueue_full(
+        &self,
+        env: Envelope<A::Msg>,
+        block: Option<Option<Instant>>,
+    ) -> Result<(), (Error, Envelope<A::Msg>)> {
+        let b = &self.base;
+        match b.policy {
+            Policy::Fail => Err((Error::Full(()), env)),
+            Policy::DropNewest => {
+                self.overflow(env);
+                Ok(())
+            }
+            Policy::DropOldest => {
+                let old = {
+                    let mut q = self.user.borrow_mut();
+                    let old = q.pop_front();
+                    q.push_back(env);
+                    old
+                };
+                b.wake_up();
+                if let Some(old) = old {
+                    self.overflow(old);
+                }
+                Ok(())
+            }
+            Policy::Block => {
+                let Some(deadline) = block else {
+                    return Err((Error::Full(()), env));
+                };
+                if let Err(text) = self.check_cycle() {
+                    return Err((Error::LoopExit(text, ()), env));
+                }
+                let space = b.space.as_ref().expect("Block mailbox has a semaphore");
+                let me = evergreen::getcurrent().id();
+                BLOCKED.with(|bl| bl.borrow_mut().push((me, b.gid.get(), b.label())));
+                space.waiting.borrow_mut().push_back(me);
+                // Unregisters the wait however it ends (handed a slot, timed out, killed).
+                struct Unblock<'a>(u64, &'a Space);
+                impl Drop for Unblock<'_> {
+                    fn drop(&mut self) {
+                        unblocked(self.0);
+                        let mut w = self.1.waiting.borrow_mut();
+                        if let Some(p) = w.iter().position(|g| *g == self.0) {
+                            w.remove(p);
+                        }
+                    }
+                }
+                let guard = Unblock(me, space);
+                let got = match deadline {
+                    None => {
+                        space.sem.acquire();
+                        true
+                    }
+                    Some(d) => {
+                        let left = d.saturating_duration_since(evergreen::hub::now());
+                        space.sem.acquire_timeout(left)
+                    }
+                };
+                drop(guard);
+                if !got {
+                    let left = deadline
+                        .map(|d| d.saturating_duration_since(evergreen::hub::now()))
+                        .unwrap_or_default();
+                    return Err((Error::Timeout(left), env));
+                }
+                // A slot was reserved for us.
+                b.reserved.set(b.reserved.get() - 1);
+                if b.status.get() == Status::Dead {
+                    return Err(self.dead(env));
+                }
+                let mut q = self.user.borrow_mut();
+                q.push_back(env);
+                let len = q.len();
+                drop(q);
+                if len > b.hwm.get() {
+                    b.hwm.set(len);
+                }
+                b.wake_up();
+                Ok(())
+            }
+        }
+    }
+
+    /// Refuses to block when the wait could never end: the caller is this actor, or the
+    /// target is (transitively) blocked telling the caller.
+    fn check_cycle(&self) -> Result<(), String> {
+        let b = &self.base;
+        let me = evergreen::getcurrent();
+        let my_id = me.id();
+        if b.gid.get() != 0 && b.gid.get() == my_id {
+            return Err(format!(
+                "actor {} told itself with its own mailbox full (policy Block); it would wait \
+                 for itself forever",
+                b.label()
+            ));
+        }
+        BLOCKED.with(|bl| {
+            let bl = bl.borrow();
+            let mut chain = vec![b.label()];
+            let mut g = b.gid.get();
+            for _ in 0..bl.len() + 1 {
+                let Some(e) = bl.iter().find(|e| e.0 == g) else {
+                    return Ok(());
+                };
+                if e.1 == my_id {
+                    // `e.2` is the caller's own label, as its blocked teller saw it.
+                    let mine = e.2.clone();
+                    chain.insert(0, mine.clone());
+                    chain.push(mine.clone());
+                    return Err(format!(
+                        "{mine} cannot tell {} with its mailbox full (policy Block): the \
+                         tellers are blocked on each other's full mailboxes ({}); nothing \
+                         could ever make room",
+                        b.label(),
+                        chain.join(" → ")
+                    ));
+                }
+                chain.push(e.2.clone());
+                g = e.1;
+            }
+            Ok(())
+        })
+    }
+
+    #[cold]
+    fn overflow(&self, env: Envelope<A::Msg>) {
+        dead_letters::record(
+            || self.base.label(),
+            DlReason::Overflow,
+            std::any::type_name::<A::Msg>(),
+        );
+        if let Some(t) = &env.token {
+            t.fail(Error::Full(()), false);
+        }
+        drop(env);
+    }
+
+    /// Called by the loop after taking a user message: hands a slot to a blocked teller.
+    #[inline]
+    fn took_one(&self) {
+        if let Some(space) = &self.base.space {
+            if space.sem.waiter_count() > 0 {
+                self.base.reserved.set(self.base.reserved.get() + 1);
+                // The longest waiter gets the slot: it is no longer blocked.
+                if let Some(g) = space.waiting.borrow_mut().pop_front() {
+                    unblocked(g);
+                }
+                space.sem.release();
+            }
+        }
+    }
+
+    /// The actor exits for good: fails what waits on it, drops what is queued, notifies links
+    /// and monitors, unregisters its name. Never blocks. The incarnation must have ended.
+    pub(crate) fn finalize(self: &Rc<Self>, reason: ExitReason) {
+        let b = &self.base;
+        if b.status.get() == Status::Dead {
+            return;
+        }
+        b.status.set(Status::Dead);
+        let me = AnyRef(self.clone());
+        let (links, monitors, exited, registered, on_final) = b.with_extras(|e| {
+            e.reason = Some(reason.clone());
+            (
+                std::mem::take(&mut e.links),
+                std::mem::take(&mut e.monitors),
+                e.exited.clone(),
+                e.registered.take(),
+                std::mem::take(&mut e.on_final),
+            )
+        });
+        // Queued user messages: asks fail with the reason, tells become dead letters.
+        let queued = std::mem::take(&mut *self.user.borrow_mut());
+        let sys = b.with_extras(|e| std::mem::take(&mut e.sys));
+        b.sys_len.set(0);
+        drop(sys);
+        for env in queued {
+            match &env.token {
+                Some(t) if t.is_ask() => t.fail(Error::Dead(reason.clone(), ()), false),
+                Some(_) => {}
+                None => dead_letters::record(
+                    || b.label(),
+                    DlReason::Leftover,
+                    std::any::type_name::<A::Msg>(),
+                ),
+            }
+            drop(env);
+        }
+        // Asks waiting on a reply handle held elsewhere.
+        let asks = b.with_extras(|e| std::mem::take(&mut e.asks));
+        for t in asks {
+            t.fail(Error::Dead(reason.clone(), ()), false);
+        }
+        // Blocked tellers: each gets a slot and finds the actor dead.
+        if let Some(space) = &b.space {
+            for _ in 0..space.sem.waiter_count() {
+                b.reserved.set(b.reserved.get() + 1);
+                if let Some(g) = space.waiting.borrow_mut().pop_front() {
+                    unblocked(g);
+                }
+                space.sem.release();
+            }
+        }
+        if let Some(n) = registered {
+            crate::registry::remove_exited(&n, b.id);
+        }
+        for l in links {
+            if let Some(peer) = l.upgrade() {
+                peer.base().with_extras(|e| {
+                    e.links
+                        .retain(|w| w.upgrade().is_some_and(|c| c.base().id != b.id))
+                });
+                peer.base().push_sys(Sys::Exit(me.clone(), reason.clone()));
+            }
+        }
+        for (id, w) in monitors {
+            if let Some(watcher) = w.upgrade() {
+                watcher
+                    .base()
+                    .push_sys(Sys::Down(id, me.clone(), reason.clone()));
+            }
+        }
+        for f in on_final {
+            f(&reason);
+        }
+        if let Some(ev) = exited {
+            ev.set();
+        }
+    }
+}
+
+/// A reference to an actor: cheap to clone, valid across restarts, usable from any greenlet
+/// (and from `main`) of the hub's thread.
+pub struct ActorRef<A: Actor>(pub(crate) Rc<Cell<A>>);
+
+impl<A: Actor> Clone for ActorRef<A> {
+    fn clone(&self) -> Self {
+        ActorRef(self.0.clone())
+    }
+}
+
+impl<A: Actor> PartialEq for ActorRef<A> {
+    fn eq(&self, other: &Self) -> bool {
+        Rc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl<A: Actor> fmt::Debug for ActorRef<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ActorRef({} {:?})",
+            self.0.base.label(),
+            self.0.base.status()
+        )
+    }
+}
+
+/// Something that names an actor: an [`ActorRef`] or an [`AnyRef`].
+pub trait ActorHandle {
+    /// The type-erased reference.
+    fn any_ref(&self) -> AnyRef;
+}
+
+impl<A: Actor> ActorHandle for ActorRef<A> {
+    fn any_ref(&self) -> AnyRef {
+        AnyRef(self.0.clone())
+    }
+}
+
+impl ActorHandle for AnyRef {
+    fn any_ref(&self) -> AnyRef {
+        self.clone()
+    }
+}
+
+impl<A: Actor> ActorRef<A> {
+    /// Queues `msg` (Erlang's `!`, OTP's `cast`, Akka's `tell`). With a full `Block` mailbox
+    /// it blocks until there is room; otherwise it never blocks. On failure the message comes
+    /// back in the error: [`Error::Dead`] (the actor exited for good), [`Error::Full`]
+    /// (policy `Fail`), [`Error::LoopExit`] (blocking could never end).
+    #[inline]
+    pub fn tell(&self, msg: A::Msg) -> Result<(), Error<A::Msg>> {
+        self.0
+            .enqueue(Envelope { msg, token: None }, Some(None))
+            .map_err(|(e, env)| with_msg(e, env.msg))
+    }
+
+    /// Like [`tell`](Self::tell) but never blocks: a full `Block` mailbox gives
+    /// [`Error::Full`].
+    #[inline]
+    pub fn try_tell(&self, msg: A::Msg) -> Result<(), Error<A::Msg>> {
+        self.0
+            .enqueue(Envelope { msg, token: None }, None)
+            .map_err(|(e, env)| with_msg(e, env.msg))
+    }
+
+    /// Sends the message made by `make` around a [`Reply`] and waits for the answer
+    /// (OTP's `gen_server:call` with `infinity`; see the [module docs](self#asks)). Fails at
+    /// once if the actor exits for good, drops the reply, panics answering, or is the caller.
+    #[inline(always)]
+    pub fn ask<R: 'static>(&self, make: impl FnOnce(Reply<R>) -> A::Msg) -> Result<R, Error> {
+        self.ask_inner(make, None)
+    }
+
+    /// [`ask`](Self::ask) with a timeout (covering a wait for mailbox room too):
+    /// [`Error::Timeout`] when it passes, and an answer that comes later is dropped.
+    pub fn ask_timeout<R: 'static>(
+        &self,
+        make: impl FnOnce(Reply<R>) -> A::Msg,
+        timeout: Duration,
+    ) -> Result<R, Error> {
+        self.ask_inner(make, Some(timeout))
+    }
+
+    // Inlined into the caller, so that the asker parks in its own frame: returning from a
+    // function it parked in would cost a return-address misprediction per ask.
+    #[inline(always)]
+    fn ask_inner<R: 'static>(
+        &self,
+        make: impl FnOnce(Reply<R>) -> A::Msg,
+        timeout: Option<Duration>,
+    ) -> Result<R, Error> {
+        let b = &self.0.base;
+        // A parked actor is not the caller: skip the lookup of the current greenlet then.
+        if !b.parked.get() && b.is_current() {
+            return Err(Error::SelfAsk);
+        }
+        let deadline = timeout.and_then(|t| evergreen::hub::now().checked_add(t));
+        let slot = Slot::<R>::take(b.id);
+        let token: Rc<dyn Token> = slot.clone();
+        let msg = make(Reply {
+            slot: Some(slot.clone()),
+        });
+        if let Err((e, env)) = self.0.enqueue(
+            Envelope {
+                msg,
+                token: Some(token.clone()),
+            },
+            Some(deadline),
+        ) {
+            drop(env);
+            slot.state.set(ABANDONED);
+            return Err(match e {
+                Error::Timeout(_) => Error::Timeout(timeout.unwrap_or_default()),
+                e => e,
+            });
+        }
+        b.with_extras(|e| e.asks.push(token));
+        // Unregisters the ask, and abandons it if the wait unwinds (a kill).
+        struct Waiting<'a, R: 'static> {
+            base: &'a Base,
+            slot: &'a Rc<Slot<R>>,
+        }
+        impl<R: 'static> Drop for Waiting<'_, R> {
+            fn drop(&mut self) {
+                let me = Rc::as_ptr(self.slot) as *const ();
+                self.base.with_extras(|e| {
+                    let asks = &mut e.asks;
+                    if let Some(p) = asks.iter().rposition(|t| Rc::as_ptr(t) as *const () == me) {
+                        asks.swap_remove(p);
+                    }
+                });
+                if self.slot.state.get() == PENDING {
+                    self.slot.state.set(ABANDONED);
+                }
+            }
+        }
+        let waiting = Waiting {
+            base: b,
+            slot: &slot,
+        };
+        let done = if slot.state.get() != PENDING {
+            true // completed while queueing (evicted by a DropOldest mailbox)
+        } else {
+            slot.waiting.set(true);
+            match timeout {
+                None => {
+                    let _ = slot.bell.get();
+                    true
+                }
+                Some(t) => {
+                    let left = deadline
+                        .map(|d| d.saturating_duration_since(evergreen::hub::now()))
+                        .unwrap_or(t);
+                    slot.bell.get_timeout(left).is_ok()
+                }
+            }
+        };
+        drop(waiting);
+        if !done {
+            return Err(Error::Timeout(timeout.unwrap_or_default()));
+        }
+        let r = slot
+            .value
+            .borrow_mut()
+            .take()
+            .unwrap_or(Err(Error::ReplyDropped));
+        Slot::give_back(slot);
+        r
+    }
+
+    /// Asks the actor to stop after the message it is handling (OTP's `gen_server:stop`,
+    /// reason `normal`); returns at once. Queued asks then fail with [`Error::Dead`].
+    pub fn stop(&self) {
+        self.0.base.push_sys(Sys::Stop(ExitReason::Normal));
+    }
+
+    /// Like [`stop`](Self::stop) with a reason of your choice.
+    pub fn stop_with(&self, reason: ExitReason) {
+        self.0.base.push_sys(Sys::Stop(reason));
+    }
+
+    /// Kills the running incarnation (unwinds its greenlet at its current or next blocking
+    /// point; `stopped` does not run) and waits until it has ended. Cannot be trapped.
+    pub fn kill(&self) {
+        if let Some(g) = self.0.base.greenlet() {
+            if self.0.base.is_current() {
+                g.kill_nowait();
+            } else {
+                g.kill();
+            }
+        }
+    }
+
+    /// Stops the actor and waits at most `timeout` for it to finish its current message and
+    /// its `stopped` hook, then kills it (OTP's shutdown timeout). Returns how the
+    /// incarnation ended; [`Error::Invalid`] if called by the actor itself.
+    pub fn shutdown(&self, timeout: Duration) -> Result<ExitReason, Error> {
+        if self.0.base.is_current() {
+            return Err(Error::Invalid(format!(
+                "actor {} cannot wait for its own shutdown; use Ctx::stop",
+                self.0.base.label()
+            )));
+        }
+        Ok(self
+            .0
+            .base
+            .shutdown_incarnation(ExitReason::Normal, Some(timeout))
+            .or_else(|| self.0.base.last_reason())
+            .unwrap_or(ExitReason::Normal))
+    }
+
+    /// Waits until the actor has exited for good and returns why (a monitor for code that is
+    /// not an actor). [`Error::Invalid`] if called by the actor itself.
+    pub fn join(&self) -> Result<ExitReason, Error> {
+        self.any_ref().join()
+    }
+
+    /// [`join`](Self::join) with a timeout.
+    pub fn join_timeout(&self, timeout: Duration) -> Result<ExitReason, Error> {
+        self.any_ref().join_timeout(timeout)
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> Stats {
+        self.0.base.stats(self.0.user.borrow().len())
+    }
+
+    /// The type-erased reference.
+    pub fn any(&self) -> AnyRef {
+        AnyRef(self.0.clone())
+    }
+
+    /// Its unique id (per thread).
+    pub fn id(&self) -> u64 {
+        self.0.base.id
+    }
+
+    /// Its name.
+    pub fn name(&self) -> Option<&str> {
+        self.0.base.name()
+    }
+
+    /// Whether it has exited for good.
+    pub fn is_dead(&self) -> bool {
+        self.0.base.status() == Status::Dead
+    }
+
+    /// Its final exit reason, once it has exited for good.
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        self.0.base.final_reason()
+    }
+}
+
+fn with_msg<M>(e: Error, m: M) -> Error<M> {
+    match e {
+        Error::Dead(r, ()) => Error::Dead(r, m),
+        Error::Full(()) => Error::Full(m),
+        Error::LoopExit(s, ()) => Error::LoopExit(s, m),
+        Error::Timeout(d) => Error::Timeout(d),
+        Error::SelfAsk => Error::SelfAsk,
+        Error::ReplyDropped => Error::ReplyDropped,
+        Error::Panicked(s) => Error::Panicked(s),
+        Error::StartFailed(s) => Error::StartFailed(s),
+        Error::AlreadyRegistered(s) => Error::AlreadyRegistered(s),
+        Error::Invalid(s) => Error::Invalid(s),
+    }
+}
+
+/// A type-erased actor reference (for links, monitors, signals, the registry, supervisors).
+#[derive(Clone)]
+pub struct AnyRef(pub(crate) Rc<dyn CellDyn>);
+
+impl fmt::Debug for AnyRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AnyRef({})", self.0.base().label())
+    }
+}
+
+impl PartialEq for AnyRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.base().id == other.0.base().id
+    }
+}
+
+impl AnyRef {
+    pub(crate) fn from_cell(c: Rc<dyn CellDyn>) -> AnyRef {
+        AnyRef(c)
+    }
+
+    pub(crate) fn cell(&self) -> &Rc<dyn CellDyn> {
+        &self.0
+    }
+
+    /// The typed reference, if the actor is an `A`.
+    pub fn downcast<A: Actor>(&self) -> Option<ActorRef<A>> {
+        self.0
+            .clone()
+            .as_any()
+            .downcast::<Cell<A>>()
+            .ok()
+            .map(ActorRef)
+    }
+
+    /// Its unique id.
+    pub fn id(&self) -> u64 {
+        self.0.base().id
+    }
+
+    /// Its name.
+    pub fn name(&self) -> Option<&str> {
+        self.0.base().name()
+    }
+
+    /// Whether it has exited for good.
+    pub fn is_dead(&self) -> bool {
+        self.0.base().status() == Status::Dead
+    }
+
+    /// Its final exit reason, once it has exited for good.
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        self.0.base().final_reason()
+    }
+
+    /// See [`ActorRef::stop`].
+    pub fn stop(&self) {
+        self.0.base().push_sys(Sys::Stop(ExitReason::Normal));
+    }
+
+    /// See [`ActorRef::kill`].
+    pub fn kill(&self) {
+        if let Some(g) = self.0.base().greenlet() {
+            if self.0.base().is_current() {
+                g.kill_nowait();
+            } else {
+                g.kill();
+            }
+        }
+    }
+
+    /// See [`ActorRef::stats`].
+    pub fn stats(&self) -> Stats {
+        self.0.base().stats(self.0.mailbox_len())
+    }
+
+    /// See [`ActorRef::join`].
+    pub fn join(&self) -> Result<ExitReason, Error> {
+        self.join_inner(None)
+    }
+
+    /// See [`ActorRef::join_timeout`].
+    pub fn join_timeout(&self, timeout: Duration) -> Result<ExitReason, Error> {
+        self.join_inner(Some(timeout))
+    }
+
+    fn join_inner(&self, timeout: Option<Duration>) -> Result<ExitReason, Error> {
+        let b = self.0.base();
+        if let Some(r) = b.final_reason() {
+            return Ok(r);
+        }
+        if b.is_current() {
+            return Err(Error::Invalid(format!(
+                "actor {} cannot wait for its own exit",
+                b.label()
+            )));
+        }
+        let ev = b.with_extras(|e| {
+            e.exited
+                .get_or_insert_with(|| Rc::new(Event::new()))
+                .clone()
+        });
+        match timeout {
+            None => ev.wait(),
+            Some(t) => {
+                if !ev.wait_timeout(t) {
+                    return Err(Error::Timeout(t));
+                }
+            }
+        }
+        Ok(b.final_reason().unwrap_or(ExitReason::Normal))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Replies
+
+const PENDING: u8 = 0;
+const DONE: u8 = 1;
+const ABANDONED: u8 = 2;
+/// Completed by a dropped reply handle; a later, more precise error may replace it.
+const SOFT: u8 = 3;
+
+struct Slot<R> {
+    state: StdCell<u8>,
+    value: RefCell<Option<Result<R, Error>>>,
+    /// The asker's doorbell (rung only while it waits, so it never stores an item); a `Queue`
+    /// because its `get` inlines down to the park (see `Base::wake`).
+    bell: Queue<()>,
+    /// Whether the asker waits on the bell.
+    waiting: StdCell<bool>,
+    /// The callee's id, for late-reply dead letters.
+    to: StdCell<u64>,
+}
+
+thread_local! {
+    static SLOTS: RefCell<Vec<Rc<dyn Any>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl<R: 'static> Slot<R> {
+    #[inline(always)]
+    fn take(to: u64) -> Rc<Slot<R>> {
+        let cached = SLOTS.with(|s| {
+            let mut s = s.borrow_mut();
+            let p = s.iter().rposition(|x| x.is::<Slot<R>>())?;
+            s.swap_remove(p).downcast::<Slot<R>>().ok()
+        });
+        match cached {
+            Some(s) => {
+                s.state.set(PENDING);
+                s.waiting.set(false);
+                s.to.set(to);
+                s
+            }
+            None => Rc::new(Slot {
+                state: StdCell::new(PENDING),
+                value: RefCell::new(None),
+                bell: Queue::new(),
+                waiting: StdCell::new(false),
+                to: StdCell::new(to),
+            }),
+        }
+    }
+
+    #[inline(always)]
+    fn give_back(s: Rc<Slot<R>>) {
+        if Rc::strong_count(&s) == 1 && Rc::weak_count(&s) == 0 {
+            let _ = SLOTS.try_with(|c| {
+                let mut c = c.borrow_mut();
+                if c.len() < 32 {
+                    c.push(s);
+                }
+            });
+        }
+    }
+
+    fn complete(&self, r: Result<R, Error>, state: u8) {
+        *self.value.borrow_mut() = Some(r);
+        self.state.set(state);
+        if self.waiting.replace(false) {
+            let _ = self.bell.put_nowait(());
+        }
+    }
+}
+
+impl<R: 'static> Token for Slot<R> {
+    fn is_ask(&self) -> bool {
+        true
+    }
+    fn fail(&self, e: Error, force: bool) {
+        match self.state.get() {
+            PENDING => self.complete(Err(e), DONE),
+            SOFT if force => self.complete(Err(e), DONE),
+            _ => {}
+        }
+    }
+}
+
+/// The handle an ask's message carries: answer with [`send`](Reply::send). Dropping it
+/// unanswered fails the ask at once with [`Error::ReplyDropped`]. It may be kept or handed to
+/// another greenlet to answer later.
+pub struct Reply<R: 'static> {
+    slot: Option<Rc<Slot<R>>>,
+}
+
+impl<R: 'static> fmt::Debug for Reply<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Reply")
+    }
+}
+
+impl<R: 'static> Reply<R> {
+    /// Answers the ask. An answer after the asker gave up (timeout, kill) is dropped and
+    /// counted as a dead letter.
+    #[inline]
+    pub fn send(mut self, value: R) {
+        let slot = self.slot.take().expect("a reply is sent once");
+        match slot.state.get() {
+            PENDING => slot.complete(Ok(value), DONE),
+            _ => {
+                let to = slot.to.get();
+                dead_letters::record(
+                    || format!("#{to}"),
+                    DlReason::LateReply,
+                    std::any::type_name::<R>(),
+                );
+            }
+        }
+    }
+
+    /// Whether the asker still waits (it has not timed out or been killed).
+    pub fn is_waiting(&self) -> bool {
+        self.slot.as_ref().is_some_and(|s| s.state.get() == PENDING)
+    }
+}
+
+impl<R: 'static> Drop for Reply<R> {
+    fn drop(&mut self) {
+        if let Some(s) = self.slot.take() {
+            if s.state.get() == PENDING {
+                s.complete(Err(Error::ReplyDropped), SOFT);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Timers
+
+struct TimerToken {
+    live: StdCell<bool>,
+    queued: StdCell<u32>,
+    interval: bool,
+}
+
+impl Token for TimerToken {
+    fn is_ask(&self) -> bool {
+        false
+    }
+    fn live(&self) -> bool {
+        self.live.get()
+    }
+    fn taken(&self) {
+        self.queued.set(self.queued.get().saturating_sub(1));
+    }
+}
+
+fn cancel_timers(base: &Base) {
+    let timers = base.with_extras(|e| std::mem::take(&mut e.timers));
+    for t in timers {
+        t.token.live.set(false);
+        evergreen::hub::cancel_timer(t.id);
+    }
+}
+
+fn arm_once<A: Actor>(
+    cell: Weak<Cell<A>>,
+    token: Rc<TimerToken>,
+    delay: Duration,
+    msg: A::Msg,
+) -> TimerId {
+    evergreen::hub::call_later(delay, move || {
+        let Some(cell) = cell.upgrade() else { return };
+        if !token.live.get() {
+            return;
+        }
+        token.queued.set(token.queued.get() + 1);
+        cell.push_unbounded(msg, Some(token));
+    })
+}
+
+fn arm_interval<A: Actor>(
+    cell: Weak<Cell<A>>,
+    token: Rc<TimerToken>,
+    period: Duration,
+    msg: A::Msg,
+) -> TimerId
+where
+    A::Msg: Clone,
+{
+    evergreen::hub::call_later(period, move || {
+        let Some(c) = cell.upgrade() else { return };
+        if !token.live.get() {
+            return;
+        }
+        if token.queued.get() == 0 {
+            token.queued.set(1);
+            c.push_unbounded(msg.clone(), Some(token.clone()));
+        }
+        let id = arm_interval(cell.clone(), token.clone(), period, msg);
+        c.base.with_extras(|e| {
+            if let Some(t) = e.timers.iter_mut().find(|t| Rc::ptr_eq(&t.token, &token)) {
+                t.id = id;
+            }
+        });
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// The context
+
+/// What a handler can do besides changing its state: reach itself, stop, link, monitor, and
+/// set keyed timers. One per incarnation.
+pub struct Ctx<A: Actor> {
+    me: ActorRef<A>,
+    stop: Option<ExitReason>,
+}
+
+impl<A: Actor> Ctx<A> {
+    /// A reference to this actor.
+    pub fn myself(&self) -> ActorRef<A> {
+        self.me.clone()
+    }
+
+    /// This actor's reference, borrowed.
+    pub fn me(&self) -> &ActorRef<A> {
+        &self.me
+    }
+
+    /// Which incarnation this is (1 for the first start, +1 per restart).
+    pub fn incarnation(&self) -> u32 {
+        self.me.0.base.incarnation()
+    }
+
+    /// Stops the actor with reason `Normal` once the current message is handled.
+    pub fn stop(&mut self) {
+        self.stop = Some(ExitReason::Normal);
+    }
+
+    /// Stops the actor with `reason` once the current message is handled.
+    pub fn stop_with(&mut self, reason: ExitReason) {
+        self.stop = Some(reason);
+    }
+
+    /// Turns trapping of exit signals on or off (Erlang's `process_flag(trap_exit, ...)`):
+    /// while on, a linked actor's exit comes to [`Actor::handle_signal`] as
+    /// [`Signal::Exit`] instead of ending this actor. A kill cannot be trapped.
+    pub fn trap_exit(&mut self, on: bool) {
+        self.me.0.base.with_extras(|e| e.trap_exit = on);
+    }
+
+    /// Links this actor with `other`, both ways (Erlang's `link/1`): when either exits for good
+    /// with a reason other than `Normal`, the other exits with the same reason, unless it
+    /// traps exits. Linking to an actor that already exited delivers its exit at once.
+    pub fn link(&mut self, other: &impl ActorHandle) {
+        let other = other.any_ref();
+        let me = self.me.0.clone().as_dyn();
+        if other.0.base().id == me.base().id {
+            return;
+        }
+        if let Some(r) = other.exit_reason() {
+            me.base().push_sys(Sys::Exit(other, r));
+            return;
+        }
+        let already = me.base().with_extras(|e| {
+            e.links
+                .iter()
+                .any(|w| w.upgrade().is_some_and(|c| c.base().id == other.id()))
+        });
+        if already {
+            return;
+        }
+        me.base()
+            .with_extras(|e| e.links.push(Rc::downgrade(&other.0)));
+        other
+            .0
+            .base()
+            .with_extras(|e| e.links.push(Rc::downgrade(&me)));
+    }
+
+    /// Removes a link (Erlang's `unlink/1`).
+    pub fn unlink(&mut self, other: &impl ActorHandle) {
+        let other = other.any_ref();
+        let my_id = self.me.0.base.id;
+        let other_id = other.id();
+        self.me.0.base.with_extras(|e| {
+            e.links
+                .retain(|w| w.upgrade().is_some_and(|c| c.base().id != other_id))
+        });
+        other.0.base().with_extras(|e| {
+            e.links
+                .retain(|w| w.upgrade().is_some_and(|c| c.base().id != my_id))
+        });
+    }
+
+    /// Monitors `other` (Erlang's `monitor/2`): when it exits for good, this actor gets
+    /// [`Signal::Down`]; at once if it already has.
+    pub fn monitor(&mut self, other: &impl ActorHandle) -> MonitorId {
+        let other = other.any_ref();
+        let id = MonitorId(NEXT_MONITOR.with(|n| {
+            let id = n.get();
+            n.set(id + 1);
+            id
+        }));
+        let me = self.me.0.clone().as_dyn();
+        match other.exit_reason() {
+            Some(r) => me.base().push_sys(Sys::Down(id, other, r)),
+            None => other
+                .0
+                .base()
+                .with_extras(|e| e.monitors.push((id, Rc::downgrade(&me)))),
+        }
+        id
+    }
+
+    /// Removes a monitor (Erlang's `demonitor/1`); `false` if it had fired or was unknown.
+    pub fn demonitor(&mut self, other: &impl ActorHandle, id: MonitorId) -> bool {
+        other.any_ref().0.base().with_extras(|e| {
+            let before = e.monitors.len();
+            e.monitors.retain(|(m, _)| *m != id);
+            before != e.monitors.len()
+        })
+    }
+
+    /// Sends `msg` to this actor after `delay`, under `key`; an earlier timer with that key
+    /// is replaced. A cancelled or replaced timer's message is never handled, even if it
+    /// was already queued. All timers are cancelled when the incarnation ends.
+    pub fn send_after(&mut self, key: impl Into<String>, delay: Duration, msg: A::Msg) {
+        let key = key.into();
+        self.cancel_timer(&key);
+        let token = Rc::new(TimerToken {
+            live: StdCell::new(true),
+            queued: StdCell::new(0),
+            interval: false,
+        });
+        let id = arm_once(Rc::downgrade(&self.me.0), token.clone(), delay, msg);
+        self.me
+            .0
+            .base
+            .with_extras(|e| e.timers.push(TimerEntry { key, token, id }));
+    }
+
+    /// Sends a clone of `msg` to this actor every `period`, under `key` (replacing an earlier
+    /// timer with that key). A tick is skipped while the previous one is still queued.
+    pub fn send_interval(&mut self, key: impl Into<String>, period: Duration, msg: A::Msg)
+    where
+        A::Msg: Clone,
+    {
+        let key = key.into();
+        self.cancel_timer(&key);
+        let token = Rc::new(TimerToken {
+            live: StdCell::new(true),
+            queued: StdCell::new(0),
+            interval: true,
+        });
+        let period = period.max(Duration::from_micros(1));
+        let id = arm_interval(Rc::downgrade(&self.me.0), token.clone(), period, msg);
+        self.me
+            .0
+            .base
+            .with_extras(|e| e.timers.push(TimerEntry { key, token, id }));
+    }
+
+    /// Cancels the timer under `key`; its message, if already queued, is discarded. `false`
+    /// if there was none.
+    pub fn cancel_timer(&mut self, key: &str) -> bool {
+        let t = self.me.0.base.with_extras(|e| {
+            let p = e.timers.iter().position(|t| t.key == key)?;
+            Some(e.timers.swap_remove(p))
+        });
+        match t {
+            Some(t) => {
+                t.token.live.set(false);
+                evergreen::hub::cancel_timer(t.id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether a timer is armed under `key`.
+    pub fn has_timer(&self, key: &str) -> bool {
+        self.me
+            .0
+            .base
+            .peek_extras(|e| e.is_some_and(|e| e.timers.iter().any(|t| t.key == key)))
+    }
+}
+
+/// Removes a delivered one-shot timer from the table.
+fn timer_delivered(base: &Base, token: &Rc<dyn Token>) {
+    let p = Rc::as_ptr(token) as *const ();
+    base.with_extras(|e| {
+        e.timers
+            .retain(|t| t.token.interval || Rc::as_ptr(&t.token) as *const () != p)
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Spawning and the loop
+
+/// Options for spawning an actor: name, mailbox, registration, timing.
+#[derive(Clone, Debug, Default)]
+pub struct Builder {
+    name: Option<String>,
+    mailbox: Mailbox,
+    register: bool,
+    measure: bool,
+}
+
+impl Builder {
+    /// Defaults: unnamed, unbounded mailbox.
+    pub fn new() -> Builder {
+        Builder::default()
+    }
+
+    /// Names the actor (and its greenlet: the name shows in dumps, logs and `LoopExit`s).
+    pub fn name(mut self, name: impl Into<String>) -> Builder {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Sets the mailbox.
+    pub fn mailbox(mut self, mailbox: Mailbox) -> Builder {
+        self.mailbox = mailbox;
+        self
+    }
+
+    /// Registers the actor under its name ([`registry`](crate::registry)).
+    pub fn register(mut self) -> Builder {
+        self.register = true;
+        self
+    }
+
+    /// Measures the time spent in `handle` (see [`Stats::handler_time`]).
+    pub fn measure_time(mut self, on: bool) -> Builder {
+        self.measure = on;
+        self
+    }
+
+    pub(crate) fn has_name(&self) -> bool {
+        self.name.is_some()
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if self.mailbox.cap == 0 {
+            return Err(Error::Invalid(format!(
+                "mailbox capacity 0 for actor {}: a bounded mailbox needs room for at least \
+                 one message",
+                self.name.as_deref().unwrap_or("(unnamed)")
+            )));
+        }
+        if self.register && self.name.is_none() {
+            return Err(Error::Invalid(
+                "Builder::register needs a name (Builder::name)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn make_cell<A: Actor>(&self) -> Result<Rc<Cell<A>>, Error> {
+        self.validate()?;
+        let cell = Cell::<A>::new(self.name.clone(), self.mailbox, self.measure);
+        if self.register {
+            let name = self.name.as_deref().unwrap_or_default();
+            crate::registry::register(name, &AnyRef(cell.clone()))?;
+        }
+        Ok(cell)
+    }
+
+    /// Spawns the actor: its greenlet starts (and runs `started`) when the caller next blocks
+    /// or yields, as any greenlet.
+    pub fn spawn<A: Actor>(self, actor: A) -> Result<ActorRef<A>, Error> {
+        let cell = self.make_cell::<A>()?;
+        start_incarnation(&cell, actor, None);
+        Ok(ActorRef(cell))
+    }
+}
+
+/// Spawns `actor` with an unbounded mailbox (see [`Builder`] for the options).
+pub fn spawn<A: Actor>(actor: A) -> ActorRef<A> {
+    let cell = Cell::<A>::new(None, Mailbox::unbounded(), false);
+    start_incarnation(&cell, actor, None);
+    ActorRef(cell)
+}
+
+/// Completion of a synchronous start (supervisors wait for `started` to return).
+#[derive(Default)]
+pub(crate) struct StartSignal {
+    ev: Event,
+    result: RefCell<Option<Result<(), String>>>,
+}
+
+impl StartSignal {
+    fn done(&self, r: Result<(), String>) {
+        if self.result.borrow().is_none() {
+            *self.result.borrow_mut() = Some(r);
+            self.ev.set();
+        }
+    }
+
+    pub(crate) fn wait(&self) -> Result<(), String> {
+        self.ev.wait();
+        self.result
+            .borrow_mut()
+            .take()
+            .unwrap_or_else(|| Err("the start was interrupted".into()))
+    }
+}
+
+/// Ends the incarnation's bookkeeping if its greenlet is dropped before it ever ran (killed
+/// right after spawning).
+struct NotRun<A: Actor> {
+    cell: Option<Rc<Cell<A>>>,
+    signal: Option<Rc<StartSignal>>,
+}
+
+impl<A: Actor> Drop for NotRun<A> {
+    fn drop(&mut self) {
+        if let Some(s) = self.signal.take() {
+            s.done(Err("killed before it started".into()));
+        }
+        if let Some(cell) = self.cell.take() {
+            incarnation_ended(&cell, ExitReason::Killed);
+        }
+    }
+}
+
+pub(crate) fn start_incarnation<A: Actor>(
+    cell: &Rc<Cell<A>>,
+    actor: A,
+    signal: Option<Rc<StartSignal>>,
+) {
+    let b = &cell.base;
+    b.incarnation.set(b.incarnation.get() + 1);
+    b.status.set(Status::Running);
+    let guard = NotRun {
+        cell: Some(cell.clone()),
+        signal,
+    };
+    let mut builder = evergreen::Builder::new();
+    if let Some(n) = &b.name {
+        builder = builder.name(&**n);
+    }
+    let g = builder.create(move || run(guard, actor));
+    b.gid.set(g.id());
+    *b.greenlet.borrow_mut() = Some(g.clone());
+    g.start();
+}
+
+enum Outcome {
+    /// Ended with a reason; `stopped` runs.
+    Stopped(ExitReason),
+    /// `started` failed.
+    StartFailed(String),
+}
+
+fn run<A: Actor>(mut guard: NotRun<A>, mut actor: A) {
+    let cell = guard.cell.take().expect("incarnation cell");
+    let signal = guard.signal.take();
+    drop(guard);
+    let mut ctx = Ctx {
+        me: ActorRef(cell.clone()),
+        stop: None,
+    };
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        body(&cell, &mut actor, &mut ctx, signal.as_deref())
+    }));
+    let mut killed = false;
+    let reason = match outcome {
+        Ok(Outcome::Stopped(r)) => {
+            let r2 = catch_unwind(AssertUnwindSafe(|| actor.stopped(&r, &mut ctx)));
+            match r2 {
+                Ok(()) => r,
+                Err(p) if is_kill(&*p) => {
+                    killed = true;
+                    ExitReason::Killed
+                }
+                Err(p) => {
+                    log::error!(
+                        "actor {}: its stopped hook panicked: {}",
+                        cell.base.label(),
+                        panic_message(&*p)
+                    );
+                    r
+                }
+            }
+        }
+        Ok(Outcome::StartFailed(m)) => ExitReason::StartFailed(m),
+        Err(p) if is_kill(&*p) => {
+            killed = true;
+            ExitReason::Killed
+        }
+        Err(p) => ExitReason::Panicked(panic_message(&*p)),
+    };
+    if let Some(s) = &signal {
+        s.done(Err(reason.to_string()));
+    }
+    if let ExitReason::Panicked(m) = &reason {
+        log::error!("actor {} crashed: {m}", cell.base.label());
+    }
+    // The actor's own cleanup may block (a supervisor stops its children); a kill during it
+    // ends the cleanup.
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(actor)));
+    drop(ctx);
+    let _ = killed;
+    incarnation_ended(&cell, reason);
+}
+
+fn body<A: Actor>(
+    cell: &Rc<Cell<A>>,
+    actor: &mut A,
+    ctx: &mut Ctx<A>,
+    signal: Option<&StartSignal>,
+) -> Outcome {
+    match catch_unwind(AssertUnwindSafe(|| actor.started(ctx))) {
+        Ok(Ok(())) => {
+            if let Some(s) = signal {
+                s.done(Ok(()));
+            }
+        }
+        Ok(Err(e)) => {
+            let m = e.to_string();
+            if let Some(s) = signal {
+                s.done(Err(m.clone()));
+            }
+            return Outcome::StartFailed(m);
+        }
+        Err(p) if is_kill(&*p) => resume_unwind(p),
+        Err(p) => {
+            let m = panic_message(&*p);
+            if let Some(s) = signal {
+                s.done(Err(m.clone()));
+            }
+            return Outcome::StartFailed(m);
+        }
+    }
+    if let Some(r) = ctx.stop.take() {
+        return Outcome::Stopped(r);
+    }
+    let b = &cell.base;
+    loop {
+        // The system lane first.
+        let sys = if b.sys_len.get() == 0 {
+            None
+        } else {
+            b.sys_len.set(b.sys_len.get() - 1);
+            b.with_extras(|e| e.sys.pop_front())
+        };
+        if let Some(s) = sys {
+            if let Some(r) = on_sys(b, actor, ctx, s) {
+                return Outcome::Stopped(r);
+            }
+            if let Some(r) = ctx.stop.take() {
+                return Outcome::Stopped(r);
+            }
+            continue;
+        }
+        let env = cell.user.borrow_mut().pop_front();
+        let Some(Envelope { msg, token }) = env else {
+            b.parked.set(true);
+            let _ = b.wake.get();
+            b.parked.set(false);
+            continue;
+        };
+        cell.took_one();
+        let t0 = b.measure.then(evergreen::hub::now);
+        match token {
+            None => {
+                b.handled.set(b.handled.get() + 1);
+                if let Err(p) = catch_unwind(AssertUnwindSafe(|| actor.handle(msg, ctx))) {
+                    if is_kill(&*p) {
+                        resume_unwind(p);
+                    }
+                    return Outcome::Stopped(ExitReason::Panicked(panic_message(&*p)));
+                }
+            }
+            Some(t) => {
+                if !t.is_ask() {
+                    t.taken();
+                    if !t.live() {
+                        continue;
+                    }
+                    timer_delivered(b, &t);
+                    drop(t);
+                    b.handled.set(b.handled.get() + 1);
+                    if let Err(p) = catch_unwind(AssertUnwindSafe(|| actor.handle(msg, ctx))) {
+                        if is_kill(&*p) {
+                            resume_unwind(p);
+                        }
+                        return Outcome::Stopped(ExitReason::Panicked(panic_message(&*p)));
+                    }
+                } else {
+                    b.handled.set(b.handled.get() + 1);
+                    if let Err(p) = catch_unwind(AssertUnwindSafe(|| actor.handle(msg, ctx))) {
+                        if is_kill(&*p) {
+                            t.fail(Error::Dead(ExitReason::Killed, ()), true);
+                            resume_unwind(p);
+                        }
+                        let m = panic_message(&*p);
+                        log::warn!(
+                            "actor {} panicked answering an ask (the asker gets the error; \
+                             the actor lives on): {m}",
+                            b.label()
+                        );
+                        t.fail(Error::Panicked(m), true);
+                    }
+                }
+            }
+        }
+        if let Some(t0) = t0 {
+            let d = evergreen::hub::now().saturating_duration_since(t0);
+            b.with_extras(|e| e.busy_ns = e.busy_ns.saturating_add(d.as_nanos() as u64));
+        }
+        if let Some(r) = ctx.stop.take() {
+            return Outcome::Stopped(r);
+        }
+    }
+}
+
+fn on_sys<A: Actor>(b: &Base, actor: &mut A, ctx: &mut Ctx<A>, s: Sys) -> Option<ExitReason> {
+    let signal = match s {
+        Sys::Stop(r) => return Some(r),
+        Sys::Exit(from, reason) => {
+            let trap = b.peek_extras(|e| e.is_some_and(|e| e.trap_exit));
+            if !trap {
+                return (reason != ExitReason::Normal).then_some(reason);
+            }
+            Signal::Exit { from, reason }
+        }
+        Sys::Down(monitor, from, reason) => Signal::Down {
+            monitor,
+            from,
+            reason,
+        },
+    };
+    match catch_unwind(AssertUnwindSafe(|| actor.handle_signal(signal, ctx))) {
+        Ok(()) => None,
+        Err(p) if is_kill(&*p) => resume_unwind(p),
+        Err(p) => Some(ExitReason::Panicked(panic_message(&*p))),
+    }
+}
+
+/// An incarnation has ended: cancel its timers, then let its supervisor decide, or make the
+/// exit final.
+pub(crate) fn incarnation_ended<A: Actor>(cell: &Rc<Cell<A>>, reason: ExitReason) {
+    let b = &cell.base;
+    cancel_timers(b);
+    b.gid.set(0);
+    b.parked.set(false);
+    let g = b.greenlet.borrow_mut().take();
+    drop(g);
+    let parent = b.with_extras(|e| {
+        e.reason = Some(reason.clone());
+        e.parent.as_ref().and_then(Weak::upgrade)
+    });
+    match parent {
+        Some(p) if p.base.status() != Status::Dead => {
+            b.status.set(Status::Restarting);
+            supervisor::child_exited(&p, b.id, b.incarnation.get(), reason);
+        }
+        _ => cell.finalize(reason),
+    }
+}

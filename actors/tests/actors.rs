@@ -1,0 +1,765 @@
+//! Actors without supervisors: mailbox policies, tell/ask semantics, lifecycle, links,
+//! monitors, timers, registry, dead letters, counters. Every test runs on the virtual clock
+//! with the leak check (no greenlet or timer outlives it).
+
+mod common;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use common::*;
+use evergreen::Event;
+use evergreen_actors::dead_letters::{self, Reason as DlReason};
+use evergreen_actors::{
+    registry, spawn, Actor, Builder, Ctx, Error, ExitReason, Mailbox, Policy, Reply,
+};
+
+fn bounded(id: &str, log: &Log, cap: usize, policy: Policy) -> evergreen_actors::ActorRef<Probe> {
+    Builder::new()
+        .name(id)
+        .mailbox(Mailbox::bounded(cap, policy))
+        .spawn(Probe::new(id, log))
+        .unwrap()
+}
+
+#[test]
+fn tell_and_ask_in_order() {
+    run_virtual(|| {
+        let log = Log::new();
+        let a = probe("a", &log);
+        for i in 0..3 {
+            a.tell(P::Note(format!("m{i}"))).unwrap();
+        }
+        assert_eq!(a.ask(|r| P::Echo(7, r)), Ok(7));
+        assert_eq!(
+            grep(&log, "a got"),
+            vec!["a got m0", "a got m1", "a got m2"]
+        );
+        assert_eq!(a.stats().handled, 4);
+        a.stop();
+        assert_eq!(a.join(), Ok(ExitReason::Normal));
+        assert_eq!(log.take().last().unwrap(), "stop a normal");
+    });
+}
+
+#[test]
+fn policy_block_blocks_the_teller_fifo_and_try_tell_fails() {
+    run_virtual(|| {
+        let log = Log::new();
+        let a = bounded("a", &log, 2, Policy::Block);
+        let gate = Rc::new(Event::new());
+        a.tell(P::Wait(gate.clone())).unwrap();
+        settle(); // the actor takes Wait and blocks; its mailbox is empty
+        a.tell(P::Note("1".into())).unwrap();
+        a.tell(P::Note("2".into())).unwrap();
+        // Full: try_tell hands the message back.
+        match a.try_tell(P::Note("x".into())) {
+            Err(Error::Full(P::Note(s))) => assert_eq!(s, "x"),
+            other => panic!("expected Full with the message back, got {other:?}"),
+        }
+        // Two blocked tellers, in order.
+        let t3 = {
+            let a = a.clone();
+            evergreen::spawn(move || a.tell(P::Note("3".into())).is_ok())
+        };
+        let t4 = {
+            let a = a.clone();
+            evergreen::spawn(move || a.tell(P::Note("4".into())).is_ok())
+        };
+        settle();
+        assert!(
+            !t3.dead() && !t4.dead(),
+            "tellers block while the mailbox is full"
+        );
+        assert_eq!(a.stats().mailbox_len, 2);
+        gate.set();
+        assert_eq!(t3.get(), Ok(true));
+        assert_eq!(t4.get(), Ok(true));
+        assert_eq!(a.ask(|r| P::Echo(0, r)), Ok(0));
+        assert_eq!(
+            grep(&log, "a got"),
+            vec!["a got 1", "a got 2", "a got 3", "a got 4"]
+        );
+        assert_eq!(a.stats().high_water, 2, "the bound held");
+        a.stop();
+        a.join().unwrap();
+    });
+}
+
+#[test]
+fn policy_fail_hands_the_message_back() {
+    run_virtual(|| {
+        let log = Log::new();
+        let a = bounded("a", &log, 1, Policy::Fail);
+        let gate = Rc::new(Event::new());
+        a.tell(P::Wait(gate.clone())).unwrap();
+        settle();
+        a.tell(P::Note("1".into())).unwrap();
+        match a.tell(P::Note("2".into())) {
+            Err(Error::Full(P::Note(s))) => assert_eq!(s, "2"),
+            other => panic!("expected Full, got {other:?}"),
+        }
+        gate.set();
+        settle(); // the actor drains "1"
+        assert_eq!(a.ask(|r| P::Echo(1, r)), Ok(1));
+        assert_eq!(grep(&log, "a got"), vec!["a got 1"]);
+        a.stop();
+        a.join().unwrap();
+    });
+}
+
+#[test]
+fn policy_drop_newest_drops_the_new_message_as_a_dead_letter() {
+    run_virtual(|| {
+        let log = Log::new();
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let sub = {
+            let seen = seen.clone();
+            dead_letters::subscribe(move |d| seen.borrow_mut().push(d.clone()))
+        };
+        let a = bounded("a", &log, 2, Policy::DropNewest);
+        let gate = Rc::new(Event::new());
+        a.tell(P::Wait(gate.clone())).unwrap();
+        settle();
+        for i in 1..=3 {
+            a.tell(P::Note(format!("{i}"))).unwrap();
+        }
+        gate.set();
+        settle(); // drained (a stop would be handled before queued messages)
+        a.stop();
+        a.join().unwrap();
+        assert_eq!(grep(&log, "a got"), vec!["a got 1", "a got 2"]);
+        let seen = seen.borrow();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].reason, DlReason::Overflow);
+        assert_eq!(seen[0].to, "'a'");
+        assert!(
+            seen[0].message_type.ends_with("P"),
+            "{}",
+            seen[0].message_type
+        );
+        assert!(dead_letters::unsubscribe(sub));
+    });
+}
+
+#[test]
+fn policy_drop_oldest_evicts_the_oldest_and_fails_an_evicted_ask() {
+    run_virtual(|| {
+        let log = Log::new();
+        let a = bounded("a", &log, 2, Policy::DropOldest);
+        let gate = Rc::new(Event::new());
+        a.tell(P::Wait(gate.clone())).unwrap();
+        settle();
+        let asker = {
+            let a = a.clone();
+            evergreen::spawn(move || a.ask(|r| P::Echo(9, r)))
+        };
+        settle(); // the ask is queued
+        let before = dead_letters::count();
+        a.tell(P::Note("1".into())).unwrap();
+        a.tell(P::Note("2".into())).unwrap(); // evicts the ask
+        a.tell(P::Note("3".into())).unwrap(); // evicts 1
+        assert_eq!(asker.get(), Ok(Err(Error::Full(()))));
+        assert_eq!(dead_letters::count() - before, 2);
+        gate.set();
+        settle();
+        a.stop();
+        a.join().unwrap();
+        assert_eq!(grep(&log, "a got"), vec!["a got 2", "a got 3"]);
+    });
+}
+
+#[test]
+fn zero_capacity_is_rejected_with_a_clear_error() {
+    run_virtual(|| {
+        let log = Log::new();
+        let r = Builder::new()
+            .name("z")
+            .mailbox(Mailbox::bounded(0, Policy::Block))
+            .spawn(Probe::new("z", &log));
+        match r {
+            Err(Error::Invalid(m)) => assert!(m.contains("capacity 0") && m.contains('z'), "{m}"),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn tell_to_a_dead_actor_hands_the_message_back_with_the_reason() {
+    run_virtual(|| {
+        let log = Log::new();
+        let a = probe("a", &log);
+        a.stop_with(ExitReason::Error("done".into()));
+        assert_eq!(a.join(), Ok(ExitReason::Error("done".into())));
+        let before = dead_letters::count();
+        match a.tell(P::Note("late".into())) {
+            Err(Error::Dead(ExitReason::Error(m), P::Note(s))) => {
+                assert_eq!(m, "done");
+                assert_eq!(s, "late");
+            }
+            other => panic!("expected Dead, got {other:?}"),
+        }
+        assert_eq!(dead_letters::count(), before + 1);
+    });
+}
+
+#[test]
+fn ask_to_a_dead_actor_fails_at_once() {
+    run_virtual(|| {
+        let log = Log::new();
+        let a = probe("a", &log);
+        a.stop();
+        a.join().unwrap();
+        let t0 = evergreen::hub::now();
+        assert_eq!(
+            a.ask_timeout(|r| P::Echo(1, r), Duration::from_secs(60)),
+            Err(Error::Dead(ExitReason::Normal, ()))
+        );
+        assert_eq!(since(t0), Duration::ZERO);
+    });
+}
+
+#[test]
+fn ask_fails_at_once_when_the_callee_dies_while_it_waits() {
+    run_virtual(|| {
+        let log = Log::new();
+        let a = probe("a", &log);
+        a.tell(P::Sleep(Duration::from_secs(10))).unwrap();
+        // The ask is queued behind the sleep; the callee is killed after 1 s.
+        let killer = {
+            let a = a.clone();
+            evergreen::spawn(move || {
+                evergreen::sleep(Duration::from_secs(1));
+                a.kill();
+            })
+        };
+        let t0 = evergreen::hub::now();
+        let r = a.ask_timeout(|r| P::Echo(1, r), Duration::from_secs(60));
+        assert_eq!(r, Err(Error::Dead(ExitReason::Killed, ())));
+        assert_eq!(
+            since(t0),
+            Duration::from_secs(1),
+            "failed at the death, not the timeout"
+        );
+        killer.join();
+        assert!(
+            grep(&log, "stop a").is_empty(),
+            "stopped does not run on kill"
+        );
+    });
+}
+
+#[test]
+fn ask_fails_when_the_callee_dies_holding_the_reply_elsewhere() {
+    run_virtual(|| {
+        let log = Log::new();
+        let a = probe("a", &log);
+        // The callee hands the reply to a greenlet that never answers.
+        let holder: Rc<RefCell<Option<Reply<u32>>>> = Rc::default();
+        let h2 = holder.clone();
+        let asker = {
+            let a = a.clone();
+            evergreen::spawn(move || {
+                a.ask(move |r| {
+                    P::Run(Box::new(move |_, _| {
+                        *h2.borrow_mut() = Some(r);
+                    }))
+                })
+            })
+        };
+        settle();
+        assert!(holder.borrow().is_some());
+        a.stop_with(ExitReason::Error("gone".into()));
+        assert_eq!(
+            asker.get(),
+            Ok(Err(Error::Dead(ExitReason::Error("gone".into()), ())))
+        );
+        drop(holder.borrow_mut().take());
+    });
+}
+
+#[test]
+fn late_replies_are_dropped_as_dead_letters() {
+    run_virtual(|| {
+        let log = Log::new();
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let sub = {
+            let seen = seen.clone();
+            dead_letters::subscribe(move |d| seen.borrow_mut().push(d.reason))
+        };
+        let a = probe("a", &log);
+        let t0 = evergreen::hub::now();
+        assert_eq!(
+            a.ask_timeout(P::Keep, ms(100)),
+            Err(Error::Timeout(ms(100)))
+        );
+        assert_eq!(since(t0), ms(100));
+        // The answer comes after the timeout: dropped, counted.
+        a.tell(P::AnswerKept(5)).unwrap();
+        assert_eq!(
+            a.ask(|r| P::Echo(6, r)),
+            Ok(6),
+            "the next ask gets its own answer"
+        );
+        assert_eq!(*seen.borrow(), vec![DlReason::LateReply]);
+        dead_letters::unsubscribe(sub);
+        a.stop();
+        a.join().unwrap();
+    });
+}
+
+#[test]
+fn a_dropped_reply_handle_fails_the_ask_at_once() {
+    run_virtual(|| {
+        let log = Log::new();
+        let a = probe("a", &log);
+        let t0 = evergreen::hub::now();
+        assert_eq!(
+            a.ask_timeout(P::Drop, Duration::from_secs(30)),
+            Err(Error::ReplyDropped)
+        );
+        assert_eq!(since(t0), Duration::ZERO);
+        assert_eq!(a.ask(|r| P::Echo(2, r)), Ok(2), "the actor lives on");
+        a.stop();
+        a.join().unwrap();
+    });
+}
+
+#[test]
+fn an_actor_asking_itself_gets_an_error_not_a_hang() {
+    run_virtual(|| {
+        let log = Log::new();
+        let a = probe("a", &log);
+        let got: Rc<RefCell<Option<Result<u32, Error>>>> = Rc::default();
+        let g2 = got.clone();
+        a.tell(P::Run(Box::new(move |_, ctx| {
+            *g2.borrow_mut() = Some(ctx.myself().ask(|r| P::Echo(1, r)));
+        })))
+        .unwrap();
+        assert_eq!(a.ask(|r| P::Echo(0, r)), Ok(0));
+        assert_eq!(*got.borrow(), Some(Err(Error::SelfAsk)));
+        a.stop();
+        a.join().unwrap();
+    });
+}
+
+#[test]
+fn panic_in_ask_goes_to_the_caller_panic_in_tell_crashes() {
+    run_virtual(|| {
+        let log = Log::new();
+        let a = probe("a", &log);
+        match a.ask(P::CrashAsk) {
+            Err(Error::Panicked(m)) => assert!(m.contains("a crashed answering"), "{m}"),
+            other => panic!("expected Panicked, got {other:?}"),
+        }
+        assert_eq!(
+            a.ask(|r| P::Echo(3, r)),
+            Ok(3),
+            "alive after a panic in an ask"
+        );
+        a.tell(P::Crash).unwrap();
+        match a.join() {
+            Ok(ExitReason::Panicked(m)) => assert!(m.contains("a crashed on purpose"), "{m}"),
+            other => panic!("expected a crash, got {other:?}"),
+        }
+        assert_eq!(
+            log.take().last().unwrap(),
+            "stop a panicked: a crashed on purpose"
+        );
+    });
+}
+
+#[test]
+fn stop_after_the_current_message_then_queued_asks_fail_with_dead() {
+    run_virtual(|| {
+        let log = Log::new();
+        let a = probe("a", &log);
+        a.tell(P::Sleep(ms(10))).unwrap();
+        a.tell(P::Note("queued".into())).unwrap();
+        let asker = {
+            let a = a.clone();
+            evergreen::spawn(move || a.ask(|r| P::Echo(1, r)))
+        };
+        settle();
+        a.stop();
+        assert_eq!(asker.get(), Ok(Err(Error::Dead(ExitReason::Normal, ()))));
+        assert_eq!(a.join(), Ok(ExitReason::Normal));
+        assert!(
+            grep(&log, "a got").is_empty(),
+            "queued messages are not handled after stop"
+        );
+    });
+}
+
+#[test]
+fn shutdown_escalates_stop_to_kill_after_the_timeout() {
+    run_virtual(|| {
+        let log = Log::new();
+        let a = probe("a", &log);
+        a.tell(P::Sleep(Duration::from_secs(100))).unwrap();
+        settle();
+        let t0 = evergreen::hub::now();
+        assert_eq!(a.shutdown(ms(250)), Ok(ExitReason::Killed));
+        assert_eq!(since(t0), ms(250));
+        assert!(
+            grep(&log, "stop a").is_empty(),
+            "killed: stopped did not run"
+        );
+        assert_eq!(a.exit_reason(), Some(ExitReason::Killed));
+        // A cooperative actor stops within the timeout, with its hook.
+        let b = probe("b", &log);
+        b.tell(P::Sleep(ms(10))).unwrap();
+        settle();
+        let t0 = evergreen::hub::now();
+        assert_eq!(b.shutdown(ms(250)), Ok(ExitReason::Normal));
+        assert_eq!(since(t0), ms(10));
+        assert_eq!(grep(&log, "stop b"), vec!["stop b normal"]);
+    });
+}
+
+#[test]
+fn kill_right_after_spawn_still_exits_the_actor() {
+    run_virtual(|| {
+        let log = Log::new();
+        let a = probe("a", &log);
+        a.kill();
+        assert_eq!(a.join(), Ok(ExitReason::Killed));
+        assert!(log.take().is_empty(), "it never started");
+        // The runtime keeps a killed, never-started greenlet in its live count until the hub
+        // pops its run-queue entry.
+        settle();
+    });
+}
+
+#[test]
+fn start_failure_is_an_exit_reason_and_skips_stopped() {
+    run_virtual(|| {
+        let log = Log::new();
+        let mut p = Probe::new("a", &log);
+        p.fail_start = true;
+        let a = spawn(p);
+        assert_eq!(
+            a.join(),
+            Ok(ExitReason::StartFailed("a refuses to start".into()))
+        );
+        assert_eq!(log.take(), vec!["start a"]);
+    });
+}
+
+#[test]
+fn links_propagate_abnormal_exits_and_trap_exit_turns_them_into_signals() {
+    run_virtual(|| {
+        let log = Log::new();
+        let a = probe("a", &log);
+        let b = probe("b", &log);
+        let c = probe("c", &log);
+        let (b2, c2) = (b.clone(), c.clone());
+        a.tell(P::Run(Box::new(move |_, ctx| {
+            ctx.link(&b2);
+            ctx.link(&c2);
+        })))
+        .unwrap();
+        c.tell(P::Run(Box::new(|_, ctx| ctx.trap_exit(true))))
+            .unwrap();
+        assert_eq!(a.ask(|r| P::Echo(0, r)), Ok(0));
+        assert_eq!(c.ask(|r| P::Echo(0, r)), Ok(0));
+        a.tell(P::Crash).unwrap();
+        let reason = ExitReason::Panicked("a crashed on purpose".into());
+        assert_eq!(a.join(), Ok(reason.clone()));
+        assert_eq!(b.join(), Ok(reason.clone()), "b dies with a's reason");
+        assert_eq!(c.ask(|r| P::Echo(1, r)), Ok(1), "c traps exits and lives");
+        assert_eq!(
+            grep(&log, "c signal"),
+            vec![format!("c signal exit a {reason}")]
+        );
+        // A normal exit does not kill a linked actor that does not trap.
+        let d = probe("d", &log);
+        let c3 = c.clone();
+        d.tell(P::Run(Box::new(move |_, ctx| ctx.link(&c3))))
+            .unwrap();
+        c.tell(P::Run(Box::new(|_, ctx| ctx.trap_exit(false))))
+            .unwrap();
+        assert_eq!(c.ask(|r| P::Echo(0, r)), Ok(0));
+        d.stop();
+        d.join().unwrap();
+        assert_eq!(c.ask(|r| P::Echo(2, r)), Ok(2));
+        c.stop();
+        c.join().unwrap();
+    });
+}
+
+#[test]
+fn kill_cannot_be_trapped() {
+    run_virtual(|| {
+        let log = Log::new();
+        let a = probe("a", &log);
+        a.tell(P::Run(Box::new(|_, ctx| ctx.trap_exit(true))))
+            .unwrap();
+        assert_eq!(a.ask(|r| P::Echo(0, r)), Ok(0));
+        a.kill();
+        assert_eq!(a.join(), Ok(ExitReason::Killed));
+    });
+}
+
+#[test]
+fn monitors_report_down_and_at_once_for_an_already_dead_actor() {
+    run_virtual(|| {
+        let log = Log::new();
+        let w = probe("w", &log);
+        let x = probe("x", &log);
+        let dead = probe("dead", &log);
+        dead.stop();
+        dead.join().unwrap();
+        let (x2, d2) = (x.clone(), dead.clone());
+        w.tell(P::Run(Box::new(move |_, ctx| {
+            ctx.monitor(&x2);
+            ctx.monitor(&d2);
+        })))
+        .unwrap();
+        assert_eq!(w.ask(|r| P::Echo(0, r)), Ok(0));
+        assert_eq!(grep(&log, "w signal"), vec!["w signal down dead normal"]);
+        x.kill();
+        assert_eq!(w.ask(|r| P::Echo(0, r)), Ok(0));
+        assert_eq!(
+            grep(&log, "w signal"),
+            vec!["w signal down dead normal", "w signal down x killed"]
+        );
+        w.stop();
+        w.join().unwrap();
+    });
+}
+
+#[test]
+fn two_actors_blocking_telling_each_other_get_loop_exit_naming_both() {
+    run_virtual(|| {
+        let log = Log::new();
+        let a = bounded("a", &log, 1, Policy::Block);
+        let b = bounded("b", &log, 1, Policy::Block);
+        let errors: Rc<RefCell<Vec<String>>> = Rc::default();
+        let flood = |target: evergreen_actors::ActorRef<Probe>,
+                     errors: Rc<RefCell<Vec<String>>>| {
+            P::Run(Box::new(move |_, _| {
+                for i in 0..3 {
+                    match target.tell(P::Note(format!("{i}"))) {
+                        Ok(()) => {}
+                        Err(Error::LoopExit(m, _)) => errors.borrow_mut().push(m),
+                        Err(e) => panic!("unexpected {e:?}"),
+                    }
+                }
+            }))
+        };
+        a.tell(flood(b.clone(), errors.clone())).unwrap();
+        b.tell(flood(a.clone(), errors.clone())).unwrap();
+        // Not a hang: the cycle is reported, and everything drains.
+        settle();
+        a.stop();
+        b.stop();
+        a.join().unwrap();
+        b.join().unwrap();
+        let errors = errors.borrow();
+        assert!(!errors.is_empty(), "the cycle was reported");
+        for m in errors.iter() {
+            assert!(m.contains("'a'") && m.contains("'b'"), "{m}");
+        }
+    });
+}
+
+#[test]
+fn telling_yourself_into_a_full_block_mailbox_is_a_loop_exit() {
+    run_virtual(|| {
+        let log = Log::new();
+        let a = bounded("a", &log, 1, Policy::Block);
+        let got: Rc<RefCell<Vec<String>>> = Rc::default();
+        let g2 = got.clone();
+        a.tell(P::Run(Box::new(move |_, ctx| {
+            let me = ctx.myself();
+            me.tell(P::Note("1".into())).unwrap();
+            match me.tell(P::Note("2".into())) {
+                Err(Error::LoopExit(m, P::Note(s))) => g2.borrow_mut().push(format!("{s}: {m}")),
+                other => panic!("expected LoopExit, got {other:?}"),
+            }
+        })))
+        .unwrap();
+        settle();
+        assert_eq!(a.ask(|r| P::Echo(0, r)), Ok(0));
+        assert_eq!(got.borrow().len(), 1);
+        assert!(
+            got.borrow()[0].starts_with("2: actor 'a' told itself"),
+            "{:?}",
+            got.borrow()
+        );
+        a.stop();
+        a.join().unwrap();
+    });
+}
+
+/// A ticker: counts timer messages by text.
+struct Ticker {
+    log: Log,
+}
+
+#[derive(Clone)]
+enum T {
+    Tick(&'static str),
+    After(&'static str, Duration, &'static str),
+    Every(&'static str, Duration, &'static str),
+    Cancel(&'static str),
+    Sleep(Duration),
+    Has(&'static str, Rc<RefCell<Option<bool>>>),
+}
+
+impl Actor for Ticker {
+    type Msg = T;
+    fn handle(&mut self, msg: T, ctx: &mut Ctx<Self>) {
+        match msg {
+            T::Tick(s) => self
+                .log
+                .push(format!("tick {s} at {:?}", ctx.incarnation())),
+            T::After(k, d, s) => ctx.send_after(k, d, T::Tick(s)),
+            T::Every(k, d, s) => ctx.send_interval(k, d, T::Tick(s)),
+            T::Cancel(k) => {
+                ctx.cancel_timer(k);
+            }
+            T::Sleep(d) => evergreen::sleep(d),
+            T::Has(k, out) => *out.borrow_mut() = Some(ctx.has_timer(k)),
+        }
+    }
+}
+
+#[test]
+fn a_cancelled_or_replaced_timer_message_is_never_delivered_even_if_queued() {
+    run_virtual(|| {
+        let log = Log::new();
+        let t = spawn(Ticker { log: log.clone() });
+        // Replace: "first" fires while the actor sleeps (queued), then is replaced.
+        t.tell(T::After("k", ms(10), "first")).unwrap();
+        t.tell(T::Sleep(ms(20))).unwrap();
+        t.tell(T::After("k", ms(10), "second")).unwrap();
+        // Cancel: "third" fires while the actor sleeps, then is cancelled.
+        t.tell(T::After("c", ms(35), "third")).unwrap();
+        t.tell(T::Sleep(ms(30))).unwrap();
+        t.tell(T::Cancel("c")).unwrap();
+        evergreen::sleep(ms(200));
+        assert_eq!(log.take(), vec!["tick second at 1"]);
+        let has = Rc::new(RefCell::new(None));
+        t.tell(T::Has("k", has.clone())).unwrap();
+        evergreen::sleep(ms(1));
+        assert_eq!(
+            *has.borrow(),
+            Some(false),
+            "a delivered one-shot timer is gone"
+        );
+        t.stop();
+        t.join().unwrap();
+    });
+}
+
+#[test]
+fn interval_timers_tick_without_piling_up_and_stop_with_the_actor() {
+    run_virtual(|| {
+        let log = Log::new();
+        let t = spawn(Ticker { log: log.clone() });
+        t.tell(T::Every("i", ms(10), "i")).unwrap();
+        evergreen::sleep(ms(35));
+        assert_eq!(log.take().len(), 3);
+        // A busy actor gets at most one queued tick per interval timer.
+        t.tell(T::Sleep(ms(100))).unwrap();
+        evergreen::sleep(ms(105));
+        assert_eq!(log.take().len(), 1);
+        t.stop();
+        t.join().unwrap();
+        assert_eq!(
+            evergreen::hub::timer_count(),
+            0,
+            "the interval timer was cancelled"
+        );
+    });
+}
+
+#[test]
+fn registry_finds_actors_by_name_and_type_and_forgets_them_on_exit() {
+    run_virtual(|| {
+        let log = Log::new();
+        let a = Builder::new()
+            .name("reg-a")
+            .register()
+            .spawn(Probe::new("a", &log))
+            .unwrap();
+        let found = registry::whereis::<Probe>("reg-a").expect("registered");
+        assert_eq!(found, a);
+        assert!(
+            registry::whereis::<Ticker>("reg-a").is_none(),
+            "typed lookup"
+        );
+        assert_eq!(
+            registry::register("reg-a", &a),
+            Err(Error::AlreadyRegistered("reg-a".into()))
+        );
+        let dup = Builder::new()
+            .name("reg-a")
+            .register()
+            .spawn(Probe::new("dup", &log));
+        assert!(matches!(dup, Err(Error::AlreadyRegistered(_))));
+        a.stop();
+        a.join().unwrap();
+        assert!(registry::whereis_any("reg-a").is_none());
+        assert!(registry::registered().is_empty());
+        assert_eq!(
+            registry::register("x", &a),
+            Err(Error::Dead(ExitReason::Normal, ()))
+        );
+    });
+}
+
+#[test]
+fn leftovers_at_stop_are_dead_letters() {
+    run_virtual(|| {
+        let log = Log::new();
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let sub = {
+            let seen = seen.clone();
+            dead_letters::subscribe(move |d| seen.borrow_mut().push((d.reason, d.to.clone())))
+        };
+        let a = probe("a", &log);
+        a.tell(P::Sleep(ms(5))).unwrap();
+        a.tell(P::Note("1".into())).unwrap();
+        a.tell(P::Note("2".into())).unwrap();
+        settle();
+        a.stop();
+        a.join().unwrap();
+        assert_eq!(
+            *seen.borrow(),
+            vec![(DlReason::Leftover, "'a'".to_string()); 2]
+        );
+        dead_letters::unsubscribe(sub);
+    });
+}
+
+#[test]
+fn counters_track_handled_depth_high_water_and_time() {
+    run_virtual(|| {
+        let log = Log::new();
+        let a = Builder::new()
+            .name("a")
+            .measure_time(true)
+            .spawn(Probe::new("a", &log))
+            .unwrap();
+        a.tell(P::Sleep(ms(7))).unwrap();
+        for i in 0..4 {
+            a.tell(P::Note(format!("{i}"))).unwrap();
+        }
+        let s = a.stats();
+        assert_eq!((s.mailbox_len, s.high_water), (5, 5));
+        assert_eq!(a.ask(|r| P::Echo(0, r)), Ok(0));
+        let s = a.stats();
+        assert_eq!(s.handled, 6);
+        assert_eq!(s.mailbox_len, 0);
+        assert_eq!(s.high_water, 6, "the ask was the sixth queued message");
+        assert_eq!(s.handler_time, Some(ms(7)));
+        assert_eq!(s.status, "running");
+        a.stop();
+        a.join().unwrap();
+        assert_eq!(a.stats().status, "dead");
+    });
+}

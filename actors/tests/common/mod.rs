@@ -1,0 +1,235 @@
+//! Shared test harness (the pattern of the workspace's tests/common/mod.rs): every test runs on
+//! its own thread (so it gets a fresh hub), under a wall-clock timeout, and ends with a leak
+//! check: no greenlet and no timer may outlive it. Plus `Probe`, a scriptable test actor.
+#![allow(dead_code)]
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long any one test may take before it is declared hung.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn run_inner<F: FnOnce() + Send + 'static>(virtual_clock: bool, f: F) {
+    let (tx, rx) = mpsc::channel();
+    let t = std::thread::Builder::new()
+        .name("evergreen-test".into())
+        .spawn(move || {
+            let _ = env_logger::builder().is_test(true).try_init();
+            if virtual_clock {
+                assert!(evergreen::hub::use_virtual_clock());
+            }
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            if r.is_ok() {
+                // Leak check: everything the test started must have ended.
+                let live = evergreen::hub::live_count();
+                let info = evergreen::debug::format_run_info();
+                assert_eq!(live, 0, "greenlets outlived the test:\n{info}");
+                assert_eq!(evergreen::hub::timer_count(), 0, "timers outlived the test");
+            }
+            evergreen::hub::destroy();
+            let _ = tx.send(());
+            if let Err(p) = r {
+                std::panic::resume_unwind(p);
+            }
+        })
+        .expect("spawn test thread");
+    match rx.recv_timeout(TEST_TIMEOUT) {
+        Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+            if let Err(p) = t.join() {
+                std::panic::resume_unwind(p);
+            }
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!("test did not finish within {TEST_TIMEOUT:?} (hung)")
+        }
+    }
+}
+
+/// Runs `f` on a fresh hub with the real clock.
+pub fn run<F: FnOnce() + Send + 'static>(f: F) {
+    run_inner(false, f)
+}
+
+/// Runs `f` on a fresh hub with the virtual clock: timers fire as soon as every greenlet is
+/// blocked, so timeouts cost no real time and elapsed times are exact.
+pub fn run_virtual<F: FnOnce() + Send + 'static>(f: F) {
+    run_inner(true, f)
+}
+
+/// Counts drops, to prove destructors ran.
+#[derive(Clone, Default)]
+pub struct DropCounter(pub std::rc::Rc<std::cell::Cell<usize>>);
+
+impl DropCounter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn token(&self) -> DropToken {
+        DropToken(self.0.clone())
+    }
+    pub fn count(&self) -> usize {
+        self.0.get()
+    }
+}
+
+/// Increments its counter when dropped.
+pub struct DropToken(std::rc::Rc<std::cell::Cell<usize>>);
+
+impl Drop for DropToken {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() + 1);
+    }
+}
+
+/// A log shared between greenlets, to record the order of events.
+#[derive(Clone, Default)]
+pub struct Log(pub std::rc::Rc<std::cell::RefCell<Vec<String>>>);
+
+impl Log {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn push(&self, s: impl Into<String>) {
+        self.0.borrow_mut().push(s.into());
+    }
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.borrow_mut())
+    }
+}
+
+/// Runs the hub until every runnable greenlet has had its turn and the hub would block.
+pub fn settle() {
+    evergreen::idle();
+}
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use evergreen::Event;
+use evergreen_actors::{Actor, ActorRef, Ctx, ExitReason, Reply, Signal};
+
+/// Milliseconds.
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Virtual time elapsed since `t0`.
+pub fn since(t0: std::time::Instant) -> Duration {
+    evergreen::hub::now() - t0
+}
+
+/// A scriptable test actor: it logs `start <id>` and `stop <id> <reason>` to its log.
+pub struct Probe {
+    pub id: String,
+    pub log: Log,
+    pub fail_start: bool,
+    pub kept: Vec<Reply<u32>>,
+    pub signals: Rc<RefCell<Vec<String>>>,
+}
+
+impl Probe {
+    pub fn new(id: &str, log: &Log) -> Probe {
+        Probe {
+            id: id.to_string(),
+            log: log.clone(),
+            fail_start: false,
+            kept: Vec::new(),
+            signals: Rc::default(),
+        }
+    }
+}
+
+/// A closure a `Probe` runs with itself and its context.
+pub type Script = Box<dyn FnOnce(&mut Probe, &mut Ctx<Probe>)>;
+
+/// What a `Probe` can be told.
+pub enum P {
+    /// Answers `n`.
+    Echo(u32, Reply<u32>),
+    /// Logs the text.
+    Note(String),
+    /// Panics (in a tell).
+    Crash,
+    /// Panics while answering an ask.
+    CrashAsk(Reply<u32>),
+    /// Blocks on the event.
+    Wait(Rc<Event>),
+    /// Sleeps.
+    Sleep(Duration),
+    /// Keeps the reply without answering.
+    Keep(Reply<u32>),
+    /// Answers every kept reply with `n`.
+    AnswerKept(u32),
+    /// Drops the reply unanswered.
+    Drop(Reply<u32>),
+    /// Stops itself (Normal) after this message.
+    Stop,
+    /// Stops itself with this reason.
+    StopWith(ExitReason),
+    /// Runs a closure with the actor and its context.
+    Run(Script),
+}
+
+impl Actor for Probe {
+    type Msg = P;
+    fn started(&mut self, _ctx: &mut Ctx<Self>) -> Result<(), Box<dyn std::error::Error>> {
+        self.log.push(format!("start {}", self.id));
+        if self.fail_start {
+            return Err(format!("{} refuses to start", self.id).into());
+        }
+        Ok(())
+    }
+    fn handle(&mut self, msg: P, ctx: &mut Ctx<Self>) {
+        match msg {
+            P::Echo(n, r) => r.send(n),
+            P::Note(s) => self.log.push(format!("{} got {s}", self.id)),
+            P::Crash => panic!("{} crashed on purpose", self.id),
+            P::CrashAsk(_r) => panic!("{} crashed answering", self.id),
+            P::Wait(ev) => ev.wait(),
+            P::Sleep(d) => evergreen::sleep(d),
+            P::Keep(r) => self.kept.push(r),
+            P::AnswerKept(n) => {
+                for r in self.kept.drain(..) {
+                    r.send(n)
+                }
+            }
+            P::Drop(r) => drop(r),
+            P::Stop => ctx.stop(),
+            P::StopWith(r) => ctx.stop_with(r),
+            P::Run(f) => f(self, ctx),
+        }
+    }
+    fn handle_signal(&mut self, signal: Signal, _ctx: &mut Ctx<Self>) {
+        let s = match signal {
+            Signal::Exit { from, reason } => {
+                format!("exit {} {reason}", from.name().unwrap_or("?"))
+            }
+            Signal::Down { from, reason, .. } => {
+                format!("down {} {reason}", from.name().unwrap_or("?"))
+            }
+        };
+        self.signals.borrow_mut().push(s.clone());
+        self.log.push(format!("{} signal {s}", self.id));
+    }
+    fn stopped(&mut self, reason: &ExitReason, _ctx: &mut Ctx<Self>) {
+        self.log.push(format!("stop {} {reason}", self.id));
+    }
+}
+
+/// Spawns a named probe.
+pub fn probe(id: &str, log: &Log) -> ActorRef<Probe> {
+    evergreen_actors::Builder::new()
+        .name(id)
+        .spawn(Probe::new(id, log))
+        .expect("spawn probe")
+}
+
+/// Entries of the log that start with `prefix`.
+pub fn grep(log: &Log, prefix: &str) -> Vec<String> {
+    log.0
+        .borrow()
+        .iter()
+        .filter(|s| s.starts_with(prefix))
+        .cloned()
+        .collect()
+}
