@@ -225,6 +225,19 @@ impl ClientBuilder {
         if let Some(e) = &self.error {
             return Err(Error::new(ErrorKind::InvalidRequest, "(client)", e.clone()));
         }
+        for (name, t) in [
+            ("connect_timeout", self.connect_timeout),
+            ("read_timeout", self.read_timeout),
+            ("timeout", self.total_timeout),
+        ] {
+            if t.is_zero() {
+                return Err(Error::new(
+                    ErrorKind::InvalidRequest,
+                    "(client)",
+                    format!("{name} must be greater than zero"),
+                ));
+            }
+        }
         let mut roots = rustls::RootCertStore::empty();
         if self.webpki_roots {
             roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
