@@ -554,6 +554,15 @@ fn invalid_urls_and_headers_are_refused_before_any_io() {
             .build()
             .unwrap_err();
         assert!(e.to_string().contains("no CA certificate"), "{e}");
+        let e = Client::builder()
+            .read_timeout(Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("read_timeout must be greater than zero"),
+            "{e}"
+        );
     });
 }
 

@@ -526,6 +526,24 @@ fn bad_urls_are_config_errors_without_the_password() {
 }
 
 #[test]
+fn a_zero_timeout_is_a_config_error() {
+    run(|| {
+        let pool = MySqlPool::new(
+            PoolOptions::new("127.0.0.1", 3306)
+                .user("root")
+                .read_timeout(Duration::ZERO),
+        );
+        let e = pool.get().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(
+            e.to_string()
+                .contains("read_timeout must be greater than zero"),
+            "{e}"
+        );
+    });
+}
+
+#[test]
 fn refused_connections_are_retried_then_reported() {
     run(|| {
         let port = common::refused_addr().port();
