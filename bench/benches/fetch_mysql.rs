@@ -125,7 +125,7 @@ fn main() {
                 .collect::<Vec<_>>(),
         );
         verdicts.push(format!(
-            "{work:?}: evergreen {:.2}× the best peer's median, {:.2}× the best peer of the same              round (median of the {} paired ratios, {:.2}–{:.2}) ({})",
+            "{work:?}: evergreen {:.2}× the best peer's median, {:.2}× the best peer of the same round (median of the {} paired ratios, {:.2}–{:.2}) ({})",
             med[0].median / best_peer,
             paired.median,
             paired.runs,
