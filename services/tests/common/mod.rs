@@ -91,6 +91,9 @@ pub enum Reply {
     BytesThenClose(Vec<u8>),
     /// Closes the connection without answering.
     Close,
+    /// Writes these bytes, then resets the connection (`SO_LINGER` 0: an RST, not a FIN;
+    /// plain TCP only).
+    BytesThenReset(Vec<u8>),
     /// Sleeps (on the hub's clock), then does the rest.
     After(Duration, Box<Reply>),
 }
@@ -172,7 +175,7 @@ impl TestServer {
         let st = state.clone();
         let is_tls = tls.is_some();
         // Counts the connection while its handler runs, then serves it.
-        let serve = move |st: &Rc<State>, s: &mut dyn ReadWrite| {
+        let serve = move |st: &Rc<State>, s: &mut dyn ReadWrite| -> bool {
             st.conns.set(st.conns.get() + 1);
             st.open.set(st.open.get() + 1);
             st.max_open.set(st.max_open.get().max(st.open.get()));
@@ -184,15 +187,17 @@ impl TestServer {
                 }
             }
             let _dec = Dec(st.clone());
-            serve_conn(st, s, id);
+            serve_conn(st, s, id)
         };
         let server = match tls {
             None => StreamServer::bind("127.0.0.1:0", move |mut stream: TcpStream, _peer| {
-                serve(&st, &mut stream)
+                if serve(&st, &mut stream) {
+                    let _ = stream.set_linger(Some(Duration::ZERO));
+                }
             }),
             // evergreen's TLS server: the handshake runs in the connection's greenlet.
             Some(cfg) => StreamServer::bind_tls("127.0.0.1:0", cfg, move |mut stream, _peer| {
-                serve(&st, &mut stream)
+                serve(&st, &mut stream);
             }),
         }
         .expect("bind test server");
@@ -237,11 +242,12 @@ impl TestServer {
 pub trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
 
-fn serve_conn(st: &State, s: &mut dyn ReadWrite, id: u64) {
+/// Serves requests until the connection ends; `true` if the reply asked for a reset.
+fn serve_conn(st: &State, s: &mut dyn ReadWrite, id: u64) -> bool {
     let mut buf = Vec::new();
     loop {
         let Some(req) = read_request(s, &mut buf, id) else {
-            return;
+            return false;
         };
         st.seen.borrow_mut().push(req.clone());
         let mut reply = (st.handler)(&req);
@@ -253,14 +259,14 @@ fn serve_conn(st: &State, s: &mut dyn ReadWrite, id: u64) {
                 }
                 Reply::Bytes(b) => {
                     if s.write_all(&b).and_then(|_| s.flush()).is_err() {
-                        return;
+                        return false;
                     }
                     break;
                 }
                 Reply::Pieces(ps) => {
                     for p in ps {
                         if s.write_all(&p).and_then(|_| s.flush()).is_err() {
-                            return;
+                            return false;
                         }
                         evergreen::sleep(Duration::ZERO);
                     }
@@ -268,9 +274,13 @@ fn serve_conn(st: &State, s: &mut dyn ReadWrite, id: u64) {
                 }
                 Reply::BytesThenClose(b) => {
                     let _ = s.write_all(&b).and_then(|_| s.flush());
-                    return;
+                    return false;
                 }
-                Reply::Close => return,
+                Reply::BytesThenReset(b) => {
+                    let _ = s.write_all(&b).and_then(|_| s.flush());
+                    return true;
+                }
+                Reply::Close => return false,
             }
         }
     }
