@@ -374,7 +374,96 @@ fn render(settings: &Settings, columns: &[Column]) -> String {
     md
 }
 
+/// Child flag: `--callgrind-child <workload|raw> <iters>` runs that many ops of one evergreen
+/// workload (or raw corosensei round trips) and exits; the parent runs it under callgrind.
+const CALLGRIND_CHILD: &str = "--callgrind-child";
+
+/// Iterations counted under callgrind: the count of `2 × N` minus the count of `N` ops,
+/// divided by `N`, is the cost of one op without the start-up and tear-down.
+const CALLGRIND_ITERS: u64 = 20_000;
+
+fn callgrind_child() {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(i) = args.iter().position(|a| a == CALLGRIND_CHILD) else {
+        return;
+    };
+    let what = args.get(i + 1).cloned().unwrap_or_default();
+    let iters: u64 = args.get(i + 2).and_then(|n| n.parse().ok()).unwrap_or(1000);
+    if what == "raw" {
+        // Two raw resume+suspend round trips of one corosensei coroutine per op: the floor
+        // under a spawn + join (the greenlet runs, then the joiner runs again).
+        let mut co = corosensei::Coroutine::new(|y: &corosensei::Yielder<(), ()>, ()| loop {
+            y.suspend(())
+        });
+        for _ in 0..2 * iters {
+            std::hint::black_box(co.resume(()));
+        }
+        std::process::exit(0);
+    }
+    let workload = Workload::from_name(&what).unwrap_or_else(|| panic!("unknown workload {what}"));
+    let mut runner = common::runner(Runtime::Evergreen);
+    runner.run(workload, iters);
+    std::process::exit(0);
+}
+
+/// Instructions of one run of this binary as a callgrind child, or `None` without valgrind.
+fn callgrind_instructions(what: &str, iters: u64) -> Option<u64> {
+    let exe = std::env::current_exe().ok()?;
+    let out = std::process::Command::new("valgrind")
+        .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+        .arg(exe)
+        .args([CALLGRIND_CHILD, what, &iters.to_string()])
+        .output()
+        .ok()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    stderr
+        .lines()
+        .find_map(|l| l.split("Collected :").nth(1))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// Instructions per op of `what` (see [`CALLGRIND_ITERS`]).
+fn instructions_per_op(what: &str) -> Option<f64> {
+    let one = callgrind_instructions(what, CALLGRIND_ITERS)?;
+    let two = callgrind_instructions(what, 2 * CALLGRIND_ITERS)?;
+    Some(two.saturating_sub(one) as f64 / CALLGRIND_ITERS as f64)
+}
+
+/// The callgrind section of the report: machine-independent instruction counts.
+fn render_instructions() -> String {
+    let mut md = String::new();
+    let Some(raw) = instructions_per_op("raw") else {
+        return "\nInstruction counts: valgrind not found (install it for the callgrind section).\n"
+            .to_string();
+    };
+    let _ = writeln!(
+        md,
+        "\n## Instructions per operation (callgrind)\n\nCounted by `valgrind --tool=callgrind` \
+         (the same on every CPU): the count of {} ops subtracted from the count of {} ops, \
+         divided by {}. The floor is two raw corosensei resume + suspend round trips \
+         ({raw:.0} instructions): a spawn + join switches into the new greenlet and back to the \
+         joiner.\n",
+        CALLGRIND_ITERS,
+        2 * CALLGRIND_ITERS,
+        CALLGRIND_ITERS
+    );
+    let _ = writeln!(md, "| workload | instructions/op | ÷ two raw round trips |");
+    let _ = writeln!(md, "|---|---:|---:|");
+    for w in Workload::ALL {
+        match instructions_per_op(w.name()) {
+            Some(n) => {
+                let _ = writeln!(md, "| {} | {n:.0} | {:.1} |", title(w), n / raw);
+            }
+            None => {
+                let _ = writeln!(md, "| {} | error | |", title(w));
+            }
+        }
+    }
+    md
+}
+
 fn main() {
+    callgrind_child();
     common::dispatch_child();
     let started = Instant::now();
     let bench_mode = common::bench_mode();
@@ -389,7 +478,10 @@ fn main() {
         .map(|rt| measure(&settings, &mut runners, rt))
         .collect();
     drop(runners);
-    let md = render(&settings, &columns);
+    let mut md = render(&settings, &columns);
+    if bench_mode {
+        md.push_str(&render_instructions());
+    }
     if !bench_mode {
         println!("{md}");
         println!("(smoke run under `cargo test`: REPORT.md not written)");

@@ -148,38 +148,31 @@ fn soak_echo_server_with_random_timeouts_and_kills() {
                 }
             })
         };
+        let sample = || {
+            (
+                start.elapsed().as_secs(),
+                evergreen::hub::live_count(),
+                evergreen::hub::timer_count(),
+                open_fds(),
+                rss_kib(),
+                stats.ok.get(),
+                stats.timeouts.get(),
+                stats.kills.get(),
+                stats.errors.get(),
+            )
+        };
         let mut samples = Vec::new();
         let mut next_sample = start;
         while Instant::now() < end {
             if Instant::now() >= next_sample {
-                samples.push((
-                    start.elapsed().as_secs(),
-                    evergreen::hub::live_count(),
-                    evergreen::hub::timer_count(),
-                    open_fds(),
-                    rss_kib(),
-                    stats.ok.get(),
-                    stats.timeouts.get(),
-                    stats.kills.get(),
-                    stats.errors.get(),
-                ));
+                samples.push(sample());
                 next_sample += Duration::from_secs(10);
             }
             let (rng2, stats2) = (rng.clone(), stats.clone());
             let g = clients.spawn(move || client(addr, &rng2, &stats2));
             live.borrow_mut().push(g);
         }
-        samples.push((
-            start.elapsed().as_secs(),
-            evergreen::hub::live_count(),
-            evergreen::hub::timer_count(),
-            open_fds(),
-            rss_kib(),
-            stats.ok.get(),
-            stats.timeouts.get(),
-            stats.kills.get(),
-            stats.errors.get(),
-        ));
+        samples.push(sample());
         killer.kill();
         clients.join();
         live.borrow_mut().clear();

@@ -862,16 +862,7 @@ impl Hub {
         if core.interrupt_pending() {
             self.deliver_interrupt();
         }
-        if core.is_root {
-            core.state.set(State::Parked);
-            // `switch_out` makes this the root's park sequence number.
-            let seq = self.root_park_seq.get() + 1;
-            self.run_queue.push(Task::WakeRoot(seq));
-        } else {
-            core.state.set(State::Runnable);
-            self.run_queue.push(Task::Resume(core.ptr()));
-        }
-        self.switch_out(core, "sleep(0)");
+        self.requeue_and_switch(core);
         if core.interrupt_pending() {
             self.deliver_interrupt();
         }
@@ -881,12 +872,18 @@ impl Hub {
     /// is already done: the interrupt is delivered at the next blocking point, as when a
     /// completed wait wins over an interrupt).
     pub(crate) fn yield_keeping_interrupts(&self) {
-        let core = self.current();
         if self.in_callback.get() {
             return;
         }
+        self.requeue_and_switch(self.current());
+    }
+
+    /// Puts the running greenlet (or the root) at the back of the run queue and switches out.
+    #[inline(always)]
+    fn requeue_and_switch(&self, core: &Core) {
         if core.is_root {
             core.state.set(State::Parked);
+            // `switch_out` makes this the root's park sequence number.
             let seq = self.root_park_seq.get() + 1;
             self.run_queue.push(Task::WakeRoot(seq));
         } else {
