@@ -432,7 +432,12 @@ fn configs_never_show_the_api_key() {
     let c = PipelineConfig::new("http://127.0.0.1:1/", "s3cr3t-key");
     assert!(!format!("{c:?}").contains("s3cr3t-key"));
     let a = ApiConfig {
-        data: Dataset { seed: 1, users: 1, networks: 1, malformed_rate: 0.0 },
+        data: Dataset {
+            seed: 1,
+            users: 1,
+            networks: 1,
+            malformed_rate: 0.0,
+        },
         api_key: "s3cr3t-key".into(),
         latency: Duration::ZERO,
         error_rate: 0.0,
