@@ -520,3 +520,60 @@ fn hundred_thousand_users_in_bounded_memory_mysql() {
     let url = db.url();
     in_hub(move || hundred_thousand(&url, &dir));
 }
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn run_serves_metrics_and_healthz_then_stops_on_sigterm() {
+    let dir = TempDir::new("cli_metrics");
+    let (_api, url) = serve_api(&dir, &["--users", "25", "--networks", "2"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let maddr = format!("127.0.0.1:{port}");
+    let mut c = cmd(&dir);
+    c.args([
+        "run",
+        "--base-url",
+        &url,
+        "--database-url",
+        "sqlite://./s.db",
+        "--metrics",
+        &maddr,
+    ])
+    .args(["--interval-secs", "3600", "--start-date", "2016-08-18"])
+    .env("APIKEY", KEY)
+    .env("STATS_TODAY", "2016-08-18")
+    .env("RUST_LOG", "info");
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = lines(child.stderr.take().unwrap());
+    let _out = lines(child.stdout.take().unwrap());
+    let mut p = Proc(child);
+    wait_line(&err, "2016-08-18: complete");
+    let m = http_get(&maddr, "/metrics");
+    assert!(m.starts_with("HTTP/1.1 200"), "{m}");
+    assert!(
+        m.contains("stats_users_fetched_total{service=\"airtime-delivered\"} 25"),
+        "{m}"
+    );
+    assert!(m.contains("stats_rows_written_total 150"), "{m}");
+    assert!(m.contains("stats_dates_complete_total 1"), "{m}");
+    let h = http_get(&maddr, "/healthz");
+    assert!(h.starts_with("HTTP/1.1 200") && h.ends_with("ok\n"), "{h}");
+    p.signal("TERM");
+    assert_eq!(p.wait().code(), Some(0));
+}
