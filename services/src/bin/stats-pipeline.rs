@@ -485,6 +485,7 @@ fn run(a: RunArgs, tty: bool) -> Result<(), Fail> {
     let result = if a.once {
         let r = p.catch_up().map_err(|e| Fail(exit::FAILURE, e.to_string()));
         progress.stop();
+        p.shutdown(Duration::from_secs(30));
         match r {
             Ok(reports) => {
                 print_summary(&reports);
@@ -510,16 +511,41 @@ fn run(a: RunArgs, tty: bool) -> Result<(), Fail> {
             }),
         )
         .map_err(|e| Fail(exit::FAILURE, e))?;
+        // If the supervisor gives up (restart intensity exceeded), nothing would tick any
+        // more: stop, with exit code 1, instead of idling.
+        let gave_up = Rc::new(std::cell::Cell::new(false));
+        let watcher = {
+            let (sup, stop, gave_up) = (
+                p.supervisor().clone(),
+                p.stop_flag().clone(),
+                gave_up.clone(),
+            );
+            evergreen::spawn(move || {
+                let r = sup.join();
+                if !stop.is_set() {
+                    log::error!("the pipeline's supervisor exited ({r:?}); stopping");
+                    gave_up.set(true);
+                    stop.set();
+                }
+            })
+        };
         p.stop_flag().wait();
         progress.stop();
         let reports = last.borrow().clone();
-        if reports.iter().any(|r| r.outcome() == Outcome::Refused) {
+        let r = if gave_up.get() {
+            Err(Fail(
+                exit::FAILURE,
+                "the pipeline's supervisor gave up after repeated crashes (see the log)".into(),
+            ))
+        } else if reports.iter().any(|r| r.outcome() == Outcome::Refused) {
             outcome_code(&reports)
         } else {
             Ok(())
-        }
+        };
+        p.shutdown(Duration::from_secs(30));
+        watcher.join();
+        r
     };
-    p.shutdown(Duration::from_secs(30));
     if let Some(s) = metrics_server {
         s.stop(Some(Duration::from_secs(1)));
     }
