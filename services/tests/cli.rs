@@ -577,3 +577,65 @@ fn run_serves_metrics_and_healthz_then_stops_on_sigterm() {
     p.signal("TERM");
     assert_eq!(p.wait().code(), Some(0));
 }
+
+#[test]
+fn kill9_mid_date_then_restart_mysql() {
+    let dir = TempDir::new("cli_kill_my");
+    let db = MySqlDb::new("cli_kill");
+    let url = db.url();
+    in_hub(move || stop_mid_date_then_restart("KILL", &url, &dir));
+}
+
+#[test]
+fn demo_runs_with_no_setup_and_says_where_the_data_is() {
+    let dir = TempDir::new("cli_demo");
+    let mut c = cmd(&dir);
+    c.args(["demo", "--users", "40", "--days", "2"]);
+    let before = Date::today_utc();
+    let (st, out, err) = output(c);
+    let after = Date::today_utc();
+    assert_eq!(st.code(), Some(0), "{out}{err}");
+    assert!(
+        out.contains("data:   SQLite file") && out.contains("stats-demo.db"),
+        "{out}"
+    );
+    assert_eq!(
+        out.matches(" complete").count(),
+        6,
+        "2 dates × 3 services: {out}"
+    );
+    let s = store::open(&format!("sqlite://{}/stats-demo.db", dir.path())).unwrap();
+    let today = s.cursor(CURSOR).unwrap().expect("a cursor");
+    assert!(
+        today == before || today == after,
+        "the cursor is today (across midnight too)"
+    );
+    for t in evergreen_services::store::Table::ALL {
+        // 40 users × 5 networks, minus the malformed elements the summary counted.
+        let n = s.count_rows(t, today).unwrap();
+        assert!(n > 180 && n <= 200, "{} {n}", t.name());
+    }
+}
+
+#[test]
+fn flags_beat_env_and_env_beats_dotenv() {
+    let dir = TempDir::new("cli_prec");
+    let (_api, url) = serve_api(&dir, &["--users", "3", "--networks", "1"]);
+    // .env: a wrong key and a dead URL; the environment fixes the key; a flag fixes the URL.
+    std::fs::write(
+        format!("{}/.env", dir.path()),
+        "APIKEY=wrong\nBASE_URL=http://127.0.0.1:9/\nDATABASE_URL=sqlite://./e.db\n",
+    )
+    .unwrap();
+    let mut c = cmd(&dir);
+    c.args(["crunch", "--date", "2016-08-18", "--base-url", &url])
+        .env("APIKEY", KEY);
+    let (st, out, err) = output(c);
+    assert_eq!(st.code(), Some(0), "{out}{err}");
+    assert!(out.contains("e.db"), "DATABASE_URL came from .env: {out}");
+    // Without the environment's key, the .env's wrong key is used: refused.
+    let mut c = cmd(&dir);
+    c.args(["crunch", "--date", "2016-08-18", "--base-url", &url]);
+    let (st, out, err) = output(c);
+    assert_eq!(st.code(), Some(3), "{out}{err}");
+}
