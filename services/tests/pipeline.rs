@@ -524,3 +524,42 @@ fn demo_api_shapes_auth_and_validation() {
         api.stop(Duration::from_secs(1));
     });
 }
+
+#[test]
+fn users_in_flight_per_service_are_bounded_by_the_pool() {
+    common::run(|| {
+        with_store("sqlite", |s| {
+            let api = DemoApi::start(
+                "127.0.0.1:0",
+                ApiConfig {
+                    data: Dataset {
+                        seed: 42,
+                        users: 60,
+                        networks: 1,
+                        malformed_rate: 0.0,
+                    },
+                    api_key: KEY.into(),
+                    latency: Duration::from_millis(20),
+                    error_rate: 0.0,
+                    drop_rate: 0.0,
+                },
+            )
+            .unwrap();
+            let mut cfg = config(&api, KEY);
+            cfg.concurrency = 7;
+            let p = Pipeline::start(&cfg, s.clone(), Rc::new(Metrics::new())).unwrap();
+            let r = p.crunch_date(d("2016-08-18"), &[]);
+            assert_eq!(r.outcome(), Outcome::Complete);
+            for v in 0..3 {
+                let max = api.counters().max_in_flight[v].get();
+                assert!(
+                    max <= 7,
+                    "view {v}: {max} requests at once with a pool of 7"
+                );
+                assert!(max >= 2, "view {v}: users are fetched concurrently ({max})");
+            }
+            p.shutdown(Duration::from_secs(5));
+            api.stop(Duration::from_secs(1));
+        })
+    });
+}
