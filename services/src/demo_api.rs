@@ -250,6 +250,10 @@ pub struct ApiCounters {
     pub drops: Cell<u64>,
     /// `401`s.
     pub unauthorized: Cell<u64>,
+    /// Requests being answered now, per view (index into [`VIEWS`]).
+    pub in_flight: [Cell<u64>; 3],
+    /// The most requests answered at once, per view.
+    pub max_in_flight: [Cell<u64>; 3],
 }
 
 struct State {
@@ -389,8 +393,22 @@ fn serve_conn(state: &State, mut conn: TcpStream, _peer: SocketAddr) {
         }
         let c = &state.counters;
         c.requests.set(c.requests.get() + 1);
+        let path = target
+            .split('?')
+            .next()
+            .unwrap_or("")
+            .trim_start_matches('/');
+        let view = VIEWS.iter().position(|v| v.path == path);
+        if let Some(v) = view {
+            let n = c.in_flight[v].get() + 1;
+            c.in_flight[v].set(n);
+            c.max_in_flight[v].set(c.max_in_flight[v].get().max(n));
+        }
         if !state.cfg.latency.is_zero() {
             evergreen::sleep(state.cfg.latency);
+        }
+        if let Some(v) = view {
+            c.in_flight[v].set(c.in_flight[v].get() - 1);
         }
         let roll = |p: f64| p > 0.0 && state.rng.borrow_mut().f64() < p;
         if roll(state.cfg.drop_rate) {

@@ -445,3 +445,121 @@ fn configs_never_show_the_api_key() {
     };
     assert!(!format!("{a:?}").contains("s3cr3t-key"));
 }
+
+#[test]
+fn demo_api_shapes_auth_and_validation() {
+    use evergreen_services::fetch::http::Client;
+    use serde_json::{json, Value as Json};
+    common::run(|| {
+        let api = api(12, 2, 0.0, 0.0, 0.0);
+        let base = api.base_url();
+        let http = Client::builder().max_retries(0).build().unwrap();
+        let get = |path: &str, key: Option<&str>| -> (u16, Json) {
+            let mut r = http.get(&format!("{base}{path}"));
+            if let Some(k) = key {
+                r = r.header("apikey", k);
+            }
+            let resp = r.send().unwrap();
+            (resp.status(), resp.json().unwrap())
+        };
+        let view = "bulkSms/sent?granularity=day&metric=cost&currencyCode=USD&startDate=2016-08-18&endDate=2016-08-18";
+        // The user list, exactly the upstream's shape.
+        let (st, body) = get(view, Some(KEY));
+        assert_eq!(st, 200);
+        let users = body["responses"]["userStats"][0]["elements"]
+            .as_array()
+            .unwrap();
+        assert_eq!(users.len(), 12);
+        assert_eq!(users[3], json!("user+000003@example.com"));
+        // One user's stats (urlencoded name), exactly the upstream's shape.
+        let (st, body) = get(
+            &format!("{view}&username=user%2B000003%40example.com"),
+            Some(KEY),
+        );
+        assert_eq!(st, 200);
+        let stats = &body["responses"]["networkStats"][0];
+        assert_eq!(stats["date"], json!("2016-08-18"));
+        let el = stats["elements"].as_object().unwrap();
+        assert_eq!(el.len(), 2);
+        let v = el["Kenya (Safaricom)"].as_str().unwrap();
+        assert!(v.starts_with("USD ") && v[4..].contains('.'), "{v}");
+        let (_, body) = get(
+            "bulkSms/failed?granularity=day&metric=count&startDate=2016-08-18&endDate=2016-08-18&username=user000001",
+            Some(KEY),
+        );
+        assert!(body["responses"]["networkStats"][0]["elements"]["Kenya (Airtel)"].is_u64());
+        // The api key: missing or wrong → 401 with a JSON error.
+        for key in [None, Some("nope")] {
+            let (st, body) = get(view, key);
+            assert_eq!(st, 401);
+            assert!(body["error"].as_str().unwrap().contains("apikey"), "{body}");
+        }
+        // Validation: 400 naming the parameter.
+        let cases = [
+            ("bulkSms/sent?granularity=day&metric=cost&currencyCode=USD&endDate=2016-08-18", "startDate"),
+            ("bulkSms/sent?granularity=day&metric=count&currencyCode=USD&startDate=2016-08-18&endDate=2016-08-18", "metric"),
+            ("bulkSms/sent?granularity=week&metric=cost&currencyCode=USD&startDate=2016-08-18&endDate=2016-08-18", "granularity"),
+            ("bulkSms/sent?granularity=day&metric=cost&currencyCode=EUR&startDate=2016-08-18&endDate=2016-08-18", "currencyCode"),
+            ("bulkSms/sent?granularity=day&metric=cost&currencyCode=USD&startDate=2016-02-30&endDate=2016-02-30", "startDate"),
+            ("bulkSms/sent?granularity=day&metric=cost&currencyCode=USD&startDate=2016-08-18&endDate=2016-08-19", "endDate"),
+            ("bulkSms/sent?granularity=day&metric=cost&currencyCode=USD&startDate=2016-08-18&endDate=2016-08-18&foo=1", "foo"),
+            ("bulkSms/failed?granularity=day&metric=count&currencyCode=USD&startDate=2016-08-18&endDate=2016-08-18", "currencyCode"),
+        ];
+        for (path, param) in cases {
+            let (st, body) = get(path, Some(KEY));
+            assert_eq!(st, 400, "{path}");
+            assert!(
+                body["error"].as_str().unwrap().contains(param),
+                "{path}: {body}"
+            );
+        }
+        let (st, body) = get("nope/view?x=1", Some(KEY));
+        assert_eq!(st, 404);
+        assert!(
+            body["error"].as_str().unwrap().contains("nope/view"),
+            "{body}"
+        );
+        let (st, _) = get(&format!("{view}&username=nobody"), Some(KEY));
+        assert_eq!(st, 404);
+        api.stop(Duration::from_secs(1));
+    });
+}
+
+#[test]
+fn users_in_flight_per_service_are_bounded_by_the_pool() {
+    common::run(|| {
+        with_store("sqlite", |s| {
+            let api = DemoApi::start(
+                "127.0.0.1:0",
+                ApiConfig {
+                    data: Dataset {
+                        seed: 42,
+                        users: 60,
+                        networks: 1,
+                        malformed_rate: 0.0,
+                    },
+                    api_key: KEY.into(),
+                    latency: Duration::from_millis(20),
+                    error_rate: 0.0,
+                    drop_rate: 0.0,
+                },
+            )
+            .unwrap();
+            let mut cfg = config(&api, KEY);
+            cfg.concurrency = 7;
+            let p = Pipeline::start(&cfg, s.clone(), Rc::new(Metrics::new())).unwrap();
+            let r = p.crunch_date(d("2016-08-18"), &[]);
+            assert_eq!(r.outcome(), Outcome::Complete);
+            for v in 0..3 {
+                let max = api.counters().max_in_flight[v].get();
+                assert!(
+                    max <= 7,
+                    "view {v}: {max} requests at once with a pool of 7"
+                );
+                assert!(max >= 2, "view {v}: users are fetched concurrently ({max})");
+            }
+            p.shutdown(Duration::from_secs(5));
+            api.stop(Duration::from_secs(1));
+        })
+    });
+}
