@@ -92,6 +92,13 @@ fn main() {
                 );
             }
         }
+        for (i, (name, _)) in clients.iter().enumerate() {
+            let key = match work {
+                Work::Select => "mysql_select",
+                Work::Insert => "mysql_insert",
+            };
+            evergreen_bench::record(key, name, "operations/s", true, &rate[i]);
+        }
         let med: Vec<Summary> = rate.iter().map(|r| Summary::of(r)).collect();
         let best_peer = med[1..].iter().map(|s| s.median).fold(0.0, f64::max);
         out.push_str(&format!(
