@@ -701,14 +701,24 @@ fn run_peer_bench(name: &str, quick: bool) -> Result<Vec<Value>, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace_root())
-        .args(["bench", "-q", "-p", "evergreen-bench", "--bench", name])
+        // The release profile, like `cargo run --release` of this binary: the peers are built once.
+        .args([
+            "bench",
+            "-q",
+            "--profile",
+            "release",
+            "-p",
+            "evergreen-bench",
+            "--bench",
+            name,
+        ])
         .env(RESULTS_ENV, &file)
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     if quick {
         cmd.env(QUICK_ENV, "1");
     }
-    eprintln!("running the {name} bench (cargo bench -p evergreen-bench --bench {name})");
+    eprintln!("running the {name} bench (cargo bench --profile release -p evergreen-bench --bench {name})");
     let status = cmd.status().map_err(|e| format!("start cargo: {e}"))?;
     let text = std::fs::read_to_string(&file).unwrap_or_default();
     let _ = std::fs::remove_file(&file);
