@@ -188,7 +188,7 @@ fn mode(quick: bool) -> Mode {
         } else {
             vec![1, 10, 100, 1_000, 10_000, 100_000]
         },
-        scaling_sleeps: if quick { 5 } else { 20 },
+        scaling_sleeps: if quick { 5 } else { 10 },
     }
 }
 
@@ -1101,4 +1101,38 @@ fn runtime_rank(rt: &str) -> usize {
 fn ordered(mut rows: Vec<(String, Vec<f64>)>) -> Vec<(String, Vec<f64>)> {
     rows.sort_by_key(|(rt, _)| runtime_rank(rt));
     rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn si_keeps_three_significant_digits() {
+        assert_eq!(si(4512.0), "4512");
+        assert_eq!(si(45_120.0), "45.1k");
+        assert_eq!(si(131_877_406.8), "132M");
+        assert_eq!(si(2.5), "2.50");
+    }
+
+    #[test]
+    fn table_gives_ratios_to_the_reference_and_flags_wide_spreads() {
+        let rows = vec![
+            ("evergreen".to_string(), vec![100.0, 110.0, 90.0]),
+            ("tokio-ct".to_string(), vec![50.0, 80.0, 20.0]),
+        ];
+        let t = table(&rows, "evergreen", "ops/s", true);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[2], "| evergreen | 100 | 90.0 | 110 | 1.00 | 20% | 3 |");
+        assert_eq!(lines[3], "| tokio-ct | 50.0 | 20.0 | 80.0 | 0.50 | 120% ⚠ | 3 |");
+    }
+
+    #[test]
+    fn runtimes_are_ordered_evergreen_first_then_the_peers() {
+        let rows = ["gevent", "may-1", TWO_HUBS, "tokio-ct", "evergreen"]
+            .map(|rt| (rt.to_string(), vec![1.0]))
+            .to_vec();
+        let names: Vec<String> = ordered(rows).into_iter().map(|(rt, _)| rt).collect();
+        assert_eq!(names, ["evergreen", TWO_HUBS, "tokio-ct", "may-1", "gevent"]);
+    }
 }
