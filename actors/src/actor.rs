@@ -247,6 +247,13 @@ pub(crate) trait Token {
     fn fail(&self, e: Error, force: bool) {
         let _ = (e, force);
     }
+    /// An ask whose handler returned without answering or dropping the reply (it handed the
+    /// handle on): registers it with the callee, so that the callee's final exit fails it.
+    fn still_pending(&self) -> bool {
+        false
+    }
+    /// Marks it as registered with the callee.
+    fn set_registered(&self) {}
 }
 
 /// A system-lane entry.
@@ -939,7 +946,7 @@ impl<A: Actor> ActorRef<A> {
         if let Err((e, env)) = self.0.enqueue(
             Envelope {
                 msg,
-                token: Some(token.clone()),
+                token: Some(token),
             },
             Some(deadline),
         ) {
@@ -950,7 +957,6 @@ impl<A: Actor> ActorRef<A> {
                 e => e,
             });
         }
-        b.with_extras(|e| e.asks.push(token));
         // Unregisters the ask, and abandons it if the wait unwinds (a kill).
         struct Waiting<'a, R: 'static> {
             base: &'a Base,
@@ -959,6 +965,12 @@ impl<A: Actor> ActorRef<A> {
         impl<R: 'static> Drop for Waiting<'_, R> {
             fn drop(&mut self) {
                 let me = Rc::as_ptr(self.slot) as *const ();
+                if !self.slot.registered.get() {
+                    if self.slot.state.get() == PENDING {
+                        self.slot.state.set(ABANDONED);
+                    }
+                    return;
+                }
                 self.base.with_extras(|e| {
                     let asks = &mut e.asks;
                     if let Some(p) = asks.iter().rposition(|t| Rc::as_ptr(t) as *const () == me) {
@@ -1233,6 +1245,8 @@ struct Slot<R> {
     bell: Queue<()>,
     /// Whether the asker waits on the bell.
     waiting: StdCell<bool>,
+    /// Whether it is in the callee's registry of asks answered elsewhere.
+    registered: StdCell<bool>,
     /// The callee's id, for late-reply dead letters.
     to: StdCell<u64>,
 }
@@ -1253,6 +1267,7 @@ impl<R: 'static> Slot<R> {
             Some(s) => {
                 s.state.set(PENDING);
                 s.waiting.set(false);
+                s.registered.set(false);
                 s.to.set(to);
                 s
             }
@@ -1261,6 +1276,7 @@ impl<R: 'static> Slot<R> {
                 value: RefCell::new(None),
                 bell: Queue::new(),
                 waiting: StdCell::new(false),
+                registered: StdCell::new(false),
                 to: StdCell::new(to),
             }),
         }
@@ -1290,6 +1306,12 @@ impl<R: 'static> Slot<R> {
 impl<R: 'static> Token for Slot<R> {
     fn is_ask(&self) -> bool {
         true
+    }
+    fn still_pending(&self) -> bool {
+        self.state.get() == PENDING
+    }
+    fn set_registered(&self) {
+        self.registered.set(true);
     }
     fn fail(&self, e: Error, force: bool) {
         match self.state.get() {
@@ -1780,16 +1802,12 @@ fn run<A: Actor>(mut guard: NotRun<A>, mut actor: A) {
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         body(&cell, &mut actor, &mut ctx, signal.as_deref())
     }));
-    let mut killed = false;
     let reason = match outcome {
         Ok(Outcome::Stopped(r)) => {
             let r2 = catch_unwind(AssertUnwindSafe(|| actor.stopped(&r, &mut ctx)));
             match r2 {
                 Ok(()) => r,
-                Err(p) if is_kill(&*p) => {
-                    killed = true;
-                    ExitReason::Killed
-                }
+                Err(p) if is_kill(&*p) => ExitReason::Killed,
                 Err(p) => {
                     log::error!(
                         "actor {}: its stopped hook panicked: {}",
@@ -1801,10 +1819,7 @@ fn run<A: Actor>(mut guard: NotRun<A>, mut actor: A) {
             }
         }
         Ok(Outcome::StartFailed(m)) => ExitReason::StartFailed(m),
-        Err(p) if is_kill(&*p) => {
-            killed = true;
-            ExitReason::Killed
-        }
+        Err(p) if is_kill(&*p) => ExitReason::Killed,
         Err(p) => ExitReason::Panicked(panic_message(&*p)),
     };
     if let Some(s) = &signal {
@@ -1817,7 +1832,6 @@ fn run<A: Actor>(mut guard: NotRun<A>, mut actor: A) {
     // ends the cleanup.
     let _ = catch_unwind(AssertUnwindSafe(move || drop(actor)));
     drop(ctx);
-    let _ = killed;
     incarnation_ended(&cell, reason);
 }
 
@@ -1918,6 +1932,10 @@ fn body<A: Actor>(
                             b.label()
                         );
                         t.fail(Error::Panicked(m), true);
+                    } else if t.still_pending() {
+                        // The reply handle was handed on: the callee's final exit must fail it.
+                        t.set_registered();
+                        b.with_extras(|e| e.asks.push(t));
                     }
                 }
             }

@@ -59,6 +59,8 @@ impl fmt::Display for ExitReason {
 #[derive(Clone, PartialEq, Eq)]
 pub enum Error<M = ()> {
     /// The target actor has exited for good, with this reason; the message is handed back.
+    /// For an ask, also: the incarnation handling it was killed (a supervisor may restart the
+    /// actor, but that answer is lost).
     Dead(ExitReason, M),
     /// The target's bounded mailbox is full (policy `Fail`, or any `try_tell` that would
     /// block); the message is handed back. For an ask evicted by a `DropOldest` mailbox, `()`.

@@ -1,6 +1,6 @@
 //! # evergreen-actors
 //!
-//! Actors with OTP-grade supervision on the [evergreen](evergreen) runtime. The gevent sample
+//! Actors with OTP-grade supervision on the [`evergreen`] runtime. The gevent sample
 //! this project grew from defines an actor as a greenlet with a FIFO inbox and a `receive`
 //! loop, and asks what it lacks: "how should we manage fault tolerance? Do we have a
 //! supervisor strategy? Who's monitoring that process?" This crate keeps the shape (an actor

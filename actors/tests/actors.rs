@@ -763,3 +763,28 @@ fn counters_track_handled_depth_high_water_and_time() {
         assert_eq!(a.stats().status, "dead");
     });
 }
+
+#[test]
+fn an_ask_timeout_covers_waiting_for_room_in_a_full_block_mailbox() {
+    run_virtual(|| {
+        let log = Log::new();
+        let a = bounded("a", &log, 1, Policy::Block);
+        let gate = Rc::new(Event::new());
+        a.tell(P::Wait(gate.clone())).unwrap();
+        settle();
+        a.tell(P::Note("fill".into())).unwrap();
+        let t0 = evergreen::hub::now();
+        assert_eq!(
+            a.ask_timeout(|r| P::Echo(1, r), ms(50)),
+            Err(Error::Timeout(ms(50)))
+        );
+        assert_eq!(since(t0), ms(50));
+        assert_eq!(a.stats().mailbox_len, 1, "the timed-out ask was not queued");
+        gate.set();
+        settle();
+        assert_eq!(a.ask(|r| P::Echo(2, r)), Ok(2));
+        assert_eq!(grep(&log, "a got"), vec!["a got fill"]);
+        a.stop();
+        a.join().unwrap();
+    });
+}

@@ -735,3 +735,51 @@ fn a_blocking_queue_event_keeps_the_harness_honest() {
     });
     assert!(r.is_err(), "a live actor must fail the leak check");
 }
+
+/// The message being handled when the actor failed is dropped and its asker gets an error;
+/// queued asks survive the restart and are answered by the new incarnation.
+#[test]
+fn the_asker_of_the_failing_message_gets_an_error_queued_asks_survive() {
+    run_virtual(|| {
+        let log = Log::new();
+        let sup = SupervisorSpec::new(Strategy::OneForOne)
+            .intensity(3, Duration::from_secs(5))
+            .child(worker("w", &log))
+            .spawn("sup")
+            .unwrap();
+        let w = sup.child::<Probe>("w").unwrap();
+        // An ask whose handler blocks, then is killed: its asker gets the reason at once.
+        let gate = Rc::new(Event::new());
+        let g2 = gate.clone();
+        let blocked = {
+            let w = w.clone();
+            evergreen::spawn(move || {
+                w.ask(move |r: evergreen_actors::Reply<u32>| {
+                    P::Run(Box::new(move |_, _| {
+                        g2.wait();
+                        r.send(1);
+                    }))
+                })
+            })
+        };
+        let queued = {
+            let w = w.clone();
+            evergreen::spawn(move || w.ask(|r| P::Echo(2, r)))
+        };
+        settle();
+        w.kill();
+        assert_eq!(
+            blocked.into_result(),
+            Ok(Err(Error::Dead(ExitReason::Killed, ())))
+        );
+        assert_eq!(
+            queued.into_result(),
+            Ok(Ok(2)),
+            "answered by the new incarnation"
+        );
+        assert_eq!(w.stats().restarts, 1);
+        drop(gate);
+        sup.stop();
+        sup.join().unwrap();
+    });
+}

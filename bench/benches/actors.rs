@@ -1377,7 +1377,8 @@ fn report(
     }
     // spawn rows
     type Pick = fn(&SpawnResult) -> f64;
-    let spawn_rows: [(&str, Pick, Option<(f64, &str)>); 3] = [
+    type Row<'a> = (&'a str, Pick, Option<(f64, &'a str)>);
+    let spawn_rows: [Row; 3] = [
         (
             "spawn + 1 message + stop (ns/actor)",
             |r| r.ns,

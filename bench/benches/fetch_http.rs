@@ -147,6 +147,24 @@ fn report(rows: &[(&str, Summary, Summary, Vec<f64>)], requests: usize, rounds: 
         ev / mt,
         if ev >= mt { "PASS" } else { "FAIL" }
     ));
+    // Paired: evergreen ÷ the peer in the same round, so drift between rounds cancels.
+    let runs_of = |n: &str| {
+        rows.iter()
+            .find(|r| r.0 == n)
+            .map(|r| r.3.clone())
+            .unwrap_or_default()
+    };
+    for peer in ["reqwest tokio-ct", "reqwest tokio-mt2"] {
+        let p = runs_of(peer);
+        let ratios: Vec<f64> = rows[0].3.iter().zip(&p).map(|(e, p)| e / p).collect();
+        if !ratios.is_empty() {
+            let r = Summary::of(&ratios);
+            s.push_str(&format!(
+                "Paired with {peer} round by round: median ratio {:.2} (range {:.2}–{:.2}).\n",
+                r.median, r.min, r.max
+            ));
+        }
+    }
     s
 }
 

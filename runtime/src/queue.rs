@@ -641,7 +641,9 @@ impl<T> Channel<T> {
         }
     }
 
-    /// Takes an item from a waiting putter, blocking until one comes.
+    /// Takes an item from a waiting putter, blocking until one comes (inlined down to the
+    /// switch).
+    #[inline]
     pub fn get(&self) -> Result<T, Error> {
         self.get_inner(None)
     }
@@ -656,6 +658,7 @@ impl<T> Channel<T> {
         self.putters.take_one().ok_or(Error::Empty)
     }
 
+    #[inline(always)]
     fn get_inner(&self, timeout: Option<Duration>) -> Result<T, Error> {
         if let Some(v) = self.putters.take_one() {
             return Ok(v);

@@ -173,6 +173,26 @@ fn a_pooled_connection_closed_by_the_server_is_replaced_once_for_idempotent_requ
 }
 
 #[test]
+fn a_pooled_connection_reset_by_the_server_is_replaced_too() {
+    run(|| {
+        // The server answers, then resets the connection (RST instead of FIN): the next
+        // request on the pooled connection fails with ECONNRESET and is sent again on a new one.
+        let srv = TestServer::start(|_| Reply::BytesThenReset(response(200, &[], b"ok")));
+        let c = client().max_retries(0).build().unwrap();
+        for _ in 0..3 {
+            assert_eq!(c.get(&srv.url("/")).send().unwrap().text(), "ok");
+        }
+        assert_eq!(srv.connections(), 3);
+        assert_eq!(
+            c.pool_stats().retries,
+            0,
+            "a dead pooled connection is not a retry"
+        );
+        srv.stop();
+    });
+}
+
+#[test]
 fn a_slow_server_times_out_while_other_greenlets_keep_running() {
     run_virtual(|| {
         let srv =
@@ -554,6 +574,15 @@ fn invalid_urls_and_headers_are_refused_before_any_io() {
             .build()
             .unwrap_err();
         assert!(e.to_string().contains("no CA certificate"), "{e}");
+        let e = Client::builder()
+            .read_timeout(Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("read_timeout must be greater than zero"),
+            "{e}"
+        );
     });
 }
 

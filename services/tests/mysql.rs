@@ -526,6 +526,24 @@ fn bad_urls_are_config_errors_without_the_password() {
 }
 
 #[test]
+fn a_zero_timeout_is_a_config_error() {
+    run(|| {
+        let pool = MySqlPool::new(
+            PoolOptions::new("127.0.0.1", 3306)
+                .user("root")
+                .read_timeout(Duration::ZERO),
+        );
+        let e = pool.get().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(
+            e.to_string()
+                .contains("read_timeout must be greater than zero"),
+            "{e}"
+        );
+    });
+}
+
+#[test]
 fn refused_connections_are_retried_then_reported() {
     run(|| {
         let port = common::refused_addr().port();
@@ -538,5 +556,38 @@ fn refused_connections_are_retried_then_reported() {
         assert_eq!(e.kind(), ErrorKind::Connect, "{e}");
         assert!(e.to_string().contains("after 3 attempts"), "{e}");
         assert_eq!(pool.stats().in_use, 0);
+    });
+}
+
+#[test]
+fn a_read_timeout_is_a_timeout_and_the_connection_is_never_reused() {
+    run(|| {
+        let db = TestDb::new("readtimeout");
+        let pool = MySqlPool::new(
+            db.opts()
+                .max_connections(1)
+                .read_timeout(Duration::from_millis(300)),
+        );
+        let p = pool.clone();
+        let g = evergreen::spawn(move || {
+            let mut c = p.get().unwrap();
+            let e = c.query::<i64>("SELECT SLEEP(3)").unwrap_err();
+            (e.kind(), e.to_string())
+        });
+        let (kind, msg) = g.into_result().unwrap();
+        assert_eq!(kind, ErrorKind::Timeout, "{msg}");
+        assert!(
+            msg.contains("SELECT SLEEP(3)") && msg.contains("read/write timeout"),
+            "{msg}"
+        );
+        // The crate would answer the next query on that connection with SLEEP's result; the
+        // pool closed it, so the next query gets its own answer.
+        let p = pool.clone();
+        let g = evergreen::spawn(move || p.get().unwrap().query::<i64>("SELECT 5").unwrap());
+        assert_eq!(g.into_result().unwrap(), vec![5]);
+        let s = pool.stats();
+        assert_eq!((s.opened, s.discarded), (2, 1), "{s:?}");
+        drop(pool);
+        drop(db);
     });
 }

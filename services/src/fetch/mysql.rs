@@ -580,6 +580,19 @@ impl MySqlPool {
     fn connect(&self) -> Result<Conn, Error> {
         let o = &self.inner.opts;
         let context = format!("connecting to {}", o.target());
+        for (name, t) in [
+            ("connect_timeout", o.connect_timeout),
+            ("read_timeout", o.read_timeout),
+            ("write_timeout", o.write_timeout),
+        ] {
+            if t.is_zero() {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    &context,
+                    format!("{name} must be greater than zero"),
+                ));
+            }
+        }
         let ip = evergreen::net::dns::resolve(&o.host)
             .map_err(|e| {
                 Error::new(

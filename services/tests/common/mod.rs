@@ -91,6 +91,9 @@ pub enum Reply {
     BytesThenClose(Vec<u8>),
     /// Closes the connection without answering.
     Close,
+    /// Writes these bytes, then resets the connection (`SO_LINGER` 0: an RST, not a FIN;
+    /// plain TCP only).
+    BytesThenReset(Vec<u8>),
     /// Sleeps (on the hub's clock), then does the rest.
     After(Duration, Box<Reply>),
 }
@@ -171,7 +174,8 @@ impl TestServer {
         });
         let st = state.clone();
         let is_tls = tls.is_some();
-        let server = StreamServer::bind("127.0.0.1:0", move |stream: TcpStream, _peer| {
+        // Counts the connection while its handler runs, then serves it.
+        let serve = move |st: &Rc<State>, s: &mut dyn ReadWrite| -> bool {
             st.conns.set(st.conns.get() + 1);
             st.open.set(st.open.get() + 1);
             st.max_open.set(st.max_open.get().max(st.open.get()));
@@ -183,17 +187,19 @@ impl TestServer {
                 }
             }
             let _dec = Dec(st.clone());
-            match &tls {
-                None => serve_conn(&st, stream, id),
-                Some(cfg) => {
-                    let Ok(session) = rustls::ServerConnection::new(cfg.clone()) else {
-                        return;
-                    };
-                    let s = rustls::StreamOwned::new(session, stream);
-                    serve_conn(&st, s, id);
+            serve_conn(st, s, id)
+        };
+        let server = match tls {
+            None => StreamServer::bind("127.0.0.1:0", move |mut stream: TcpStream, _peer| {
+                if serve(&st, &mut stream) {
+                    let _ = stream.set_linger(Some(Duration::ZERO));
                 }
-            }
-        })
+            }),
+            // evergreen's TLS server: the handshake runs in the connection's greenlet.
+            Some(cfg) => StreamServer::bind_tls("127.0.0.1:0", cfg, move |mut stream, _peer| {
+                serve(&st, &mut stream);
+            }),
+        }
         .expect("bind test server");
         let addr = server.local_addr().unwrap();
         server.start();
@@ -232,11 +238,16 @@ impl TestServer {
     }
 }
 
-fn serve_conn<S: Read + Write>(st: &State, mut s: S, id: u64) {
+/// A byte stream the test server can serve (plain TCP or TLS).
+pub trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+/// Serves requests until the connection ends; `true` if the reply asked for a reset.
+fn serve_conn(st: &State, s: &mut dyn ReadWrite, id: u64) -> bool {
     let mut buf = Vec::new();
     loop {
-        let Some(req) = read_request(&mut s, &mut buf, id) else {
-            return;
+        let Some(req) = read_request(s, &mut buf, id) else {
+            return false;
         };
         st.seen.borrow_mut().push(req.clone());
         let mut reply = (st.handler)(&req);
@@ -248,14 +259,14 @@ fn serve_conn<S: Read + Write>(st: &State, mut s: S, id: u64) {
                 }
                 Reply::Bytes(b) => {
                     if s.write_all(&b).and_then(|_| s.flush()).is_err() {
-                        return;
+                        return false;
                     }
                     break;
                 }
                 Reply::Pieces(ps) => {
                     for p in ps {
                         if s.write_all(&p).and_then(|_| s.flush()).is_err() {
-                            return;
+                            return false;
                         }
                         evergreen::sleep(Duration::ZERO);
                     }
@@ -263,16 +274,20 @@ fn serve_conn<S: Read + Write>(st: &State, mut s: S, id: u64) {
                 }
                 Reply::BytesThenClose(b) => {
                     let _ = s.write_all(&b).and_then(|_| s.flush());
-                    return;
+                    return false;
                 }
-                Reply::Close => return,
+                Reply::BytesThenReset(b) => {
+                    let _ = s.write_all(&b).and_then(|_| s.flush());
+                    return true;
+                }
+                Reply::Close => return false,
             }
         }
     }
 }
 
 /// Reads one request (head and `Content-Length` body); `None` at EOF or on garbage.
-fn read_request<S: Read>(s: &mut S, buf: &mut Vec<u8>, conn: u64) -> Option<Seen> {
+fn read_request(s: &mut dyn ReadWrite, buf: &mut Vec<u8>, conn: u64) -> Option<Seen> {
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
@@ -329,7 +344,7 @@ pub const OTHER_CA_PEM: &[u8] = include_bytes!("../fixtures/other-ca.pem");
 const SERVER_PEM: &[u8] = include_bytes!("../fixtures/server.pem");
 const SERVER_KEY: &[u8] = include_bytes!("../fixtures/server.key");
 
-fn server_tls_config() -> Arc<rustls::ServerConfig> {
+fn server_tls_config() -> Arc<evergreen::net::tls::ServerConfig> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(SERVER_PEM)

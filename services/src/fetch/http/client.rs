@@ -225,6 +225,19 @@ impl ClientBuilder {
         if let Some(e) = &self.error {
             return Err(Error::new(ErrorKind::InvalidRequest, "(client)", e.clone()));
         }
+        for (name, t) in [
+            ("connect_timeout", self.connect_timeout),
+            ("read_timeout", self.read_timeout),
+            ("timeout", self.total_timeout),
+        ] {
+            if t.is_zero() {
+                return Err(Error::new(
+                    ErrorKind::InvalidRequest,
+                    "(client)",
+                    format!("{name} must be greater than zero"),
+                ));
+            }
+        }
         let mut roots = rustls::RootCertStore::empty();
         if self.webpki_roots {
             roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -870,7 +883,11 @@ fn send_with_retries(inner: &Inner, req: &Req) -> Result<RawResponse, Error> {
 }
 
 fn time_left_for(deadline: Option<Instant>, delay: Duration) -> bool {
-    deadline.is_none_or(|d| evergreen::hub::now() + delay < d)
+    deadline.is_none_or(|d| {
+        evergreen::hub::now()
+            .checked_add(delay)
+            .is_some_and(|t| t < d)
+    })
 }
 
 /// Exponential back-off with jitter: `base × 2ⁿ⁻¹` capped, then uniformly in `[½, 1]` of it.
@@ -879,7 +896,8 @@ fn backoff(s: &ClientBuilder, attempt: u32) -> Duration {
         .backoff_base
         .saturating_mul(1u32 << (attempt.saturating_sub(1)).min(20));
     let capped = exp.min(s.backoff_max);
-    capped.mul_f64(0.5 + fastrand::f64() * 0.5)
+    Duration::try_from_secs_f64(capped.as_secs_f64() * (0.5 + fastrand::f64() * 0.5))
+        .unwrap_or(capped)
 }
 
 /// `Retry-After`: delay-seconds or an HTTP-date.
@@ -909,7 +927,10 @@ pub(crate) fn parse_http_date(s: &str) -> Option<SystemTime> {
     .iter()
     .position(|m| *m == parts[2])? as u32
         + 1;
-    let year: i64 = parts[3].parse().ok()?;
+    let year: i64 = parts[3]
+        .parse()
+        .ok()
+        .filter(|y| (1970..=9999).contains(y))?;
     let hms: Vec<u64> = parts[4]
         .split(':')
         .map(|x| x.parse().ok())
@@ -1231,6 +1252,40 @@ mod tests {
         assert!(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT").is_none());
         assert!(parse_http_date("garbage").is_none());
         assert!(parse_http_date("Sun, 99 Nov 1994 08:49:37 GMT").is_none());
+        // A year that would overflow the day arithmetic is refused, not a panic.
+        assert!(parse_http_date("Sun, 06 Nov 9223372036854775807 08:49:37 GMT").is_none());
+        assert!(parse_http_date("Sun, 06 Nov -400 08:49:37 GMT").is_none());
+    }
+
+    #[test]
+    fn retry_after_values_never_panic() {
+        let head = |v: &str| super::super::wire::Head {
+            minor_version: 1,
+            status: 503,
+            reason: String::new(),
+            headers: vec![("retry-after".into(), v.as_bytes().to_vec())],
+        };
+        assert_eq!(retry_after(&head("7")), Some(Duration::from_secs(7)));
+        assert_eq!(
+            retry_after(&head("18446744073709551615")),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        for bad in [
+            "-1",
+            "99999999999999999999999",
+            "1.5",
+            "",
+            "Sun, 06 Nov 99999 08:49:37 GMT",
+        ] {
+            assert_eq!(retry_after(&head(bad)), None, "{bad:?}");
+        }
+        // A date in the past means "now".
+        assert_eq!(
+            retry_after(&head("Sun, 06 Nov 1994 08:49:37 GMT")),
+            Some(Duration::ZERO)
+        );
+        // A huge delay never overflows the deadline arithmetic.
+        assert!(!time_left_for(Some(Instant::now()), Duration::MAX));
     }
 
     #[test]
@@ -1245,6 +1300,10 @@ mod tests {
     fn backoff_grows_and_is_capped() {
         let s =
             ClientBuilder::default().backoff(Duration::from_millis(100), Duration::from_secs(1));
+        let huge = ClientBuilder::default().backoff(Duration::MAX, Duration::MAX);
+        for attempt in 1..100 {
+            assert!(backoff(&huge, attempt) >= Duration::MAX / 2);
+        }
         for attempt in 1..30 {
             let d = backoff(&s, attempt);
             let full = Duration::from_millis(100)

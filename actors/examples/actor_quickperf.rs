@@ -2,7 +2,7 @@
 //! ask round trip, ping-pong. The comparisons with other libraries are in the `bench/`
 //! package (`cargo bench -p evergreen-bench --bench actors`).
 //!
-//! Run: `cargo run --release -p evergreen-actors --example quickperf [tell|ask|pingpong|spawn] [n]`
+//! Run: `cargo run --release -p evergreen-actors --example actor_quickperf [tell|ask|pingpong|spawn] [n]`
 
 use std::hint::black_box;
 use std::rc::Rc;
