@@ -85,7 +85,7 @@ struct Spec {
     what: fn(u64, u64) -> String,
 }
 
-const SPECS: [Spec; 7] = [
+const SPECS: [Spec; 8] = [
     Spec {
         key: "spawn_join",
         title: "Spawn + join",
@@ -146,6 +146,15 @@ const SPECS: [Spec; 7] = [
             format!("{a} connections × {b} round trips of 64 bytes over loopback, server and clients in one process")
         },
     },
+    Spec {
+        key: "cpu_bound",
+        title: "CPU-bound tasks",
+        unit: "tasks/s",
+        higher_is_better: true,
+        what: |a, b| {
+            format!("{a} tasks, each {b} multiply-adds of one LCG chain (about half a millisecond of CPU here) and no blocking call")
+        },
+    },
 ];
 
 /// Sizes of one mode.
@@ -167,6 +176,7 @@ fn mode(quick: bool) -> Mode {
             ("timers", (1_000, 5)),
             ("parked_memory", (2_000, 0)),
             ("tcp_echo", (10, 100)),
+            ("cpu_bound", (20, 200_000)),
         ]
     } else {
         [
@@ -177,6 +187,7 @@ fn mode(quick: bool) -> Mode {
             ("timers", (10_000, 10)),
             ("parked_memory", (100_000, 0)),
             ("tcp_echo", (100, 2_000)),
+            ("cpu_bound", (200, 1_000_000)),
         ]
     };
     Mode {
@@ -284,7 +295,11 @@ fn main() {
             .copied()
             .filter(|rt| *rt != "gevent" || python.is_some())
             .collect();
-        if spec.key == "tcp_echo" {
+        if spec.key == "cpu_bound" {
+            // Interpreted Python would measure the interpreter, not its scheduler.
+            rts.retain(|rt| *rt != "gevent");
+        }
+        if spec.key == "tcp_echo" || spec.key == "cpu_bound" {
             rts.insert(1, TWO_HUBS);
         }
         points.push((spec.key.to_string(), a, b, rts));
@@ -368,7 +383,11 @@ fn main() {
         ));
     }
     let path = out.to_string_lossy().to_string();
-    if let Err(e) = evergreen_bench::write_section(&path, "results", &md) {
+    // A partial run (`--only`) writes a section of its own beside the full run's.
+    let section = only.as_ref().map_or("results".to_string(), |o| {
+        format!("results-{}", o.join("-"))
+    });
+    if let Err(e) = evergreen_bench::write_section(&path, &section, &md) {
         fail(&format!("write {path}: {e}"));
     }
     println!(
@@ -584,6 +603,10 @@ fn child_main(args: &[String]) {
             }
             serde_json::json!({"bytes_per_task": m.bytes_per_task(), "tasks": m.tasks})
         }
+        ("cpu_bound", _) => {
+            let d = cpu_bound(rt, a, b);
+            serde_json::json!({"ops": a, "secs": d.as_secs_f64()})
+        }
         ("tcp_echo", _) => {
             use common::echo::*;
             let (conns, trips) = (a as usize, b);
@@ -618,6 +641,82 @@ fn child_main(args: &[String]) {
         )),
     };
     println!("RESULT {result}");
+}
+
+/// One unit of CPU work: `iters` dependent multiply-adds (an LCG step), no memory traffic.
+fn spin(seed: u64, iters: u64) -> u64 {
+    let mut x = seed;
+    for _ in 0..iters {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+    }
+    std::hint::black_box(x)
+}
+
+/// `tasks` tasks each doing [`spin`]`(iters)`, all spawned at once and joined; the time from
+/// the first spawn to the last join. evergreen runs them one after another on its hub;
+/// evergreen-2hubs gives half to each of two hubs on two OS threads; the work-stealing
+/// runtimes spread them over their workers.
+fn cpu_bound(rt: &str, tasks: u64, iters: u64) -> Duration {
+    let on_hub = move |tasks: u64| {
+        let gs: Vec<_> = (0..tasks)
+            .map(|i| evergreen::spawn(move || spin(i, iters)))
+            .collect();
+        evergreen::joinall(&gs);
+    };
+    match rt {
+        "evergreen" => {
+            on_hub(tasks / 10 + 1);
+            let start = Instant::now();
+            on_hub(tasks);
+            start.elapsed()
+        }
+        TWO_HUBS => {
+            let start = Instant::now();
+            std::thread::scope(|s| {
+                let half = tasks / 2;
+                let other = s.spawn(move || {
+                    on_hub(tasks - half);
+                    evergreen::hub::destroy();
+                });
+                on_hub(half);
+                other.join().expect("second hub thread panicked");
+            });
+            start.elapsed()
+        }
+        "tokio-ct" | "tokio-mt2" => {
+            let workers = if rt == "tokio-ct" { None } else { Some(2) };
+            let runtime = common::tokio_rt::build_runtime(workers);
+            runtime.block_on(async move {
+                tokio::spawn(async move {
+                    let start = Instant::now();
+                    let hs: Vec<_> = (0..tasks)
+                        .map(|i| tokio::spawn(async move { spin(i, iters) }))
+                        .collect();
+                    for h in hs {
+                        h.await.expect("cpu task panicked");
+                    }
+                    start.elapsed()
+                })
+                .await
+                .expect("cpu driver panicked")
+            })
+        }
+        "may-1" | "may-2" => may::go!(move || {
+            let start = Instant::now();
+            let hs: Vec<_> = (0..tasks)
+                .map(|i| may::go!(move || spin(i, iters)))
+                .collect();
+            for h in hs {
+                h.join().expect("cpu coroutine panicked");
+            }
+            start.elapsed()
+        })
+        .join()
+        .expect("may cpu driver panicked"),
+        _ => fail(&format!("--child: unknown runtime {rt:?}")),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1123,8 +1222,14 @@ mod tests {
         ];
         let t = table(&rows, "evergreen", "ops/s", true);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines[2], "| evergreen | 100 | 90.0 | 110 | 1.00 | 20% | 3 |");
-        assert_eq!(lines[3], "| tokio-ct | 50.0 | 20.0 | 80.0 | 0.50 | 120% ⚠ | 3 |");
+        assert_eq!(
+            lines[2],
+            "| evergreen | 100 | 90.0 | 110 | 1.00 | 20% | 3 |"
+        );
+        assert_eq!(
+            lines[3],
+            "| tokio-ct | 50.0 | 20.0 | 80.0 | 0.50 | 120% ⚠ | 3 |"
+        );
     }
 
     #[test]
@@ -1133,6 +1238,9 @@ mod tests {
             .map(|rt| (rt.to_string(), vec![1.0]))
             .to_vec();
         let names: Vec<String> = ordered(rows).into_iter().map(|(rt, _)| rt).collect();
-        assert_eq!(names, ["evergreen", TWO_HUBS, "tokio-ct", "may-1", "gevent"]);
+        assert_eq!(
+            names,
+            ["evergreen", TWO_HUBS, "tokio-ct", "may-1", "gevent"]
+        );
     }
 }
