@@ -1218,6 +1218,27 @@ fn main() {
             spawn.entry(lib).or_default().push(r);
         }
     }
+    for ((w, lib), v) in &samples {
+        let (key, unit, higher) = match w {
+            Work::TellBounded => ("actor_tell_bounded", "M messages/s", true),
+            Work::TellUnbounded => ("actor_tell_unbounded", "M messages/s", true),
+            Work::Ask => ("actor_ask", "ns per ask", false),
+            Work::PingPong => ("actor_ping_pong", "ns per hop", false),
+        };
+        evergreen_bench::record(key, lib.name(), unit, higher, v);
+    }
+    for (lib, v) in &spawn {
+        let ns: Vec<f64> = v.iter().map(|r| r.ns).collect();
+        let idle: Vec<f64> = v.iter().map(|r| r.idle_bytes).collect();
+        evergreen_bench::record("actor_spawn", lib.name(), "ns per actor", false, &ns);
+        evergreen_bench::record(
+            "actor_idle_memory",
+            lib.name(),
+            "bytes per idle actor",
+            false,
+            &idle,
+        );
+    }
     let report = report(&cfg, &libs, &samples, &spawn);
     println!("{report}");
     if full {

@@ -77,6 +77,16 @@ fn main() {
         }
     }
     server.stop();
+    for (i, (name, _)) in clients.iter().enumerate() {
+        evergreen_bench::record("http_fetch", name, "requests/s", true, &rps[i]);
+        evergreen_bench::record(
+            "http_fetch_cpu",
+            name,
+            "client CPU µs/request",
+            false,
+            &cpu[i],
+        );
+    }
     let rows: Vec<(&str, Summary, Summary, Vec<f64>)> = clients
         .iter()
         .enumerate()

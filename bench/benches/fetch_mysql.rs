@@ -99,6 +99,13 @@ fn main() {
                 );
             }
         }
+        for (i, (name, _)) in clients.iter().enumerate() {
+            let key = match work {
+                Work::Select => "mysql_select",
+                Work::Insert => "mysql_insert",
+            };
+            evergreen_bench::record(key, name, "operations/s", true, &rate[i]);
+        }
         let med: Vec<Summary> = rate.iter().map(|r| Summary::of(r)).collect();
         // The peers: every client that is not evergreen.
         let peers: Vec<usize> = (0..clients.len())

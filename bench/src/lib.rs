@@ -88,11 +88,46 @@ fn status_field_kib(field: &str) -> Option<u64> {
         .ok()
 }
 
-/// True when cargo runs a bench target as a benchmark (`cargo bench` passes `--bench`); false
-/// when it runs it as a test (`cargo test --benches`), where targets should do a quick smoke
-/// run and write no file.
+/// True when cargo runs a bench target as a benchmark (`cargo bench` passes `--bench`) and
+/// [`QUICK_ENV`] is not set; false when it runs it as a test (`cargo test --benches`) or in
+/// the report's quick mode, where targets should do a quick smoke run and write no file.
 pub fn bench_mode() -> bool {
-    std::env::args().any(|a| a == "--bench")
+    std::env::args().any(|a| a == "--bench") && std::env::var_os(QUICK_ENV).is_none()
+}
+
+/// Environment variable set by the report binary (`evergreen-bench quick`) when it runs the
+/// bench targets: they then use their small smoke sizes and write no Markdown file.
+pub const QUICK_ENV: &str = "EVERGREEN_BENCH_QUICK";
+
+/// Environment variable naming a file to which bench targets append their samples as JSON
+/// lines (see [`record`]); the report binary (`evergreen-bench all`) sets it and folds the
+/// lines into `benches/RESULTS.md`.
+pub const RESULTS_ENV: &str = "EVERGREEN_RESULTS_JSON";
+
+/// Appends one point's samples to the file named by [`RESULTS_ENV`], if it is set, as one
+/// JSON line: `{"workload", "runtime", "unit", "higher_is_better", "samples"}`. Nothing
+/// happens when the variable is unset. A write failure is reported on stderr, not fatal: the
+/// bench's own report still stands.
+pub fn record(workload: &str, runtime: &str, unit: &str, higher_is_better: bool, samples: &[f64]) {
+    use std::io::Write;
+    let Some(path) = std::env::var_os(RESULTS_ENV) else {
+        return;
+    };
+    let line = serde_json::json!({
+        "workload": workload,
+        "runtime": runtime,
+        "unit": unit,
+        "higher_is_better": higher_is_better,
+        "samples": samples,
+    });
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| writeln!(f, "{line}"));
+    if let Err(e) = written {
+        eprintln!("{RESULTS_ENV}={}: {e}", path.to_string_lossy());
+    }
 }
 
 /// Replaces the section `name` of the Markdown file at `path` (the text between

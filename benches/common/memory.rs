@@ -2,7 +2,7 @@
 //!
 //! The parent re-executes the current bench binary as `<exe> --memory-child <runtime> <tasks>`.
 //! The child builds the runtime, warms it up (one task spawned and joined), reads its resident
-//! set size from `/proc/self/statm`, spawns `<tasks>` ([`PARKED_TASKS`]) tasks that each block on one shared
+//! set size from `/proc/self/status` (`VmRSS`), spawns `<tasks>` ([`PARKED_TASKS`]) tasks that each block on one shared
 //! never-yet-signalled object, waits until every one of them has reached its wait, reads RSS
 //! again, releases them all, joins them and exits. It prints one line,
 //! `parked-memory tasks=<n> before=<bytes> after=<bytes>`, which the parent parses, preceded
@@ -61,22 +61,16 @@ pub fn prefaulted_vec<T>(n: usize) -> Vec<T> {
     v
 }
 
-/// Resident set size of this process in bytes, from the second field of `/proc/self/statm`.
+/// Resident set size of this process in bytes, from `VmRSS` in `/proc/self/status` (KiB
+/// resolution, which is far below what 1,000 parked tasks add).
 pub fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("read /proc/self/statm");
-    let resident_pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|field| field.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected /proc/self/statm contents: {statm:?}"));
-    resident_pages * page_size()
-}
-
-/// The system page size in bytes.
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions; _SC_PAGESIZE is always supported on Linux.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(size).expect("sysconf(_SC_PAGESIZE) failed")
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS line in /proc/self/status"));
+    kib * 1024
 }
 
 /// Body of a memory child: parks `tasks` tasks on `rt`, prints the result line.

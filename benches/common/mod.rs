@@ -31,6 +31,7 @@
 // Each bench target compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+pub mod echo;
 pub mod evergreen_rt;
 pub mod may_rt;
 pub mod memory;

@@ -1,0 +1,202 @@
+//! SVG charts of the report, drawn with plotters' SVG backend (text is emitted as SVG `<text>`,
+//! so no font rendering is compiled in).
+//!
+//! One bar chart per workload (bar = median, whisker = min to max over the runs) and two
+//! scaling charts (timers/s and peak memory per task against concurrency, log-log).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use evergreen_bench::Summary;
+use plotters::prelude::*;
+
+use crate::Spec;
+
+type Points = BTreeMap<(String, String), (Summary, Option<Summary>)>;
+
+/// A stable color per runtime, the same in every chart.
+fn color(rt: &str) -> RGBColor {
+    match rt {
+        "evergreen" => RGBColor(46, 139, 87),
+        "evergreen-2hubs" => RGBColor(120, 190, 120),
+        "tokio-ct" => RGBColor(70, 110, 200),
+        "tokio-mt2" => RGBColor(20, 40, 130),
+        "may-1" => RGBColor(230, 150, 40),
+        "may-2" => RGBColor(170, 80, 10),
+        "gevent" => RGBColor(150, 60, 160),
+        _ => RGBColor(120, 120, 120),
+    }
+}
+
+/// Draws every chart into `dir`.
+pub fn draw_all(
+    dir: &Path,
+    specs: &[Spec],
+    points: &Points,
+    scaling: &[u64],
+) -> Result<(), String> {
+    for spec in specs {
+        let mut rows: Vec<(String, Summary)> = points
+            .iter()
+            .filter(|((k, _), _)| k == spec.key)
+            .map(|((_, rt), (s, _))| (rt.clone(), *s))
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        rows.sort_by_key(|(rt, _)| crate::runtime_rank(rt));
+        bars(
+            &dir.join(format!("{}.svg", spec.key)),
+            spec.title,
+            spec.unit,
+            &rows,
+        )
+        .map_err(|e| format!("{}.svg: {e}", spec.key))?;
+    }
+    let series = |mem: bool| -> Vec<(String, Vec<(f64, f64)>)> {
+        let mut by_rt: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        for c in scaling {
+            for ((k, rt), (s, m)) in points {
+                if *k == format!("scaling/{c}") {
+                    let y = if mem {
+                        m.map(|m| m.median)
+                    } else {
+                        Some(s.median)
+                    };
+                    if let Some(y) = y.filter(|y| *y > 0.0) {
+                        by_rt.entry(rt.clone()).or_default().push((*c as f64, y));
+                    }
+                }
+            }
+        }
+        let mut v: Vec<_> = by_rt.into_iter().collect();
+        v.sort_by_key(|(rt, _)| crate::runtime_rank(rt));
+        v
+    };
+    let rate = series(false);
+    if !rate.is_empty() {
+        lines(
+            &dir.join("scaling.svg"),
+            "Scaling: timers fired per second",
+            "timers/s",
+            &rate,
+        )
+        .map_err(|e| format!("scaling.svg: {e}"))?;
+        lines(
+            &dir.join("scaling_memory.svg"),
+            "Scaling: peak memory per parked task",
+            "bytes per task",
+            &series(true),
+        )
+        .map_err(|e| format!("scaling_memory.svg: {e}"))?;
+    }
+    Ok(())
+}
+
+fn bars(
+    path: &Path,
+    title: &str,
+    unit: &str,
+    rows: &[(String, Summary)],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let root = SVGBackend::new(path, (760, 400)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let top = rows.iter().map(|(_, s)| s.max).fold(0.0, f64::max) * 1.1;
+    let n = rows.len();
+    let names: Vec<String> = rows.iter().map(|(rt, _)| rt.clone()).collect();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("{title} ({unit}; bar = median, whisker = min..max)"),
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(70)
+        .build_cartesian_2d((0..n).into_segmented(), 0f64..top.max(1e-9))?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n)
+        .x_label_formatter(&|x| match x {
+            SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
+            _ => String::new(),
+        })
+        .y_label_formatter(&|y| crate::si(*y))
+        .y_desc(unit)
+        .draw()?;
+    chart.draw_series(rows.iter().enumerate().map(|(i, (rt, s))| {
+        let mut bar = Rectangle::new(
+            [
+                (SegmentValue::Exact(i), 0.0),
+                (SegmentValue::Exact(i + 1), s.median),
+            ],
+            color(rt).filled(),
+        );
+        bar.set_margin(0, 0, 14, 14);
+        bar
+    }))?;
+    chart.draw_series(rows.iter().enumerate().map(|(i, (_, s))| {
+        ErrorBar::new_vertical(
+            SegmentValue::CenterOf(i),
+            s.min,
+            s.median,
+            s.max,
+            BLACK.filled(),
+            12,
+        )
+    }))?;
+    root.present()?;
+    Ok(())
+}
+
+fn lines(
+    path: &Path,
+    title: &str,
+    unit: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let root = SVGBackend::new(path, (760, 440)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let all = series.iter().flat_map(|(_, v)| v.iter());
+    let (mut x1, mut y0, mut y1) = (1.0f64, f64::MAX, 0.0f64);
+    for (x, y) in all {
+        x1 = x1.max(*x);
+        y0 = y0.min(*y);
+        y1 = y1.max(*y);
+    }
+    if y0 > y1 {
+        (y0, y1) = (1.0, 10.0);
+    }
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            (1f64..x1 * 1.5).log_scale(),
+            (y0 / 1.5..y1 * 1.5).log_scale(),
+        )?;
+    chart
+        .configure_mesh()
+        .x_desc("concurrent tasks")
+        .y_desc(unit)
+        .x_label_formatter(&|x| crate::si(*x))
+        .y_label_formatter(&|y| crate::si(*y))
+        .draw()?;
+    for (rt, pts) in series {
+        let c = color(rt);
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))?
+            .label(rt.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, c.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
