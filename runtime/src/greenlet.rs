@@ -411,19 +411,36 @@ impl Core {
         self.ended.set(ended);
         self.unwinding.set(0);
         self.state.set(State::Dead);
-        if self.interrupt.take() == Some(Interrupt::Throw) {
-            // Never delivered: drop its payload.
-            let p = hub().thrown.borrow_mut().remove(&self.id);
-            drop(p);
+        if self.interrupt.get().is_some() {
+            self.forget_interrupt();
         }
-        let locals = self.locals.borrow_mut().take();
-        if let Some(l) = locals {
-            self.drop_locals(l);
+        if self.locals.borrow().is_some() {
+            self.take_and_drop_locals();
         }
         if self.links.is_empty() {
             self.joiners.wake_all();
         } else {
             self.schedule_notify();
+        }
+    }
+
+    /// Clears the pending interrupt of a greenlet that completed; a `throw`'s payload was
+    /// never delivered, and is dropped.
+    #[cold]
+    #[inline(never)]
+    fn forget_interrupt(&self) {
+        if self.interrupt.take() == Some(Interrupt::Throw) {
+            let p = hub().thrown.borrow_mut().remove(&self.id);
+            drop(p);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn take_and_drop_locals(&self) {
+        let locals = self.locals.borrow_mut().take();
+        if let Some(l) = locals {
+            self.drop_locals(l);
         }
     }
 
@@ -1047,7 +1064,16 @@ impl Builder {
     /// If no stack can be allocated; the message names the limit and the fix.
     #[inline]
     pub fn create<T: 'static, F: FnOnce() -> T + 'static>(self, f: F) -> Greenlet<T> {
-        let hub = hub();
+        self.create_on(hub(), f)
+    }
+
+    /// [`create`](Self::create) on `hub`, this thread's hub.
+    #[inline(always)]
+    fn create_on<T: 'static, F: FnOnce() -> T + 'static>(
+        self,
+        hub: &'static crate::hub::Hub,
+        f: F,
+    ) -> Greenlet<T> {
         let stack = hub
             .stacks
             .borrow_mut()
@@ -1126,9 +1152,15 @@ impl Builder {
     }
 
     /// Creates and starts the greenlet (see [`spawn`]).
+    #[inline]
     pub fn spawn<T: 'static, F: FnOnce() -> T + 'static>(self, f: F) -> Greenlet<T> {
-        let g = self.create(f);
-        g.start();
+        let hub = hub();
+        let g = self.create_on(hub, f);
+        // What `start` does, without its checks: the greenlet was made just now, on this hub,
+        // and is not the root.
+        let core = &g.inner().core;
+        hub.register_live(g.gref());
+        hub.schedule_new(core);
         g
     }
 

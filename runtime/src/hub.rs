@@ -757,6 +757,15 @@ impl Hub {
         }
     }
 
+    /// Makes a greenlet that was just created (state `New`, registered, not the root)
+    /// runnable: [`unpark`](Self::unpark) without its checks, for `spawn`.
+    #[inline(always)]
+    pub(crate) fn schedule_new(&self, core: &Core) {
+        debug_assert!(core.state.get() == State::New && !core.is_root && core.in_live.get());
+        core.state.set(State::Runnable);
+        self.run_queue.push(Task::Resume(core.ptr()));
+    }
+
     pub(crate) fn schedule_callback(&self, f: Box<dyn FnOnce()>) {
         self.run_queue.push(Task::Callback(f));
     }
