@@ -174,7 +174,6 @@ pub(crate) struct Core {
     pub(crate) name: Option<Box<str>>,
     pub(crate) is_root: bool,
     pub(crate) state: Cell<State>,
-    pub(crate) started: Cell<bool>,
     pub(crate) ended: Cell<Ended>,
     pub(crate) coroutine: UnsafeCell<Option<Coro>>,
     pub(crate) yielder: Cell<*const Yielder<(), ()>>,
@@ -224,7 +223,6 @@ impl Core {
             name,
             is_root,
             state: Cell::new(if is_root { State::Running } else { State::New }),
-            started: Cell::new(is_root),
             ended: Cell::new(Ended::No),
             coroutine: UnsafeCell::new(None),
             yielder: Cell::new(std::ptr::null()),
@@ -245,6 +243,13 @@ impl Core {
             links: Links::default(),
             locals: RefCell::new(None),
         }
+    }
+
+    /// Whether its code started running (always for the root): its coroutine body records
+    /// its yielder as the first thing it does.
+    #[inline]
+    pub(crate) fn started(&self) -> bool {
+        self.is_root || !self.yielder.get().is_null()
     }
 
     /// Usable stack size in bytes (0 for the root).
@@ -1120,8 +1125,8 @@ impl Builder {
             // holds a count of it (the live registry, during `resume_greenlet`), so the
             // pointer is valid for the whole body.
             let me = unsafe { &*me.0 };
+            // Also marks it started (see `Core::started`).
             me.core.yielder.set(y as *const _);
-            me.core.started.set(true);
             let r = catch_unwind(AssertUnwindSafe(f));
             // Its locals, and a result no handle can read, are dropped here, on its own stack
             // while it still runs: their `Drop` may block, and may be interrupted.
@@ -1495,7 +1500,7 @@ pub(crate) fn kill_with_dyn(g: &GRef, payload: Option<Box<dyn Any + Send>>) {
             }
             core.set_interrupt(interrupt);
         }
-        st if !core.started.get() => {
+        st if !core.started() => {
             let hub = hub();
             if let Some(t) = core.start_timer.take() {
                 // The action's count of this greenlet is not the last: `g` holds one.
