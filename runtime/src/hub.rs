@@ -905,7 +905,9 @@ impl Hub {
     /// Puts the running greenlet (or the root) at the back of the run queue and switches out.
     #[inline(always)]
     fn requeue_and_switch(&self, core: &Core) {
-        if core.is_root {
+        // Read once: the stores below could alias the core as far as the compiler knows.
+        let is_root = core.is_root;
+        if is_root {
             core.state.set(State::Parked);
             // `switch_out` makes this the root's park sequence number.
             let seq = self.root_park_seq.get() + 1;
@@ -914,7 +916,7 @@ impl Hub {
             core.state.set(State::Runnable);
             self.run_queue.push(Task::Resume(core.ptr()));
         }
-        self.switch_out(core, "sleep(0)");
+        self.switch_out_as(core, is_root, "sleep(0)");
     }
 
     /// Delivers the pending interrupt of the current greenlet by unwinding its stack. Does
@@ -1007,7 +1009,13 @@ impl Hub {
 
     #[inline(always)]
     fn switch_out(&self, core: &Core, what: &'static str) {
-        if core.is_root {
+        self.switch_out_as(core, core.is_root, what);
+    }
+
+    /// [`switch_out`](Self::switch_out) for a caller that has read `core.is_root` already.
+    #[inline(always)]
+    fn switch_out_as(&self, core: &Core, is_root: bool, what: &'static str) {
+        if is_root {
             self.root_park_seq.set(self.root_park_seq.get() + 1);
             self.run_until_root_woken(what);
             core.state.set(State::Running);
