@@ -145,8 +145,23 @@ fn overflow_child() {
     let Some(kind) = std::env::var_os(CHILD_ENV) else {
         return;
     };
-    let small = kind != "slab" && kind != "neighbours";
+    let small = kind != "slab" && kind != "neighbours" && kind != "released";
     common::run(move || {
+        if kind == "released" {
+            // Run with a pool that keeps no stack warm: these 128 stacks are all released to
+            // the kernel in batches when they end, and the recursing greenlet below gets one
+            // of them.
+            let ev = Rc::new(Event::new());
+            let gs: Vec<_> = (0..128)
+                .map(|_| {
+                    let e = ev.clone();
+                    spawn(move || e.wait())
+                })
+                .collect();
+            evergreen::sleep(std::time::Duration::ZERO);
+            ev.set();
+            evergreen::joinall(&gs);
+        }
         // With "neighbours", parked greenlets take the stacks below the recursing one's, so
         // an unguarded overflow runs through their stacks before anything faults.
         let ev = Rc::new(Event::new());
@@ -185,6 +200,9 @@ fn overflow_in_child(kind: &str, guard: Option<&str>) -> (std::process::ExitStat
     .env(CHILD_ENV, kind)
     .env_remove("EVERGREEN_GUARD")
     .env_remove("EVERGREEN_STACK_SIZE");
+    if kind == "released" {
+        cmd.env("EVERGREEN_STACK_POOL_MAX", "0");
+    }
     if let Some(g) = guard {
         cmd.env("EVERGREEN_GUARD", g);
     }
@@ -234,6 +252,28 @@ fn stack_overflow_of_a_pooled_default_size_stack_is_reported() {
 #[test]
 fn stack_overflow_of_a_pooled_stack_is_reported_with_mprotect_guard_pages() {
     let (status, stderr) = overflow_in_child("slab", Some("mprotect"));
+    assert_overflow_reported(status, &stderr, 256 * 1024);
+}
+
+/// Stacks freed beyond the warm pool are released to the kernel in batches, one `madvise`
+/// over each run of neighbouring stacks, guard pages included: the guards must survive it.
+#[test]
+fn stack_overflow_of_a_released_and_reused_stack_is_reported() {
+    let (status, stderr) = overflow_in_child("released", None);
+    assert_overflow_reported(status, &stderr, 256 * 1024);
+}
+
+/// The same with `mprotect` guard pages (the batch's range spans their `PROT_NONE` mappings).
+#[test]
+fn stack_overflow_of_a_released_and_reused_stack_is_reported_with_mprotect_guard_pages() {
+    let (status, stderr) = overflow_in_child("released", Some("mprotect"));
+    assert_overflow_reported(status, &stderr, 256 * 1024);
+}
+
+/// The same without guard pages: the canary of every released stack is written again.
+#[test]
+fn stack_overflow_of_a_released_and_reused_unguarded_stack_is_reported() {
+    let (status, stderr) = overflow_in_child("released", Some("none"));
     assert_overflow_reported(status, &stderr, 256 * 1024);
 }
 

@@ -174,7 +174,6 @@ pub(crate) struct Core {
     pub(crate) name: Option<Box<str>>,
     pub(crate) is_root: bool,
     pub(crate) state: Cell<State>,
-    pub(crate) started: Cell<bool>,
     pub(crate) ended: Cell<Ended>,
     pub(crate) coroutine: UnsafeCell<Option<Coro>>,
     pub(crate) yielder: Cell<*const Yielder<(), ()>>,
@@ -224,7 +223,6 @@ impl Core {
             name,
             is_root,
             state: Cell::new(if is_root { State::Running } else { State::New }),
-            started: Cell::new(is_root),
             ended: Cell::new(Ended::No),
             coroutine: UnsafeCell::new(None),
             yielder: Cell::new(std::ptr::null()),
@@ -245,6 +243,13 @@ impl Core {
             links: Links::default(),
             locals: RefCell::new(None),
         }
+    }
+
+    /// Whether its code started running (always for the root): its coroutine body records
+    /// its yielder as the first thing it does.
+    #[inline]
+    pub(crate) fn started(&self) -> bool {
+        self.is_root || !self.yielder.get().is_null()
     }
 
     /// Usable stack size in bytes (0 for the root).
@@ -411,19 +416,36 @@ impl Core {
         self.ended.set(ended);
         self.unwinding.set(0);
         self.state.set(State::Dead);
-        if self.interrupt.take() == Some(Interrupt::Throw) {
-            // Never delivered: drop its payload.
-            let p = hub().thrown.borrow_mut().remove(&self.id);
-            drop(p);
+        if self.interrupt.get().is_some() {
+            self.forget_interrupt();
         }
-        let locals = self.locals.borrow_mut().take();
-        if let Some(l) = locals {
-            self.drop_locals(l);
+        if self.locals.borrow().is_some() {
+            self.take_and_drop_locals();
         }
         if self.links.is_empty() {
             self.joiners.wake_all();
         } else {
             self.schedule_notify();
+        }
+    }
+
+    /// Clears the pending interrupt of a greenlet that completed; a `throw`'s payload was
+    /// never delivered, and is dropped.
+    #[cold]
+    #[inline(never)]
+    fn forget_interrupt(&self) {
+        if self.interrupt.take() == Some(Interrupt::Throw) {
+            let p = hub().thrown.borrow_mut().remove(&self.id);
+            drop(p);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn take_and_drop_locals(&self) {
+        let locals = self.locals.borrow_mut().take();
+        if let Some(l) = locals {
+            self.drop_locals(l);
         }
     }
 
@@ -1047,7 +1069,16 @@ impl Builder {
     /// If no stack can be allocated; the message names the limit and the fix.
     #[inline]
     pub fn create<T: 'static, F: FnOnce() -> T + 'static>(self, f: F) -> Greenlet<T> {
-        let hub = hub();
+        self.create_on(hub(), f)
+    }
+
+    /// [`create`](Self::create) on `hub`, this thread's hub.
+    #[inline(always)]
+    fn create_on<T: 'static, F: FnOnce() -> T + 'static>(
+        self,
+        hub: &'static crate::hub::Hub,
+        f: F,
+    ) -> Greenlet<T> {
         let stack = hub
             .stacks
             .borrow_mut()
@@ -1094,8 +1125,8 @@ impl Builder {
             // holds a count of it (the live registry, during `resume_greenlet`), so the
             // pointer is valid for the whole body.
             let me = unsafe { &*me.0 };
+            // Also marks it started (see `Core::started`).
             me.core.yielder.set(y as *const _);
-            me.core.started.set(true);
             let r = catch_unwind(AssertUnwindSafe(f));
             // Its locals, and a result no handle can read, are dropped here, on its own stack
             // while it still runs: their `Drop` may block, and may be interrupted.
@@ -1126,9 +1157,15 @@ impl Builder {
     }
 
     /// Creates and starts the greenlet (see [`spawn`]).
+    #[inline]
     pub fn spawn<T: 'static, F: FnOnce() -> T + 'static>(self, f: F) -> Greenlet<T> {
-        let g = self.create(f);
-        g.start();
+        let hub = hub();
+        let g = self.create_on(hub, f);
+        // What `start` does, without its checks: the greenlet was made just now, on this hub,
+        // and is not the root.
+        let core = &g.inner().core;
+        hub.register_live(g.gref());
+        hub.schedule_new(core);
         g
     }
 
@@ -1463,7 +1500,7 @@ pub(crate) fn kill_with_dyn(g: &GRef, payload: Option<Box<dyn Any + Send>>) {
             }
             core.set_interrupt(interrupt);
         }
-        st if !core.started.get() => {
+        st if !core.started() => {
             let hub = hub();
             if let Some(t) = core.start_timer.take() {
                 // The action's count of this greenlet is not the last: `g` holds one.

@@ -272,6 +272,14 @@ impl RunQueue {
 
     #[inline(always)]
     fn pop(&self) -> Option<Task> {
+        self.pop_word().map(|w| self.task_of(w))
+    }
+
+    /// Takes the next task's word (see [`task_of`](Self::task_of)). The hub loop resumes an
+    /// untagged word (a greenlet) straight from it, without building a `Task` that would have
+    /// to be kept for the unwinding path.
+    #[inline(always)]
+    fn pop_word(&self) -> Option<usize> {
         let r = self.ring();
         if r.head == r.tail {
             return None;
@@ -279,16 +287,23 @@ impl RunQueue {
         // SAFETY: the index is masked to the buffer's length, `mask + 1`.
         let word = unsafe { *r.buf.get_unchecked(r.head & r.mask) };
         r.head = r.head.wrapping_add(1);
-        Some(match word & TAG_MASK {
+        Some(word)
+    }
+
+    /// The task a word taken by [`pop_word`](Self::pop_word) stands for.
+    #[inline(always)]
+    fn task_of(&self, word: usize) -> Task {
+        match word & TAG_MASK {
             // SAFETY: an untagged word is the non-null address of a core, pushed by `push`.
             0 => Task::Resume(unsafe { CorePtr::new_unchecked(word as *mut Core) }),
             TAG_CALLBACK => Task::Callback(
-                r.callbacks
+                self.ring()
+                    .callbacks
                     .pop_front()
                     .expect("a callback marker has its callback"),
             ),
             _ => Task::WakeRoot((word >> 2) as u64),
-        })
+        }
     }
 
     #[inline(always)]
@@ -757,6 +772,15 @@ impl Hub {
         }
     }
 
+    /// Makes a greenlet that was just created (state `New`, registered, not the root)
+    /// runnable: [`unpark`](Self::unpark) without its checks, for `spawn`.
+    #[inline(always)]
+    pub(crate) fn schedule_new(&self, core: &Core) {
+        debug_assert!(core.state.get() == State::New && !core.is_root && core.in_live.get());
+        core.state.set(State::Runnable);
+        self.run_queue.push(Task::Resume(core.ptr()));
+    }
+
     pub(crate) fn schedule_callback(&self, f: Box<dyn FnOnce()>) {
         self.run_queue.push(Task::Callback(f));
     }
@@ -881,7 +905,9 @@ impl Hub {
     /// Puts the running greenlet (or the root) at the back of the run queue and switches out.
     #[inline(always)]
     fn requeue_and_switch(&self, core: &Core) {
-        if core.is_root {
+        // Read once: the stores below could alias the core as far as the compiler knows.
+        let is_root = core.is_root;
+        if is_root {
             core.state.set(State::Parked);
             // `switch_out` makes this the root's park sequence number.
             let seq = self.root_park_seq.get() + 1;
@@ -890,7 +916,7 @@ impl Hub {
             core.state.set(State::Runnable);
             self.run_queue.push(Task::Resume(core.ptr()));
         }
-        self.switch_out(core, "sleep(0)");
+        self.switch_out_as(core, is_root, "sleep(0)");
     }
 
     /// Delivers the pending interrupt of the current greenlet by unwinding its stack. Does
@@ -983,7 +1009,13 @@ impl Hub {
 
     #[inline(always)]
     fn switch_out(&self, core: &Core, what: &'static str) {
-        if core.is_root {
+        self.switch_out_as(core, core.is_root, what);
+    }
+
+    /// [`switch_out`](Self::switch_out) for a caller that has read `core.is_root` already.
+    #[inline(always)]
+    fn switch_out_as(&self, core: &Core, is_root: bool, what: &'static str) {
+        if is_root {
             self.root_park_seq.set(self.root_park_seq.get() + 1);
             self.run_until_root_woken(what);
             core.state.set(State::Running);
@@ -1017,25 +1049,29 @@ impl Hub {
                 self.poll_events(what);
                 continue;
             }
-            let task = self.run_queue.pop();
-            match task {
-                Some(Task::Resume(p)) => self.resume_greenlet(p),
-                Some(Task::WakeRoot(seq)) => {
-                    // The root's turn (a `sleep(0)` of the root, or a wake-up of it): stale
-                    // markers from an earlier park carry an older sequence number.
-                    if root_seq_matches(seq, self.root_park_seq.get())
-                        && root.state.get() != State::Running
-                    {
-                        root.state.set(State::Runnable);
-                        self.budget.set(budget.saturating_sub(1));
-                        return;
+            let Some(word) = self.run_queue.pop_word() else {
+                self.budget.set(self.config.event_interval);
+                self.poll_events(what);
+                continue;
+            };
+            if word & TAG_MASK == 0 {
+                // SAFETY: an untagged word is the non-null address of a core, pushed by
+                // `RunQueue::push`.
+                self.resume_greenlet(unsafe { CorePtr::new_unchecked(word as *mut Core) });
+            } else {
+                match self.run_queue.task_of(word) {
+                    Task::WakeRoot(seq) => {
+                        // The root's turn (a `sleep(0)` of the root, or a wake-up of it):
+                        // stale markers from an earlier park carry an older sequence number.
+                        if root_seq_matches(seq, self.root_park_seq.get())
+                            && root.state.get() != State::Running
+                        {
+                            root.state.set(State::Runnable);
+                            self.budget.set(budget.saturating_sub(1));
+                            return;
+                        }
                     }
-                }
-                Some(t) => self.run_task(t),
-                None => {
-                    self.budget.set(self.config.event_interval);
-                    self.poll_events(what);
-                    continue;
+                    t => self.run_task(t),
                 }
             }
             self.budget.set(budget - 1);
@@ -1078,20 +1114,9 @@ impl Hub {
         // returned, when it was Running and so not queued, or here when it was killed before
         // it started while queued).
         let core = unsafe { ptr.as_ref() };
-        match core.state.get() {
-            State::Runnable => {}
-            State::Dead => {
-                // Killed before it started while queued: its entry owns the count the registry
-                // held (see `kill_dyn`).
-                debug_assert!(!core.in_live.get());
-                // SAFETY: `kill_dyn` gave up the registry's count of it to this entry.
-                self.release(unsafe { GRef::adopt(ptr) });
-                return;
-            }
-            _ => {
-                debug_assert!(false, "a queued greenlet in state {:?}", core.state.get());
-                return;
-            }
+        if core.state.get() != State::Runnable {
+            self.resume_not_runnable(ptr);
+            return;
         }
         core.state.set(State::Running);
         self.current.set(ptr);
@@ -1118,6 +1143,23 @@ impl Hub {
             // Suspended without saying why: only possible through a bug in evergreen.
             debug_assert!(false, "greenlet #{} switched out while running", core.id);
             core.state.set(State::Parked);
+        }
+    }
+
+    /// A queued greenlet that is not runnable any more: one killed before it started.
+    #[cold]
+    #[inline(never)]
+    fn resume_not_runnable(&self, ptr: CorePtr) {
+        // SAFETY: as in `resume_greenlet`.
+        let core = unsafe { ptr.as_ref() };
+        if core.state.get() == State::Dead {
+            // Killed before it started while queued: its entry owns the count the registry
+            // held (see `kill_dyn`).
+            debug_assert!(!core.in_live.get());
+            // SAFETY: `kill_dyn` gave up the registry's count of it to this entry.
+            self.release(unsafe { GRef::adopt(ptr) });
+        } else {
+            debug_assert!(false, "a queued greenlet in state {:?}", core.state.get());
         }
     }
 
