@@ -366,7 +366,16 @@ fn main() {
     let charts_dir = out
         .parent()
         .map_or_else(|| PathBuf::from("charts"), |p| p.join("charts"));
-    let md = render(&mode, &results, &peers, &notes, &env, elapsed, &charts_dir);
+    let md = render(
+        &mode,
+        &results,
+        &peers,
+        &notes,
+        &env,
+        elapsed,
+        &charts_dir,
+        only.is_some(),
+    );
     if let Err(e) = std::fs::create_dir_all(&charts_dir) {
         fail(&format!("create {}: {e}", charts_dir.display()));
     }
@@ -980,6 +989,7 @@ fn table(
     s
 }
 
+#[allow(clippy::too_many_arguments)]
 fn render(
     mode: &Mode,
     results: &Results,
@@ -988,6 +998,7 @@ fn render(
     env: &[String],
     elapsed: Duration,
     charts_dir: &Path,
+    partial: bool,
 ) -> String {
     let chart_rel = charts_dir
         .file_name()
@@ -1004,7 +1015,8 @@ fn render(
     }
     md.push_str(&format!(
         "\nRuntimes: **evergreen** (one hub, one thread, cooperative, FIFO); **evergreen-2hubs** \
-         (TCP echo only: server greenlets on one hub/thread, clients on another); **tokio-ct** \
+         (TCP echo: server greenlets on one hub/thread, clients on another; CPU-bound: half the \
+         tasks on each of two hubs); **tokio-ct** \
          (tokio current-thread); **tokio-mt2** (tokio multi-thread, work-stealing, 2 workers); \
          **may-1 / may-2** (may, stackful, work-stealing, 1 / 2 workers); **gevent** (the \
          Python original, from a venv).\n\n\
@@ -1164,6 +1176,9 @@ fn render(
             md.push_str(&table(&rows, &reference, &unit, hi));
             md.push('\n');
         }
+    }
+    if partial {
+        return md;
     }
     md.push_str(
         "## The application: stats pipeline on both models\n\nNot measured yet: the stats \
