@@ -1177,17 +1177,16 @@ fn render(
             md.push('\n');
         }
     }
-    if partial {
-        return md;
-    }
-    md.push_str(
-        "## The application: stats pipeline on both models\n\nNot measured yet: the stats \
+    if !partial {
+        md.push_str(
+            "## The application: stats pipeline on both models\n\nNot measured yet: the stats \
          pipeline (services/src/stats) is not on main. Hook: a bench target `pipeline` in \
          bench/ that runs the pipeline on evergreen and its tokio + reqwest + mysql_async \
          twin against the same demo API and MySQL, and reports each point with \
          `evergreen_bench::record`, joins this report by being added to `PEER_BENCHES` in \
          bench/src/main.rs.\n\n",
-    );
+        );
+    }
     if !notes.is_empty() {
         md.push_str("## Notes\n\n");
         for n in notes {
