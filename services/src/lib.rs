@@ -31,7 +31,27 @@
 //! hooks exactly as gevent's patching made the Python driver cooperative. Each module's docs
 //! describe its mechanism and map its items to their Python counterparts.
 //!
+//! # The stats pipeline
+//!
+//! On top of the fetch helper, one way only (each layer knows nothing of the ones above it):
+//!
+//! * [`store`]: one [`store::Store`] interface, MySQL (through [`fetch::mysql`]) and SQLite
+//!   (embedded, the default): the three stats tables, the crunch-date cursor, the runs log;
+//!   knows nothing of HTTP;
+//! * [`stats`]: [`stats::BaseService`] and the three services (bulk SMS cost, bulk SMS failed,
+//!   airtime delivered) as supervised actors, the [`stats::Writer`] batching upserts, the
+//!   [`stats::Pipeline`] and its [`stats::Scheduler`] with the cursor logic; parsing in
+//!   [`stats::parse`];
+//! * [`demo_api`]: a stand-in for the upstream stats API (deterministic data, faults) on
+//!   evergreen's `StreamServer`;
+//! * [`config`]: checked configuration values and the exit codes of the `stats-pipeline`
+//!   binary (`src/bin/stats-pipeline.rs`), which sits on top of everything.
+//!
 //! `unsafe` is forbidden in this crate: everything unsafe lives in the runtime.
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod demo_api;
 pub mod fetch;
+pub mod stats;
+pub mod store;
