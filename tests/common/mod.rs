@@ -8,7 +8,13 @@ use std::time::Duration;
 /// How long any one test may take before it is declared hung.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn run_inner<F: FnOnce() + Send + 'static>(virtual_clock: bool, f: F) {
+/// Runs `f` on its own thread with a fresh hub (the virtual clock if `virtual_clock`), then
+/// checks that nothing outlived it; the test fails as hung after `timeout` of wall-clock time.
+pub fn run_with_timeout<F: FnOnce() + Send + 'static>(
+    virtual_clock: bool,
+    timeout: Duration,
+    f: F,
+) {
     let (tx, rx) = mpsc::channel();
     let t = std::thread::Builder::new()
         .name("evergreen-test".into())
@@ -32,27 +38,27 @@ fn run_inner<F: FnOnce() + Send + 'static>(virtual_clock: bool, f: F) {
             }
         })
         .expect("spawn test thread");
-    match rx.recv_timeout(TEST_TIMEOUT) {
+    match rx.recv_timeout(timeout) {
         Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
             if let Err(p) = t.join() {
                 std::panic::resume_unwind(p);
             }
         }
         Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("test did not finish within {TEST_TIMEOUT:?} (hung)")
+            panic!("test did not finish within {timeout:?} (hung)")
         }
     }
 }
 
 /// Runs `f` on a fresh hub with the real clock.
 pub fn run<F: FnOnce() + Send + 'static>(f: F) {
-    run_inner(false, f)
+    run_with_timeout(false, TEST_TIMEOUT, f)
 }
 
 /// Runs `f` on a fresh hub with the virtual clock: timers fire as soon as every greenlet is
 /// blocked, so timeouts cost no real time and elapsed times are exact.
 pub fn run_virtual<F: FnOnce() + Send + 'static>(f: F) {
-    run_inner(true, f)
+    run_with_timeout(true, TEST_TIMEOUT, f)
 }
 
 /// Counts drops, to prove destructors ran.

@@ -7,58 +7,28 @@ use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 
 use evergreen::net::{StreamServer, TcpStream};
 
-/// How long any one test may take before it is declared hung.
+#[path = "../../../tests/common/mod.rs"]
+mod base;
+
+/// How long any one test may take before it is declared hung (MySQL and network tests are
+/// slower than the runtime's own, so longer than the workspace's default).
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn run_inner<F: FnOnce() + Send + 'static>(virtual_clock: bool, f: F) {
-    let (tx, rx) = mpsc::channel();
-    let t = std::thread::Builder::new()
-        .name("services-test".into())
-        .spawn(move || {
-            let _ = env_logger::builder().is_test(true).try_init();
-            if virtual_clock {
-                assert!(evergreen::hub::use_virtual_clock());
-            }
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-            if r.is_ok() {
-                let live = evergreen::hub::live_count();
-                let info = evergreen::debug::format_run_info();
-                assert_eq!(live, 0, "greenlets outlived the test:\n{info}");
-                assert_eq!(evergreen::hub::timer_count(), 0, "timers outlived the test");
-            }
-            evergreen::hub::destroy();
-            let _ = tx.send(());
-            if let Err(p) = r {
-                std::panic::resume_unwind(p);
-            }
-        })
-        .expect("spawn test thread");
-    match rx.recv_timeout(TEST_TIMEOUT) {
-        Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-            if let Err(p) = t.join() {
-                std::panic::resume_unwind(p);
-            }
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("test did not finish within {TEST_TIMEOUT:?} (hung)")
-        }
-    }
-}
-
-/// Runs `f` on a fresh hub with the real clock.
+/// Runs `f` on a fresh hub with the real clock, under [`TEST_TIMEOUT`] and the workspace's leak
+/// check (tests/common/mod.rs).
 pub fn run<F: FnOnce() + Send + 'static>(f: F) {
-    run_inner(false, f)
+    base::run_with_timeout(false, TEST_TIMEOUT, f)
 }
 
 /// Runs `f` on a fresh hub with the virtual clock (timers fire as soon as everything is
 /// blocked; loopback I/O is still real).
 pub fn run_virtual<F: FnOnce() + Send + 'static>(f: F) {
-    run_inner(true, f)
+    base::run_with_timeout(true, TEST_TIMEOUT, f)
 }
 
 /// A request as the test server saw it.
