@@ -186,6 +186,9 @@ pub(crate) struct Core {
     /// `Hub::hook_saw_interrupt`.
     pub(crate) hook_reports: Cell<u32>,
     pub(crate) deadline_hit: Cell<bool>,
+    /// Set while it waits for a greenlet it resumed nested on its own stack to come back
+    /// (see `Hub::run_next_here`): it must not be resumed meanwhile.
+    pub(crate) nesting: Cell<bool>,
     pub(crate) waiting_on: Cell<&'static str>,
     /// Whether the hub's live registry holds it (and one of its counts).
     pub(crate) in_live: Cell<bool>,
@@ -230,6 +233,7 @@ impl Core {
             unwinding: Cell::new(0),
             hook_reports: Cell::new(0),
             deadline_hit: Cell::new(false),
+            nesting: Cell::new(false),
             waiting_on: Cell::new(""),
             in_live: Cell::new(false),
             stack_bounds: Cell::new(StackBounds {
@@ -411,7 +415,7 @@ impl Core {
     }
 
     /// Marks the greenlet dead, frees its locals, wakes joiners and schedules links.
-    #[inline]
+    #[inline(always)]
     fn complete(&self, ended: Ended) {
         self.ended.set(ended);
         self.unwinding.set(0);

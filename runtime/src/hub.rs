@@ -100,6 +100,16 @@ pub(crate) enum TimerAction {
     Callback(Box<dyn FnOnce()>),
 }
 
+/// What runs after a greenlet switches out (see `Hub::next_step`).
+enum Next {
+    /// The greenlet itself: it keeps running.
+    Me,
+    /// Another greenlet, resumed nested on this one's stack.
+    Other(CorePtr),
+    /// Whatever the hub loop decides: the greenlet suspends to it.
+    Hub,
+}
+
 /// How a park ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Wake {
@@ -273,6 +283,26 @@ impl RunQueue {
     #[inline(always)]
     fn pop(&self) -> Option<Task> {
         self.pop_word().map(|w| self.task_of(w))
+    }
+
+    /// The next task's word, left in the queue.
+    #[inline(always)]
+    fn peek_word(&self) -> Option<usize> {
+        let r = self.ring();
+        if r.head == r.tail {
+            return None;
+        }
+        // SAFETY: the index is masked to the buffer's length, `mask + 1`.
+        Some(unsafe { *r.buf.get_unchecked(r.head & r.mask) })
+    }
+
+    /// Drops the next task's word, which the caller has read with
+    /// [`peek_word`](Self::peek_word) and acts on itself.
+    #[inline(always)]
+    fn skip(&self) {
+        let r = self.ring();
+        debug_assert!(r.head != r.tail);
+        r.head = r.head.wrapping_add(1);
     }
 
     /// Takes the next task's word (see [`task_of`](Self::task_of)). The hub loop resumes an
@@ -1020,6 +1050,15 @@ impl Hub {
             self.run_until_root_woken(what);
             core.state.set(State::Running);
         } else {
+            match self.next_step(core) {
+                Next::Me => return,
+                Next::Other(next) => {
+                    if self.run_nested(core, next) {
+                        return;
+                    }
+                }
+                Next::Hub => {}
+            }
             let y = core.yielder.get();
             debug_assert!(!y.is_null(), "parking a greenlet that has not started");
             // SAFETY: `yielder` was set by the greenlet's own coroutine body, which is running
@@ -1031,6 +1070,99 @@ impl Hub {
                 "greenlet #{} resumed in the wrong state while waiting on {what}",
                 core.id
             );
+        }
+    }
+
+    /// What the hub loop would do next, seen from `me`, the greenlet that is switching out
+    /// (see [`run_nested`](Self::run_nested)): `me` itself is next (it is then taken off the
+    /// run queue and running again, as if the hub had resumed it), another greenlet that can
+    /// be resumed right here is next, or the hub loop must decide.
+    #[inline(always)]
+    fn next_step(&self, me: &Core) -> Next {
+        let budget = self.budget.get();
+        if budget == 0 {
+            return Next::Hub;
+        }
+        let Some(word) = self.run_queue.peek_word() else {
+            return Next::Hub;
+        };
+        if word == me.ptr().as_ptr() as usize {
+            debug_assert_eq!(me.state.get(), State::Runnable);
+            self.run_queue.skip();
+            self.budget.set(budget - 1);
+            me.state.set(State::Running);
+            return Next::Me;
+        }
+        if word & TAG_MASK != 0 {
+            return Next::Hub;
+        }
+        // SAFETY: an untagged word is the address of a registered greenlet's core (see
+        // `resume_greenlet`).
+        let next = unsafe { &*(word as *const Core) };
+        if next.state.get() != State::Runnable || next.nesting.get() || self.monitor.get().is_some()
+        {
+            return Next::Hub;
+        }
+        // SAFETY: `word` is the non-null address of `next`.
+        Next::Other(unsafe { CorePtr::new_unchecked(word as *mut Core) })
+    }
+
+    /// Runs, nested on the stack of `me` (the greenlet that is switching out), the tasks the
+    /// hub loop would run next, for as long as they are greenlets that can be resumed from
+    /// here ([`next_step`](Self::next_step) found one at the head of the run queue); returns
+    /// `true` when `me` itself is next (taken off the run queue and running again), `false`
+    /// when the hub loop must decide (`me` must then suspend to whoever resumed it).
+    ///
+    /// This is the hub loop's own step, taken without first switching to the hub: the same
+    /// task is taken from the same queue at the same budget, so the order of events is exactly
+    /// the hub's. It stops at anything the loop does differently from resuming a greenlet: a
+    /// spent budget (timers and I/O are due), an empty queue, a callback, the root's turn, a
+    /// greenlet that is not runnable (killed before it started), a greenlet that is itself
+    /// waiting for a nested one to come back (an ancestor in this chain of nested resumes:
+    /// the chain unwinds to it), or a monitor that watches each turn.
+    ///
+    /// So a spawn + join, a yield between two greenlets and a queue round trip take two
+    /// switches instead of four, and no turn of the loop on the root's stack.
+    #[inline(never)]
+    fn run_nested(&self, me: &Core, first: CorePtr) -> bool {
+        let me_ptr = me.ptr();
+        let mut next = first;
+        me.nesting.set(true);
+        loop {
+            // `next_step` saw it at the head of the queue and checked the budget.
+            self.run_queue.skip();
+            self.budget.set(self.budget.get() - 1);
+            // SAFETY: `next_step` found it at the head of the run queue: a registered greenlet
+            // (see `resume_greenlet`), runnable and not in this chain of nested resumes, so its
+            // coroutine is suspended (or not started) and may be resumed from here.
+            let core = unsafe { next.as_ref() };
+            core.state.set(State::Running);
+            self.current.set(next);
+            // SAFETY: as in `resume_greenlet`.
+            let co = unsafe { &mut *core.coroutine.get() };
+            let done = match co.as_mut() {
+                Some(c) => c.resume(()).as_return().is_some(),
+                None => true,
+            };
+            if core.unguarded {
+                core.check_canary();
+            }
+            if done {
+                // As in the hub loop: what reaping drops runs as the hub.
+                self.current.set(self.root_core);
+                self.reap(next);
+            } else if core.state.get() == State::Running {
+                debug_assert!(false, "greenlet #{} switched out while running", core.id);
+                core.state.set(State::Parked);
+            }
+            self.current.set(me_ptr);
+            match self.next_step(me) {
+                Next::Other(p) => next = p,
+                step => {
+                    me.nesting.set(false);
+                    return matches!(step, Next::Me);
+                }
+            }
         }
     }
 
@@ -1054,6 +1186,9 @@ impl Hub {
                 self.poll_events(what);
                 continue;
             };
+            // Counted when taken (greenlets that run the next task nested, see
+            // `run_next_here`, count theirs the same way).
+            self.budget.set(budget - 1);
             if word & TAG_MASK == 0 {
                 // SAFETY: an untagged word is the non-null address of a core, pushed by
                 // `RunQueue::push`.
@@ -1067,14 +1202,12 @@ impl Hub {
                             && root.state.get() != State::Running
                         {
                             root.state.set(State::Runnable);
-                            self.budget.set(budget.saturating_sub(1));
                             return;
                         }
                     }
                     t => self.run_task(t),
                 }
             }
-            self.budget.set(budget - 1);
         }
     }
 

@@ -199,7 +199,7 @@ impl<T> WaitList<T> {
     }
 
     /// Completes the first wait by handing it `v`; gives `v` back if nobody waits.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn wake_one_with(&self, v: T) -> Result<(), T> {
         match self.pop() {
             Some(w) => {
@@ -212,7 +212,7 @@ impl<T> WaitList<T> {
     }
 
     /// Completes the first wait by taking its slot's content (a putter's item).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn take_one(&self) -> Option<T> {
         let w = self.pop()?;
         let v = w.slot.take();
