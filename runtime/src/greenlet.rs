@@ -187,7 +187,7 @@ pub(crate) struct Core {
     pub(crate) hook_reports: Cell<u32>,
     pub(crate) deadline_hit: Cell<bool>,
     /// Set while it waits for a greenlet it resumed nested on its own stack to come back
-    /// (see `Hub::run_next_here`): it must not be resumed meanwhile.
+    /// (see `Hub::run_nested`): it must not be resumed meanwhile.
     pub(crate) nesting: Cell<bool>,
     pub(crate) waiting_on: Cell<&'static str>,
     /// Whether the hub's live registry holds it (and one of its counts).

@@ -21,6 +21,16 @@
 //!   returns x
 //! ```
 //!
+//! **Taking the hub's next step in place.** When a greenlet switches out and the hub's next
+//! task is another greenlet, the greenlet that switches out resumes it itself, nested on its
+//! own stack, instead of first switching to the hub loop and the hub loop then resuming it: it
+//! is the same task, taken from the same queue at the same budget, so the order of events is
+//! exactly the hub loop's. When that greenlet switches out in turn and the first greenlet's
+//! own turn is next, it just returns to it. A spawn + join, a yield between two greenlets and
+//! a queue round trip so take two switches instead of four. Anything else the loop would do
+//! (poll timers and I/O, run a callback, wake the root) is left to the loop: the chain of
+//! nested greenlets suspends back to it.
+//!
 //! **The run queue** is a power-of-two ring of one-word tasks: a greenlet to resume is its
 //! core's address, a callback is a marker whose closure waits in a side queue in the same
 //! order, and a wake-up of the root carries the root's park sequence number. Queueing a
@@ -1187,7 +1197,7 @@ impl Hub {
                 continue;
             };
             // Counted when taken (greenlets that run the next task nested, see
-            // `run_next_here`, count theirs the same way).
+            // `run_nested`, count theirs the same way).
             self.budget.set(budget - 1);
             if word & TAG_MASK == 0 {
                 // SAFETY: an untagged word is the non-null address of a core, pushed by
@@ -1541,5 +1551,144 @@ mod tests {
             Some(Task::WakeRoot(s)) => assert!(root_seq_matches(s, big)),
             _ => panic!("expected a root wake-up"),
         }
+    }
+
+    // ---- greenlets that run the next task nested (`run_next_here`) --------------------------
+
+    type Log = std::rc::Rc<RefCell<Vec<String>>>;
+
+    fn push(log: &Log, s: impl Into<String>) {
+        log.borrow_mut().push(s.into());
+    }
+
+    /// Several greenlets taking turns: each turn nests the next greenlet on the stack of the
+    /// one that yields, and the chain unwinds to an ancestor when its turn comes (through
+    /// several levels); the order stays the run queue's FIFO order.
+    #[test]
+    fn nested_turns_keep_fifo_order_through_chains() {
+        let log: Log = Default::default();
+        let names = ["a", "b", "c", "d"];
+        let gs: Vec<_> = names
+            .iter()
+            .map(|&n| {
+                let log = log.clone();
+                crate::spawn(move || {
+                    for i in 0..150 {
+                        push(&log, format!("{n}{i}"));
+                        crate::sleep(Duration::ZERO);
+                    }
+                })
+            })
+            .collect();
+        for g in &gs {
+            g.join();
+        }
+        let expected: Vec<String> = (0..150)
+            .flat_map(|i| names.iter().map(move |n| format!("{n}{i}")))
+            .collect();
+        assert_eq!(*log.borrow(), expected);
+        assert_eq!(live_count(), 0);
+    }
+
+    /// Timers are fired exactly every `event_interval` tasks, also when the tasks are run
+    /// nested by greenlets rather than by the hub loop: the budget is the hub loop's.
+    #[test]
+    fn nested_turns_keep_the_polling_points_of_the_hub_loop() {
+        let log: Log = Default::default();
+        let spinner = |name: &'static str| {
+            let log = log.clone();
+            crate::spawn(move || {
+                for i in 0..100 {
+                    push(&log, name);
+                    if name == "a" && i == 40 {
+                        // Task 80: after the first poll, before the second.
+                        let l = log.clone();
+                        call_later(Duration::ZERO, move || push(&l, "timer2"));
+                    }
+                    crate::sleep(Duration::ZERO);
+                }
+            })
+        };
+        let (a, b) = (spinner("a"), spinner("b"));
+        let l = log.clone();
+        call_later(Duration::ZERO, move || push(&l, "timer1"));
+        a.join();
+        b.join();
+        let log = log.borrow();
+        let at = |what: &str| log.iter().position(|s| s == what);
+        let interval = hub().config.event_interval as usize;
+        // Every task is one greenlet turn that logs once; the hub polls (and fires due timers)
+        // after every `interval` tasks.
+        assert_eq!(at("timer1"), Some(interval));
+        assert_eq!(at("timer2"), Some(2 * interval + 1));
+    }
+
+    /// A greenlet resumed nested by a joiner kills that joiner (an ancestor in the chain):
+    /// the joiner takes its turn when the nested greenlet is done, and unwinds at its next
+    /// blocking point.
+    #[test]
+    fn a_nested_greenlet_can_kill_the_joiner_that_resumed_it() {
+        let log: Log = Default::default();
+        let l = log.clone();
+        let joiner = crate::spawn(move || {
+            let me = crate::getcurrent();
+            let l2 = l.clone();
+            let target = crate::spawn(move || {
+                push(&l2, "target runs");
+                me.kill_nowait();
+                push(&l2, "target done");
+                7
+            });
+            struct Cleanup(Log);
+            impl Drop for Cleanup {
+                fn drop(&mut self) {
+                    push(&self.0, "joiner unwinds");
+                }
+            }
+            let _c = Cleanup(l.clone());
+            // The join was completed before the joiner ran again: it wins over the kill,
+            // which is delivered at the next blocking point.
+            let v = target.get();
+            push(&l, format!("joiner got {v:?}"));
+            crate::sleep(Duration::ZERO);
+            push(&l, "not reached");
+        });
+        joiner.join();
+        assert_eq!(joiner.exception(), Some(crate::Error::Killed));
+        assert_eq!(
+            *log.borrow(),
+            [
+                "target runs",
+                "target done",
+                "joiner got Ok(7)",
+                "joiner unwinds"
+            ]
+        );
+    }
+
+    /// A long chain: every greenlet parks on one event and so resumes the next one nested;
+    /// the chain is as deep as there are greenlets, and unwinds when the root's turn comes.
+    #[test]
+    fn thousands_of_nested_parks_unwind_cleanly() {
+        let ev = std::rc::Rc::new(crate::Event::new());
+        let n = 3000;
+        let gs: Vec<_> = (0..n)
+            .map(|i| {
+                let ev = ev.clone();
+                crate::spawn(move || {
+                    ev.wait();
+                    i
+                })
+            })
+            .collect();
+        crate::sleep(Duration::ZERO);
+        assert_eq!(live_count(), n);
+        ev.set();
+        let sum: usize = gs
+            .into_iter()
+            .map(|g| g.into_result().expect("value"))
+            .sum();
+        assert_eq!(sum, n * (n - 1) / 2);
+        assert_eq!(live_count(), 0);
     }
 }
