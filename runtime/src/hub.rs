@@ -1553,7 +1553,7 @@ mod tests {
         }
     }
 
-    // ---- greenlets that run the next task nested (`run_next_here`) --------------------------
+    // ---- greenlets that run the next task nested (`run_nested`) -----------------------------
 
     type Log = std::rc::Rc<RefCell<Vec<String>>>;
 

@@ -344,6 +344,12 @@ impl Links {
         self.list.get_or_init(Default::default)
     }
 
+    /// Whether no link was ever registered (so there is nothing to drop).
+    #[inline(always)]
+    pub(crate) fn is_unused(&self) -> bool {
+        self.list.get().is_none()
+    }
+
     /// Registers `f` (it is not run: see [`add_or_fire`](Self::add_or_fire)).
     pub(crate) fn add(&self, f: Callback) -> LinkId {
         let id = NEXT_LINK.with(|n| {
