@@ -94,6 +94,17 @@ fn title(workload: Workload) -> &'static str {
     }
 }
 
+/// What one op is, for the instruction counts (the callgrind child runs N ops of a workload:
+/// a yield op is one yield of each of the two greenlets).
+fn op_title(workload: Workload) -> &'static str {
+    match workload {
+        Workload::SpawnJoin => "spawn + join (one greenlet)",
+        Workload::Yield => "yield (one yield of each of two greenlets)",
+        Workload::PingPong => "queue ping-pong (one round trip)",
+        Workload::Throughput => "one-way throughput (one message)",
+    }
+}
+
 /// Median ns per op of `workload` on `rt`: calibrates the iteration count, then times
 /// `settings.runs` runs.
 fn median_ns_per_op(
@@ -519,7 +530,7 @@ fn render_instructions() -> String {
         2 * CALLGRIND_ITERS,
         CALLGRIND_ITERS
     );
-    let _ = writeln!(md, "| workload | instructions/op | ÷ two raw round trips |");
+    let _ = writeln!(md, "| op | instructions/op | ÷ two raw round trips |");
     let _ = writeln!(md, "|---|---:|---:|");
     let _ = writeln!(
         md,
@@ -528,10 +539,10 @@ fn render_instructions() -> String {
     for w in Workload::ALL {
         match instructions_per_op(w.name()) {
             Some(n) => {
-                let _ = writeln!(md, "| {} | {n:.0} | {:.1} |", title(w), n / raw);
+                let _ = writeln!(md, "| {} | {n:.0} | {:.1} |", op_title(w), n / raw);
             }
             None => {
-                let _ = writeln!(md, "| {} | error | |", title(w));
+                let _ = writeln!(md, "| {} | error | |", op_title(w));
             }
         }
     }
