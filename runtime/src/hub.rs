@@ -1133,7 +1133,7 @@ impl Hub {
     ///
     /// So a spawn + join, a yield between two greenlets and a queue round trip take two
     /// switches instead of four, and no turn of the loop on the root's stack.
-    #[inline(never)]
+    #[inline(always)]
     fn run_nested(&self, me: &Core, first: CorePtr) -> bool {
         let me_ptr = me.ptr();
         let mut next = first;
@@ -1158,9 +1158,7 @@ impl Hub {
                 core.check_canary();
             }
             if done {
-                // As in the hub loop: what reaping drops runs as the hub.
-                self.current.set(self.root_core);
-                self.reap(next);
+                self.reap_as_hub(next);
             } else if core.state.get() == State::Running {
                 debug_assert!(false, "greenlet #{} switched out while running", core.id);
                 core.state.set(State::Parked);
@@ -1328,6 +1326,16 @@ impl Hub {
         if let Some(g) = self.unregister_live(core) {
             self.release(g);
         }
+    }
+
+    /// [`reap`](Self::reap) for a greenlet that ended while resumed nested (see
+    /// [`run_nested`](Self::run_nested)): out of line, so that the nested step inlined at
+    /// every park stays small.
+    #[inline(never)]
+    fn reap_as_hub(&self, ptr: CorePtr) {
+        // As in the hub loop: what reaping drops runs as the hub.
+        self.current.set(self.root_core);
+        self.reap(ptr);
     }
 
     /// Fires due timers, then polls I/O (blocking until the next timer if nothing is
