@@ -29,7 +29,9 @@
 //! own turn is next, it just returns to it. A spawn + join, a yield between two greenlets and
 //! a queue round trip so take two switches instead of four. Anything else the loop would do
 //! (poll timers and I/O, run a callback, wake the root) is left to the loop: the chain of
-//! nested greenlets suspends back to it.
+//! nested greenlets suspends back to it. Each greenlet of such a chain keeps only the resume's
+//! frame on its own stack (the nested one runs on its own stack), so chains as deep as there
+//! are greenlets are fine.
 //!
 //! **The run queue** is a power-of-two ring of one-word tasks: a greenlet to resume is its
 //! core's address, a callback is a marker whose closure waits in a side queue in the same
