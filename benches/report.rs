@@ -3,7 +3,10 @@
 //!
 //! Timing is deliberately simple (not criterion): for each workload and runtime the iteration
 //! count is doubled until one run takes at least [`TARGET_RUN`], then [`RUNS`] runs are timed
-//! and the median time per op is reported. The one-way throughput of [`BIG_MESSAGES`] messages
+//! and the median time per op is reported; evergreen and tokio-ct, whose ratio the targets
+//! are about, are timed in alternation (one run of each per round) and the ratio is the median
+//! of the rounds' ratios, so that load from other jobs on a shared machine hits both sides of
+//! a ratio alike. The one-way throughput of [`BIG_MESSAGES`] messages
 //! is measured once per runtime. Memory per parked task comes from a fresh child process per
 //! runtime (see `common/memory.rs`). Each row is compared with tokio `current_thread` and
 //! checked against the targets of the issue:
@@ -91,6 +94,17 @@ fn title(workload: Workload) -> &'static str {
     }
 }
 
+/// What one op is, for the instruction counts (the callgrind child runs N ops of a workload:
+/// a yield op is one yield of each of the two greenlets).
+fn op_title(workload: Workload) -> &'static str {
+    match workload {
+        Workload::SpawnJoin => "spawn + join (one greenlet)",
+        Workload::Yield => "yield (one yield of each of two greenlets)",
+        Workload::PingPong => "queue ping-pong (one round trip)",
+        Workload::Throughput => "one-way throughput (one message)",
+    }
+}
+
 /// Median ns per op of `workload` on `rt`: calibrates the iteration count, then times
 /// `settings.runs` runs.
 fn median_ns_per_op(
@@ -99,19 +113,65 @@ fn median_ns_per_op(
     rt: Runtime,
     workload: Workload,
 ) -> f64 {
+    let iters = calibrate(settings, runners, rt, workload);
+    let runner = runners.get(rt);
+    let mut samples: Vec<f64> = (0..settings.runs)
+        .map(|_| runner.run(workload, iters).as_nanos() as f64 / iters as f64)
+        .collect();
+    median(&mut samples)
+}
+
+/// The iteration count for `workload` on `rt`: doubled until one run takes at least
+/// `settings.target_run`.
+fn calibrate(settings: &Settings, runners: &mut Runners, rt: Runtime, workload: Workload) -> u64 {
     let runner = runners.get(rt);
     let mut iters = 1_000u64;
     loop {
         let elapsed = runner.run(workload, iters);
         if elapsed >= settings.target_run || iters >= 1 << 26 {
-            break;
+            return iters;
         }
         iters *= 2;
     }
-    let mut samples: Vec<f64> = (0..settings.runs)
-        .map(|_| runner.run(workload, iters).as_nanos() as f64 / iters as f64)
-        .collect();
-    median(&mut samples)
+}
+
+/// evergreen and tokio-ct timed in alternation on one workload: each round times one run of
+/// each, back to back, so that a change in the load of a shared machine hits both numbers
+/// of a round alike.
+struct Paired {
+    /// Median ns per op of evergreen's runs.
+    evergreen_ns: f64,
+    /// Median ns per op of tokio-ct's runs.
+    tokio_ns: f64,
+    /// Median over the rounds of evergreen's time ÷ tokio-ct's time in that round.
+    ratio: f64,
+}
+
+/// Measures `workload` on evergreen and tokio-ct in alternation (see [`Paired`]).
+fn paired(settings: &Settings, runners: &mut Runners, workload: Workload) -> Paired {
+    let e_iters = calibrate(settings, runners, Runtime::Evergreen, workload);
+    let t_iters = calibrate(settings, runners, Runtime::TokioCurrentThread, workload);
+    let (mut e, mut t, mut r) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..settings.runs {
+        let en = runners
+            .get(Runtime::Evergreen)
+            .run(workload, e_iters)
+            .as_nanos() as f64
+            / e_iters as f64;
+        let tn = runners
+            .get(Runtime::TokioCurrentThread)
+            .run(workload, t_iters)
+            .as_nanos() as f64
+            / t_iters as f64;
+        e.push(en);
+        t.push(tn);
+        r.push(en / tn);
+    }
+    Paired {
+        evergreen_ns: median(&mut e),
+        tokio_ns: median(&mut t),
+        ratio: median(&mut r),
+    }
 }
 
 /// One runtime's results; `None` where the measurement failed.
@@ -133,14 +193,32 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Option<T> {
     }
 }
 
-/// Measures every workload, the 10M throughput and the parked memory of `rt`.
-fn measure(settings: &Settings, runners: &mut Runners, rt: Runtime) -> Column {
+/// Measures every workload, the 10M throughput and the parked memory of `rt`. `pairs` holds
+/// the alternating evergreen / tokio-ct measurements, when both runtimes are selected: their
+/// timed cells come from there.
+fn measure(
+    settings: &Settings,
+    runners: &mut Runners,
+    rt: Runtime,
+    pairs: &[Option<Paired>],
+) -> Column {
     let mut ns_per_op = Vec::new();
-    for workload in Workload::ALL {
+    for (row, workload) in Workload::ALL.into_iter().enumerate() {
         let started = Instant::now();
-        let value = guarded(&format!("{} on {}", workload.name(), rt.name()), || {
-            median_ns_per_op(settings, runners, rt, workload)
-        });
+        let from_pair = pairs
+            .get(row)
+            .and_then(Option::as_ref)
+            .and_then(|p| match rt {
+                Runtime::Evergreen => Some(p.evergreen_ns),
+                Runtime::TokioCurrentThread => Some(p.tokio_ns),
+                _ => None,
+            });
+        let value = match from_pair {
+            Some(ns) => Some(ns),
+            None => guarded(&format!("{} on {}", workload.name(), rt.name()), || {
+                median_ns_per_op(settings, runners, rt, workload)
+            }),
+        };
         eprintln!(
             "report: {:<10} {:<20} {:>12} ({:.1} s)",
             rt.name(),
@@ -204,7 +282,7 @@ fn machine() -> String {
 }
 
 /// Renders the markdown report.
-fn render(settings: &Settings, columns: &[Column]) -> String {
+fn render(settings: &Settings, columns: &[Column], pairs: &[Option<Paired>]) -> String {
     let tokio_ct = columns
         .iter()
         .position(|c| c.rt == Runtime::TokioCurrentThread);
@@ -220,10 +298,14 @@ fn render(settings: &Settings, columns: &[Column]) -> String {
         md,
         "Median of {} timed runs per cell (each run ≥ {} ms, iteration count calibrated \
          per cell); memory from a fresh process per runtime with {} parked tasks. \
-         Ratio = evergreen ÷ tokio-ct (time or bytes: lower is better for evergreen).\n",
+         Ratio = evergreen ÷ tokio-ct (time or bytes: lower is better for evergreen). \
+         evergreen and tokio-ct are timed in alternation, one run of each per round, and the \
+         ratio of a timed row is the median of the {} rounds' ratios, so that a change in the \
+         load of a shared machine during the run hits both sides of a ratio alike.\n",
         settings.runs,
         settings.target_run.as_millis(),
-        settings.parked_tasks
+        settings.parked_tasks,
+        settings.runs
     );
 
     let _ = write!(md, "| workload |");
@@ -247,8 +329,9 @@ fn render(settings: &Settings, columns: &[Column]) -> String {
                 c.ns_per_op[row].map_or("error".to_string(), fmt_ns)
             );
         }
-        let ratio = match (evergreen, tokio_ct) {
-            (Some(e), Some(t)) => columns[e].ns_per_op[row]
+        let ratio = match (pairs.get(row).and_then(Option::as_ref), evergreen, tokio_ct) {
+            (Some(p), _, _) => Some(p.ratio),
+            (None, Some(e), Some(t)) => columns[e].ns_per_op[row]
                 .zip(columns[t].ns_per_op[row])
                 .map(|(e, t)| e / t),
             _ => None,
@@ -447,15 +530,19 @@ fn render_instructions() -> String {
         2 * CALLGRIND_ITERS,
         CALLGRIND_ITERS
     );
-    let _ = writeln!(md, "| workload | instructions/op | ÷ two raw round trips |");
+    let _ = writeln!(md, "| op | instructions/op | ÷ two raw round trips |");
     let _ = writeln!(md, "|---|---:|---:|");
+    let _ = writeln!(
+        md,
+        "| two raw corosensei resume + suspend round trips | {raw:.0} | 1.0 |"
+    );
     for w in Workload::ALL {
         match instructions_per_op(w.name()) {
             Some(n) => {
-                let _ = writeln!(md, "| {} | {n:.0} | {:.1} |", title(w), n / raw);
+                let _ = writeln!(md, "| {} | {n:.0} | {:.1} |", op_title(w), n / raw);
             }
             None => {
-                let _ = writeln!(md, "| {} | error | |", title(w));
+                let _ = writeln!(md, "| {} | error | |", op_title(w));
             }
         }
     }
@@ -473,12 +560,38 @@ fn main() {
         Settings::SMOKE
     };
     let mut runners = Runners::default();
-    let columns: Vec<Column> = Runtime::selected()
+    let selected = Runtime::selected();
+    let both =
+        selected.contains(&Runtime::Evergreen) && selected.contains(&Runtime::TokioCurrentThread);
+    let pairs: Vec<Option<Paired>> = Workload::ALL
         .into_iter()
-        .map(|rt| measure(&settings, &mut runners, rt))
+        .map(|w| {
+            if !both || ratio_target(w).is_none() {
+                return None;
+            }
+            let started = Instant::now();
+            let p = guarded(&format!("{} on evergreen / tokio-ct", w.name()), || {
+                paired(&settings, &mut runners, w)
+            });
+            if let Some(p) = &p {
+                eprintln!(
+                    "report: {:<20} evergreen {:.1} ns/op, tokio-ct {:.1} ns/op, ratio {:.3} ({:.1} s)",
+                    w.name(),
+                    p.evergreen_ns,
+                    p.tokio_ns,
+                    p.ratio,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            p
+        })
+        .collect();
+    let columns: Vec<Column> = selected
+        .into_iter()
+        .map(|rt| measure(&settings, &mut runners, rt, &pairs))
         .collect();
     drop(runners);
-    let mut md = render(&settings, &columns);
+    let mut md = render(&settings, &columns, &pairs);
     if bench_mode {
         md.push_str(&render_instructions());
     }

@@ -217,15 +217,22 @@ pub fn dispatch_child() {
 
 /// The CPU model from `/proc/cpuinfo`, for report headers.
 pub fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_string())
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let Some(model) = field("model name") else {
+        return "unknown CPU".to_string();
+    };
+    // A VM may show only a family name ("AMD EPYC"): the family, model and stepping numbers
+    // tell the generation apart.
+    match (field("cpu family"), field("model"), field("stepping")) {
+        (Some(f), Some(m), Some(s)) => format!("{model} (family {f}, model {m}, stepping {s})"),
+        _ => model,
+    }
 }
 
 /// True when cargo runs this target as a benchmark (`cargo bench` passes `--bench`); false

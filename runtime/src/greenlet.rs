@@ -186,6 +186,9 @@ pub(crate) struct Core {
     /// `Hub::hook_saw_interrupt`.
     pub(crate) hook_reports: Cell<u32>,
     pub(crate) deadline_hit: Cell<bool>,
+    /// Set while it waits for a greenlet it resumed nested on its own stack to come back
+    /// (see `Hub::run_nested`): it must not be resumed meanwhile.
+    pub(crate) nesting: Cell<bool>,
     pub(crate) waiting_on: Cell<&'static str>,
     /// Whether the hub's live registry holds it (and one of its counts).
     pub(crate) in_live: Cell<bool>,
@@ -230,6 +233,7 @@ impl Core {
             unwinding: Cell::new(0),
             hook_reports: Cell::new(0),
             deadline_hit: Cell::new(false),
+            nesting: Cell::new(false),
             waiting_on: Cell::new(""),
             in_live: Cell::new(false),
             stack_bounds: Cell::new(StackBounds {
@@ -411,7 +415,7 @@ impl Core {
     }
 
     /// Marks the greenlet dead, frees its locals, wakes joiners and schedules links.
-    #[inline]
+    #[inline(always)]
     fn complete(&self, ended: Ended) {
         self.ended.set(ended);
         self.unwinding.set(0);
@@ -466,6 +470,24 @@ impl Core {
             self.schedule_notify();
         }
         id
+    }
+}
+
+impl Core {
+    /// Whether dropping this core would do nothing: every field that can own something is
+    /// empty. It must name every such field of `Core` (the ones with drop glue: the coroutine,
+    /// the name, the links and the locals); the rest are plain values in `Cell`s and the
+    /// joiners' list, which owns nothing (its nodes live on the waiters' stacks).
+    #[inline(always)]
+    fn owns_nothing(&self) -> bool {
+        // SAFETY: called when the last count is gone: nothing else can touch the coroutine or
+        // hold a borrow of the locals.
+        unsafe {
+            (*self.coroutine.get()).is_none()
+                && self.name.is_none()
+                && self.links.is_unused()
+                && (*self.locals.as_ptr()).is_none()
+        }
     }
 }
 
@@ -697,8 +719,21 @@ impl<T: 'static> Inner<T> {
     /// `p` heads an `Inner<T>` block whose last count is gone.
     unsafe fn free(p: CorePtr) {
         let p = p.cast::<Inner<T>>();
-        // SAFETY: per the contract, the block is initialised and nothing refers to it.
-        unsafe { std::ptr::drop_in_place(p.as_ptr()) };
+        let inner = p.as_ptr();
+        // SAFETY: per the contract, the block is initialised and nothing refers to it. When
+        // every field of the core that owns something is empty (the usual end of a greenlet:
+        // its coroutine given back, no name, no links, no locals), dropping the core would do
+        // nothing (`Core::drop` only acts on a coroutine), so only the result is dropped.
+        unsafe {
+            if (*inner).core.owns_nothing() {
+                std::ptr::drop_in_place(std::ptr::addr_of_mut!((*inner).result));
+                if (*(*inner).payload.as_ptr()).is_some() {
+                    std::ptr::drop_in_place(std::ptr::addr_of_mut!((*inner).payload));
+                }
+            } else {
+                std::ptr::drop_in_place(inner);
+            }
+        }
         BlockCache::free(p.cast(), std::alloc::Layout::new::<Inner<T>>());
     }
 
@@ -876,7 +911,7 @@ impl<T: 'static> Inner<T> {
     }
 
     /// Called on the greenlet's own stack when its function returned or unwound.
-    #[inline]
+    #[inline(always)]
     fn finish(&self, r: std::thread::Result<T>) {
         match r {
             Ok(v) => {

@@ -21,6 +21,18 @@
 //!   returns x
 //! ```
 //!
+//! **Taking the hub's next step in place.** When a greenlet switches out and the hub's next
+//! task is another greenlet, the greenlet that switches out resumes it itself, nested on its
+//! own stack, instead of first switching to the hub loop and the hub loop then resuming it: it
+//! is the same task, taken from the same queue at the same budget, so the order of events is
+//! exactly the hub loop's. When that greenlet switches out in turn and the first greenlet's
+//! own turn is next, it just returns to it. A spawn + join, a yield between two greenlets and
+//! a queue round trip so take two switches instead of four. Anything else the loop would do
+//! (poll timers and I/O, run a callback, wake the root) is left to the loop: the chain of
+//! nested greenlets suspends back to it. Each greenlet of such a chain keeps only the resume's
+//! frame on its own stack (the nested one runs on its own stack), so chains as deep as there
+//! are greenlets are fine.
+//!
 //! **The run queue** is a power-of-two ring of one-word tasks: a greenlet to resume is its
 //! core's address, a callback is a marker whose closure waits in a side queue in the same
 //! order, and a wake-up of the root carries the root's park sequence number. Queueing a
@@ -98,6 +110,16 @@ pub(crate) enum TimerAction {
     Start(GRef),
     /// Run a callback in hub context.
     Callback(Box<dyn FnOnce()>),
+}
+
+/// What runs after a greenlet switches out (see `Hub::next_step`).
+enum Next {
+    /// The greenlet itself: it keeps running.
+    Me,
+    /// Another greenlet, resumed nested on this one's stack.
+    Other(CorePtr),
+    /// Whatever the hub loop decides: the greenlet suspends to it.
+    Hub,
 }
 
 /// How a park ended.
@@ -273,6 +295,26 @@ impl RunQueue {
     #[inline(always)]
     fn pop(&self) -> Option<Task> {
         self.pop_word().map(|w| self.task_of(w))
+    }
+
+    /// The next task's word, left in the queue.
+    #[inline(always)]
+    fn peek_word(&self) -> Option<usize> {
+        let r = self.ring();
+        if r.head == r.tail {
+            return None;
+        }
+        // SAFETY: the index is masked to the buffer's length, `mask + 1`.
+        Some(unsafe { *r.buf.get_unchecked(r.head & r.mask) })
+    }
+
+    /// Drops the next task's word, which the caller has read with
+    /// [`peek_word`](Self::peek_word) and acts on itself.
+    #[inline(always)]
+    fn skip(&self) {
+        let r = self.ring();
+        debug_assert!(r.head != r.tail);
+        r.head = r.head.wrapping_add(1);
     }
 
     /// Takes the next task's word (see [`task_of`](Self::task_of)). The hub loop resumes an
@@ -1020,6 +1062,15 @@ impl Hub {
             self.run_until_root_woken(what);
             core.state.set(State::Running);
         } else {
+            match self.next_step(core) {
+                Next::Me => return,
+                Next::Other(next) => {
+                    if self.run_nested(core, next) {
+                        return;
+                    }
+                }
+                Next::Hub => {}
+            }
             let y = core.yielder.get();
             debug_assert!(!y.is_null(), "parking a greenlet that has not started");
             // SAFETY: `yielder` was set by the greenlet's own coroutine body, which is running
@@ -1031,6 +1082,97 @@ impl Hub {
                 "greenlet #{} resumed in the wrong state while waiting on {what}",
                 core.id
             );
+        }
+    }
+
+    /// What the hub loop would do next, seen from `me`, the greenlet that is switching out
+    /// (see [`run_nested`](Self::run_nested)): `me` itself is next (it is then taken off the
+    /// run queue and running again, as if the hub had resumed it), another greenlet that can
+    /// be resumed right here is next, or the hub loop must decide.
+    #[inline(always)]
+    fn next_step(&self, me: &Core) -> Next {
+        let budget = self.budget.get();
+        if budget == 0 {
+            return Next::Hub;
+        }
+        let Some(word) = self.run_queue.peek_word() else {
+            return Next::Hub;
+        };
+        if word == me.ptr().as_ptr() as usize {
+            debug_assert_eq!(me.state.get(), State::Runnable);
+            self.run_queue.skip();
+            self.budget.set(budget - 1);
+            me.state.set(State::Running);
+            return Next::Me;
+        }
+        if word & TAG_MASK != 0 {
+            return Next::Hub;
+        }
+        // SAFETY: an untagged word is the address of a registered greenlet's core (see
+        // `resume_greenlet`).
+        let next = unsafe { &*(word as *const Core) };
+        if next.state.get() != State::Runnable || next.nesting.get() || self.monitor.get().is_some()
+        {
+            return Next::Hub;
+        }
+        // SAFETY: `word` is the non-null address of `next`.
+        Next::Other(unsafe { CorePtr::new_unchecked(word as *mut Core) })
+    }
+
+    /// Runs, nested on the stack of `me` (the greenlet that is switching out), the tasks the
+    /// hub loop would run next, for as long as they are greenlets that can be resumed from
+    /// here ([`next_step`](Self::next_step) found one at the head of the run queue); returns
+    /// `true` when `me` itself is next (taken off the run queue and running again), `false`
+    /// when the hub loop must decide (`me` must then suspend to whoever resumed it).
+    ///
+    /// This is the hub loop's own step, taken without first switching to the hub: the same
+    /// task is taken from the same queue at the same budget, so the order of events is exactly
+    /// the hub's. It stops at anything the loop does differently from resuming a greenlet: a
+    /// spent budget (timers and I/O are due), an empty queue, a callback, the root's turn, a
+    /// greenlet that is not runnable (killed before it started), a greenlet that is itself
+    /// waiting for a nested one to come back (an ancestor in this chain of nested resumes:
+    /// the chain unwinds to it), or a monitor that watches each turn.
+    ///
+    /// So a spawn + join, a yield between two greenlets and a queue round trip take two
+    /// switches instead of four, and no turn of the loop on the root's stack.
+    #[inline(always)]
+    fn run_nested(&self, me: &Core, first: CorePtr) -> bool {
+        let me_ptr = me.ptr();
+        let mut next = first;
+        me.nesting.set(true);
+        loop {
+            // `next_step` saw it at the head of the queue and checked the budget.
+            self.run_queue.skip();
+            self.budget.set(self.budget.get() - 1);
+            // SAFETY: `next_step` found it at the head of the run queue: a registered greenlet
+            // (see `resume_greenlet`), runnable and not in this chain of nested resumes, so its
+            // coroutine is suspended (or not started) and may be resumed from here.
+            let core = unsafe { next.as_ref() };
+            core.state.set(State::Running);
+            self.current.set(next);
+            // SAFETY: as in `resume_greenlet`.
+            let co = unsafe { &mut *core.coroutine.get() };
+            let done = match co.as_mut() {
+                Some(c) => c.resume(()).as_return().is_some(),
+                None => true,
+            };
+            if core.unguarded {
+                core.check_canary();
+            }
+            if done {
+                self.reap_as_hub(next);
+            } else if core.state.get() == State::Running {
+                debug_assert!(false, "greenlet #{} switched out while running", core.id);
+                core.state.set(State::Parked);
+            }
+            self.current.set(me_ptr);
+            match self.next_step(me) {
+                Next::Other(p) => next = p,
+                step => {
+                    me.nesting.set(false);
+                    return matches!(step, Next::Me);
+                }
+            }
         }
     }
 
@@ -1054,6 +1196,9 @@ impl Hub {
                 self.poll_events(what);
                 continue;
             };
+            // Counted when taken (greenlets that run the next task nested, see
+            // `run_nested`, count theirs the same way).
+            self.budget.set(budget - 1);
             if word & TAG_MASK == 0 {
                 // SAFETY: an untagged word is the non-null address of a core, pushed by
                 // `RunQueue::push`.
@@ -1067,14 +1212,12 @@ impl Hub {
                             && root.state.get() != State::Running
                         {
                             root.state.set(State::Runnable);
-                            self.budget.set(budget.saturating_sub(1));
                             return;
                         }
                     }
                     t => self.run_task(t),
                 }
             }
-            self.budget.set(budget - 1);
         }
     }
 
@@ -1185,6 +1328,16 @@ impl Hub {
         if let Some(g) = self.unregister_live(core) {
             self.release(g);
         }
+    }
+
+    /// [`reap`](Self::reap) for a greenlet that ended while resumed nested (see
+    /// [`run_nested`](Self::run_nested)): out of line, so that the nested step inlined at
+    /// every park stays small.
+    #[inline(never)]
+    fn reap_as_hub(&self, ptr: CorePtr) {
+        // As in the hub loop: what reaping drops runs as the hub.
+        self.current.set(self.root_core);
+        self.reap(ptr);
     }
 
     /// Fires due timers, then polls I/O (blocking until the next timer if nothing is
@@ -1408,5 +1561,144 @@ mod tests {
             Some(Task::WakeRoot(s)) => assert!(root_seq_matches(s, big)),
             _ => panic!("expected a root wake-up"),
         }
+    }
+
+    // ---- greenlets that run the next task nested (`run_nested`) -----------------------------
+
+    type Log = std::rc::Rc<RefCell<Vec<String>>>;
+
+    fn push(log: &Log, s: impl Into<String>) {
+        log.borrow_mut().push(s.into());
+    }
+
+    /// Several greenlets taking turns: each turn nests the next greenlet on the stack of the
+    /// one that yields, and the chain unwinds to an ancestor when its turn comes (through
+    /// several levels); the order stays the run queue's FIFO order.
+    #[test]
+    fn nested_turns_keep_fifo_order_through_chains() {
+        let log: Log = Default::default();
+        let names = ["a", "b", "c", "d"];
+        let gs: Vec<_> = names
+            .iter()
+            .map(|&n| {
+                let log = log.clone();
+                crate::spawn(move || {
+                    for i in 0..150 {
+                        push(&log, format!("{n}{i}"));
+                        crate::sleep(Duration::ZERO);
+                    }
+                })
+            })
+            .collect();
+        for g in &gs {
+            g.join();
+        }
+        let expected: Vec<String> = (0..150)
+            .flat_map(|i| names.iter().map(move |n| format!("{n}{i}")))
+            .collect();
+        assert_eq!(*log.borrow(), expected);
+        assert_eq!(live_count(), 0);
+    }
+
+    /// Timers are fired exactly every `event_interval` tasks, also when the tasks are run
+    /// nested by greenlets rather than by the hub loop: the budget is the hub loop's.
+    #[test]
+    fn nested_turns_keep_the_polling_points_of_the_hub_loop() {
+        let log: Log = Default::default();
+        let spinner = |name: &'static str| {
+            let log = log.clone();
+            crate::spawn(move || {
+                for i in 0..100 {
+                    push(&log, name);
+                    if name == "a" && i == 40 {
+                        // Task 80: after the first poll, before the second.
+                        let l = log.clone();
+                        call_later(Duration::ZERO, move || push(&l, "timer2"));
+                    }
+                    crate::sleep(Duration::ZERO);
+                }
+            })
+        };
+        let (a, b) = (spinner("a"), spinner("b"));
+        let l = log.clone();
+        call_later(Duration::ZERO, move || push(&l, "timer1"));
+        a.join();
+        b.join();
+        let log = log.borrow();
+        let at = |what: &str| log.iter().position(|s| s == what);
+        let interval = hub().config.event_interval as usize;
+        // Every task is one greenlet turn that logs once; the hub polls (and fires due timers)
+        // after every `interval` tasks.
+        assert_eq!(at("timer1"), Some(interval));
+        assert_eq!(at("timer2"), Some(2 * interval + 1));
+    }
+
+    /// A greenlet resumed nested by a joiner kills that joiner (an ancestor in the chain):
+    /// the joiner takes its turn when the nested greenlet is done, and unwinds at its next
+    /// blocking point.
+    #[test]
+    fn a_nested_greenlet_can_kill_the_joiner_that_resumed_it() {
+        let log: Log = Default::default();
+        let l = log.clone();
+        let joiner = crate::spawn(move || {
+            let me = crate::getcurrent();
+            let l2 = l.clone();
+            let target = crate::spawn(move || {
+                push(&l2, "target runs");
+                me.kill_nowait();
+                push(&l2, "target done");
+                7
+            });
+            struct Cleanup(Log);
+            impl Drop for Cleanup {
+                fn drop(&mut self) {
+                    push(&self.0, "joiner unwinds");
+                }
+            }
+            let _c = Cleanup(l.clone());
+            // The join was completed before the joiner ran again: it wins over the kill,
+            // which is delivered at the next blocking point.
+            let v = target.get();
+            push(&l, format!("joiner got {v:?}"));
+            crate::sleep(Duration::ZERO);
+            push(&l, "not reached");
+        });
+        joiner.join();
+        assert_eq!(joiner.exception(), Some(crate::Error::Killed));
+        assert_eq!(
+            *log.borrow(),
+            [
+                "target runs",
+                "target done",
+                "joiner got Ok(7)",
+                "joiner unwinds"
+            ]
+        );
+    }
+
+    /// A long chain: every greenlet parks on one event and so resumes the next one nested;
+    /// the chain is as deep as there are greenlets, and unwinds when the root's turn comes.
+    #[test]
+    fn thousands_of_nested_parks_unwind_cleanly() {
+        let ev = std::rc::Rc::new(crate::Event::new());
+        let n = 3000;
+        let gs: Vec<_> = (0..n)
+            .map(|i| {
+                let ev = ev.clone();
+                crate::spawn(move || {
+                    ev.wait();
+                    i
+                })
+            })
+            .collect();
+        crate::sleep(Duration::ZERO);
+        assert_eq!(live_count(), n);
+        ev.set();
+        let sum: usize = gs
+            .into_iter()
+            .map(|g| g.into_result().expect("value"))
+            .sum();
+        assert_eq!(sum, n * (n - 1) / 2);
+        assert_eq!(live_count(), 0);
     }
 }

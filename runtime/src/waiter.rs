@@ -199,7 +199,7 @@ impl<T> WaitList<T> {
     }
 
     /// Completes the first wait by handing it `v`; gives `v` back if nobody waits.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn wake_one_with(&self, v: T) -> Result<(), T> {
         match self.pop() {
             Some(w) => {
@@ -212,7 +212,7 @@ impl<T> WaitList<T> {
     }
 
     /// Completes the first wait by taking its slot's content (a putter's item).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn take_one(&self) -> Option<T> {
         let w = self.pop()?;
         let v = w.slot.take();
@@ -342,6 +342,12 @@ thread_local! {
 impl Links {
     fn shared(&self) -> &std::rc::Rc<RefCell<LinkList>> {
         self.list.get_or_init(Default::default)
+    }
+
+    /// Whether no link was ever registered (so there is nothing to drop).
+    #[inline(always)]
+    pub(crate) fn is_unused(&self) -> bool {
+        self.list.get().is_none()
     }
 
     /// Registers `f` (it is not run: see [`add_or_fire`](Self::add_or_fire)).
