@@ -23,7 +23,8 @@
 //! `cargo bench -p evergreen-bench --bench fetch_mysql` writes its section of `bench/FETCH.md`;
 //! `cargo test --benches` runs one short round and writes nothing. `EVG_FETCH_ONLY=name` runs
 //! only the matching clients and `EVG_FETCH_WORKERS=n` changes evergreen's 200 greenlets (for
-//! experiments; neither writes the report). Without a server on
+//! experiments; neither writes the report), as do `EVG_FETCH_OPS`, `EVG_FETCH_ROUNDS` and
+//! `EVG_FETCH_WORK=select|insert` (sizes and one workload, for profiling). Without a server on
 //! 127.0.0.1:3306 it says so and exits.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -46,6 +47,26 @@ enum Work {
 fn main() {
     let full = bench_mode();
     let (ops, rounds) = if full { (20_000, 7) } else { (1_000, 1) };
+    // Experiment knobs (none of them writes the report): EVG_FETCH_OPS, EVG_FETCH_ROUNDS,
+    // EVG_FETCH_WORK=select|insert.
+    let knob = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+    };
+    let (ops, rounds) = (
+        knob("EVG_FETCH_OPS").unwrap_or(ops),
+        knob("EVG_FETCH_ROUNDS").unwrap_or(rounds),
+    );
+    let only_work = std::env::var("EVG_FETCH_WORK").unwrap_or_default();
+    let experiment = [
+        "EVG_FETCH_OPS",
+        "EVG_FETCH_ROUNDS",
+        "EVG_FETCH_WORK",
+        "EVG_FETCH_WORKERS",
+    ]
+    .iter()
+    .any(|k| std::env::var_os(k).is_some());
     if std::net::TcpStream::connect("127.0.0.1:3306").is_err() {
         eprintln!("fetch_mysql: no MySQL/MariaDB on 127.0.0.1:3306; skipped");
         return;
@@ -78,6 +99,9 @@ fn main() {
     ));
     let mut verdicts = Vec::new();
     for work in [Work::Select, Work::Insert] {
+        if !only_work.is_empty() && !format!("{work:?}").eq_ignore_ascii_case(&only_work) {
+            continue;
+        }
         for (_, f) in &clients {
             assert_eq!(f(&db, work, ops / 10), ops / 10);
         }
@@ -160,7 +184,7 @@ fn main() {
     ));
     teardown(&db);
     println!("{out}");
-    if full && only.is_empty() && std::env::var_os("EVG_FETCH_WORKERS").is_none() {
+    if full && only.is_empty() && !experiment {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/FETCH.md");
         evergreen_bench::write_section(path, "fetch_mysql", &out).expect("write FETCH.md");
         eprintln!("wrote the fetch_mysql section of {path}");
