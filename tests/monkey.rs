@@ -760,3 +760,89 @@ fn original_calls_block_the_thread_even_in_a_greenlet() {
         ticker.kill();
     });
 }
+
+/// Reads one byte from `s` in a new greenlet, giving it 2 s: `Some(result)`, or `None` if the
+/// read was still waiting then (it is killed).
+fn read_in_greenlet(s: &Rc<std::os::unix::net::UnixStream>) -> Option<Result<usize, ErrorKind>> {
+    let s = s.clone();
+    let g = spawn(move || {
+        let mut buf = [0u8; 1];
+        (&*s).read(&mut buf).map_err(|e| e.kind())
+    });
+    match evergreen::with_timeout(Duration::from_secs(2), || g.get()) {
+        Ok(Ok(r)) => Some(r),
+        _ => {
+            g.kill();
+            None
+        }
+    }
+}
+
+/// Writes one byte to `s` from a greenlet after 10 ms.
+fn write_later(s: &Rc<std::os::unix::net::UnixStream>) -> Greenlet<()> {
+    let s = s.clone();
+    spawn(move || {
+        sleep(ms(10));
+        (&*s).write_all(b"x").unwrap();
+    })
+}
+
+#[test]
+fn the_hooks_see_flags_and_timeouts_changed_after_they_cached_them() {
+    // A wait caches the fd's O_NONBLOCK and timeouts; every way to change them through libc
+    // (std's ioctl(FIONBIO), fcntl(F_SETFL) on the fd or on a clone sharing its description,
+    // setsockopt, dup2 over the fd number) must be seen by the next hooked call.
+    monkey::patch_all();
+    run(|| {
+        use std::os::unix::net::UnixStream;
+        let (a, b) = UnixStream::pair().unwrap();
+        let (a, b) = (Rc::new(a), Rc::new(b));
+        let fd = a.as_raw_fd();
+        // A blocking socket: the read waits (cooperatively) for the byte.
+        let w = write_later(&b);
+        assert_eq!(read_in_greenlet(&a), Some(Ok(1)));
+        w.join();
+        // std's set_nonblocking (ioctl FIONBIO): the next read fails at once.
+        a.set_nonblocking(true).unwrap();
+        assert_eq!(read_in_greenlet(&a), Some(Err(ErrorKind::WouldBlock)));
+        // Blocking again through fcntl(F_SETFL): the read waits again.
+        // SAFETY: F_GETFL/F_SETFL on a valid fd.
+        unsafe {
+            let fl = libc::fcntl(fd, libc::F_GETFL);
+            assert_eq!(libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK), 0);
+        }
+        let w = write_later(&b);
+        assert_eq!(read_in_greenlet(&a), Some(Ok(1)));
+        w.join();
+        // A clone (another fd, the same open file description) made non-blocking: the
+        // original's flags changed too.
+        let clone = a.try_clone().unwrap();
+        clone.set_nonblocking(true).unwrap();
+        assert!(nonblocking(fd));
+        assert_eq!(read_in_greenlet(&a), Some(Err(ErrorKind::WouldBlock)));
+        clone.set_nonblocking(false).unwrap();
+        let w = write_later(&b);
+        assert_eq!(read_in_greenlet(&a), Some(Ok(1)));
+        w.join();
+        // A read timeout set after the cache learned "none": honoured.
+        a.set_read_timeout(Some(ms(30))).unwrap();
+        let start = Instant::now();
+        let r = read_in_greenlet(&a);
+        assert!(
+            matches!(r, Some(Err(ErrorKind::WouldBlock | ErrorKind::TimedOut))),
+            "{r:?}"
+        );
+        assert!(start.elapsed() >= ms(25), "{:?}", start.elapsed());
+        a.set_read_timeout(None).unwrap();
+        let w = write_later(&b);
+        assert_eq!(read_in_greenlet(&a), Some(Ok(1)));
+        w.join();
+        // dup2 puts a non-blocking socket at the same fd number: that one's flags count.
+        let (c, _d) = UnixStream::pair().unwrap();
+        c.set_nonblocking(true).unwrap();
+        // SAFETY: both fds are valid; `fd` now names `c`'s description (`a` still owns the
+        // number and closes it at the end).
+        assert_eq!(unsafe { libc::dup2(c.as_raw_fd(), fd) }, fd);
+        assert_eq!(read_in_greenlet(&a), Some(Err(ErrorKind::WouldBlock)));
+    });
+}

@@ -23,10 +23,11 @@
 //! `cargo bench -p evergreen-bench --bench fetch_mysql` writes its section of `bench/FETCH.md`;
 //! `cargo test --benches` runs one short round and writes nothing. `EVG_FETCH_ONLY=name` runs
 //! only the matching clients and `EVG_FETCH_WORKERS=n` changes evergreen's 200 greenlets (for
-//! experiments; neither writes the report). Without a server on
+//! experiments; neither writes the report), as do `EVG_FETCH_OPS`, `EVG_FETCH_ROUNDS` and
+//! `EVG_FETCH_WORK=select|insert` (sizes and one workload, for profiling). Without a server on
 //! 127.0.0.1:3306 it says so and exits.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,26 @@ enum Work {
 fn main() {
     let full = bench_mode();
     let (ops, rounds) = if full { (20_000, 7) } else { (1_000, 1) };
+    // Experiment knobs (none of them writes the report): EVG_FETCH_OPS, EVG_FETCH_ROUNDS,
+    // EVG_FETCH_WORK=select|insert.
+    let knob = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+    };
+    let (ops, rounds) = (
+        knob("EVG_FETCH_OPS").unwrap_or(ops),
+        knob("EVG_FETCH_ROUNDS").unwrap_or(rounds),
+    );
+    let only_work = std::env::var("EVG_FETCH_WORK").unwrap_or_default();
+    let experiment = [
+        "EVG_FETCH_OPS",
+        "EVG_FETCH_ROUNDS",
+        "EVG_FETCH_WORK",
+        "EVG_FETCH_WORKERS",
+    ]
+    .iter()
+    .any(|k| std::env::var_os(k).is_some());
     if std::net::TcpStream::connect("127.0.0.1:3306").is_err() {
         eprintln!("fetch_mysql: no MySQL/MariaDB on 127.0.0.1:3306; skipped");
         return;
@@ -78,23 +99,30 @@ fn main() {
     ));
     let mut verdicts = Vec::new();
     for work in [Work::Select, Work::Insert] {
+        if !only_work.is_empty() && !format!("{work:?}").eq_ignore_ascii_case(&only_work) {
+            continue;
+        }
         for (_, f) in &clients {
             assert_eq!(f(&db, work, ops / 10), ops / 10);
         }
         let mut rate: Vec<Vec<f64>> = vec![Vec::new(); clients.len()];
         let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); clients.len()];
+        let mut wait: Vec<Vec<f64>> = vec![Vec::new(); clients.len()];
         for round in 0..rounds {
             for (i, (name, f)) in clients.iter().enumerate() {
                 let c0 = process_cpu();
+                let w0 = RUNQ_WAIT_NS.load(Ordering::Relaxed);
                 let t = Instant::now();
                 let done = f(&db, work, ops);
                 let secs = t.elapsed().as_secs_f64();
                 let cpu_us = (process_cpu() - c0).as_secs_f64() * 1e6 / ops as f64;
+                let wait_us = (RUNQ_WAIT_NS.load(Ordering::Relaxed) - w0) as f64 / 1e3 / ops as f64;
                 assert_eq!(done, ops, "{name}: every operation must succeed");
                 rate[i].push(ops as f64 / secs);
                 cpu[i].push(cpu_us);
+                wait[i].push(wait_us);
                 eprintln!(
-                    "{work:?} round {round}: {name:<34} {:>8.0} ops/s {cpu_us:>6.1} µs CPU/op",
+                    "{work:?} round {round}: {name:<34} {:>8.0} ops/s {cpu_us:>6.1} µs CPU/op {wait_us:>6.1} µs run-queue wait/op",
                     ops as f64 / secs
                 );
             }
@@ -113,7 +141,7 @@ fn main() {
             .collect();
         let best_peer = peers.iter().map(|&i| med[i].median).fold(0.0, f64::max);
         out.push_str(&format!(
-            "{}:\n\n| client | ops/s (median) | ÷ best peer | client CPU µs/op | runs (ops/s) |\n|---|---:|---:|---:|---|\n",
+            "{}:\n\n| client | ops/s (median) | ÷ best peer | client CPU µs/op | client run-queue wait µs/op | runs (ops/s) |\n|---|---:|---:|---:|---:|---|\n",
             match work {
                 Work::Select => "Point SELECTs by primary key",
                 Work::Insert => "Single-row INSERTs (autocommit)",
@@ -121,10 +149,11 @@ fn main() {
         ));
         for (i, (name, _)) in clients.iter().enumerate() {
             out.push_str(&format!(
-                "| {name} | {:.0} | {:.2} | {:.1} | {} |\n",
+                "| {name} | {:.0} | {:.2} | {:.1} | {:.1} | {} |\n",
                 med[i].median,
                 med[i].median / best_peer,
                 Summary::of(&cpu[i]).median,
+                Summary::of(&wait[i]).median,
                 rate[i]
                     .iter()
                     .map(|x| format!("{x:.0}"))
@@ -160,7 +189,7 @@ fn main() {
     ));
     teardown(&db);
     println!("{out}");
-    if full && only.is_empty() && std::env::var_os("EVG_FETCH_WORKERS").is_none() {
+    if full && only.is_empty() && !experiment {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/FETCH.md");
         evergreen_bench::write_section(path, "fetch_mysql", &out).expect("write FETCH.md");
         eprintln!("wrote the fetch_mysql section of {path}");
@@ -208,6 +237,26 @@ fn sql(work: Work) -> &'static str {
     }
 }
 
+/// Nanoseconds the client's threads spent runnable but waiting for a CPU (the kernel's
+/// run-queue delay, `/proc/thread-self/schedstat`), added by each thread when it ends.
+static RUNQ_WAIT_NS: AtomicU64 = AtomicU64::new(0);
+
+/// This thread's run-queue delay so far, in ns (0 if the kernel does not say).
+fn thread_runq_wait() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Adds what the calling thread waited for a CPU while `f` ran to [`RUNQ_WAIT_NS`].
+fn counting_runq_wait<R>(f: impl FnOnce() -> R) -> R {
+    let w0 = thread_runq_wait();
+    let r = f();
+    RUNQ_WAIT_NS.fetch_add(thread_runq_wait().saturating_sub(w0), Ordering::Relaxed);
+    r
+}
+
 /// User + system CPU time of this process so far.
 fn process_cpu() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -243,47 +292,49 @@ fn run_hubs(db: &str, work: Work, ops: usize, hubs: usize, workers: usize, conns
         .map(|h| {
             let (db, next) = (db.to_string(), next.clone());
             std::thread::spawn(move || {
-                let pool = MySqlPool::new(
-                    PoolOptions::new("127.0.0.1", 3306)
-                        .user("root")
-                        .database(Some(&db))
-                        .max_connections(conns),
-                );
-                let gs: Vec<_> = (0..workers)
-                    .map(|w| {
-                        let (pool, next) = (pool.clone(), next.clone());
-                        let w = (h * workers + w) as u32;
-                        evergreen::spawn(move || {
-                            let mut done = 0;
-                            loop {
-                                let n = next.fetch_add(1, Ordering::Relaxed);
-                                if n >= ops {
-                                    return done;
-                                }
-                                let mut c = pool.get().unwrap();
-                                match work {
-                                    Work::Select => {
-                                        let v: Option<String> = c
-                                            .exec_first(sql(work), ((n as u32 * 7919) % ROWS,))
-                                            .unwrap();
-                                        done += v.is_some() as usize;
+                counting_runq_wait(|| {
+                    let pool = MySqlPool::new(
+                        PoolOptions::new("127.0.0.1", 3306)
+                            .user("root")
+                            .database(Some(&db))
+                            .max_connections(conns),
+                    );
+                    let gs: Vec<_> = (0..workers)
+                        .map(|w| {
+                            let (pool, next) = (pool.clone(), next.clone());
+                            let w = (h * workers + w) as u32;
+                            evergreen::spawn(move || {
+                                let mut done = 0;
+                                loop {
+                                    let n = next.fetch_add(1, Ordering::Relaxed);
+                                    if n >= ops {
+                                        return done;
                                     }
-                                    Work::Insert => {
-                                        c.exec_drop(sql(work), (w, n as u32)).unwrap();
-                                        done += 1;
+                                    let mut c = pool.get().unwrap();
+                                    match work {
+                                        Work::Select => {
+                                            let v: Option<String> = c
+                                                .exec_first(sql(work), ((n as u32 * 7919) % ROWS,))
+                                                .unwrap();
+                                            done += v.is_some() as usize;
+                                        }
+                                        Work::Insert => {
+                                            c.exec_drop(sql(work), (w, n as u32)).unwrap();
+                                            done += 1;
+                                        }
                                     }
                                 }
-                            }
+                            })
                         })
-                    })
-                    .collect();
-                let total: usize = evergreen::joinall(&gs)
-                    .iter()
-                    .map(|g| g.get().unwrap())
-                    .sum();
-                drop(pool);
-                evergreen::hub::destroy();
-                total
+                        .collect();
+                    let total: usize = evergreen::joinall(&gs)
+                        .iter()
+                        .map(|g| g.get().unwrap())
+                        .sum();
+                    drop(pool);
+                    evergreen::hub::destroy();
+                    total
+                })
             })
         })
         .collect();
@@ -308,26 +359,28 @@ fn run_mysql_pool(db: &str, work: Work, ops: usize) -> usize {
         .map(|w| {
             let (pool, next) = (pool.clone(), next.clone());
             std::thread::spawn(move || {
-                let mut done = 0;
-                loop {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
-                    if n >= ops {
-                        return done;
-                    }
-                    let mut c = pool.get_conn().unwrap();
-                    match work {
-                        Work::Select => {
-                            let v: Option<String> = c
-                                .exec_first(sql(work), ((n as u32 * 7919) % ROWS,))
-                                .unwrap();
-                            done += v.is_some() as usize;
+                counting_runq_wait(|| {
+                    let mut done = 0;
+                    loop {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        if n >= ops {
+                            return done;
                         }
-                        Work::Insert => {
-                            c.exec_drop(sql(work), (w as u32, n as u32)).unwrap();
-                            done += 1;
+                        let mut c = pool.get_conn().unwrap();
+                        match work {
+                            Work::Select => {
+                                let v: Option<String> = c
+                                    .exec_first(sql(work), ((n as u32 * 7919) % ROWS,))
+                                    .unwrap();
+                                done += v.is_some() as usize;
+                            }
+                            Work::Insert => {
+                                c.exec_drop(sql(work), (w as u32, n as u32)).unwrap();
+                                done += 1;
+                            }
                         }
                     }
-                }
+                })
             })
         })
         .collect();
@@ -388,14 +441,25 @@ fn run_async_ct(db: &str, work: Work, ops: usize) -> usize {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async_load(db.to_string(), work, ops))
+    counting_runq_wait(|| rt.block_on(async_load(db.to_string(), work, ops)))
+}
+
+thread_local! {
+    static START_WAIT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 fn run_async_mt(db: &str, work: Work, ops: usize) -> usize {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
+        .on_thread_start(|| START_WAIT.with(|w| w.set(thread_runq_wait())))
+        .on_thread_stop(|| {
+            let w0 = START_WAIT.with(|w| w.get());
+            RUNQ_WAIT_NS.fetch_add(thread_runq_wait().saturating_sub(w0), Ordering::Relaxed);
+        })
         .build()
         .unwrap();
-    rt.block_on(async_load(db.to_string(), work, ops))
+    let n = counting_runq_wait(|| rt.block_on(async_load(db.to_string(), work, ops)));
+    drop(rt); // the workers stop (and count their wait) before the run ends
+    n
 }

@@ -5,7 +5,8 @@
 //! (`connect`, `accept`, `accept4`, `read`, `write`, `readv`, `writev`, `recv`, `send`,
 //! `recvfrom`, `sendto`, `recvmsg`, `sendmsg`, `poll`, `close`, `dup2`, `dup3`, and for
 //! [`patch_time`]
-//! `nanosleep` and `clock_nanosleep`) as `#[no_mangle]` functions. The executable's definitions
+//! `nanosleep` and `clock_nanosleep`; `fcntl`, `fcntl64`, `ioctl` and `setsockopt` only to
+//! notice changes to what the hooks cache) as `#[no_mangle]` functions. The executable's definitions
 //! take precedence over libc's (symbol interposition), so `std::net`, `socket2` and crates built
 //! on them (the `mysql` crate, for one) call these hooks.
 //!
@@ -21,6 +22,11 @@
 //!   the [`reactor`] until the fd is ready, and the call is retried. A socket's
 //!   `SO_RCVTIMEO` / `SO_SNDTIMEO` is honoured: when it passes, the call fails with `EAGAIN`,
 //!   exactly as the kernel's blocking call would.
+//! * What a wait needs to know of its fd (whether its owner made it non-blocking, its
+//!   `SO_RCVTIMEO`/`SO_SNDTIMEO`) is asked of the kernel once and cached, so a call that waits
+//!   makes no system calls beyond the transfer and the reactor's; `close`, `dup2`/`dup3`,
+//!   `fcntl(F_SETFL)`, `ioctl(FIONBIO)` and `setsockopt(SOL_SOCKET, …)` through the hooks
+//!   drop the cache.
 //! * `nanosleep`/`clock_nanosleep` in a greenlet after [`patch_time`] become
 //!   [`sleep`](crate::sleep), so `std::thread::sleep` yields.
 //! * `close` of an fd the reactor knows deregisters it first and wakes its waiters with
@@ -89,7 +95,7 @@
 
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use libc::{c_int, c_void, size_t, sockaddr, socklen_t, ssize_t};
@@ -192,8 +198,26 @@ fn fcntl_setfl(fd: RawFd, flags: c_int) {
     sys!(libc::SYS_fcntl, fd, libc::F_SETFL, flags);
 }
 
-/// `SO_RCVTIMEO`/`SO_SNDTIMEO` of a socket, if set.
+/// `SO_RCVTIMEO`/`SO_SNDTIMEO` of a socket, if set (cached: see [`FdFacts`]).
 fn sock_timeout(fd: RawFd, dir: Dir) -> Option<Duration> {
+    match dir {
+        Dir::Read => fd_fact(
+            fd,
+            |f| f.rcv_timeout,
+            |f, v| f.rcv_timeout = Some(v),
+            || read_sock_timeout(fd, dir),
+        ),
+        Dir::Write => fd_fact(
+            fd,
+            |f| f.snd_timeout,
+            |f, v| f.snd_timeout = Some(v),
+            || read_sock_timeout(fd, dir),
+        ),
+    }
+}
+
+/// `SO_RCVTIMEO`/`SO_SNDTIMEO` of a socket as the kernel has it now.
+fn read_sock_timeout(fd: RawFd, dir: Dir) -> Option<Duration> {
     let opt = match dir {
         Dir::Read => libc::SO_RCVTIMEO,
         Dir::Write => libc::SO_SNDTIMEO,
@@ -215,6 +239,105 @@ fn sock_timeout(fd: RawFd, dir: Dir) -> Option<Duration> {
         return None;
     }
     Some(Duration::new(tv.tv_sec as u64, tv.tv_usec as u32 * 1000))
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the hooks learned about an fd (cached, so a wait costs no extra system calls)
+// ---------------------------------------------------------------------------------------------
+//
+// A hooked call that would block asks two things of its fd: did the owner make it
+// non-blocking (then it wants `EAGAIN`, not a wait), and what are its `SO_RCVTIMEO` /
+// `SO_SNDTIMEO` (the wait's bound)? Asking the kernel costs an `fcntl` and a `getsockopt`
+// per wait, which is most of the hooks' own system calls on a busy connection (a query that
+// waits for its answer: `sendto`, `recvfrom` → `EAGAIN`, wait, `recvfrom`). So the answers are
+// cached per thread and fd, and the cache is dropped as a whole whenever anything that could
+// change one of them happens anywhere in the process, through the hooked calls:
+//
+// * `close`, `dup2`, `dup3`: an fd number may now name another file;
+// * `fcntl(F_SETFL)` (and `fcntl64`), `ioctl(FIONBIO)`: `O_NONBLOCK` changes for every fd
+//   sharing the open file description, whatever its number;
+// * `setsockopt` at `SOL_SOCKET` level: the timeouts.
+//
+// Each of these bumps one process-wide epoch *after* the change; a cached answer carries the
+// epoch read *before* it was learned, and is used only while the epoch is unchanged. (The
+// hooks' own temporary `O_NONBLOCK` windows use raw system calls, restore the flags, and are
+// never cached: the flags are learned under the window lock.) Not covered, as for the
+// reactor's state: fds closed or changed behind the hooks' back (raw system calls,
+// `close_range`, glibc-internal calls, another process sharing the description).
+
+/// Bumped after every hooked call that may change what [`FdFacts`] holds for some fd.
+static FD_EPOCH: AtomicU64 = AtomicU64::new(1);
+
+/// Records that some fd's flags, timeouts or identity may have changed (see above).
+fn fd_changed() {
+    FD_EPOCH.fetch_add(1, Ordering::SeqCst);
+}
+
+/// What the hooks learned about one fd, valid while [`FD_EPOCH`] equals `epoch`.
+#[derive(Clone, Copy, Default)]
+struct FdFacts {
+    /// The epoch read before these facts were learned (0: nothing known).
+    epoch: u64,
+    /// The owner's `O_NONBLOCK`.
+    nonblocking: Option<bool>,
+    /// `SO_RCVTIMEO` (`Some(None)`: known to be unset).
+    rcv_timeout: Option<Option<Duration>>,
+    /// `SO_SNDTIMEO`.
+    snd_timeout: Option<Option<Duration>>,
+}
+
+/// Fds at or above this are not cached (the table is indexed by fd number).
+const FD_FACTS_MAX: usize = 1 << 20;
+
+thread_local! {
+    /// This thread's [`FdFacts`], indexed by fd.
+    static FD_FACTS: std::cell::RefCell<Vec<FdFacts>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One fact about `fd`: `get` it from the cache if it is there and current, otherwise
+/// `learn` it from the kernel and `set` it in the cache.
+fn fd_fact<T: Copy>(
+    fd: RawFd,
+    get: impl Fn(&FdFacts) -> Option<T>,
+    set: impl Fn(&mut FdFacts, T),
+    learn: impl FnOnce() -> T,
+) -> T {
+    let epoch = FD_EPOCH.load(Ordering::SeqCst);
+    let Ok(i) = usize::try_from(fd) else {
+        return learn();
+    };
+    if i >= FD_FACTS_MAX {
+        return learn();
+    }
+    let cached = FD_FACTS
+        .try_with(|c| {
+            c.try_borrow()
+                .ok()
+                .and_then(|c| c.get(i).filter(|f| f.epoch == epoch).and_then(&get))
+        })
+        .ok()
+        .flatten();
+    if let Some(v) = cached {
+        return v;
+    }
+    let v = learn();
+    let _ = FD_FACTS.try_with(|c| {
+        let Ok(mut c) = c.try_borrow_mut() else {
+            return;
+        };
+        if c.len() <= i {
+            c.resize((i + 1).next_power_of_two().max(64), FdFacts::default());
+        }
+        let f = &mut c[i];
+        if f.epoch != epoch {
+            *f = FdFacts {
+                epoch,
+                ..FdFacts::default()
+            };
+        }
+        set(f, v);
+    });
+    v
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -814,11 +937,19 @@ impl Drop for NbLock {
     }
 }
 
-/// Whether the owner of `fd` made it non-blocking (read outside any hook's window).
+/// Whether the owner of `fd` made it non-blocking (read outside any hook's window; cached,
+/// see [`FdFacts`]).
 fn is_nonblocking(fd: RawFd) -> bool {
-    let _l = NbLock::take();
-    let fl = fcntl_getfl(fd);
-    fl >= 0 && fl & libc::O_NONBLOCK != 0
+    fd_fact(
+        fd,
+        |f| f.nonblocking,
+        |f, v| f.nonblocking = Some(v),
+        || {
+            let _l = NbLock::take();
+            let fl = fcntl_getfl(fd);
+            fl >= 0 && fl & libc::O_NONBLOCK != 0
+        },
+    )
 }
 
 /// Runs `op` with `O_NONBLOCK` set on `fd` for just this call; `None` (and `op` not run) if
@@ -1141,7 +1272,9 @@ pub unsafe extern "C-unwind" fn poll(
 #[no_mangle]
 pub unsafe extern "C-unwind" fn close(fd: c_int) -> c_int {
     forget_fd(fd);
-    sys!(libc::SYS_close, fd) as c_int
+    let r = sys!(libc::SYS_close, fd) as c_int;
+    fd_changed();
+    r
 }
 
 fn forget_fd(fd: c_int) {
@@ -1176,7 +1309,9 @@ pub unsafe extern "C-unwind" fn dup2(old: c_int, new: c_int) -> c_int {
             new
         };
     }
-    sys!(libc::SYS_dup3, old, new, 0) as c_int
+    let r = sys!(libc::SYS_dup3, old, new, 0) as c_int;
+    fd_changed();
+    r
 }
 
 /// Hook for `dup3(2)`.
@@ -1189,7 +1324,133 @@ pub unsafe extern "C-unwind" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_
     if old != new {
         forget_fd(new);
     }
-    sys!(libc::SYS_dup3, old, new, flags) as c_int
+    let r = sys!(libc::SYS_dup3, old, new, flags) as c_int;
+    fd_changed();
+    r
+}
+
+/// The next definition of `name` after this executable's (libc's), or 0.
+fn next_symbol(name: &'static [u8], slot: &AtomicUsize) -> usize {
+    let p = slot.load(Ordering::Relaxed);
+    if p != 0 {
+        return p;
+    }
+    // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name only reads.
+    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr() as *const libc::c_char) } as usize;
+    slot.store(p, Ordering::Relaxed);
+    p
+}
+
+type VariadicFcntl = unsafe extern "C" fn(c_int, c_int, ...) -> c_int;
+
+/// `fcntl` or `fcntl64`: libc's (found with `dlsym(RTLD_NEXT)`, so every command keeps
+/// libc's exact behaviour), or the raw system call if there is none; then, after a successful
+/// `F_SETFL`, the cached flags are dropped.
+fn fcntl_hooked(
+    name: &'static [u8],
+    slot: &AtomicUsize,
+    fd: c_int,
+    cmd: c_int,
+    arg: libc::c_ulong,
+) -> c_int {
+    let real = next_symbol(name, slot);
+    let r = if real == 0 {
+        sys!(libc::SYS_fcntl, fd, cmd, arg) as c_int
+    } else {
+        // SAFETY: `real` is libc's `fcntl`/`fcntl64`, called with the caller's arguments:
+        // the third is passed on as the word the caller passed (an int, a pointer, or nothing
+        // meaningful for commands that take none, which libc then ignores).
+        unsafe { std::mem::transmute::<usize, VariadicFcntl>(real)(fd, cmd, arg) }
+    };
+    if cmd == libc::F_SETFL && r != -1 {
+        let e = errno();
+        fd_changed();
+        set_errno(e);
+    }
+    r
+}
+
+static REAL_FCNTL: AtomicUsize = AtomicUsize::new(0);
+static REAL_FCNTL64: AtomicUsize = AtomicUsize::new(0);
+static REAL_IOCTL: AtomicUsize = AtomicUsize::new(0);
+
+/// Hook for `fcntl(2)`: libc's, then (after `F_SETFL`) the hooks forget what they cached
+/// about fds' flags.
+///
+/// C declares `fcntl` variadic (`int fcntl(int, int, ...)`); defining variadic functions is
+/// not stable Rust, so this takes the optional third argument as one machine word. On the
+/// Linux ABIs evergreen supports (x86-64 System V, AArch64) a variadic integer or pointer
+/// argument is passed exactly like a named one, so the word is what the caller passed.
+///
+/// # Safety
+///
+/// The same contract as libc's `fcntl`.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
+    fcntl_hooked(b"fcntl\0", &REAL_FCNTL, fd, cmd, arg)
+}
+
+/// Hook for `fcntl64` (what C code built with 64-bit file offsets calls): as [`fcntl()`].
+///
+/// # Safety
+///
+/// The same contract as libc's `fcntl64`.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn fcntl64(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
+    fcntl_hooked(b"fcntl64\0", &REAL_FCNTL64, fd, cmd, arg)
+}
+
+type VariadicIoctl = unsafe extern "C" fn(c_int, libc::c_ulong, ...) -> c_int;
+
+/// Hook for `ioctl(2)`: libc's, then (after `FIONBIO`, which is how std's `set_nonblocking`
+/// changes `O_NONBLOCK`) the hooks forget what they cached about fds' flags. Variadic in C;
+/// see [`fcntl()`] for how the third argument is passed on.
+///
+/// # Safety
+///
+/// The same contract as libc's `ioctl`.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn ioctl(
+    fd: c_int,
+    request: libc::c_ulong,
+    arg: libc::c_ulong,
+) -> c_int {
+    let real = next_symbol(b"ioctl\0", &REAL_IOCTL);
+    let r = if real == 0 {
+        sys!(libc::SYS_ioctl, fd, request, arg) as c_int
+    } else {
+        // SAFETY: `real` is libc's `ioctl`, called with the caller's arguments (see `fcntl`).
+        unsafe { std::mem::transmute::<usize, VariadicIoctl>(real)(fd, request, arg) }
+    };
+    if request == libc::FIONBIO as libc::c_ulong && r != -1 {
+        let e = errno();
+        fd_changed();
+        set_errno(e);
+    }
+    r
+}
+
+/// Hook for `setsockopt(2)`: the real call; at `SOL_SOCKET` level (the timeouts), the hooks
+/// then forget what they cached about fds' timeouts.
+///
+/// # Safety
+///
+/// The same contract as libc's `setsockopt`.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn setsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    value: *const c_void,
+    len: socklen_t,
+) -> c_int {
+    let r = sys!(libc::SYS_setsockopt, fd, level, name, value, len) as c_int;
+    if level == libc::SOL_SOCKET {
+        let e = errno();
+        fd_changed();
+        set_errno(e);
+    }
+    r
 }
 
 /// Hook for `nanosleep(2)`: [`sleep`](crate::sleep) in a greenlet after [`patch_time`].

@@ -284,7 +284,8 @@ fn upsert_batches_are_idempotent_and_update_values() {
         let s = pool
             .upsert("costs", &cols, &["cost"], &rows("1.25"), 300)
             .unwrap();
-        assert_eq!((s.rows, s.batches, s.affected), (1000, 4, 1000));
+        // 300, 300, 300, then the remaining 100 as 64 + 32 + 4.
+        assert_eq!((s.rows, s.batches, s.affected), (1000, 6, 1000));
         let s = pool
             .upsert("costs", &cols, &["cost"], &rows("1.25"), 300)
             .unwrap();
@@ -313,6 +314,79 @@ fn upsert_batches_are_idempotent_and_update_values() {
             e.to_string().contains("row 0 has 1 values for 5 columns"),
             "{e}"
         );
+        drop(pool);
+        drop(db);
+    });
+}
+
+/// The prepared statements this session has prepared so far.
+fn session_prepares(c: &mut evergreen_services::fetch::mysql::PooledConn) -> u64 {
+    let rows: Vec<(String, u64)> = c
+        .query("SHOW SESSION STATUS LIKE 'Com_stmt_prepare'")
+        .unwrap();
+    rows[0].1
+}
+
+#[test]
+fn upserts_of_any_size_prepare_a_bounded_set_of_statements() {
+    run(|| {
+        let db = TestDb::new("upsert_stmts");
+        // One connection: every statement goes through the same session.
+        let pool = MySqlPool::new(db.opts().max_connections(1));
+        pool.migrate(SCHEMA).unwrap();
+        let cols = ["username", "date", "network", "country", "cost"];
+        let rows = |n: usize| -> Vec<Vec<Value>> {
+            (0..n)
+                .map(|i| {
+                    vec![
+                        format!("user{i}").into(),
+                        "2016-08-18".into(),
+                        "net".into(),
+                        "Kenya".into(),
+                        "1.50".into(),
+                    ]
+                })
+                .collect()
+        };
+        let (id, before) = {
+            let mut c = pool.get().unwrap();
+            (c.connection_id(), session_prepares(&mut c))
+        };
+        // Every row count from 1 to 40, with batch 16: one statement per row count would
+        // prepare 16 distinct statements (1..=16 rows); the bounded sizes are 16, 8, 4, 2, 1.
+        let mut inserted = 0;
+        for n in 1..=40 {
+            let s = pool
+                .upsert("costs", &cols, &["cost"], &rows(n), 16)
+                .unwrap();
+            assert_eq!(s.rows, n as u64);
+            assert!(
+                s.batches <= (n / 16 + 4) as u64,
+                "{n} rows: {} statements",
+                s.batches
+            );
+            inserted += s.affected;
+        }
+        assert_eq!(
+            inserted, 40,
+            "each call inserts one new row, the rest unchanged"
+        );
+        // Idempotent: the same upserts again change nothing.
+        for n in 1..=40 {
+            let s = pool
+                .upsert("costs", &cols, &["cost"], &rows(n), 16)
+                .unwrap();
+            assert_eq!(s.affected, 0, "{n} rows: nothing changed");
+        }
+        assert_eq!(count(&pool, "costs"), 40);
+        let mut c = pool.get().unwrap();
+        assert_eq!(c.connection_id(), id, "the same session throughout");
+        let prepared = session_prepares(&mut c) - before;
+        assert!(
+            prepared <= 5,
+            "80 upserts of 1..=40 rows prepared {prepared} statements; at most 5 distinct sizes"
+        );
+        drop(c);
         drop(pool);
         drop(db);
     });

@@ -697,6 +697,12 @@ impl MySqlPool {
     /// (`INSERT … ON DUPLICATE KEY UPDATE`), in statements of at most `batch` rows, all in one
     /// transaction: either every row is written or none. Values always travel as parameters;
     /// the table and column names must be plain identifiers (letters, digits, `_`).
+    ///
+    /// Statements carry `batch` rows while that many are left, then the rest in power-of-two
+    /// sizes (1,000 rows with `batch` 300: 300, 300, 300, 64, 32, 4), so a table's upserts
+    /// prepare at most `1 + ⌈log2(batch)⌉` distinct statements however the row counts vary
+    /// (one per row count would grow the server's and the driver's statement caches, and
+    /// evict the connection's other statements, with every new remainder).
     pub fn upsert(
         &self,
         table: &str,
@@ -761,15 +767,34 @@ impl MySqlPool {
         let mut c = self.get()?;
         c.transaction(&context, |tx| {
             let mut stats = UpsertStats::default();
-            for chunk in rows.chunks(batch) {
+            let mut i = 0;
+            while i < rows.len() {
+                let n = upsert_chunk_len(rows.len() - i, batch);
+                let chunk = &rows[i..i + n];
                 let params: Vec<Value> = chunk.iter().flat_map(|r| r.iter().cloned()).collect();
-                tx.exec_drop(sql_for(chunk.len()), Params::Positional(params))?;
+                tx.exec_drop(sql_for(n), Params::Positional(params))?;
                 stats.batches += 1;
-                stats.rows += chunk.len() as u64;
+                stats.rows += n as u64;
                 stats.affected += tx.affected_rows();
+                i += n;
             }
             Ok(stats)
         })
+    }
+}
+
+/// How many of the `left` rows still to send go into the next upsert statement: `batch` while
+/// at least that many are left, then the largest power of two not above what is left. Each row
+/// count is a distinct prepared statement (on the server and in the driver's cache), so an
+/// upsert of any number of rows uses at most `1 + ⌈log2(batch)⌉` distinct statements, the same
+/// few for every call, instead of one per remainder size; the cost is a few more statements
+/// per call (the remainder's binary digits: at most `⌈log2(batch)⌉` instead of one).
+fn upsert_chunk_len(left: usize, batch: usize) -> usize {
+    debug_assert!(left > 0 && batch > 0);
+    if left >= batch {
+        batch
+    } else {
+        1 << (usize::BITS - 1 - left.leading_zeros())
     }
 }
 
@@ -981,5 +1006,40 @@ impl Drop for PooledConn {
             }
         }
         self.pool.permits.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::upsert_chunk_len;
+
+    /// The statement sizes an upsert of `n` rows sends.
+    fn sizes(mut n: usize, batch: usize) -> Vec<usize> {
+        let mut out = Vec::new();
+        while n > 0 {
+            let k = upsert_chunk_len(n, batch);
+            out.push(k);
+            n -= k;
+        }
+        out
+    }
+
+    #[test]
+    fn upsert_chunks_cover_every_row_in_a_few_distinct_sizes() {
+        assert_eq!(sizes(1000, 300), [300, 300, 300, 64, 32, 4]);
+        assert_eq!(sizes(7, 500), [4, 2, 1]);
+        assert_eq!(sizes(500, 500), [500]);
+        for batch in [1, 2, 3, 16, 100, 500] {
+            let mut distinct = std::collections::BTreeSet::new();
+            for n in 1..=2_000 {
+                let s = sizes(n, batch);
+                assert_eq!(s.iter().sum::<usize>(), n);
+                assert!(s.iter().all(|&k| k <= batch));
+                distinct.extend(s);
+            }
+            // `batch` itself and the powers of two below it.
+            let bound = 1 + batch.next_power_of_two().trailing_zeros() as usize;
+            assert!(distinct.len() <= bound, "batch {batch}: {distinct:?}");
+        }
     }
 }
