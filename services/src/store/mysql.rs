@@ -12,7 +12,7 @@ use ::mysql::prelude::Queryable;
 use super::{
     now_utc_string, Date, Decimal, Row, RunRecord, Status, Store, StoreError, Table, Value,
 };
-use crate::fetch::mysql::{Migration, MySqlPool, Params, PoolOptions, Value as SqlValue};
+use crate::fetch::mysql::{Migration, MySqlPool, PoolOptions, Value as SqlValue};
 
 const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -60,38 +60,9 @@ const MIGRATIONS: &[Migration] = &[
     },
 ];
 
-/// Rows per `INSERT` statement.
+/// Rows per `INSERT` statement (the rest of an upsert goes in power-of-two statements, see
+/// [`MySqlPool::upsert`]).
 const BATCH: usize = 500;
-
-/// Rows in the next statement when `left` remain: [`BATCH`], else the largest power of two
-/// that fits. The `mysql` crate caches prepared statements per connection (with their
-/// parameter metadata, about 100 bytes a parameter); statements of arbitrary row counts made
-/// each connection's cache hold up to 32 large statements (peak RSS 80 MB on a 100,000-user
-/// date); with these sizes a table has at most 10 shapes.
-fn chunk_len(left: usize) -> usize {
-    if left >= BATCH {
-        BATCH
-    } else {
-        1 << (usize::BITS - 1 - left.leading_zeros())
-    }
-}
-
-fn upsert_sql(table: &str, cols: &[&str], update: &[&str], n: usize) -> String {
-    let one = format!("({})", vec!["?"; cols.len()].join(", "));
-    let set: Vec<String> = update
-        .iter()
-        .map(|u| format!("`{u}` = VALUES(`{u}`)"))
-        .collect();
-    format!(
-        "INSERT INTO `{table}` ({}) VALUES {} ON DUPLICATE KEY UPDATE {}",
-        cols.iter()
-            .map(|c| format!("`{c}`"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        vec![one.as_str(); n].join(", "),
-        set.join(", ")
-    )
-}
 
 /// The MySQL store (see the [module docs](self)).
 pub struct MySqlStore {
@@ -200,21 +171,9 @@ impl Store for MySqlStore {
             )
         };
         let ctx = format!("upserting {} rows into {}", rows.len(), table.name());
-        let mut c = self.pool.get().map_err(err(&ctx))?;
-        c.transaction(&ctx, |tx| {
-            let mut i = 0;
-            while i < values.len() {
-                let n = chunk_len(values.len() - i);
-                let params: Vec<SqlValue> = values[i..i + n].iter().flatten().cloned().collect();
-                tx.exec_drop(
-                    upsert_sql(table.name(), cols, update, n),
-                    Params::Positional(params),
-                )?;
-                i += n;
-            }
-            Ok(())
-        })
-        .map_err(err(&ctx))?;
+        self.pool
+            .upsert(table.name(), cols, update, &values, BATCH)
+            .map_err(err(&ctx))?;
         Ok(rows.len() as u64)
     }
 
@@ -394,27 +353,5 @@ impl Store for MySqlStore {
             rows,
             runs: out,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::chunk_len;
-
-    #[test]
-    fn statement_sizes_are_few() {
-        let mut shapes = std::collections::BTreeSet::new();
-        for total in 1..3000 {
-            let (mut left, mut sum) = (total, 0);
-            while left > 0 {
-                let n = chunk_len(left);
-                assert!(n >= 1 && n <= left);
-                shapes.insert(n);
-                left -= n;
-                sum += n;
-            }
-            assert_eq!(sum, total);
-        }
-        assert_eq!(shapes.len(), 10, "{shapes:?}");
     }
 }
