@@ -218,6 +218,8 @@ pub struct Stats {
     pub handler_time: Option<Duration>,
     /// `running`, `restarting` (awaiting its supervisor) or `dead`.
     pub status: &'static str,
+    /// Whether it is hibernated now (no greenlet; see [`Builder::hibernate`]).
+    pub hibernated: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -301,6 +303,54 @@ struct Space {
     waiting: RefCell<VecDeque<u64>>,
 }
 
+/// Makes the activation of a roused actor, or queues it if [`MAX_UNSTARTED`] are made and
+/// not yet running.
+fn schedule_activation(cell: Rc<dyn CellDyn>) {
+    let now = UNSTARTED.with(|u| {
+        let n = u.get();
+        if n < MAX_UNSTARTED {
+            u.set(n + 1);
+            true
+        } else {
+            false
+        }
+    });
+    if !now {
+        ROUSED_QUEUE.with(|p| p.borrow_mut().push_back(cell));
+    } else if !cell.activate() {
+        UNSTARTED.with(|u| u.set(u.get() - 1));
+    }
+}
+
+/// An activation began running (or was dropped unrun): makes the next queued ones.
+fn activation_began() {
+    let _ = UNSTARTED.try_with(|u| {
+        u.set(u.get() - 1);
+        while u.get() < MAX_UNSTARTED {
+            let Some(next) = ROUSED_QUEUE.with(|p| p.borrow_mut().pop_front()) else {
+                break;
+            };
+            u.set(u.get() + 1);
+            if !next.activate() {
+                u.set(u.get() - 1);
+            }
+        }
+    });
+}
+
+/// How many actors of this thread are hibernated now (asleep, or woken and waiting for their
+/// activation to run): with the runtime's `live_count`, what a leak check counts.
+pub fn hibernating() -> usize {
+    HIBERNATING.with(StdCell::get)
+}
+
+/// Sets whether actors spawned on this thread from now on hibernate when idle, unless their
+/// [`Builder::hibernate`] says otherwise (default: off, as Erlang processes). Supervisors
+/// never hibernate.
+pub fn set_hibernate_default(on: bool) {
+    HIBERNATE_DEFAULT.with(|h| h.set(on));
+}
+
 /// Forgets that greenlet `g` is blocked telling a full mailbox.
 fn unblocked(g: u64) {
     let _ = BLOCKED.try_with(|bl| {
@@ -316,7 +366,15 @@ pub(crate) struct Base {
     pub(crate) id: u64,
     name: Option<Box<str>>,
     status: StdCell<Status>,
-    parked: StdCell<bool>,
+    /// Where the incarnation is: running a message (`RUN`), parked on `wake` (`PARKED`),
+    /// hibernated without a greenlet (`ASLEEP`), or hibernated with an activation on its way
+    /// (`ROUSED`).
+    park: StdCell<u8>,
+    /// Whether the actor hibernates whenever its mailbox is empty ([`Builder::hibernate`]).
+    hibernate: bool,
+    /// While asleep, the cell keeps itself alive (no greenlet holds it): a timer or a link
+    /// may still wake it, as they would a parked greenlet.
+    keep: RefCell<Option<Rc<dyn CellDyn>>>,
     /// The doorbell the idle incarnation waits on: rung (`put_nowait`) only while the actor
     /// waits, so the item goes straight to it and the queue never stores one. A `Queue`,
     /// because its `get` inlines all the way down to the park: a greenlet that returns from
@@ -341,7 +399,31 @@ pub(crate) struct Base {
     pub(crate) extras: RefCell<Option<Box<Extras>>>,
 }
 
+/// `Base::park`: handling messages (or blocked in a handler).
+const RUN: u8 = 0;
+/// `Base::park`: parked on its doorbell, mailbox empty.
+const PARKED: u8 = 1;
+/// `Base::park`: hibernated, no greenlet.
+const ASLEEP: u8 = 2;
+/// `Base::park`: hibernated, its activation scheduled (queued, or its greenlet made and not
+/// yet running).
+const ROUSED: u8 = 3;
+
+/// At most this many activations of hibernated actors are made and not yet running at once;
+/// the others wait in `ROUSED_QUEUE`. Each made greenlet holds a stack: waking 100,000 actors
+/// at once must not allocate 100,000 stacks. An activation that starts running makes the
+/// next one, so stacks go round warm.
+const MAX_UNSTARTED: usize = 16;
+
 thread_local! {
+    /// Activations made and not yet running.
+    static UNSTARTED: StdCell<usize> = const { StdCell::new(0) };
+    /// Roused actors waiting for an activation to be made.
+    static ROUSED_QUEUE: RefCell<VecDeque<Rc<dyn CellDyn>>> = const { RefCell::new(VecDeque::new()) };
+    /// Hibernated incarnations (asleep or roused, not yet running again).
+    static HIBERNATING: StdCell<usize> = const { StdCell::new(0) };
+    /// Whether actors spawned without an explicit [`Builder::hibernate`] hibernate.
+    static HIBERNATE_DEFAULT: StdCell<bool> = const { StdCell::new(false) };
     static NEXT_ID: StdCell<u64> = const { StdCell::new(1) };
     static NEXT_MONITOR: StdCell<u64> = const { StdCell::new(1) };
     /// Greenlets blocked telling a full `Block` mailbox: (teller gid, target gid, target label).
@@ -349,7 +431,7 @@ thread_local! {
 }
 
 impl Base {
-    fn new(name: Option<String>, mailbox: Mailbox, measure: bool) -> Base {
+    fn new(name: Option<String>, mailbox: Mailbox, measure: bool, hibernate: bool) -> Base {
         let id = NEXT_ID.with(|n| {
             let id = n.get();
             n.set(id + 1);
@@ -360,7 +442,9 @@ impl Base {
             id,
             name: name.map(String::into_boxed_str),
             status: StdCell::new(Status::Running),
-            parked: StdCell::new(false),
+            park: StdCell::new(RUN),
+            hibernate,
+            keep: RefCell::new(None),
             wake: Queue::new(),
             sys_len: StdCell::new(0),
             cap: mailbox.cap,
@@ -444,10 +528,29 @@ impl Base {
 
     #[inline]
     fn wake_up(&self) {
-        if self.parked.get() {
-            self.parked.set(false);
-            let _ = self.wake.put_nowait(());
+        match self.park.get() {
+            RUN | ROUSED => {}
+            PARKED => {
+                self.park.set(RUN);
+                let _ = self.wake.put_nowait(());
+            }
+            _ => self.rouse(),
         }
+    }
+
+    /// Wakes a hibernated actor: its activation is started (or queued behind others).
+    #[cold]
+    #[inline(never)]
+    fn rouse(&self) {
+        self.park.set(ROUSED);
+        if let Some(me) = self.keep.borrow_mut().take() {
+            schedule_activation(me);
+        }
+    }
+
+    /// Whether the incarnation is hibernated (no greenlet; maybe an activation on its way).
+    pub(crate) fn is_asleep(&self) -> bool {
+        matches!(self.park.get(), ASLEEP | ROUSED) && self.greenlet.borrow().is_none()
     }
 
     pub(crate) fn push_sys(&self, s: Sys) {
@@ -483,31 +586,61 @@ impl Base {
                 Status::Restarting => "restarting",
                 Status::Dead => "dead",
             },
+            hibernated: self.is_asleep() || self.park.get() == ROUSED,
         }
     }
 
     /// Stops the running incarnation: a stop request, then a kill once `timeout` passed
     /// (`None`: wait as long as it takes; `Some(ZERO)`: kill at once). Returns its reason.
     pub(crate) fn shutdown_incarnation(
-        &self,
+        cell: &Rc<dyn CellDyn>,
         reason: ExitReason,
         timeout: Option<Duration>,
     ) -> Option<ExitReason> {
-        let g = self.greenlet()?;
+        let this = cell.base();
+        let kill_now = timeout.is_some_and(|t| t.is_zero());
+        let g = if this.is_asleep() {
+            if kill_now {
+                // Nothing to unwind: it is just dead (killed).
+                cell.clone().kill_asleep();
+                return this.last_reason();
+            }
+            // The stop request wakes it; its activation is made now, so that there is a
+            // greenlet to wait for (and to kill if it takes too long).
+            this.push_sys(Sys::Stop(reason));
+            cell.clone().activate_now();
+            this.greenlet()?
+        } else {
+            let g = this.greenlet()?;
+            if !kill_now {
+                this.push_sys(Sys::Stop(reason));
+            }
+            g
+        };
         match timeout {
             Some(t) if t.is_zero() => g.kill(),
             Some(t) => {
-                self.push_sys(Sys::Stop(reason));
                 if !g.join_timeout(t) {
                     g.kill();
                 }
             }
-            None => {
-                self.push_sys(Sys::Stop(reason));
-                g.join();
-            }
+            None => g.join(),
         }
-        self.last_reason()
+        this.last_reason()
+    }
+
+    /// Kills the running incarnation (see [`ActorRef::kill`]); `wait`: until it has ended.
+    pub(crate) fn kill_incarnation(cell: &Rc<dyn CellDyn>, wait: bool) {
+        let b = cell.base();
+        if let Some(g) = b.greenlet() {
+            if !wait || b.is_current() {
+                g.kill_nowait();
+            } else {
+                g.kill();
+            }
+        } else if b.is_asleep() {
+            cell.clone().kill_asleep();
+        }
     }
 }
 
@@ -519,12 +652,29 @@ pub(crate) trait CellDyn: 'static {
     fn mailbox_len(&self) -> usize;
     /// Makes the exit final: see [`Cell::finalize`].
     fn finalize(self: Rc<Self>, reason: ExitReason);
+    /// Makes the greenlet of a roused (or asleep) actor's activation now.
+    fn activate_now(self: Rc<Self>);
+    /// Makes the greenlet of an activation that was scheduled ([`schedule_activation`]);
+    /// `false` if there is none to make any more (killed, or activated already).
+    fn activate(self: Rc<Self>) -> bool;
+    /// Kills a hibernated incarnation: there is no greenlet to unwind; its state is dropped
+    /// and it ends with [`ExitReason::Killed`].
+    fn kill_asleep(self: Rc<Self>);
 }
 
 /// An actor's cell: the untyped part and its typed user lane.
 pub(crate) struct Cell<A: Actor> {
     pub(crate) base: Base,
     user: RefCell<VecDeque<Envelope<A::Msg>>>,
+    /// The state of a hibernated incarnation (and, if it has not started, its start signal).
+    asleep: RefCell<Option<Asleep<A>>>,
+}
+
+/// A hibernated incarnation: the actor's state, and whether `started` is still to run.
+struct Asleep<A> {
+    actor: A,
+    /// `Some` if the incarnation has not started yet (with the supervisor's start signal).
+    start: Option<Option<Rc<StartSignal>>>,
 }
 
 impl<A: Actor> CellDyn for Cell<A> {
@@ -543,14 +693,92 @@ impl<A: Actor> CellDyn for Cell<A> {
     fn finalize(self: Rc<Self>, reason: ExitReason) {
         Cell::finalize(&self, reason)
     }
+    fn activate_now(self: Rc<Self>) {
+        let keep = if self.base.park.get() == ASLEEP {
+            self.base.park.set(ROUSED);
+            self.base.keep.borrow_mut().take()
+        } else {
+            None
+        };
+        UNSTARTED.with(|u| u.set(u.get() + 1));
+        if !self.activate() {
+            UNSTARTED.with(|u| u.set(u.get() - 1));
+        }
+        drop(keep);
+    }
+    fn activate(self: Rc<Self>) -> bool {
+        let b = &self.base;
+        if b.park.get() != ROUSED || b.greenlet.borrow().is_some() || self.asleep.borrow().is_none()
+        {
+            // Killed (or already activated) while it waited in the queue.
+            return false;
+        }
+        let mut builder = evergreen::Builder::new();
+        if let Some(n) = &b.name {
+            builder = builder.name(&**n);
+        }
+        let guard = Activation(Some(self.clone()));
+        let g = builder.create(move || resume(guard));
+        b.gid.set(g.id());
+        *b.greenlet.borrow_mut() = Some(g.clone());
+        g.start();
+        true
+    }
+    fn kill_asleep(self: Rc<Self>) {
+        let b = &self.base;
+        let Some(asleep) = self.asleep.borrow_mut().take() else {
+            return;
+        };
+        HIBERNATING.with(|h| h.set(h.get() - 1));
+        b.park.set(RUN);
+        let keep = b.keep.borrow_mut().take();
+        if let Some(Some(s)) = &asleep.start {
+            s.done(Err("killed before it started".into()));
+        }
+        // Its own cleanup may block (as a killed greenlet's unwinding may).
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(asleep)));
+        incarnation_ended(&self, ExitReason::Killed);
+        drop(keep);
+    }
 }
 
 impl<A: Actor> Cell<A> {
-    pub(crate) fn new(name: Option<String>, mailbox: Mailbox, measure: bool) -> Rc<Cell<A>> {
+    pub(crate) fn new(
+        name: Option<String>,
+        mailbox: Mailbox,
+        measure: bool,
+        hibernate: bool,
+    ) -> Rc<Cell<A>> {
         Rc::new(Cell {
-            base: Base::new(name, mailbox, measure),
+            base: Base::new(name, mailbox, measure, hibernate),
             user: RefCell::new(VecDeque::new()),
+            asleep: RefCell::new(None),
         })
+    }
+
+    /// The incarnation hibernates (its mailbox is empty): its state goes into the cell, its
+    /// greenlet ends (the stack goes back to the pool), and the cell keeps itself alive.
+    fn fall_asleep(self: &Rc<Self>, actor: A) {
+        let b = &self.base;
+        *self.asleep.borrow_mut() = Some(Asleep { actor, start: None });
+        HIBERNATING.with(|h| h.set(h.get() + 1));
+        // Give the mailbox's buffers back too (Erlang's hibernate shrinks the heap).
+        {
+            let mut q = self.user.borrow_mut();
+            if q.is_empty() && q.capacity() > 0 {
+                *q = VecDeque::new();
+            }
+        }
+        if let Some(e) = b.extras.borrow_mut().as_deref_mut() {
+            if e.sys.is_empty() && e.sys.capacity() > 0 {
+                e.sys = VecDeque::new();
+            }
+        }
+        b.gid.set(0);
+        let g = b.greenlet.borrow_mut().take();
+        b.park.set(ASLEEP);
+        *b.keep.borrow_mut() = Some(self.clone());
+        drop(g);
     }
 
     /// Pushes a message past the bound and policy (timer messages, supervisor notices).
@@ -934,7 +1162,7 @@ impl<A: Actor> ActorRef<A> {
     ) -> Result<R, Error> {
         let b = &self.0.base;
         // A parked actor is not the caller: skip the lookup of the current greenlet then.
-        if !b.parked.get() && b.is_current() {
+        if b.park.get() == RUN && b.is_current() {
             return Err(Error::SelfAsk);
         }
         let deadline = timeout.and_then(|t| evergreen::hub::now().checked_add(t));
@@ -1030,13 +1258,7 @@ impl<A: Actor> ActorRef<A> {
     /// Kills the running incarnation (unwinds its greenlet at its current or next blocking
     /// point; `stopped` does not run) and waits until it has ended. Cannot be trapped.
     pub fn kill(&self) {
-        if let Some(g) = self.0.base.greenlet() {
-            if self.0.base.is_current() {
-                g.kill_nowait();
-            } else {
-                g.kill();
-            }
-        }
+        Base::kill_incarnation(&self.0.clone().as_dyn(), true);
     }
 
     /// Stops the actor and waits at most `timeout` for it to finish its current message and
@@ -1049,12 +1271,11 @@ impl<A: Actor> ActorRef<A> {
                 self.0.base.label()
             )));
         }
-        Ok(self
-            .0
-            .base
-            .shutdown_incarnation(ExitReason::Normal, Some(timeout))
-            .or_else(|| self.0.base.last_reason())
-            .unwrap_or(ExitReason::Normal))
+        Ok(
+            Base::shutdown_incarnation(&self.0.clone().as_dyn(), ExitReason::Normal, Some(timeout))
+                .or_else(|| self.0.base.last_reason())
+                .unwrap_or(ExitReason::Normal),
+        )
     }
 
     /// Waits until the actor has exited for good and returns why (a monitor for code that is
@@ -1176,13 +1397,7 @@ impl AnyRef {
 
     /// See [`ActorRef::kill`].
     pub fn kill(&self) {
-        if let Some(g) = self.0.base().greenlet() {
-            if self.0.base().is_current() {
-                g.kill_nowait();
-            } else {
-                g.kill();
-            }
-        }
+        Base::kill_incarnation(&self.0, true);
     }
 
     /// See [`ActorRef::stats`].
@@ -1450,6 +1665,7 @@ where
 pub struct Ctx<A: Actor> {
     me: ActorRef<A>,
     stop: Option<ExitReason>,
+    hibernate: bool,
 }
 
 impl<A: Actor> Ctx<A> {
@@ -1476,6 +1692,16 @@ impl<A: Actor> Ctx<A> {
     /// Stops the actor with `reason` once the current message is handled.
     pub fn stop_with(&mut self, reason: ExitReason) {
         self.stop = Some(reason);
+    }
+
+    /// Hibernates the actor as soon as its mailbox is empty (after this message, or after
+    /// the messages already queued), once: Erlang's `erlang:hibernate/3`, gen_server's
+    /// `{noreply, State, hibernate}`. The greenlet ends and its stack goes back to the
+    /// runtime's pool; the actor keeps only its state and mailbox, and the next message or
+    /// signal runs it on a new greenlet. See [`Builder::hibernate`] to hibernate whenever
+    /// idle, and the [module docs](self#hibernation).
+    pub fn hibernate(&mut self) {
+        self.hibernate = true;
     }
 
     /// Turns trapping of exit signals on or off (Erlang's `process_flag(trap_exit, ...)`):
@@ -1642,6 +1868,7 @@ pub struct Builder {
     mailbox: Mailbox,
     register: bool,
     measure: bool,
+    hibernate: Option<bool>,
 }
 
 impl Builder {
@@ -1674,6 +1901,21 @@ impl Builder {
         self
     }
 
+    /// Whether the actor hibernates whenever its mailbox is empty (default: off, or what
+    /// [`set_hibernate_default`] set): see the [module docs](self#hibernation). An idle
+    /// hibernated actor holds no greenlet and no stack, only its state and mailbox; each
+    /// wake-up from an empty mailbox costs a greenlet (on a pooled, warm stack) instead of a
+    /// switch to a parked one.
+    pub fn hibernate(mut self, on: bool) -> Builder {
+        self.hibernate = Some(on);
+        self
+    }
+
+    pub(crate) fn no_hibernation(mut self) -> Builder {
+        self.hibernate = Some(false);
+        self
+    }
+
     pub(crate) fn has_name(&self) -> bool {
         self.name.is_some()
     }
@@ -1696,7 +1938,10 @@ impl Builder {
 
     pub(crate) fn make_cell<A: Actor>(&self) -> Result<Rc<Cell<A>>, Error> {
         self.validate()?;
-        let cell = Cell::<A>::new(self.name.clone(), self.mailbox, self.measure);
+        let hibernate = self
+            .hibernate
+            .unwrap_or_else(|| HIBERNATE_DEFAULT.with(StdCell::get));
+        let cell = Cell::<A>::new(self.name.clone(), self.mailbox, self.measure, hibernate);
         if self.register {
             let name = self.name.as_deref().unwrap_or_default();
             crate::registry::register(name, &AnyRef(cell.clone()))?;
@@ -1715,7 +1960,8 @@ impl Builder {
 
 /// Spawns `actor` with an unbounded mailbox (see [`Builder`] for the options).
 pub fn spawn<A: Actor>(actor: A) -> ActorRef<A> {
-    let cell = Cell::<A>::new(None, Mailbox::unbounded(), false);
+    let hibernate = HIBERNATE_DEFAULT.with(StdCell::get);
+    let cell = Cell::<A>::new(None, Mailbox::unbounded(), false, hibernate);
     start_incarnation(&cell, actor, None);
     ActorRef(cell)
 }
@@ -1770,6 +2016,18 @@ pub(crate) fn start_incarnation<A: Actor>(
     let b = &cell.base;
     b.incarnation.set(b.incarnation.get() + 1);
     b.status.set(Status::Running);
+    if b.hibernate {
+        // Born asleep: the activation that runs `started` is scheduled like any other, so
+        // that spawning many actors at once does not take a stack each.
+        *cell.asleep.borrow_mut() = Some(Asleep {
+            actor,
+            start: Some(signal),
+        });
+        HIBERNATING.with(|h| h.set(h.get() + 1));
+        b.park.set(ROUSED);
+        schedule_activation(cell.clone());
+        return;
+    }
     let guard = NotRun {
         cell: Some(cell.clone()),
         signal,
@@ -1784,25 +2042,74 @@ pub(crate) fn start_incarnation<A: Actor>(
     g.start();
 }
 
+/// An activation of a hibernated actor: ends the incarnation as killed if its greenlet is
+/// dropped before it ran.
+struct Activation<A: Actor>(Option<Rc<Cell<A>>>);
+
+impl<A: Actor> Drop for Activation<A> {
+    fn drop(&mut self) {
+        if let Some(cell) = self.0.take() {
+            activation_began();
+            cell.base.gid.set(0);
+            let g = cell.base.greenlet.borrow_mut().take();
+            cell.kill_asleep();
+            drop(g);
+        }
+    }
+}
+
+/// The body of an activation: wakes the hibernated incarnation and runs it.
+fn resume<A: Actor>(mut guard: Activation<A>) {
+    let cell = guard.0.take().expect("activation cell");
+    drop(guard);
+    activation_began();
+    let Some(Asleep { actor, start }) = cell.asleep.borrow_mut().take() else {
+        return;
+    };
+    HIBERNATING.with(|h| h.set(h.get() - 1));
+    cell.base.park.set(RUN);
+    run_incarnation(cell, actor, start);
+}
+
 enum Outcome {
     /// Ended with a reason; `stopped` runs.
     Stopped(ExitReason),
     /// `started` failed.
     StartFailed(String),
+    /// The mailbox is empty and the actor hibernates.
+    Hibernate,
 }
 
-fn run<A: Actor>(mut guard: NotRun<A>, mut actor: A) {
+fn run<A: Actor>(mut guard: NotRun<A>, actor: A) {
     let cell = guard.cell.take().expect("incarnation cell");
     let signal = guard.signal.take();
     drop(guard);
+    run_incarnation(cell, actor, Some(signal));
+}
+
+/// Runs an incarnation (`start`: `Some` if `started` is still to run) until it ends or
+/// hibernates.
+fn run_incarnation<A: Actor>(
+    cell: Rc<Cell<A>>,
+    mut actor: A,
+    start: Option<Option<Rc<StartSignal>>>,
+) {
     let mut ctx = Ctx {
         me: ActorRef(cell.clone()),
         stop: None,
+        hibernate: false,
     };
+    let starting = start.is_some();
+    let signal = start.flatten();
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        body(&cell, &mut actor, &mut ctx, signal.as_deref())
+        body(&cell, &mut actor, &mut ctx, starting, signal.as_deref())
     }));
     let reason = match outcome {
+        Ok(Outcome::Hibernate) => {
+            drop(ctx);
+            cell.fall_asleep(actor);
+            return;
+        }
         Ok(Outcome::Stopped(r)) => {
             let r2 = catch_unwind(AssertUnwindSafe(|| actor.stopped(&r, &mut ctx)));
             match r2 {
@@ -1835,12 +2142,12 @@ fn run<A: Actor>(mut guard: NotRun<A>, mut actor: A) {
     incarnation_ended(&cell, reason);
 }
 
-fn body<A: Actor>(
-    cell: &Rc<Cell<A>>,
+/// Runs `started`; `Some` if the incarnation ends there.
+fn start<A: Actor>(
     actor: &mut A,
     ctx: &mut Ctx<A>,
     signal: Option<&StartSignal>,
-) -> Outcome {
+) -> Option<Outcome> {
     match catch_unwind(AssertUnwindSafe(|| actor.started(ctx))) {
         Ok(Ok(())) => {
             if let Some(s) = signal {
@@ -1852,7 +2159,7 @@ fn body<A: Actor>(
             if let Some(s) = signal {
                 s.done(Err(m.clone()));
             }
-            return Outcome::StartFailed(m);
+            return Some(Outcome::StartFailed(m));
         }
         Err(p) if is_kill(&*p) => resume_unwind(p),
         Err(p) => {
@@ -1860,11 +2167,23 @@ fn body<A: Actor>(
             if let Some(s) = signal {
                 s.done(Err(m.clone()));
             }
-            return Outcome::StartFailed(m);
+            return Some(Outcome::StartFailed(m));
         }
     }
-    if let Some(r) = ctx.stop.take() {
-        return Outcome::Stopped(r);
+    ctx.stop.take().map(Outcome::Stopped)
+}
+
+fn body<A: Actor>(
+    cell: &Rc<Cell<A>>,
+    actor: &mut A,
+    ctx: &mut Ctx<A>,
+    starting: bool,
+    signal: Option<&StartSignal>,
+) -> Outcome {
+    if starting {
+        if let Some(o) = start(actor, ctx, signal) {
+            return o;
+        }
     }
     let b = &cell.base;
     loop {
@@ -1886,9 +2205,12 @@ fn body<A: Actor>(
         }
         let env = cell.user.borrow_mut().pop_front();
         let Some(Envelope { msg, token }) = env else {
-            b.parked.set(true);
+            if b.hibernate || ctx.hibernate {
+                return Outcome::Hibernate;
+            }
+            b.park.set(PARKED);
             let _ = b.wake.get();
-            b.parked.set(false);
+            b.park.set(RUN);
             continue;
         };
         cell.took_one();
@@ -1979,7 +2301,7 @@ pub(crate) fn incarnation_ended<A: Actor>(cell: &Rc<Cell<A>>, reason: ExitReason
     let b = &cell.base;
     cancel_timers(b);
     b.gid.set(0);
-    b.parked.set(false);
+    b.park.set(RUN);
     let g = b.greenlet.borrow_mut().take();
     drop(g);
     let parent = b.with_extras(|e| {

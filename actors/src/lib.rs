@@ -71,8 +71,8 @@ pub mod registry;
 pub mod supervisor;
 
 pub use actor::{
-    spawn, Actor, ActorHandle, ActorRef, AnyRef, Builder, Ctx, Mailbox, MonitorId, Policy, Reply,
-    Signal, Stats,
+    hibernating, set_hibernate_default, spawn, Actor, ActorHandle, ActorRef, AnyRef, Builder, Ctx,
+    Mailbox, MonitorId, Policy, Reply, Signal, Stats,
 };
 pub use error::{Error, ExitReason};
 pub use supervisor::{
