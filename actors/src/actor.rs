@@ -39,6 +39,38 @@
 //! that comes after the timeout is dropped (a dead letter), a reply handle dropped unanswered
 //! fails the ask at once, and an actor asking itself gets [`Error::SelfAsk`].
 //!
+//! An ask also fails at once with [`Error::LoopExit`] when it would close a cycle of waits:
+//! the callee is (transitively) waiting in an ask, or in a blocking tell, on the caller
+//! (gen_server's `call` deadlock: `a` calls `b` while `b` calls `a`). The error names every
+//! actor of the cycle. Only waits of actors' own greenlets count: a greenlet the callee
+//! spawned may ask the caller freely.
+//!
+//! # Hibernation
+//!
+//! An actor built with [`Builder::hibernate`] (or one that calls [`Ctx::hibernate`]) does not
+//! park when its mailbox is empty: it *hibernates*, as Erlang's `erlang:hibernate/3` and
+//! gen_server's `hibernate` return. Its state goes into the cell, its greenlet ends and the
+//! stack goes back to the runtime's pool (warm); its mailbox buffers are freed. The next
+//! message, signal, stop request or timer starts an *activation*: a new greenlet (on a pooled
+//! stack) that resumes the same incarnation, with the same state, from the mailbox loop.
+//!
+//! * Everything else is unchanged: the incarnation, its links, monitors, `trap_exit`, timers,
+//!   registration, counters and supervisor; `stop` runs `stopped` (the activation handles the
+//!   stop request); [`ActorRef::kill`] of a hibernated actor has no greenlet to unwind: its
+//!   state is dropped and it exits with [`ExitReason::Killed`] at once.
+//! * Waking many at once does not take a stack each: at most 16 activations are made and not
+//!   yet running; the others wait in a FIFO, and each activation that starts makes the next.
+//!   Spawning a hibernating actor schedules its first activation (the one that runs
+//!   `started`) the same way.
+//! * A hibernated actor that nobody references is kept alive (by its cell), like a parked
+//!   greenlet: its timers and links may still wake it. [`hibernating`] counts them.
+//! * It is off by default, as in Erlang: a wake-up from an empty mailbox then costs a greenlet
+//!   (a spawn and an exit on a warm stack) instead of one switch to a parked greenlet, which
+//!   matters for an actor that handles a steady stream one message at a time (a hop of a
+//!   ping-pong). It pays off for many mostly idle actors: an idle actor costs its cell and
+//!   state (a few hundred bytes) instead of a stack page, and spawning one does not make a
+//!   stack. Supervisors never hibernate.
+//!
 //! # Differences from Erlang/OTP (gen_server) and Akka
 //!
 //! * Links and monitors see an actor's *final* exit, not each restart: the reference is stable
@@ -51,9 +83,13 @@
 //!   because the mailbox is typed.
 //! * Timer messages bypass the mailbox bound (they cannot block in a timer callback), and an
 //!   interval timer does not queue a new tick while its previous one is still queued.
+//! * A hibernated actor resumes at its mailbox loop (Erlang's resumes at a function given to
+//!   `hibernate/3`), and [`Ctx::hibernate`] waits for the mailbox to be empty.
+//! * [`Ctx::spawn_linked`] links one way: the greenlet dies with the incarnation, but its own
+//!   failure does not end the actor (Erlang's `spawn_link` links both ways).
 
 use std::any::Any;
-use std::cell::{Cell as StdCell, RefCell};
+use std::cell::{Cell as StdCell, OnceCell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
@@ -282,12 +318,12 @@ pub(crate) struct Extras {
     pub(crate) on_final: Vec<FinalHook>,
     pub(crate) tree: Option<Rc<supervisor::Shared>>,
     trap_exit: bool,
-    /// The system lane: stop requests, exit and down signals.
-    sys: VecDeque<Sys>,
     /// Asks waiting on this actor (failed at once if it exits for good).
     asks: Vec<Rc<dyn Token>>,
     /// Time spent in `handle`, when measured.
     busy_ns: u64,
+    /// Greenlets spawned with [`Ctx::spawn_linked`]: killed when the incarnation ends.
+    linked: Vec<evergreen::GreenletRef>,
 }
 
 struct TimerEntry {
@@ -351,6 +387,77 @@ pub fn set_hibernate_default(on: bool) {
     HIBERNATE_DEFAULT.with(|h| h.set(on));
 }
 
+/// What greenlet `g` waits for, if it waits in an ask or a blocking tell: the greenlet of
+/// the actor it waits on, and whether it asks.
+fn waits_for(g: u64) -> Option<(u64, bool)> {
+    let asked = ASKING.with(|a| {
+        a.borrow()
+            .iter()
+            .rev()
+            .find(|e| e.0 == g)
+            .map(|e| e.1.base().gid.get())
+    });
+    if let Some(t) = asked {
+        return Some((t, true));
+    }
+    BLOCKED.with(|bl| bl.borrow().iter().find(|e| e.0 == g).map(|e| (e.1, false)))
+}
+
+/// The label of the actor whose greenlet is `g`, as the waits on it know it.
+fn label_of_gid(g: u64) -> Option<String> {
+    let l = ASKING.with(|a| {
+        a.borrow()
+            .iter()
+            .find(|e| e.1.base().gid.get() == g)
+            .map(|e| e.1.base().label())
+    });
+    l.or_else(|| BLOCKED.with(|bl| bl.borrow().iter().find(|e| e.1 == g).map(|e| e.2.clone())))
+}
+
+/// If the caller (greenlet `me`) waiting on `target` would close a cycle of waits (the
+/// target waits, in an ask or a blocking tell, on an actor that waits ... on the caller),
+/// the caller's label and the cycle in words: "'a' asks 'b', 'b' asks 'a'". `how`: "asks"
+/// or "tells".
+fn wait_cycle(target: &Base, me: u64, how: &str) -> Option<(String, String)> {
+    let n = ASKING.with(|a| a.borrow().len()) + BLOCKED.with(|b| b.borrow().len());
+    if n == 0 {
+        return None;
+    }
+    // First by ids only (no allocation); words only for a cycle.
+    let mut g = target.gid.get();
+    let mut hops = Vec::new();
+    for _ in 0..=n {
+        if g == 0 {
+            return None;
+        }
+        let (next, asks) = waits_for(g)?;
+        hops.push((g, next, asks));
+        if next == me {
+            let mine = label_of_gid(me).unwrap_or_else(|| format!("greenlet {me}"));
+            let mut words = vec![format!("{mine} {how} {}", target.label())];
+            for (from, to, asks) in hops {
+                let from = if from == target.gid.get() {
+                    target.label()
+                } else {
+                    label_of_gid(from).unwrap_or_else(|| format!("greenlet {from}"))
+                };
+                let to = if to == me {
+                    mine.clone()
+                } else {
+                    label_of_gid(to).unwrap_or_else(|| format!("greenlet {to}"))
+                };
+                words.push(format!(
+                    "{from} {} {to}",
+                    if asks { "asks" } else { "tells" }
+                ));
+            }
+            return Some((mine, words.join(", ")));
+        }
+        g = next;
+    }
+    None
+}
+
 /// Forgets that greenlet `g` is blocked telling a full mailbox.
 fn unblocked(g: u64) {
     let _ = BLOCKED.try_with(|bl| {
@@ -380,7 +487,12 @@ pub(crate) struct Base {
     /// because its `get` inlines all the way down to the park: a greenlet that returns from
     /// the function it parked in pays a return-address misprediction on every wake-up (see
     /// the runtime's greenlet docs), which was the largest cost of a message hop.
-    wake: Queue<()>,
+    ///
+    /// Made on the first park: an actor that hibernates whenever idle never parks, and a
+    /// `Queue` is the largest part of a cell.
+    wake: OnceCell<Box<Queue<()>>>,
+    /// The system lane: stop requests, exit and down signals.
+    sys: RefCell<VecDeque<Sys>>,
     /// How many system-lane entries wait (the lane itself is in `extras`: it is usually
     /// empty, and the loop tests only this count before each message).
     sys_len: StdCell<u32>,
@@ -426,6 +538,8 @@ thread_local! {
     static HIBERNATE_DEFAULT: StdCell<bool> = const { StdCell::new(false) };
     static NEXT_ID: StdCell<u64> = const { StdCell::new(1) };
     static NEXT_MONITOR: StdCell<u64> = const { StdCell::new(1) };
+    /// Greenlets waiting in an ask: (asker gid, callee).
+    static ASKING: RefCell<Vec<(u64, Rc<dyn CellDyn>)>> = const { RefCell::new(Vec::new()) };
     /// Greenlets blocked telling a full `Block` mailbox: (teller gid, target gid, target label).
     static BLOCKED: RefCell<Vec<(u64, u64, String)>> = const { RefCell::new(Vec::new()) };
 }
@@ -445,7 +559,8 @@ impl Base {
             park: StdCell::new(RUN),
             hibernate,
             keep: RefCell::new(None),
-            wake: Queue::new(),
+            wake: OnceCell::new(),
+            sys: RefCell::new(VecDeque::new()),
             sys_len: StdCell::new(0),
             cap: mailbox.cap,
             policy: mailbox.policy,
@@ -532,7 +647,9 @@ impl Base {
             RUN | ROUSED => {}
             PARKED => {
                 self.park.set(RUN);
-                let _ = self.wake.put_nowait(());
+                if let Some(w) = self.wake.get() {
+                    let _ = w.put_nowait(());
+                }
             }
             _ => self.rouse(),
         }
@@ -557,7 +674,7 @@ impl Base {
         if self.status.get() == Status::Dead {
             return;
         }
-        self.with_extras(|e| e.sys.push_back(s));
+        self.sys.borrow_mut().push_back(s);
         self.sys_len.set(self.sys_len.get() + 1);
         self.wake_up();
     }
@@ -769,9 +886,10 @@ impl<A: Actor> Cell<A> {
                 *q = VecDeque::new();
             }
         }
-        if let Some(e) = b.extras.borrow_mut().as_deref_mut() {
-            if e.sys.is_empty() && e.sys.capacity() > 0 {
-                e.sys = VecDeque::new();
+        {
+            let mut sys = b.sys.borrow_mut();
+            if sys.is_empty() && sys.capacity() > 0 {
+                *sys = VecDeque::new();
             }
         }
         b.gid.set(0);
@@ -921,11 +1039,10 @@ impl<A: Actor> Cell<A> {
     }
 
     /// Refuses to block when the wait could never end: the caller is this actor, or the
-    /// target is (transitively) blocked telling the caller.
+    /// target is (transitively) blocked telling or asking the caller.
     fn check_cycle(&self) -> Result<(), String> {
         let b = &self.base;
-        let me = evergreen::getcurrent();
-        let my_id = me.id();
+        let my_id = evergreen::getcurrent().id();
         if b.gid.get() != 0 && b.gid.get() == my_id {
             return Err(format!(
                 "actor {} told itself with its own mailbox full (policy Block); it would wait \
@@ -933,32 +1050,14 @@ impl<A: Actor> Cell<A> {
                 b.label()
             ));
         }
-        BLOCKED.with(|bl| {
-            let bl = bl.borrow();
-            let mut chain = vec![b.label()];
-            let mut g = b.gid.get();
-            for _ in 0..bl.len() + 1 {
-                let Some(e) = bl.iter().find(|e| e.0 == g) else {
-                    return Ok(());
-                };
-                if e.1 == my_id {
-                    // `e.2` is the caller's own label, as its blocked teller saw it.
-                    let mine = e.2.clone();
-                    chain.insert(0, mine.clone());
-                    chain.push(mine.clone());
-                    return Err(format!(
-                        "{mine} cannot tell {} with its mailbox full (policy Block): the \
-                         tellers are blocked on each other's full mailboxes ({}); nothing \
-                         could ever make room",
-                        b.label(),
-                        chain.join(" → ")
-                    ));
-                }
-                chain.push(e.2.clone());
-                g = e.1;
-            }
-            Ok(())
-        })
+        match wait_cycle(b, my_id, "tells") {
+            None => Ok(()),
+            Some((mine, chain)) => Err(format!(
+                "{mine} cannot tell {} with its mailbox full (policy Block): the tellers are \
+                 blocked on each other ({chain}); nothing could ever make room",
+                b.label(),
+            )),
+        }
     }
 
     #[cold]
@@ -1010,7 +1109,7 @@ impl<A: Actor> Cell<A> {
         });
         // Queued user messages: asks fail with the reason, tells become dead letters.
         let queued = std::mem::take(&mut *self.user.borrow_mut());
-        let sys = b.with_extras(|e| std::mem::take(&mut e.sys));
+        let sys = std::mem::take(&mut *b.sys.borrow_mut());
         b.sys_len.set(0);
         drop(sys);
         for env in queued {
@@ -1162,8 +1261,22 @@ impl<A: Actor> ActorRef<A> {
     ) -> Result<R, Error> {
         let b = &self.0.base;
         // A parked actor is not the caller: skip the lookup of the current greenlet then.
-        if b.park.get() == RUN && b.is_current() {
-            return Err(Error::SelfAsk);
+        let me = evergreen::getcurrent().id();
+        if b.park.get() == RUN {
+            if b.gid.get() == me && me != 0 {
+                return Err(Error::SelfAsk);
+            }
+            // A busy callee may be waiting on the caller (gen_server:call's deadlock).
+            if let Some((mine, chain)) = wait_cycle(b, me, "asks") {
+                return Err(Error::LoopExit(
+                    format!(
+                        "{mine} cannot ask {}: the actors would wait for each other forever \
+                         ({chain})",
+                        b.label()
+                    ),
+                    (),
+                ));
+            }
         }
         let deadline = timeout.and_then(|t| evergreen::hub::now().checked_add(t));
         let slot = Slot::<R>::take(b.id);
@@ -1189,9 +1302,16 @@ impl<A: Actor> ActorRef<A> {
         struct Waiting<'a, R: 'static> {
             base: &'a Base,
             slot: &'a Rc<Slot<R>>,
+            me: u64,
         }
         impl<R: 'static> Drop for Waiting<'_, R> {
             fn drop(&mut self) {
+                let _ = ASKING.try_with(|a| {
+                    let mut a = a.borrow_mut();
+                    if let Some(p) = a.iter().rposition(|e| e.0 == self.me) {
+                        a.swap_remove(p);
+                    }
+                });
                 let me = Rc::as_ptr(self.slot) as *const ();
                 if !self.slot.registered.get() {
                     if self.slot.state.get() == PENDING {
@@ -1210,9 +1330,11 @@ impl<A: Actor> ActorRef<A> {
                 }
             }
         }
+        ASKING.with(|a| a.borrow_mut().push((me, self.0.clone())));
         let waiting = Waiting {
             base: b,
             slot: &slot,
+            me,
         };
         let done = if slot.state.get() != PENDING {
             true // completed while queueing (evicted by a DropOldest mailbox)
@@ -1607,7 +1729,10 @@ impl Token for TimerToken {
 }
 
 fn cancel_timers(base: &Base) {
-    let timers = base.with_extras(|e| std::mem::take(&mut e.timers));
+    let timers = match base.extras.borrow_mut().as_deref_mut() {
+        Some(e) => std::mem::take(&mut e.timers),
+        None => return,
+    };
     for t in timers {
         t.token.live.set(false);
         evergreen::hub::cancel_timer(t.id);
@@ -1630,25 +1755,39 @@ fn arm_once<A: Actor>(
     })
 }
 
-fn arm_interval<A: Actor>(
+fn arm_interval<A: Actor, F: FnMut() -> A::Msg + 'static>(
     cell: Weak<Cell<A>>,
     token: Rc<TimerToken>,
     period: Duration,
-    msg: A::Msg,
-) -> TimerId
-where
-    A::Msg: Clone,
-{
+    mut make: F,
+) -> TimerId {
     evergreen::hub::call_later(period, move || {
         let Some(c) = cell.upgrade() else { return };
         if !token.live.get() {
             return;
         }
         if token.queued.get() == 0 {
-            token.queued.set(1);
-            c.push_unbounded(msg.clone(), Some(token.clone()));
+            // A callback on the hub must not unwind: a panicking `make` ends its timer.
+            match catch_unwind(AssertUnwindSafe(&mut make)) {
+                Ok(msg) => {
+                    token.queued.set(1);
+                    c.push_unbounded(msg, Some(token.clone()));
+                }
+                Err(p) => {
+                    log::error!(
+                        "actor {}: an interval timer's message maker panicked (the timer is \
+                         stopped): {}",
+                        c.base.label(),
+                        panic_message(&*p)
+                    );
+                    token.live.set(false);
+                    c.base
+                        .with_extras(|e| e.timers.retain(|t| !Rc::ptr_eq(&t.token, &token)));
+                    return;
+                }
+            }
         }
-        let id = arm_interval(cell.clone(), token.clone(), period, msg);
+        let id = arm_interval(cell.clone(), token.clone(), period, make);
         c.base.with_extras(|e| {
             if let Some(t) = e.timers.iter_mut().find(|t| Rc::ptr_eq(&t.token, &token)) {
                 t.id = id;
@@ -1803,10 +1942,24 @@ impl<A: Actor> Ctx<A> {
     }
 
     /// Sends a clone of `msg` to this actor every `period`, under `key` (replacing an earlier
-    /// timer with that key). A tick is skipped while the previous one is still queued.
+    /// timer with that key). A tick is skipped while the previous one is still queued. For a
+    /// message that is not `Clone`, see [`send_interval_with`](Self::send_interval_with).
     pub fn send_interval(&mut self, key: impl Into<String>, period: Duration, msg: A::Msg)
     where
         A::Msg: Clone,
+    {
+        self.send_interval_with(key, period, move || msg.clone());
+    }
+
+    /// Sends the message `make` produces to this actor every `period`, under `key` (replacing
+    /// an earlier timer with that key): [`send_interval`](Self::send_interval) for messages
+    /// that are not `Clone` (they may carry a fresh [`Reply`], an `Rc` to new state, ...).
+    /// `make` runs on the hub when a tick is due, only if the tick is queued (not while the
+    /// previous one is still queued, nor once the timer is cancelled); it must not block. The
+    /// cancel guarantee is the same: a cancelled or replaced timer's message is never handled.
+    pub fn send_interval_with<F>(&mut self, key: impl Into<String>, period: Duration, make: F)
+    where
+        F: FnMut() -> A::Msg + 'static,
     {
         let key = key.into();
         self.cancel_timer(&key);
@@ -1816,11 +1969,62 @@ impl<A: Actor> Ctx<A> {
             interval: true,
         });
         let period = period.max(Duration::from_micros(1));
-        let id = arm_interval(Rc::downgrade(&self.me.0), token.clone(), period, msg);
+        let id = arm_interval(Rc::downgrade(&self.me.0), token.clone(), period, make);
         self.me
             .0
             .base
             .with_extras(|e| e.timers.push(TimerEntry { key, token, id }));
+    }
+
+    /// Spawns a greenlet tied to this incarnation (OTP's `spawn_link` from a process, for
+    /// the linked process's side): it is killed when the incarnation ends, however it ends:
+    /// a stop, a kill (also of a hibernated actor), a crash, or a restart by the supervisor
+    /// (the next incarnation never sees it). A plain [`evergreen::spawn`] in a handler
+    /// outlives all of that.
+    ///
+    /// The kill is delivered when the incarnation ends, without waiting: the greenlet unwinds
+    /// at its next blocking point (its `Drop`s run). The link goes one way: the greenlet's
+    /// own failure does not affect the actor (join the returned handle, or tell the actor,
+    /// to learn about it). It may outlive one message, and hibernation.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use evergreen_actors::{spawn, Actor, Ctx};
+    ///
+    /// struct Fetcher;
+    /// impl Actor for Fetcher {
+    ///     type Msg = &'static str;
+    ///     fn handle(&mut self, url: &'static str, ctx: &mut Ctx<Self>) {
+    ///         let me = ctx.myself();
+    ///         ctx.spawn_linked(move || {
+    ///             evergreen::sleep(Duration::from_millis(10)); // the fetch
+    ///             let _ = me.tell("done");
+    ///         });
+    ///         let _ = url;
+    ///     }
+    /// }
+    ///
+    /// let f = spawn(Fetcher);
+    /// f.tell("http://example.com/").unwrap();
+    /// evergreen::sleep(Duration::ZERO);
+    /// f.kill(); // the fetch greenlet dies with it
+    /// ```
+    #[doc(alias = "spawn_link")]
+    pub fn spawn_linked<T: 'static, F: FnOnce() -> T + 'static>(
+        &mut self,
+        f: F,
+    ) -> evergreen::Greenlet<T> {
+        let g = evergreen::spawn(f);
+        let h = g.handle();
+        self.me.0.base.with_extras(|e| {
+            // Forget the finished ones now and then (amortized O(1) per spawn).
+            let n = e.linked.len();
+            if n >= 16 && n.is_power_of_two() {
+                e.linked.retain(|g| !g.dead());
+            }
+            e.linked.push(h);
+        });
+        g
     }
 
     /// Cancels the timer under `key`; its message, if already queued, is discarded. `false`
@@ -1846,6 +2050,30 @@ impl<A: Actor> Ctx<A> {
             .0
             .base
             .peek_extras(|e| e.is_some_and(|e| e.timers.iter().any(|t| t.key == key)))
+    }
+}
+
+/// Kills the greenlets the incarnation spawned with [`Ctx::spawn_linked`] (without waiting).
+fn kill_linked(base: &Base) {
+    let linked = match base.extras.borrow_mut().as_deref_mut() {
+        Some(e) => std::mem::take(&mut e.linked),
+        None => return,
+    };
+    if linked.is_empty() {
+        return;
+    }
+    let me = evergreen::getcurrent().id();
+    for g in linked {
+        if g.dead() {
+            continue;
+        }
+        if g.id() == me {
+            // One of them killed its own actor: it dies too, but not in the middle of this
+            // bookkeeping.
+            evergreen::hub::run_callback(move || g.kill_nowait());
+        } else {
+            g.kill_nowait();
+        }
     }
 }
 
@@ -2192,7 +2420,7 @@ fn body<A: Actor>(
             None
         } else {
             b.sys_len.set(b.sys_len.get() - 1);
-            b.with_extras(|e| e.sys.pop_front())
+            b.sys.borrow_mut().pop_front()
         };
         if let Some(s) = sys {
             if let Some(r) = on_sys(b, actor, ctx, s) {
@@ -2209,7 +2437,7 @@ fn body<A: Actor>(
                 return Outcome::Hibernate;
             }
             b.park.set(PARKED);
-            let _ = b.wake.get();
+            let _ = b.wake.get_or_init(|| Box::new(Queue::new())).get();
             b.park.set(RUN);
             continue;
         };
@@ -2300,6 +2528,7 @@ fn on_sys<A: Actor>(b: &Base, actor: &mut A, ctx: &mut Ctx<A>, s: Sys) -> Option
 pub(crate) fn incarnation_ended<A: Actor>(cell: &Rc<Cell<A>>, reason: ExitReason) {
     let b = &cell.base;
     cancel_timers(b);
+    kill_linked(b);
     b.gid.set(0);
     b.park.set(RUN);
     let g = b.greenlet.borrow_mut().take();
