@@ -1378,7 +1378,9 @@ impl<A: Actor> ActorRef<A> {
     }
 
     /// Kills the running incarnation (unwinds its greenlet at its current or next blocking
-    /// point; `stopped` does not run) and waits until it has ended. Cannot be trapped.
+    /// point; `stopped` does not run) and waits until it has ended. Cannot be trapped. A
+    /// hibernated incarnation has no greenlet to unwind: its state is dropped here and it
+    /// ends at once with [`ExitReason::Killed`].
     pub fn kill(&self) {
         Base::kill_incarnation(&self.0.clone().as_dyn(), true);
     }

@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use evergreen_actors::{
     hibernating, registry, Actor, ActorRef, Builder, ChildSpec, Ctx, Error, ExitReason, Reply,
@@ -457,4 +459,27 @@ fn a_monitor_signal_wakes_a_hibernated_watcher() {
         w.stop();
         w.join().unwrap();
     });
+}
+
+#[test]
+fn destroying_the_hub_with_actors_asleep_or_roused_does_not_crash() {
+    // Not under the harness (whose leak check forbids leftovers): a program that ends with
+    // hibernated actors, some with their activation queued.
+    std::thread::spawn(|| {
+        let log = Log::new();
+        let actors: Vec<_> = (0..100)
+            .map(|i| {
+                Builder::new()
+                    .name(format!("h{i}"))
+                    .hibernate(true)
+                    .spawn(Probe::new("h", &log))
+                    .unwrap()
+            })
+            .collect();
+        evergreen::sleep(Duration::ZERO);
+        evergreen::hub::destroy();
+        drop(actors);
+    })
+    .join()
+    .expect("no panic");
 }
