@@ -3,6 +3,7 @@
 //! package (`cargo bench -p evergreen-bench --bench actors`).
 //!
 //! Run: `cargo run --release -p evergreen-actors --example actor_quickperf [tell|ask|pingpong|spawn] [n]`
+//! (`EVERGREEN_ACTORS_HIBERNATE=1`: the actors hibernate when idle).
 
 use std::hint::black_box;
 use std::rc::Rc;
@@ -66,6 +67,9 @@ fn main() {
         .get(2)
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
+    if std::env::var("EVERGREEN_ACTORS_HIBERNATE").is_ok_and(|v| v == "1") {
+        evergreen_actors::set_hibernate_default(true);
+    }
     let t = evergreen::spawn(move || -> Duration {
         match what.as_str() {
             "tell" | "tellb" => {

@@ -39,6 +39,38 @@
 //! that comes after the timeout is dropped (a dead letter), a reply handle dropped unanswered
 //! fails the ask at once, and an actor asking itself gets [`Error::SelfAsk`].
 //!
+//! An ask also fails at once with [`Error::LoopExit`] when it would close a cycle of waits:
+//! the callee is (transitively) waiting in an ask, or in a blocking tell, on the caller
+//! (gen_server's `call` deadlock: `a` calls `b` while `b` calls `a`). The error names every
+//! actor of the cycle. Only waits of actors' own greenlets count: a greenlet the callee
+//! spawned may ask the caller freely.
+//!
+//! # Hibernation
+//!
+//! An actor built with [`Builder::hibernate`] (or one that calls [`Ctx::hibernate`]) does not
+//! park when its mailbox is empty: it *hibernates*, as Erlang's `erlang:hibernate/3` and
+//! gen_server's `hibernate` return. Its state goes into the cell, its greenlet ends and the
+//! stack goes back to the runtime's pool (warm); its mailbox buffers are freed. The next
+//! message, signal, stop request or timer starts an *activation*: a new greenlet (on a pooled
+//! stack) that resumes the same incarnation, with the same state, from the mailbox loop.
+//!
+//! * Everything else is unchanged: the incarnation, its links, monitors, `trap_exit`, timers,
+//!   registration, counters and supervisor; `stop` runs `stopped` (the activation handles the
+//!   stop request); [`ActorRef::kill`] of a hibernated actor has no greenlet to unwind: its
+//!   state is dropped and it exits with [`ExitReason::Killed`] at once.
+//! * Waking many at once does not take a stack each: at most 16 activations are made and not
+//!   yet running; the others wait in a FIFO, and each activation that starts makes the next.
+//!   Spawning a hibernating actor schedules its first activation (the one that runs
+//!   `started`) the same way.
+//! * A hibernated actor that nobody references is kept alive (by its cell), like a parked
+//!   greenlet: its timers and links may still wake it. [`hibernating`] counts them.
+//! * It is off by default, as in Erlang: a wake-up from an empty mailbox then costs a greenlet
+//!   (a spawn and an exit on a warm stack) instead of one switch to a parked greenlet, which
+//!   matters for an actor that handles a steady stream one message at a time (a hop of a
+//!   ping-pong). It pays off for many mostly idle actors: an idle actor costs its cell and
+//!   state (a few hundred bytes) instead of a stack page, and spawning one does not make a
+//!   stack. Supervisors never hibernate.
+//!
 //! # Differences from Erlang/OTP (gen_server) and Akka
 //!
 //! * Links and monitors see an actor's *final* exit, not each restart: the reference is stable
@@ -51,9 +83,13 @@
 //!   because the mailbox is typed.
 //! * Timer messages bypass the mailbox bound (they cannot block in a timer callback), and an
 //!   interval timer does not queue a new tick while its previous one is still queued.
+//! * A hibernated actor resumes at its mailbox loop (Erlang's resumes at a function given to
+//!   `hibernate/3`), and [`Ctx::hibernate`] waits for the mailbox to be empty.
+//! * [`Ctx::spawn_linked`] links one way: the greenlet dies with the incarnation, but its own
+//!   failure does not end the actor (Erlang's `spawn_link` links both ways).
 
 use std::any::Any;
-use std::cell::{Cell as StdCell, RefCell};
+use std::cell::{Cell as StdCell, OnceCell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
@@ -218,6 +254,8 @@ pub struct Stats {
     pub handler_time: Option<Duration>,
     /// `running`, `restarting` (awaiting its supervisor) or `dead`.
     pub status: &'static str,
+    /// Whether it is hibernated now (no greenlet; see [`Builder::hibernate`]).
+    pub hibernated: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -280,12 +318,12 @@ pub(crate) struct Extras {
     pub(crate) on_final: Vec<FinalHook>,
     pub(crate) tree: Option<Rc<supervisor::Shared>>,
     trap_exit: bool,
-    /// The system lane: stop requests, exit and down signals.
-    sys: VecDeque<Sys>,
     /// Asks waiting on this actor (failed at once if it exits for good).
     asks: Vec<Rc<dyn Token>>,
     /// Time spent in `handle`, when measured.
     busy_ns: u64,
+    /// Greenlets spawned with [`Ctx::spawn_linked`]: killed when the incarnation ends.
+    linked: Vec<evergreen::GreenletRef>,
 }
 
 struct TimerEntry {
@@ -299,6 +337,125 @@ struct TimerEntry {
 struct Space {
     sem: Semaphore,
     waiting: RefCell<VecDeque<u64>>,
+}
+
+/// Makes the activation of a roused actor, or queues it if [`MAX_UNSTARTED`] are made and
+/// not yet running.
+fn schedule_activation(cell: Rc<dyn CellDyn>) {
+    let now = UNSTARTED.with(|u| {
+        let n = u.get();
+        if n < MAX_UNSTARTED {
+            u.set(n + 1);
+            true
+        } else {
+            false
+        }
+    });
+    if !now {
+        ROUSED_QUEUE.with(|p| p.borrow_mut().push_back(cell));
+    } else if !cell.activate() {
+        UNSTARTED.with(|u| u.set(u.get() - 1));
+    }
+}
+
+/// An activation began running (or was dropped unrun): makes the next queued ones.
+fn activation_began() {
+    let _ = UNSTARTED.try_with(|u| {
+        u.set(u.get() - 1);
+        while u.get() < MAX_UNSTARTED {
+            let Some(next) = ROUSED_QUEUE.with(|p| p.borrow_mut().pop_front()) else {
+                break;
+            };
+            u.set(u.get() + 1);
+            if !next.activate() {
+                u.set(u.get() - 1);
+            }
+        }
+    });
+}
+
+/// How many actors of this thread are hibernated now (asleep, or woken and waiting for their
+/// activation to run): with the runtime's `live_count`, what a leak check counts.
+pub fn hibernating() -> usize {
+    HIBERNATING.with(StdCell::get)
+}
+
+/// Sets whether actors spawned on this thread from now on hibernate when idle, unless their
+/// [`Builder::hibernate`] says otherwise (default: off, as Erlang processes). Supervisors
+/// never hibernate.
+pub fn set_hibernate_default(on: bool) {
+    HIBERNATE_DEFAULT.with(|h| h.set(on));
+}
+
+/// What greenlet `g` waits for, if it waits in an ask or a blocking tell: the greenlet of
+/// the actor it waits on, and whether it asks.
+fn waits_for(g: u64) -> Option<(u64, bool)> {
+    let asked = ASKING.with(|a| {
+        a.borrow()
+            .iter()
+            .rev()
+            .find(|e| e.0 == g)
+            .map(|e| e.1.base().gid.get())
+    });
+    if let Some(t) = asked {
+        return Some((t, true));
+    }
+    BLOCKED.with(|bl| bl.borrow().iter().find(|e| e.0 == g).map(|e| (e.1, false)))
+}
+
+/// The label of the actor whose greenlet is `g`, as the waits on it know it.
+fn label_of_gid(g: u64) -> Option<String> {
+    let l = ASKING.with(|a| {
+        a.borrow()
+            .iter()
+            .find(|e| e.1.base().gid.get() == g)
+            .map(|e| e.1.base().label())
+    });
+    l.or_else(|| BLOCKED.with(|bl| bl.borrow().iter().find(|e| e.1 == g).map(|e| e.2.clone())))
+}
+
+/// If the caller (greenlet `me`) waiting on `target` would close a cycle of waits (the
+/// target waits, in an ask or a blocking tell, on an actor that waits ... on the caller),
+/// the caller's label and the cycle in words: "'a' asks 'b', 'b' asks 'a'". `how`: "asks"
+/// or "tells".
+fn wait_cycle(target: &Base, me: u64, how: &str) -> Option<(String, String)> {
+    let n = ASKING.with(|a| a.borrow().len()) + BLOCKED.with(|b| b.borrow().len());
+    if n == 0 {
+        return None;
+    }
+    // First by ids only (no allocation); words only for a cycle.
+    let mut g = target.gid.get();
+    let mut hops = Vec::new();
+    for _ in 0..=n {
+        if g == 0 {
+            return None;
+        }
+        let (next, asks) = waits_for(g)?;
+        hops.push((g, next, asks));
+        if next == me {
+            let mine = label_of_gid(me).unwrap_or_else(|| format!("greenlet {me}"));
+            let mut words = vec![format!("{mine} {how} {}", target.label())];
+            for (from, to, asks) in hops {
+                let from = if from == target.gid.get() {
+                    target.label()
+                } else {
+                    label_of_gid(from).unwrap_or_else(|| format!("greenlet {from}"))
+                };
+                let to = if to == me {
+                    mine.clone()
+                } else {
+                    label_of_gid(to).unwrap_or_else(|| format!("greenlet {to}"))
+                };
+                words.push(format!(
+                    "{from} {} {to}",
+                    if asks { "asks" } else { "tells" }
+                ));
+            }
+            return Some((mine, words.join(", ")));
+        }
+        g = next;
+    }
+    None
 }
 
 /// Forgets that greenlet `g` is blocked telling a full mailbox.
@@ -316,13 +473,26 @@ pub(crate) struct Base {
     pub(crate) id: u64,
     name: Option<Box<str>>,
     status: StdCell<Status>,
-    parked: StdCell<bool>,
+    /// Where the incarnation is: running a message (`RUN`), parked on `wake` (`PARKED`),
+    /// hibernated without a greenlet (`ASLEEP`), or hibernated with an activation on its way
+    /// (`ROUSED`).
+    park: StdCell<u8>,
+    /// Whether the actor hibernates whenever its mailbox is empty ([`Builder::hibernate`]).
+    hibernate: bool,
+    /// While asleep, the cell keeps itself alive (no greenlet holds it): a timer or a link
+    /// may still wake it, as they would a parked greenlet.
+    keep: RefCell<Option<Rc<dyn CellDyn>>>,
     /// The doorbell the idle incarnation waits on: rung (`put_nowait`) only while the actor
     /// waits, so the item goes straight to it and the queue never stores one. A `Queue`,
     /// because its `get` inlines all the way down to the park: a greenlet that returns from
     /// the function it parked in pays a return-address misprediction on every wake-up (see
     /// the runtime's greenlet docs), which was the largest cost of a message hop.
-    wake: Queue<()>,
+    ///
+    /// Made on the first park: an actor that hibernates whenever idle never parks, and a
+    /// `Queue` is the largest part of a cell.
+    wake: OnceCell<Box<Queue<()>>>,
+    /// The system lane: stop requests, exit and down signals.
+    sys: RefCell<VecDeque<Sys>>,
     /// How many system-lane entries wait (the lane itself is in `extras`: it is usually
     /// empty, and the loop tests only this count before each message).
     sys_len: StdCell<u32>,
@@ -341,15 +511,41 @@ pub(crate) struct Base {
     pub(crate) extras: RefCell<Option<Box<Extras>>>,
 }
 
+/// `Base::park`: handling messages (or blocked in a handler).
+const RUN: u8 = 0;
+/// `Base::park`: parked on its doorbell, mailbox empty.
+const PARKED: u8 = 1;
+/// `Base::park`: hibernated, no greenlet.
+const ASLEEP: u8 = 2;
+/// `Base::park`: hibernated, its activation scheduled (queued, or its greenlet made and not
+/// yet running).
+const ROUSED: u8 = 3;
+
+/// At most this many activations of hibernated actors are made and not yet running at once;
+/// the others wait in `ROUSED_QUEUE`. Each made greenlet holds a stack: waking 100,000 actors
+/// at once must not allocate 100,000 stacks. An activation that starts running makes the
+/// next one, so stacks go round warm.
+const MAX_UNSTARTED: usize = 16;
+
 thread_local! {
+    /// Activations made and not yet running.
+    static UNSTARTED: StdCell<usize> = const { StdCell::new(0) };
+    /// Roused actors waiting for an activation to be made.
+    static ROUSED_QUEUE: RefCell<VecDeque<Rc<dyn CellDyn>>> = const { RefCell::new(VecDeque::new()) };
+    /// Hibernated incarnations (asleep or roused, not yet running again).
+    static HIBERNATING: StdCell<usize> = const { StdCell::new(0) };
+    /// Whether actors spawned without an explicit [`Builder::hibernate`] hibernate.
+    static HIBERNATE_DEFAULT: StdCell<bool> = const { StdCell::new(false) };
     static NEXT_ID: StdCell<u64> = const { StdCell::new(1) };
     static NEXT_MONITOR: StdCell<u64> = const { StdCell::new(1) };
+    /// Greenlets waiting in an ask: (asker gid, callee).
+    static ASKING: RefCell<Vec<(u64, Rc<dyn CellDyn>)>> = const { RefCell::new(Vec::new()) };
     /// Greenlets blocked telling a full `Block` mailbox: (teller gid, target gid, target label).
     static BLOCKED: RefCell<Vec<(u64, u64, String)>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Base {
-    fn new(name: Option<String>, mailbox: Mailbox, measure: bool) -> Base {
+    fn new(name: Option<String>, mailbox: Mailbox, measure: bool, hibernate: bool) -> Base {
         let id = NEXT_ID.with(|n| {
             let id = n.get();
             n.set(id + 1);
@@ -360,8 +556,11 @@ impl Base {
             id,
             name: name.map(String::into_boxed_str),
             status: StdCell::new(Status::Running),
-            parked: StdCell::new(false),
-            wake: Queue::new(),
+            park: StdCell::new(RUN),
+            hibernate,
+            keep: RefCell::new(None),
+            wake: OnceCell::new(),
+            sys: RefCell::new(VecDeque::new()),
             sys_len: StdCell::new(0),
             cap: mailbox.cap,
             policy: mailbox.policy,
@@ -444,17 +643,38 @@ impl Base {
 
     #[inline]
     fn wake_up(&self) {
-        if self.parked.get() {
-            self.parked.set(false);
-            let _ = self.wake.put_nowait(());
+        match self.park.get() {
+            RUN | ROUSED => {}
+            PARKED => {
+                self.park.set(RUN);
+                if let Some(w) = self.wake.get() {
+                    let _ = w.put_nowait(());
+                }
+            }
+            _ => self.rouse(),
         }
+    }
+
+    /// Wakes a hibernated actor: its activation is started (or queued behind others).
+    #[cold]
+    #[inline(never)]
+    fn rouse(&self) {
+        self.park.set(ROUSED);
+        if let Some(me) = self.keep.borrow_mut().take() {
+            schedule_activation(me);
+        }
+    }
+
+    /// Whether the incarnation is hibernated (no greenlet; maybe an activation on its way).
+    pub(crate) fn is_asleep(&self) -> bool {
+        matches!(self.park.get(), ASLEEP | ROUSED) && self.greenlet.borrow().is_none()
     }
 
     pub(crate) fn push_sys(&self, s: Sys) {
         if self.status.get() == Status::Dead {
             return;
         }
-        self.with_extras(|e| e.sys.push_back(s));
+        self.sys.borrow_mut().push_back(s);
         self.sys_len.set(self.sys_len.get() + 1);
         self.wake_up();
     }
@@ -483,31 +703,61 @@ impl Base {
                 Status::Restarting => "restarting",
                 Status::Dead => "dead",
             },
+            hibernated: self.is_asleep() || self.park.get() == ROUSED,
         }
     }
 
     /// Stops the running incarnation: a stop request, then a kill once `timeout` passed
     /// (`None`: wait as long as it takes; `Some(ZERO)`: kill at once). Returns its reason.
     pub(crate) fn shutdown_incarnation(
-        &self,
+        cell: &Rc<dyn CellDyn>,
         reason: ExitReason,
         timeout: Option<Duration>,
     ) -> Option<ExitReason> {
-        let g = self.greenlet()?;
+        let this = cell.base();
+        let kill_now = timeout.is_some_and(|t| t.is_zero());
+        let g = if this.is_asleep() {
+            if kill_now {
+                // Nothing to unwind: it is just dead (killed).
+                cell.clone().kill_asleep();
+                return this.last_reason();
+            }
+            // The stop request wakes it; its activation is made now, so that there is a
+            // greenlet to wait for (and to kill if it takes too long).
+            this.push_sys(Sys::Stop(reason));
+            cell.clone().activate_now();
+            this.greenlet()?
+        } else {
+            let g = this.greenlet()?;
+            if !kill_now {
+                this.push_sys(Sys::Stop(reason));
+            }
+            g
+        };
         match timeout {
             Some(t) if t.is_zero() => g.kill(),
             Some(t) => {
-                self.push_sys(Sys::Stop(reason));
                 if !g.join_timeout(t) {
                     g.kill();
                 }
             }
-            None => {
-                self.push_sys(Sys::Stop(reason));
-                g.join();
-            }
+            None => g.join(),
         }
-        self.last_reason()
+        this.last_reason()
+    }
+
+    /// Kills the running incarnation (see [`ActorRef::kill`]); `wait`: until it has ended.
+    pub(crate) fn kill_incarnation(cell: &Rc<dyn CellDyn>, wait: bool) {
+        let b = cell.base();
+        if let Some(g) = b.greenlet() {
+            if !wait || b.is_current() {
+                g.kill_nowait();
+            } else {
+                g.kill();
+            }
+        } else if b.is_asleep() {
+            cell.clone().kill_asleep();
+        }
     }
 }
 
@@ -519,12 +769,29 @@ pub(crate) trait CellDyn: 'static {
     fn mailbox_len(&self) -> usize;
     /// Makes the exit final: see [`Cell::finalize`].
     fn finalize(self: Rc<Self>, reason: ExitReason);
+    /// Makes the greenlet of a roused (or asleep) actor's activation now.
+    fn activate_now(self: Rc<Self>);
+    /// Makes the greenlet of an activation that was scheduled ([`schedule_activation`]);
+    /// `false` if there is none to make any more (killed, or activated already).
+    fn activate(self: Rc<Self>) -> bool;
+    /// Kills a hibernated incarnation: there is no greenlet to unwind; its state is dropped
+    /// and it ends with [`ExitReason::Killed`].
+    fn kill_asleep(self: Rc<Self>);
 }
 
 /// An actor's cell: the untyped part and its typed user lane.
 pub(crate) struct Cell<A: Actor> {
     pub(crate) base: Base,
     user: RefCell<VecDeque<Envelope<A::Msg>>>,
+    /// The state of a hibernated incarnation (and, if it has not started, its start signal).
+    asleep: RefCell<Option<Asleep<A>>>,
+}
+
+/// A hibernated incarnation: the actor's state, and whether `started` is still to run.
+struct Asleep<A> {
+    actor: A,
+    /// `Some` if the incarnation has not started yet (with the supervisor's start signal).
+    start: Option<Option<Rc<StartSignal>>>,
 }
 
 impl<A: Actor> CellDyn for Cell<A> {
@@ -543,14 +810,93 @@ impl<A: Actor> CellDyn for Cell<A> {
     fn finalize(self: Rc<Self>, reason: ExitReason) {
         Cell::finalize(&self, reason)
     }
+    fn activate_now(self: Rc<Self>) {
+        let keep = if self.base.park.get() == ASLEEP {
+            self.base.park.set(ROUSED);
+            self.base.keep.borrow_mut().take()
+        } else {
+            None
+        };
+        UNSTARTED.with(|u| u.set(u.get() + 1));
+        if !self.activate() {
+            UNSTARTED.with(|u| u.set(u.get() - 1));
+        }
+        drop(keep);
+    }
+    fn activate(self: Rc<Self>) -> bool {
+        let b = &self.base;
+        if b.park.get() != ROUSED || b.greenlet.borrow().is_some() || self.asleep.borrow().is_none()
+        {
+            // Killed (or already activated) while it waited in the queue.
+            return false;
+        }
+        let mut builder = evergreen::Builder::new();
+        if let Some(n) = &b.name {
+            builder = builder.name(&**n);
+        }
+        let guard = Activation(Some(self.clone()));
+        let g = builder.create(move || resume(guard));
+        b.gid.set(g.id());
+        *b.greenlet.borrow_mut() = Some(g.clone());
+        g.start();
+        true
+    }
+    fn kill_asleep(self: Rc<Self>) {
+        let b = &self.base;
+        let Some(asleep) = self.asleep.borrow_mut().take() else {
+            return;
+        };
+        HIBERNATING.with(|h| h.set(h.get() - 1));
+        b.park.set(RUN);
+        let keep = b.keep.borrow_mut().take();
+        if let Some(Some(s)) = &asleep.start {
+            s.done(Err("killed before it started".into()));
+        }
+        // Its own cleanup may block (as a killed greenlet's unwinding may).
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(asleep)));
+        incarnation_ended(&self, ExitReason::Killed);
+        drop(keep);
+    }
 }
 
 impl<A: Actor> Cell<A> {
-    pub(crate) fn new(name: Option<String>, mailbox: Mailbox, measure: bool) -> Rc<Cell<A>> {
+    pub(crate) fn new(
+        name: Option<String>,
+        mailbox: Mailbox,
+        measure: bool,
+        hibernate: bool,
+    ) -> Rc<Cell<A>> {
         Rc::new(Cell {
-            base: Base::new(name, mailbox, measure),
+            base: Base::new(name, mailbox, measure, hibernate),
             user: RefCell::new(VecDeque::new()),
+            asleep: RefCell::new(None),
         })
+    }
+
+    /// The incarnation hibernates (its mailbox is empty): its state goes into the cell, its
+    /// greenlet ends (the stack goes back to the pool), and the cell keeps itself alive.
+    fn fall_asleep(self: &Rc<Self>, actor: A) {
+        let b = &self.base;
+        *self.asleep.borrow_mut() = Some(Asleep { actor, start: None });
+        HIBERNATING.with(|h| h.set(h.get() + 1));
+        // Give the mailbox's buffers back too (Erlang's hibernate shrinks the heap).
+        {
+            let mut q = self.user.borrow_mut();
+            if q.is_empty() && q.capacity() > 0 {
+                *q = VecDeque::new();
+            }
+        }
+        {
+            let mut sys = b.sys.borrow_mut();
+            if sys.is_empty() && sys.capacity() > 0 {
+                *sys = VecDeque::new();
+            }
+        }
+        b.gid.set(0);
+        let g = b.greenlet.borrow_mut().take();
+        b.park.set(ASLEEP);
+        *b.keep.borrow_mut() = Some(self.clone());
+        drop(g);
     }
 
     /// Pushes a message past the bound and policy (timer messages, supervisor notices).
@@ -693,11 +1039,10 @@ impl<A: Actor> Cell<A> {
     }
 
     /// Refuses to block when the wait could never end: the caller is this actor, or the
-    /// target is (transitively) blocked telling the caller.
+    /// target is (transitively) blocked telling or asking the caller.
     fn check_cycle(&self) -> Result<(), String> {
         let b = &self.base;
-        let me = evergreen::getcurrent();
-        let my_id = me.id();
+        let my_id = evergreen::getcurrent().id();
         if b.gid.get() != 0 && b.gid.get() == my_id {
             return Err(format!(
                 "actor {} told itself with its own mailbox full (policy Block); it would wait \
@@ -705,32 +1050,14 @@ impl<A: Actor> Cell<A> {
                 b.label()
             ));
         }
-        BLOCKED.with(|bl| {
-            let bl = bl.borrow();
-            let mut chain = vec![b.label()];
-            let mut g = b.gid.get();
-            for _ in 0..bl.len() + 1 {
-                let Some(e) = bl.iter().find(|e| e.0 == g) else {
-                    return Ok(());
-                };
-                if e.1 == my_id {
-                    // `e.2` is the caller's own label, as its blocked teller saw it.
-                    let mine = e.2.clone();
-                    chain.insert(0, mine.clone());
-                    chain.push(mine.clone());
-                    return Err(format!(
-                        "{mine} cannot tell {} with its mailbox full (policy Block): the \
-                         tellers are blocked on each other's full mailboxes ({}); nothing \
-                         could ever make room",
-                        b.label(),
-                        chain.join(" → ")
-                    ));
-                }
-                chain.push(e.2.clone());
-                g = e.1;
-            }
-            Ok(())
-        })
+        match wait_cycle(b, my_id, "tells") {
+            None => Ok(()),
+            Some((mine, chain)) => Err(format!(
+                "{mine} cannot tell {} with its mailbox full (policy Block): the tellers are \
+                 blocked on each other ({chain}); nothing could ever make room",
+                b.label(),
+            )),
+        }
     }
 
     #[cold]
@@ -782,7 +1109,7 @@ impl<A: Actor> Cell<A> {
         });
         // Queued user messages: asks fail with the reason, tells become dead letters.
         let queued = std::mem::take(&mut *self.user.borrow_mut());
-        let sys = b.with_extras(|e| std::mem::take(&mut e.sys));
+        let sys = std::mem::take(&mut *b.sys.borrow_mut());
         b.sys_len.set(0);
         drop(sys);
         for env in queued {
@@ -934,8 +1261,22 @@ impl<A: Actor> ActorRef<A> {
     ) -> Result<R, Error> {
         let b = &self.0.base;
         // A parked actor is not the caller: skip the lookup of the current greenlet then.
-        if !b.parked.get() && b.is_current() {
-            return Err(Error::SelfAsk);
+        let me = evergreen::getcurrent().id();
+        if b.park.get() == RUN {
+            if b.gid.get() == me && me != 0 {
+                return Err(Error::SelfAsk);
+            }
+            // A busy callee may be waiting on the caller (gen_server:call's deadlock).
+            if let Some((mine, chain)) = wait_cycle(b, me, "asks") {
+                return Err(Error::LoopExit(
+                    format!(
+                        "{mine} cannot ask {}: the actors would wait for each other forever \
+                         ({chain})",
+                        b.label()
+                    ),
+                    (),
+                ));
+            }
         }
         let deadline = timeout.and_then(|t| evergreen::hub::now().checked_add(t));
         let slot = Slot::<R>::take(b.id);
@@ -961,9 +1302,16 @@ impl<A: Actor> ActorRef<A> {
         struct Waiting<'a, R: 'static> {
             base: &'a Base,
             slot: &'a Rc<Slot<R>>,
+            me: u64,
         }
         impl<R: 'static> Drop for Waiting<'_, R> {
             fn drop(&mut self) {
+                let _ = ASKING.try_with(|a| {
+                    let mut a = a.borrow_mut();
+                    if let Some(p) = a.iter().rposition(|e| e.0 == self.me) {
+                        a.swap_remove(p);
+                    }
+                });
                 let me = Rc::as_ptr(self.slot) as *const ();
                 if !self.slot.registered.get() {
                     if self.slot.state.get() == PENDING {
@@ -982,9 +1330,11 @@ impl<A: Actor> ActorRef<A> {
                 }
             }
         }
+        ASKING.with(|a| a.borrow_mut().push((me, self.0.clone())));
         let waiting = Waiting {
             base: b,
             slot: &slot,
+            me,
         };
         let done = if slot.state.get() != PENDING {
             true // completed while queueing (evicted by a DropOldest mailbox)
@@ -1028,15 +1378,11 @@ impl<A: Actor> ActorRef<A> {
     }
 
     /// Kills the running incarnation (unwinds its greenlet at its current or next blocking
-    /// point; `stopped` does not run) and waits until it has ended. Cannot be trapped.
+    /// point; `stopped` does not run) and waits until it has ended. Cannot be trapped. A
+    /// hibernated incarnation has no greenlet to unwind: its state is dropped here and it
+    /// ends at once with [`ExitReason::Killed`].
     pub fn kill(&self) {
-        if let Some(g) = self.0.base.greenlet() {
-            if self.0.base.is_current() {
-                g.kill_nowait();
-            } else {
-                g.kill();
-            }
-        }
+        Base::kill_incarnation(&self.0.clone().as_dyn(), true);
     }
 
     /// Stops the actor and waits at most `timeout` for it to finish its current message and
@@ -1049,12 +1395,11 @@ impl<A: Actor> ActorRef<A> {
                 self.0.base.label()
             )));
         }
-        Ok(self
-            .0
-            .base
-            .shutdown_incarnation(ExitReason::Normal, Some(timeout))
-            .or_else(|| self.0.base.last_reason())
-            .unwrap_or(ExitReason::Normal))
+        Ok(
+            Base::shutdown_incarnation(&self.0.clone().as_dyn(), ExitReason::Normal, Some(timeout))
+                .or_else(|| self.0.base.last_reason())
+                .unwrap_or(ExitReason::Normal),
+        )
     }
 
     /// Waits until the actor has exited for good and returns why (a monitor for code that is
@@ -1176,13 +1521,7 @@ impl AnyRef {
 
     /// See [`ActorRef::kill`].
     pub fn kill(&self) {
-        if let Some(g) = self.0.base().greenlet() {
-            if self.0.base().is_current() {
-                g.kill_nowait();
-            } else {
-                g.kill();
-            }
-        }
+        Base::kill_incarnation(&self.0, true);
     }
 
     /// See [`ActorRef::stats`].
@@ -1392,7 +1731,10 @@ impl Token for TimerToken {
 }
 
 fn cancel_timers(base: &Base) {
-    let timers = base.with_extras(|e| std::mem::take(&mut e.timers));
+    let timers = match base.extras.borrow_mut().as_deref_mut() {
+        Some(e) => std::mem::take(&mut e.timers),
+        None => return,
+    };
     for t in timers {
         t.token.live.set(false);
         evergreen::hub::cancel_timer(t.id);
@@ -1415,25 +1757,39 @@ fn arm_once<A: Actor>(
     })
 }
 
-fn arm_interval<A: Actor>(
+fn arm_interval<A: Actor, F: FnMut() -> A::Msg + 'static>(
     cell: Weak<Cell<A>>,
     token: Rc<TimerToken>,
     period: Duration,
-    msg: A::Msg,
-) -> TimerId
-where
-    A::Msg: Clone,
-{
+    mut make: F,
+) -> TimerId {
     evergreen::hub::call_later(period, move || {
         let Some(c) = cell.upgrade() else { return };
         if !token.live.get() {
             return;
         }
         if token.queued.get() == 0 {
-            token.queued.set(1);
-            c.push_unbounded(msg.clone(), Some(token.clone()));
+            // A callback on the hub must not unwind: a panicking `make` ends its timer.
+            match catch_unwind(AssertUnwindSafe(&mut make)) {
+                Ok(msg) => {
+                    token.queued.set(1);
+                    c.push_unbounded(msg, Some(token.clone()));
+                }
+                Err(p) => {
+                    log::error!(
+                        "actor {}: an interval timer's message maker panicked (the timer is \
+                         stopped): {}",
+                        c.base.label(),
+                        panic_message(&*p)
+                    );
+                    token.live.set(false);
+                    c.base
+                        .with_extras(|e| e.timers.retain(|t| !Rc::ptr_eq(&t.token, &token)));
+                    return;
+                }
+            }
         }
-        let id = arm_interval(cell.clone(), token.clone(), period, msg);
+        let id = arm_interval(cell.clone(), token.clone(), period, make);
         c.base.with_extras(|e| {
             if let Some(t) = e.timers.iter_mut().find(|t| Rc::ptr_eq(&t.token, &token)) {
                 t.id = id;
@@ -1450,6 +1806,7 @@ where
 pub struct Ctx<A: Actor> {
     me: ActorRef<A>,
     stop: Option<ExitReason>,
+    hibernate: bool,
 }
 
 impl<A: Actor> Ctx<A> {
@@ -1476,6 +1833,16 @@ impl<A: Actor> Ctx<A> {
     /// Stops the actor with `reason` once the current message is handled.
     pub fn stop_with(&mut self, reason: ExitReason) {
         self.stop = Some(reason);
+    }
+
+    /// Hibernates the actor as soon as its mailbox is empty (after this message, or after
+    /// the messages already queued), once: Erlang's `erlang:hibernate/3`, gen_server's
+    /// `{noreply, State, hibernate}`. The greenlet ends and its stack goes back to the
+    /// runtime's pool; the actor keeps only its state and mailbox, and the next message or
+    /// signal runs it on a new greenlet. See [`Builder::hibernate`] to hibernate whenever
+    /// idle, and the [module docs](self#hibernation).
+    pub fn hibernate(&mut self) {
+        self.hibernate = true;
     }
 
     /// Turns trapping of exit signals on or off (Erlang's `process_flag(trap_exit, ...)`):
@@ -1577,10 +1944,24 @@ impl<A: Actor> Ctx<A> {
     }
 
     /// Sends a clone of `msg` to this actor every `period`, under `key` (replacing an earlier
-    /// timer with that key). A tick is skipped while the previous one is still queued.
+    /// timer with that key). A tick is skipped while the previous one is still queued. For a
+    /// message that is not `Clone`, see [`send_interval_with`](Self::send_interval_with).
     pub fn send_interval(&mut self, key: impl Into<String>, period: Duration, msg: A::Msg)
     where
         A::Msg: Clone,
+    {
+        self.send_interval_with(key, period, move || msg.clone());
+    }
+
+    /// Sends the message `make` produces to this actor every `period`, under `key` (replacing
+    /// an earlier timer with that key): [`send_interval`](Self::send_interval) for messages
+    /// that are not `Clone` (they may carry a fresh [`Reply`], an `Rc` to new state, ...).
+    /// `make` runs on the hub when a tick is due, only if the tick is queued (not while the
+    /// previous one is still queued, nor once the timer is cancelled); it must not block. The
+    /// cancel guarantee is the same: a cancelled or replaced timer's message is never handled.
+    pub fn send_interval_with<F>(&mut self, key: impl Into<String>, period: Duration, make: F)
+    where
+        F: FnMut() -> A::Msg + 'static,
     {
         let key = key.into();
         self.cancel_timer(&key);
@@ -1590,11 +1971,62 @@ impl<A: Actor> Ctx<A> {
             interval: true,
         });
         let period = period.max(Duration::from_micros(1));
-        let id = arm_interval(Rc::downgrade(&self.me.0), token.clone(), period, msg);
+        let id = arm_interval(Rc::downgrade(&self.me.0), token.clone(), period, make);
         self.me
             .0
             .base
             .with_extras(|e| e.timers.push(TimerEntry { key, token, id }));
+    }
+
+    /// Spawns a greenlet tied to this incarnation (OTP's `spawn_link` from a process, for
+    /// the linked process's side): it is killed when the incarnation ends, however it ends:
+    /// a stop, a kill (also of a hibernated actor), a crash, or a restart by the supervisor
+    /// (the next incarnation never sees it). A plain [`evergreen::spawn`] in a handler
+    /// outlives all of that.
+    ///
+    /// The kill is delivered when the incarnation ends, without waiting: the greenlet unwinds
+    /// at its next blocking point (its `Drop`s run). The link goes one way: the greenlet's
+    /// own failure does not affect the actor (join the returned handle, or tell the actor,
+    /// to learn about it). It may outlive one message, and hibernation.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use evergreen_actors::{spawn, Actor, Ctx};
+    ///
+    /// struct Fetcher;
+    /// impl Actor for Fetcher {
+    ///     type Msg = &'static str;
+    ///     fn handle(&mut self, url: &'static str, ctx: &mut Ctx<Self>) {
+    ///         let me = ctx.myself();
+    ///         ctx.spawn_linked(move || {
+    ///             evergreen::sleep(Duration::from_millis(10)); // the fetch
+    ///             let _ = me.tell("done");
+    ///         });
+    ///         let _ = url;
+    ///     }
+    /// }
+    ///
+    /// let f = spawn(Fetcher);
+    /// f.tell("http://example.com/").unwrap();
+    /// evergreen::sleep(Duration::ZERO);
+    /// f.kill(); // the fetch greenlet dies with it
+    /// ```
+    #[doc(alias = "spawn_link")]
+    pub fn spawn_linked<T: 'static, F: FnOnce() -> T + 'static>(
+        &mut self,
+        f: F,
+    ) -> evergreen::Greenlet<T> {
+        let g = evergreen::spawn(f);
+        let h = g.handle();
+        self.me.0.base.with_extras(|e| {
+            // Forget the finished ones now and then (amortized O(1) per spawn).
+            let n = e.linked.len();
+            if n >= 16 && n.is_power_of_two() {
+                e.linked.retain(|g| !g.dead());
+            }
+            e.linked.push(h);
+        });
+        g
     }
 
     /// Cancels the timer under `key`; its message, if already queued, is discarded. `false`
@@ -1623,6 +2055,30 @@ impl<A: Actor> Ctx<A> {
     }
 }
 
+/// Kills the greenlets the incarnation spawned with [`Ctx::spawn_linked`] (without waiting).
+fn kill_linked(base: &Base) {
+    let linked = match base.extras.borrow_mut().as_deref_mut() {
+        Some(e) => std::mem::take(&mut e.linked),
+        None => return,
+    };
+    if linked.is_empty() {
+        return;
+    }
+    let me = evergreen::getcurrent().id();
+    for g in linked {
+        if g.dead() {
+            continue;
+        }
+        if g.id() == me {
+            // One of them killed its own actor: it dies too, but not in the middle of this
+            // bookkeeping.
+            evergreen::hub::run_callback(move || g.kill_nowait());
+        } else {
+            g.kill_nowait();
+        }
+    }
+}
+
 /// Removes a delivered one-shot timer from the table.
 fn timer_delivered(base: &Base, token: &Rc<dyn Token>) {
     let p = Rc::as_ptr(token) as *const ();
@@ -1642,6 +2098,7 @@ pub struct Builder {
     mailbox: Mailbox,
     register: bool,
     measure: bool,
+    hibernate: Option<bool>,
 }
 
 impl Builder {
@@ -1674,6 +2131,21 @@ impl Builder {
         self
     }
 
+    /// Whether the actor hibernates whenever its mailbox is empty (default: off, or what
+    /// [`set_hibernate_default`] set): see the [module docs](self#hibernation). An idle
+    /// hibernated actor holds no greenlet and no stack, only its state and mailbox; each
+    /// wake-up from an empty mailbox costs a greenlet (on a pooled, warm stack) instead of a
+    /// switch to a parked one.
+    pub fn hibernate(mut self, on: bool) -> Builder {
+        self.hibernate = Some(on);
+        self
+    }
+
+    pub(crate) fn no_hibernation(mut self) -> Builder {
+        self.hibernate = Some(false);
+        self
+    }
+
     pub(crate) fn has_name(&self) -> bool {
         self.name.is_some()
     }
@@ -1696,7 +2168,10 @@ impl Builder {
 
     pub(crate) fn make_cell<A: Actor>(&self) -> Result<Rc<Cell<A>>, Error> {
         self.validate()?;
-        let cell = Cell::<A>::new(self.name.clone(), self.mailbox, self.measure);
+        let hibernate = self
+            .hibernate
+            .unwrap_or_else(|| HIBERNATE_DEFAULT.with(StdCell::get));
+        let cell = Cell::<A>::new(self.name.clone(), self.mailbox, self.measure, hibernate);
         if self.register {
             let name = self.name.as_deref().unwrap_or_default();
             crate::registry::register(name, &AnyRef(cell.clone()))?;
@@ -1715,7 +2190,8 @@ impl Builder {
 
 /// Spawns `actor` with an unbounded mailbox (see [`Builder`] for the options).
 pub fn spawn<A: Actor>(actor: A) -> ActorRef<A> {
-    let cell = Cell::<A>::new(None, Mailbox::unbounded(), false);
+    let hibernate = HIBERNATE_DEFAULT.with(StdCell::get);
+    let cell = Cell::<A>::new(None, Mailbox::unbounded(), false, hibernate);
     start_incarnation(&cell, actor, None);
     ActorRef(cell)
 }
@@ -1770,6 +2246,18 @@ pub(crate) fn start_incarnation<A: Actor>(
     let b = &cell.base;
     b.incarnation.set(b.incarnation.get() + 1);
     b.status.set(Status::Running);
+    if b.hibernate {
+        // Born asleep: the activation that runs `started` is scheduled like any other, so
+        // that spawning many actors at once does not take a stack each.
+        *cell.asleep.borrow_mut() = Some(Asleep {
+            actor,
+            start: Some(signal),
+        });
+        HIBERNATING.with(|h| h.set(h.get() + 1));
+        b.park.set(ROUSED);
+        schedule_activation(cell.clone());
+        return;
+    }
     let guard = NotRun {
         cell: Some(cell.clone()),
         signal,
@@ -1784,25 +2272,74 @@ pub(crate) fn start_incarnation<A: Actor>(
     g.start();
 }
 
+/// An activation of a hibernated actor: ends the incarnation as killed if its greenlet is
+/// dropped before it ran.
+struct Activation<A: Actor>(Option<Rc<Cell<A>>>);
+
+impl<A: Actor> Drop for Activation<A> {
+    fn drop(&mut self) {
+        if let Some(cell) = self.0.take() {
+            activation_began();
+            cell.base.gid.set(0);
+            let g = cell.base.greenlet.borrow_mut().take();
+            cell.kill_asleep();
+            drop(g);
+        }
+    }
+}
+
+/// The body of an activation: wakes the hibernated incarnation and runs it.
+fn resume<A: Actor>(mut guard: Activation<A>) {
+    let cell = guard.0.take().expect("activation cell");
+    drop(guard);
+    activation_began();
+    let Some(Asleep { actor, start }) = cell.asleep.borrow_mut().take() else {
+        return;
+    };
+    HIBERNATING.with(|h| h.set(h.get() - 1));
+    cell.base.park.set(RUN);
+    run_incarnation(cell, actor, start);
+}
+
 enum Outcome {
     /// Ended with a reason; `stopped` runs.
     Stopped(ExitReason),
     /// `started` failed.
     StartFailed(String),
+    /// The mailbox is empty and the actor hibernates.
+    Hibernate,
 }
 
-fn run<A: Actor>(mut guard: NotRun<A>, mut actor: A) {
+fn run<A: Actor>(mut guard: NotRun<A>, actor: A) {
     let cell = guard.cell.take().expect("incarnation cell");
     let signal = guard.signal.take();
     drop(guard);
+    run_incarnation(cell, actor, Some(signal));
+}
+
+/// Runs an incarnation (`start`: `Some` if `started` is still to run) until it ends or
+/// hibernates.
+fn run_incarnation<A: Actor>(
+    cell: Rc<Cell<A>>,
+    mut actor: A,
+    start: Option<Option<Rc<StartSignal>>>,
+) {
     let mut ctx = Ctx {
         me: ActorRef(cell.clone()),
         stop: None,
+        hibernate: false,
     };
+    let starting = start.is_some();
+    let signal = start.flatten();
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        body(&cell, &mut actor, &mut ctx, signal.as_deref())
+        body(&cell, &mut actor, &mut ctx, starting, signal.as_deref())
     }));
     let reason = match outcome {
+        Ok(Outcome::Hibernate) => {
+            drop(ctx);
+            cell.fall_asleep(actor);
+            return;
+        }
         Ok(Outcome::Stopped(r)) => {
             let r2 = catch_unwind(AssertUnwindSafe(|| actor.stopped(&r, &mut ctx)));
             match r2 {
@@ -1835,12 +2372,12 @@ fn run<A: Actor>(mut guard: NotRun<A>, mut actor: A) {
     incarnation_ended(&cell, reason);
 }
 
-fn body<A: Actor>(
-    cell: &Rc<Cell<A>>,
+/// Runs `started`; `Some` if the incarnation ends there.
+fn start<A: Actor>(
     actor: &mut A,
     ctx: &mut Ctx<A>,
     signal: Option<&StartSignal>,
-) -> Outcome {
+) -> Option<Outcome> {
     match catch_unwind(AssertUnwindSafe(|| actor.started(ctx))) {
         Ok(Ok(())) => {
             if let Some(s) = signal {
@@ -1852,7 +2389,7 @@ fn body<A: Actor>(
             if let Some(s) = signal {
                 s.done(Err(m.clone()));
             }
-            return Outcome::StartFailed(m);
+            return Some(Outcome::StartFailed(m));
         }
         Err(p) if is_kill(&*p) => resume_unwind(p),
         Err(p) => {
@@ -1860,11 +2397,23 @@ fn body<A: Actor>(
             if let Some(s) = signal {
                 s.done(Err(m.clone()));
             }
-            return Outcome::StartFailed(m);
+            return Some(Outcome::StartFailed(m));
         }
     }
-    if let Some(r) = ctx.stop.take() {
-        return Outcome::Stopped(r);
+    ctx.stop.take().map(Outcome::Stopped)
+}
+
+fn body<A: Actor>(
+    cell: &Rc<Cell<A>>,
+    actor: &mut A,
+    ctx: &mut Ctx<A>,
+    starting: bool,
+    signal: Option<&StartSignal>,
+) -> Outcome {
+    if starting {
+        if let Some(o) = start(actor, ctx, signal) {
+            return o;
+        }
     }
     let b = &cell.base;
     loop {
@@ -1873,7 +2422,7 @@ fn body<A: Actor>(
             None
         } else {
             b.sys_len.set(b.sys_len.get() - 1);
-            b.with_extras(|e| e.sys.pop_front())
+            b.sys.borrow_mut().pop_front()
         };
         if let Some(s) = sys {
             if let Some(r) = on_sys(b, actor, ctx, s) {
@@ -1886,9 +2435,12 @@ fn body<A: Actor>(
         }
         let env = cell.user.borrow_mut().pop_front();
         let Some(Envelope { msg, token }) = env else {
-            b.parked.set(true);
-            let _ = b.wake.get();
-            b.parked.set(false);
+            if b.hibernate || ctx.hibernate {
+                return Outcome::Hibernate;
+            }
+            b.park.set(PARKED);
+            let _ = b.wake.get_or_init(|| Box::new(Queue::new())).get();
+            b.park.set(RUN);
             continue;
         };
         cell.took_one();
@@ -1978,8 +2530,9 @@ fn on_sys<A: Actor>(b: &Base, actor: &mut A, ctx: &mut Ctx<A>, s: Sys) -> Option
 pub(crate) fn incarnation_ended<A: Actor>(cell: &Rc<Cell<A>>, reason: ExitReason) {
     let b = &cell.base;
     cancel_timers(b);
+    kill_linked(b);
     b.gid.set(0);
-    b.parked.set(false);
+    b.park.set(RUN);
     let g = b.greenlet.borrow_mut().take();
     drop(g);
     let parent = b.with_extras(|e| {

@@ -65,9 +65,11 @@ pub enum Error<M = ()> {
     /// The target's bounded mailbox is full (policy `Fail`, or any `try_tell` that would
     /// block); the message is handed back. For an ask evicted by a `DropOldest` mailbox, `()`.
     Full(M),
-    /// A blocking tell would wait forever: the target is (transitively) blocked telling the
-    /// caller, both mailboxes full, or an actor told itself with its own mailbox full. The
-    /// text names the actors involved; the message is handed back.
+    /// A wait would never end: a blocking tell whose target is (transitively) blocked telling
+    /// or asking the caller, both mailboxes full, or an actor telling itself with its own
+    /// mailbox full; or an ask whose callee is (transitively) waiting in an ask (or a blocking
+    /// tell) on the caller (gen_server's `call` deadlock). The text names the actors of the
+    /// cycle; a tell's message is handed back.
     LoopExit(String, M),
     /// An ask got no answer in time (gevent's `Timeout`; OTP's `{timeout, ...}` exit of
     /// `gen_server:call`, as a value here).

@@ -55,7 +55,9 @@
 //! | [`Backoff`] | — | — | `BackoffSupervisor` |
 //! | [`registry`] | — | `register`, `whereis` | actor paths |
 //! | [`dead_letters`] | — | — | `DeadLetter` |
-//! | [`Ctx::send_after`], [`Ctx::send_interval`] | — | `erlang:send_after`, `timer:send_interval` | timers |
+//! | [`Ctx::send_after`], [`Ctx::send_interval`], [`send_interval_with`](Ctx::send_interval_with) | — | `erlang:send_after`, `timer:send_interval` | timers |
+//! | [`Builder::hibernate`], [`Ctx::hibernate`], [`hibernating`] | — | `erlang:hibernate/3`, gen_server's `hibernate` | — |
+//! | [`Ctx::spawn_linked`] | `gevent.spawn` in `receive` | `spawn_link` | child actors' lifecycle |
 //! | [`Stats`], [`format_tree`] | — | `sys:get_status`, observer | — |
 //!
 //! The semantic differences are named in each module: [`actor`](actor#differences-from-erlangotp-gen_server-and-akka)
@@ -71,8 +73,8 @@ pub mod registry;
 pub mod supervisor;
 
 pub use actor::{
-    spawn, Actor, ActorHandle, ActorRef, AnyRef, Builder, Ctx, Mailbox, MonitorId, Policy, Reply,
-    Signal, Stats,
+    hibernating, set_hibernate_default, spawn, Actor, ActorHandle, ActorRef, AnyRef, Builder, Ctx,
+    Mailbox, MonitorId, Policy, Reply, Signal, Stats,
 };
 pub use error::{Error, ExitReason};
 pub use supervisor::{

@@ -49,8 +49,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::actor::{
-    start_incarnation, Actor, ActorRef, AnyRef, Builder, Cell, CellDyn, Ctx, Reply, StartSignal,
-    Status,
+    start_incarnation, Actor, ActorRef, AnyRef, Base, Builder, Cell, CellDyn, Ctx, Reply,
+    StartSignal, Status,
 };
 use crate::error::{panic_message, Error, ExitReason};
 
@@ -252,7 +252,9 @@ impl ChildSpec {
 
     /// A nested supervisor; `Permanent`, stopped with `Infinity` (OTP's defaults).
     pub fn supervisor(id: impl Into<String>, spec: SupervisorSpec) -> ChildSpec {
-        let mut c = Self::worker(id, move || Supervisor::new(spec.clone()));
+        let mut c = Self::with_builder(id, Builder::new().no_hibernation(), move || {
+            Supervisor::new(spec.clone())
+        });
         c.shutdown = Shutdown::Infinity;
         c.supervisor = true;
         c
@@ -330,7 +332,10 @@ impl SupervisorSpec {
     /// If one fails, those started are stopped (in reverse order) and the error names it.
     pub fn spawn(self, name: impl Into<String>) -> Result<ActorRef<Supervisor>, Error> {
         self.check()?;
-        let cell = Builder::new().name(name).make_cell::<Supervisor>()?;
+        let cell = Builder::new()
+            .name(name)
+            .no_hibernation()
+            .make_cell::<Supervisor>()?;
         let sig = Rc::new(StartSignal::default());
         start_incarnation(&cell, Supervisor::new(self), Some(sig.clone()));
         match sig.wait() {
@@ -532,7 +537,7 @@ impl Supervisor {
                 Shutdown::Timeout(d) => Some(d),
                 Shutdown::Infinity => None,
             };
-            cell.base().shutdown_incarnation(ExitReason::Shutdown, t);
+            Base::shutdown_incarnation(&cell, ExitReason::Shutdown, t);
         }
     }
 
@@ -758,6 +763,8 @@ impl Actor for Supervisor {
                                 match cell.base().greenlet() {
                                     // It finalizes itself when it ends (no parent now).
                                     Some(g) => g.kill_nowait(),
+                                    // Hibernated: killed (and finalized) here.
+                                    None if cell.base().is_asleep() => cell.kill_asleep(),
                                     None => {
                                         let r = cell
                                             .base()
@@ -885,9 +892,7 @@ impl Drop for Supervisor {
             .filter_map(|c| c.cell.clone())
             .collect();
         for c in running {
-            if let Some(g) = c.base().greenlet() {
-                g.kill();
-            }
+            Base::kill_incarnation(&c, true);
         }
         for c in sh.children.borrow_mut().iter_mut() {
             if c.state == ChildState::Running {

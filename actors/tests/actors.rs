@@ -788,3 +788,359 @@ fn an_ask_timeout_covers_waiting_for_room_in_a_full_block_mailbox() {
         a.join().unwrap();
     });
 }
+
+/// `'a' asks 'b'` where `b`'s handler asks `a` back: with `via`, through one more actor.
+fn ask_back(
+    first: &evergreen_actors::ActorRef<Probe>,
+    chain: Vec<evergreen_actors::ActorRef<Probe>>,
+    out: Rc<RefCell<Vec<String>>>,
+) -> Result<u32, Error> {
+    // Each actor of the chain asks the next; the last asks `first`.
+    fn make(
+        rest: Vec<evergreen_actors::ActorRef<Probe>>,
+        first: evergreen_actors::ActorRef<Probe>,
+        out: Rc<RefCell<Vec<String>>>,
+    ) -> impl FnOnce(Reply<u32>) -> P {
+        move |reply: Reply<u32>| {
+            P::Run(Box::new(move |me, _ctx| {
+                let t0 = evergreen::hub::now();
+                let r = match rest.split_first() {
+                    Some((next, tail)) => next.ask(make(tail.to_vec(), first.clone(), out.clone())),
+                    None => first.ask(|r| P::Echo(1, r)),
+                };
+                out.borrow_mut()
+                    .push(format!("{}: {r:?} after {:?}", me.id, since(t0)));
+                reply.send(2)
+            }))
+        }
+    }
+    let (head, tail) = chain.split_first().expect("a chain");
+    let first2 = first.clone();
+    let out2 = out.clone();
+    let head = head.clone();
+    let tail = tail.to_vec();
+    first.ask(move |reply| {
+        P::Run(Box::new(move |_, _| {
+            let r = head.ask(make(tail, first2, out2));
+            reply.send(r.unwrap_or(0))
+        }))
+    })
+}
+
+#[test]
+fn an_ask_cycle_fails_at_once_naming_the_actors_instead_of_hanging() {
+    // gen_server:call's deadlock: a calls b, b calls a. Here b's ask fails at once.
+    run_virtual(|| {
+        let log = Log::new();
+        let a = probe("a", &log);
+        let b = probe("b", &log);
+        let out: Rc<RefCell<Vec<String>>> = Rc::default();
+        assert_eq!(ask_back(&a, vec![b.clone()], out.clone()), Ok(2));
+        let out = out.borrow();
+        assert_eq!(out.len(), 1);
+        assert!(
+            out[0].starts_with("b: Err(LoopExit(\"'b' cannot ask 'a': the actors would wait for each other forever ('b' asks 'a', 'a' asks 'b')\""),
+            "{out:?}"
+        );
+        assert!(out[0].ends_with("after 0ns"), "at once: {out:?}");
+        for x in [a, b] {
+            x.stop();
+            x.join().unwrap();
+        }
+    });
+}
+
+#[test]
+fn a_transitive_ask_cycle_names_every_actor_in_it() {
+    run_virtual(|| {
+        let log = Log::new();
+        let a = probe("a", &log);
+        let b = probe("b", &log);
+        let c = probe("c", &log);
+        let out: Rc<RefCell<Vec<String>>> = Rc::default();
+        assert_eq!(ask_back(&a, vec![b.clone(), c.clone()], out.clone()), Ok(2));
+        let out = out.borrow();
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(
+            out[0].contains(
+                "'c' cannot ask 'a': the actors would wait for each other forever \
+                 ('c' asks 'a', 'a' asks 'b', 'b' asks 'c')"
+            ),
+            "{out:?}"
+        );
+        assert!(out[1].starts_with("b: Ok(2)"), "{out:?}");
+        for x in [a, b, c] {
+            x.stop();
+            x.join().unwrap();
+        }
+    });
+}
+
+#[test]
+fn asking_a_busy_actor_that_waits_on_someone_else_is_not_a_cycle() {
+    run_virtual(|| {
+        let log = Log::new();
+        let a = probe("a", &log);
+        let b = probe("b", &log);
+        let c = probe("c", &log);
+        // b waits in an ask to c (which sleeps); a asks b meanwhile: a plain wait.
+        let c2 = c.clone();
+        b.tell(P::Run(Box::new(move |_, _| {
+            c2.tell(P::Sleep(ms(10))).unwrap();
+            assert_eq!(c2.ask(|r| P::Echo(3, r)), Ok(3));
+        })))
+        .unwrap();
+        settle();
+        let b2 = b.clone();
+        let r = a.ask(|reply| {
+            P::Run(Box::new(move |_, _| {
+                reply.send(b2.ask(|r| P::Echo(4, r)).unwrap())
+            }))
+        });
+        assert_eq!(r, Ok(4));
+        for x in [a, b, c] {
+            x.stop();
+            x.join().unwrap();
+        }
+    });
+}
+
+/// Not `Clone`: carries a drop token and its sequence number.
+struct Fresh(u32, DropToken);
+
+struct Minter {
+    log: Log,
+    drops: DropCounter,
+}
+
+enum M {
+    Tick(Fresh),
+    Every(Duration),
+    EveryPanicking(Duration),
+    Sleep(Duration),
+    Cancel,
+}
+
+impl Actor for Minter {
+    type Msg = M;
+    fn handle(&mut self, msg: M, ctx: &mut Ctx<Self>) {
+        match msg {
+            M::Tick(Fresh(n, _t)) => self
+                .log
+                .push(format!("tick {n} at {:?}", evergreen::hub::now())),
+            M::Every(d) => {
+                let drops = self.drops.clone();
+                let mut n = 0;
+                let token = drops.token();
+                ctx.send_interval_with("mint", d, move || {
+                    let _keep = &token;
+                    n += 1;
+                    M::Tick(Fresh(n, drops.token()))
+                });
+            }
+            M::EveryPanicking(d) => {
+                ctx.send_interval_with("bad", d, || -> M { panic!("the maker fails") })
+            }
+            M::Sleep(d) => evergreen::sleep(d),
+            M::Cancel => {
+                ctx.cancel_timer("mint");
+            }
+        }
+    }
+}
+
+#[test]
+fn send_interval_with_makes_non_clone_messages_and_keeps_the_cancel_guarantee() {
+    run_virtual(|| {
+        let log = Log::new();
+        let drops = DropCounter::new();
+        let t0 = evergreen::hub::now();
+        let m = spawn(Minter {
+            log: log.clone(),
+            drops: drops.clone(),
+        });
+        m.tell(M::Every(ms(10))).unwrap();
+        evergreen::sleep(ms(35));
+        assert_eq!(
+            log.take(),
+            (1..=3)
+                .map(|n| format!("tick {n} at {:?}", t0 + ms(10 * n)))
+                .collect::<Vec<_>>()
+        );
+        // Busy for 100 ms: one tick is made and queued; no more are made meanwhile.
+        m.tell(M::Sleep(ms(100))).unwrap();
+        m.tell(M::Cancel).unwrap();
+        evergreen::sleep(ms(200));
+        assert!(
+            log.take().is_empty(),
+            "the queued tick of a cancelled timer is never handled"
+        );
+        // Ticks 1-3 handled, tick 4 dropped unhandled, and the maker (with its token) gone.
+        assert_eq!(drops.count(), 5);
+        assert_eq!(evergreen::hub::timer_count(), 0);
+        // Stop cancels too.
+        m.tell(M::Every(ms(10))).unwrap();
+        evergreen::sleep(ms(15));
+        assert_eq!(log.take().len(), 1);
+        m.stop();
+        m.join().unwrap();
+        assert_eq!(evergreen::hub::timer_count(), 0);
+        assert_eq!(drops.count(), 7, "tick 1 and the maker of the second timer");
+    });
+}
+
+#[test]
+fn a_panicking_message_maker_stops_its_timer_not_the_actor() {
+    run_virtual(|| {
+        let log = Log::new();
+        let m = spawn(Minter {
+            log: log.clone(),
+            drops: DropCounter::new(),
+        });
+        m.tell(M::EveryPanicking(ms(10))).unwrap();
+        evergreen::sleep(ms(50));
+        assert_eq!(evergreen::hub::timer_count(), 0, "the timer stopped");
+        assert!(!m.is_dead());
+        m.tell(M::Sleep(ms(1))).unwrap();
+        m.stop();
+        assert_eq!(m.join(), Ok(ExitReason::Normal));
+    });
+}
+
+/// Spawns linked greenlets that wait forever, logging their drop.
+struct Parent {
+    log: Log,
+    linked: Rc<RefCell<Vec<evergreen::Greenlet<()>>>>,
+}
+
+struct Dropped(Log, String);
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        self.0.push(format!("dropped {}", self.1));
+    }
+}
+
+enum L {
+    Spawn(&'static str),
+    SpawnShort,
+    Crash,
+    KillMe,
+}
+
+impl Actor for Parent {
+    type Msg = L;
+    fn started(&mut self, ctx: &mut Ctx<Self>) -> Result<(), Box<dyn std::error::Error>> {
+        self.log.push(format!("start {}", ctx.incarnation()));
+        Ok(())
+    }
+    fn handle(&mut self, msg: L, ctx: &mut Ctx<Self>) {
+        match msg {
+            L::Spawn(name) => {
+                let d = Dropped(self.log.clone(), name.to_string());
+                let g = ctx.spawn_linked(move || {
+                    let _d = d;
+                    evergreen::sleep(Duration::MAX);
+                });
+                self.linked.borrow_mut().push(g);
+            }
+            L::SpawnShort => {
+                ctx.spawn_linked(|| ());
+            }
+            L::Crash => panic!("parent crashes"),
+            L::KillMe => {
+                let me = ctx.myself();
+                let d = Dropped(self.log.clone(), "killer".into());
+                ctx.spawn_linked(move || {
+                    let _d = d;
+                    me.kill();
+                    unreachable!("killed with its actor");
+                });
+            }
+        }
+    }
+}
+
+fn parent(
+    log: &Log,
+    linked: &Rc<RefCell<Vec<evergreen::Greenlet<()>>>>,
+    hib: bool,
+) -> evergreen_actors::ActorRef<Parent> {
+    Builder::new()
+        .hibernate(hib)
+        .spawn(Parent {
+            log: log.clone(),
+            linked: linked.clone(),
+        })
+        .unwrap()
+}
+
+#[test]
+fn linked_greenlets_die_when_the_actor_stops_or_is_killed_parked_or_hibernated() {
+    run_virtual(|| {
+        for hib in [false, true] {
+            for kill in [false, true] {
+                let log = Log::new();
+                let linked = Rc::default();
+                let p = parent(&log, &linked, hib);
+                p.tell(L::Spawn("x")).unwrap();
+                p.tell(L::Spawn("y")).unwrap();
+                settle();
+                assert_eq!(p.stats().hibernated, hib);
+                if kill {
+                    p.kill();
+                } else {
+                    p.stop();
+                }
+                p.join().unwrap();
+                for g in linked.borrow().iter() {
+                    g.join();
+                    assert!(g.dead());
+                }
+                assert_eq!(
+                    log.take(),
+                    vec!["start 1", "dropped x", "dropped y"],
+                    "hib {hib} kill {kill}"
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn linked_greenlets_die_before_a_restarted_incarnation_starts() {
+    run_virtual(|| {
+        let log = Log::new();
+        let linked: Rc<RefCell<Vec<evergreen::Greenlet<()>>>> = Rc::default();
+        let (l2, k2) = (log.clone(), linked.clone());
+        let sup = evergreen_actors::SupervisorSpec::new(evergreen_actors::Strategy::OneForOne)
+            .child(evergreen_actors::ChildSpec::worker("p", move || Parent {
+                log: l2.clone(),
+                linked: k2.clone(),
+            }))
+            .spawn("sup")
+            .unwrap();
+        let p = sup.child::<Parent>("p").unwrap();
+        p.tell(L::Spawn("x")).unwrap();
+        p.tell(L::Crash).unwrap();
+        settle();
+        assert_eq!(log.take(), vec!["start 1", "dropped x", "start 2"]);
+        assert!(linked.borrow()[0].dead());
+        sup.shutdown(ms(100)).unwrap();
+    });
+}
+
+#[test]
+fn a_linked_greenlet_that_kills_its_actor_dies_with_it_and_finished_ones_are_forgotten() {
+    run_virtual(|| {
+        let log = Log::new();
+        let linked = Rc::default();
+        let p = parent(&log, &linked, false);
+        for _ in 0..100 {
+            p.tell(L::SpawnShort).unwrap();
+        }
+        p.tell(L::KillMe).unwrap();
+        assert_eq!(p.join(), Ok(ExitReason::Killed));
+        settle();
+        assert_eq!(log.take(), vec!["start 1", "dropped killer"]);
+    });
+}

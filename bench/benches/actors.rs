@@ -45,6 +45,9 @@ const BOUND: usize = 1024;
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Lib {
     Evergreen,
+    /// evergreen-actors with hibernation on (`Builder::hibernate`): idle actors hold no
+    /// greenlet.
+    EvergreenHib,
     Actix,
     RactorCt,
     RactorMt,
@@ -55,8 +58,9 @@ enum Lib {
 }
 
 impl Lib {
-    const ALL: [Lib; 8] = [
+    const ALL: [Lib; 9] = [
         Lib::Evergreen,
+        Lib::EvergreenHib,
         Lib::Actix,
         Lib::RactorCt,
         Lib::RactorMt,
@@ -68,6 +72,7 @@ impl Lib {
     fn name(self) -> &'static str {
         match self {
             Lib::Evergreen => "evergreen",
+            Lib::EvergreenHib => "evergreen-hib",
             Lib::Actix => "actix",
             Lib::RactorCt => "ractor-ct",
             Lib::RactorMt => "ractor-mt",
@@ -124,7 +129,8 @@ impl Work {
 /// One timed run; `None` if the library cannot do this workload.
 fn run(lib: Lib, w: Work, cfg: &Cfg) -> Option<Duration> {
     match lib {
-        Lib::Evergreen => Some(ev::run(w, cfg)),
+        Lib::Evergreen => Some(ev::run(w, cfg, false)),
+        Lib::EvergreenHib => Some(ev::run(w, cfg, true)),
         Lib::Actix => Some(actix::System::new().block_on(ax::run(w, *cfg))),
         Lib::RactorCt | Lib::RactorMt => {
             if w == Work::TellBounded {
@@ -160,7 +166,8 @@ fn spawn_child(lib: Lib, n: u64) -> SpawnResult {
     let base_peak = peak_rss_kib().unwrap_or(0);
     let stats = Arc::new(SpawnStats::default());
     let t = match lib {
-        Lib::Evergreen => ev::spawn(n, &stats),
+        Lib::Evergreen => ev::spawn(n, &stats, false),
+        Lib::EvergreenHib => ev::spawn(n, &stats, true),
         Lib::Actix => actix::System::new().block_on(ax::spawn(n, stats.clone())),
         Lib::RactorCt | Lib::RactorMt => {
             let rt = lib.tokio().expect("rt");
@@ -250,16 +257,19 @@ mod ev {
         }
     }
 
-    pub fn run(w: Work, cfg: &Cfg) -> Duration {
+    pub fn run(w: Work, cfg: &Cfg, hibernate: bool) -> Duration {
         let cfg = *cfg;
-        evergreen::spawn(move || match w {
+        evergreen_actors::set_hibernate_default(hibernate);
+        let t = evergreen::spawn(move || match w {
             Work::TellBounded => tell(cfg.tell, Mailbox::bounded(BOUND, Policy::Block)),
             Work::TellUnbounded => tell(cfg.tell, Mailbox::unbounded()),
             Work::Ask => ask(cfg.ask),
             Work::PingPong => pingpong(cfg.hops),
         })
         .into_result()
-        .expect("driver")
+        .expect("driver");
+        evergreen_actors::set_hibernate_default(false);
+        t
     }
 
     fn tell(n: u64, mb: Mailbox) -> Duration {
@@ -340,8 +350,9 @@ mod ev {
         }
     }
 
-    pub fn spawn(n: u64, stats: &Arc<SpawnStats>) -> Duration {
+    pub fn spawn(n: u64, stats: &Arc<SpawnStats>, hibernate: bool) -> Duration {
         let stats = stats.clone();
+        evergreen_actors::set_hibernate_default(hibernate);
         evergreen::spawn(move || {
             let handled = Rc::new(Cell::new(0));
             let stopped = Rc::new(Cell::new(0));
@@ -1300,12 +1311,12 @@ fn report(
     }
     let _ = write!(
         s,
-        " fastest peer | evergreen ratio | target | result |\n|---|"
+        " fastest peer | evergreen ratio | evergreen-hib ratio | target | result (evergreen / -hib) |\n|---|"
     );
     for _ in libs {
         let _ = write!(s, "---:|");
     }
-    let _ = writeln!(s, "---|---:|---|---|");
+    let _ = writeln!(s, "---|---:|---:|---|---|");
     let rows: [(Work, &str, bool, f64, &str); 4] = [
         (
             Work::TellBounded,
@@ -1333,13 +1344,15 @@ fn report(
     for (w, label, higher_better, target, target_s) in rows {
         let _ = write!(s, "| {label} |");
         let mut best: Option<(f64, Lib)> = None;
-        let mut ev = None;
+        let mut ev = [None, None];
         for l in libs {
             let m = samples.get(&(w, *l)).and_then(|v| median(v));
             let _ = write!(s, " {} |", fmt(m));
             if let Some(m) = m {
                 if *l == Lib::Evergreen {
-                    ev = Some(m);
+                    ev[0] = Some(m);
+                } else if *l == Lib::EvergreenHib {
+                    ev[1] = Some(m);
                 } else {
                     let better = match best {
                         None => true,
@@ -1357,7 +1370,7 @@ fn report(
                 }
             }
         }
-        let (ratio, pass) = match (ev, best) {
+        let judged = ev.map(|e| match (e, best) {
             (Some(e), Some((b, _))) => {
                 let r = e / b;
                 let pass = if higher_better {
@@ -1368,11 +1381,15 @@ fn report(
                 (format!("{r:.3}"), if pass { "PASS" } else { "MISS" })
             }
             _ => ("—".into(), "—"),
-        };
+        });
         let _ = writeln!(
             s,
-            " {} | {ratio} | {target_s} | {pass} |",
-            best.map(|(_, l)| l.name()).unwrap_or("—")
+            " {} | {} | {} | {target_s} | {} / {} |",
+            best.map(|(_, l)| l.name()).unwrap_or("—"),
+            judged[0].0,
+            judged[1].0,
+            judged[0].1,
+            judged[1].1,
         );
     }
     // spawn rows
@@ -1390,7 +1407,7 @@ fn report(
     for (label, pick, target) in spawn_rows {
         let _ = write!(s, "| {label} |");
         let mut best: Option<(f64, Lib)> = None;
-        let mut ev = None;
+        let mut ev = [None, None];
         for l in libs {
             let m = spawn
                 .get(l)
@@ -1398,13 +1415,15 @@ fn report(
             let _ = write!(s, " {} |", fmt(m));
             if let Some(m) = m {
                 if *l == Lib::Evergreen {
-                    ev = Some(m);
+                    ev[0] = Some(m);
+                } else if *l == Lib::EvergreenHib {
+                    ev[1] = Some(m);
                 } else if best.is_none_or(|(b, _)| m < b) {
                     best = Some((m, *l));
                 }
             }
         }
-        let (ratio, tgt, pass) = match (ev, best, target) {
+        let judged = ev.map(|ev| match (ev, best, target) {
             (Some(e), Some((b, _)), Some((t, ts))) => {
                 let r = e / b;
                 (
@@ -1420,11 +1439,20 @@ fn report(
             ),
             (Some(e), Some((b, _)), None) => (format!("{:.3}", e / b), "—".into(), "—"),
             _ => ("—".into(), "—".into(), "—"),
+        });
+        let tgt = if judged[0].1 != "—" {
+            &judged[0].1
+        } else {
+            &judged[1].1
         };
         let _ = writeln!(
             s,
-            " {} | {ratio} | {tgt} | {pass} |",
-            best.map(|(_, l)| l.name()).unwrap_or("—")
+            " {} | {} | {} | {tgt} | {} / {} |",
+            best.map(|(_, l)| l.name()).unwrap_or("—"),
+            judged[0].0,
+            judged[1].0,
+            judged[0].2,
+            judged[1].2,
         );
     }
     let _ = writeln!(
@@ -1432,7 +1460,11 @@ fn report(
         "\nRatios are evergreen ÷ the fastest peer in the same run (for tell, throughput: higher \
          is better; for the others, time or bytes: lower is better). Memory per idle actor: RSS \
          growth while 100k actors are alive and idle (each has handled one message), per actor; \
-         for evergreen this includes the greenlet's touched stack page."
+         for evergreen this includes the greenlet's touched stack page. `evergreen-hib`: the same \
+         actors with hibernation on (`Builder::hibernate`, here through \
+         `set_hibernate_default`): an idle actor holds no greenlet and no stack, and each \
+         wake-up from an empty mailbox runs on a new greenlet (a pooled, warm stack) instead of \
+         switching to a parked one; Erlang's `hibernate`."
     );
     s
 }

@@ -15,6 +15,40 @@ use std::rc::Rc;
 use evergreen::Event;
 use evergreen_actors::{Actor, ActorRef, Ctx, ExitReason, Reply, Signal};
 
+/// Whether this run tests hibernating actors: `EVERGREEN_ACTORS_HIBERNATE=1` makes every
+/// actor a test spawns hibernate when idle (supervisors excepted), so that the whole suite
+/// checks that a hibernated actor behaves as a parked one.
+pub fn hibernate_all() -> bool {
+    std::env::var("EVERGREEN_ACTORS_HIBERNATE").is_ok_and(|v| v == "1")
+}
+
+/// The workspace harness's `run` (real clock), plus the actors' leak check: no actor may
+/// stay hibernated after the test.
+pub fn run<F: FnOnce() + Send + 'static>(f: F) {
+    base::run(wrap(f))
+}
+
+/// The workspace harness's `run_virtual` (virtual clock), plus the actors' leak check.
+pub fn run_virtual<F: FnOnce() + Send + 'static>(f: F) {
+    base::run_virtual(wrap(f))
+}
+
+fn wrap<F: FnOnce() + Send + 'static>(f: F) -> impl FnOnce() + Send + 'static {
+    move || {
+        if hibernate_all() {
+            evergreen_actors::set_hibernate_default(true);
+        }
+        f();
+        // Let activations that were woken at the very end run.
+        evergreen::sleep(Duration::ZERO);
+        assert_eq!(
+            evergreen_actors::hibernating(),
+            0,
+            "hibernated actors outlived the test"
+        );
+    }
+}
+
 /// Milliseconds.
 pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
