@@ -29,7 +29,7 @@ pub fn run_info() -> Vec<GreenletInfo> {
             let c = g.core();
             GreenletInfo {
                 id: c.id,
-                name: c.name.as_deref().map(str::to_string),
+                name: c.name().map(str::to_string),
                 state: state_name(c.state.get()),
                 waiting_on: c.waiting_on.get(),
                 stack_size: c.stack_size(),

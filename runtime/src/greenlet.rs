@@ -74,7 +74,7 @@
 //!   `except:` would): re-raise it with `resume_unwind`.
 
 use std::any::Any;
-use std::cell::{Cell, RefCell, UnsafeCell};
+use std::cell::{Cell, OnceCell, RefCell, UnsafeCell};
 use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
@@ -171,7 +171,9 @@ pub(crate) struct Core {
     pub(crate) live_prev: Cell<Option<CorePtr>>,
     pub(crate) live_next: Cell<Option<CorePtr>>,
     pub(crate) id: u64,
-    pub(crate) name: Option<Box<str>>,
+    /// The rarely used fields (name, locals, `spawn_later` timer), made on first use: most
+    /// greenlets never need them, and a spawn then initialises one word for all of them.
+    extra: OnceCell<Box<Extra>>,
     pub(crate) is_root: bool,
     pub(crate) state: Cell<State>,
     pub(crate) ended: Cell<Ended>,
@@ -198,32 +200,50 @@ pub(crate) struct Core {
     pub(crate) unguarded: bool,
     /// The generation of the hub that made this greenlet (and its stack).
     pub(crate) hub_generation: u64,
-    pub(crate) start_timer: Cell<Option<TimerId>>,
     /// Greenlets joining it; each waiter's slot holds `links.next_ordinal()` at the time it
     /// started waiting, so joiners and links are notified in registration order.
     pub(crate) joiners: WaitList<u32>,
     pub(crate) links: Links,
+}
+
+/// The rarely used part of a [`Core`], in a side record made on first use (a name given at
+/// creation makes it at once). Once made it stays until the block is freed, so references
+/// into it live as long as the core.
+#[derive(Default)]
+pub(crate) struct Extra {
+    pub(crate) name: Option<Box<str>>,
+    /// The `spawn_later` timer of a greenlet waiting to start.
+    pub(crate) start_timer: Cell<Option<TimerId>>,
     pub(crate) locals: RefCell<Option<Box<LocalMap>>>,
 }
 
 impl Core {
+    // Private, with two callers; each argument is a field written in place.
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn new(
         ops: &'static BlockOps,
         id: u64,
         name: Option<Box<str>>,
         is_root: bool,
-        stack_size: usize,
+        stack_bounds: StackBounds,
         unguarded: bool,
         hub_generation: u64,
+        refs: usize,
     ) -> Core {
         Core {
-            refs: Cell::new(1),
+            refs: Cell::new(refs),
             ops,
             live_prev: Cell::new(None),
             live_next: Cell::new(None),
             id,
-            name,
+            extra: match name {
+                None => OnceCell::new(),
+                Some(n) => OnceCell::from(Box::new(Extra {
+                    name: Some(n),
+                    ..Extra::default()
+                })),
+            },
             is_root,
             state: Cell::new(if is_root { State::Running } else { State::New }),
             ended: Cell::new(Ended::No),
@@ -236,16 +256,38 @@ impl Core {
             nesting: Cell::new(false),
             waiting_on: Cell::new(""),
             in_live: Cell::new(false),
-            stack_bounds: Cell::new(StackBounds {
-                size: stack_size,
-                ..StackBounds::NONE
-            }),
+            stack_bounds: Cell::new(stack_bounds),
             unguarded,
             hub_generation,
-            start_timer: Cell::new(None),
             joiners: WaitList::new(),
             links: Links::default(),
-            locals: RefCell::new(None),
+        }
+    }
+
+    /// Its rarely used fields, made now if they were not yet.
+    #[inline]
+    pub(crate) fn extra(&self) -> &Extra {
+        self.extra.get_or_init(Box::default)
+    }
+
+    /// Its rarely used fields, if they were ever made.
+    #[inline(always)]
+    pub(crate) fn extra_if_made(&self) -> Option<&Extra> {
+        self.extra.get().map(|e| &**e)
+    }
+
+    /// The name given at creation.
+    #[inline]
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.extra_if_made().and_then(|e| e.name.as_deref())
+    }
+
+    /// Whether it has greenlet-local values.
+    #[inline(always)]
+    fn has_locals(&self) -> bool {
+        match self.extra_if_made() {
+            Some(e) => e.locals.borrow().is_some(),
+            None => false,
         }
     }
 
@@ -321,7 +363,7 @@ impl Core {
 
     pub(crate) fn describe(&self) -> String {
         let mut s = format!("#{}", self.id);
-        if let Some(n) = &self.name {
+        if let Some(n) = self.name() {
             s.push_str(&format!(" '{n}'"));
         }
         let w = self.waiting_on.get();
@@ -396,7 +438,7 @@ impl Core {
     #[inline(never)]
     fn drop_locals_running(&self) {
         loop {
-            let Some(map) = self.locals.borrow_mut().take() else {
+            let Some(map) = self.extra().locals.borrow_mut().take() else {
                 return;
             };
             for (_, v) in map.into_iter() {
@@ -423,7 +465,7 @@ impl Core {
         if self.interrupt.get().is_some() {
             self.forget_interrupt();
         }
-        if self.locals.borrow().is_some() {
+        if self.has_locals() {
             self.take_and_drop_locals();
         }
         if self.links.is_empty() {
@@ -447,7 +489,7 @@ impl Core {
     #[cold]
     #[inline(never)]
     fn take_and_drop_locals(&self) {
-        let locals = self.locals.borrow_mut().take();
+        let locals = self.extra().locals.borrow_mut().take();
         if let Some(l) = locals {
             self.drop_locals(l);
         }
@@ -476,7 +518,7 @@ impl Core {
 impl Core {
     /// Whether dropping this core would do nothing: every field that can own something is
     /// empty. It must name every such field of `Core` (the ones with drop glue: the coroutine,
-    /// the name, the links and the locals); the rest are plain values in `Cell`s and the
+    /// the side record of rarely used fields, and the links); the rest are plain values in `Cell`s and the
     /// joiners' list, which owns nothing (its nodes live on the waiters' stacks).
     #[inline(always)]
     fn owns_nothing(&self) -> bool {
@@ -484,9 +526,8 @@ impl Core {
         // hold a borrow of the locals.
         unsafe {
             (*self.coroutine.get()).is_none()
-                && self.name.is_none()
+                && self.extra.get().is_none()
                 && self.links.is_unused()
-                && (*self.locals.as_ptr()).is_none()
         }
     }
 }
@@ -877,7 +918,16 @@ pub(crate) fn new_root() -> GRef {
     // As in `Inner::alloc`.
     let _ = p.as_ptr().expose_provenance();
     let v = Inner::<()> {
-        core: Core::new(&Inner::<()>::OPS, 0, Some("root".into()), true, 0, false, 0),
+        core: Core::new(
+            &Inner::<()>::OPS,
+            0,
+            Some("root".into()),
+            true,
+            StackBounds::NONE,
+            false,
+            0,
+            1,
+        ),
         result: RefCell::new(None),
         payload: RefCell::new(None),
     };
@@ -959,7 +1009,7 @@ impl<T: 'static> Inner<T> {
 
 impl Core {
     fn describe_short(&self) -> String {
-        match &self.name {
+        match self.name() {
             Some(n) => format!("#{} '{n}'", self.id),
             None => format!("#{}", self.id),
         }
@@ -1104,15 +1154,19 @@ impl Builder {
     /// If no stack can be allocated; the message names the limit and the fix.
     #[inline]
     pub fn create<T: 'static, F: FnOnce() -> T + 'static>(self, f: F) -> Greenlet<T> {
-        self.create_on(hub(), f)
+        self.create_on(hub(), f, 1)
     }
 
-    /// [`create`](Self::create) on `hub`, this thread's hub.
+    /// [`create`](Self::create) on `hub`, this thread's hub. The block starts with `refs`
+    /// counts: the returned handle's, plus (when 2) the live registry's, which the caller
+    /// hands to [`Hub::register_live_adopted`](crate::hub::Hub::register_live_adopted)
+    /// before anything else can see the greenlet.
     #[inline(always)]
     fn create_on<T: 'static, F: FnOnce() -> T + 'static>(
         self,
         hub: &'static crate::hub::Hub,
         f: F,
+        refs: usize,
     ) -> Greenlet<T> {
         let stack = hub
             .stacks
@@ -1120,8 +1174,12 @@ impl Builder {
             .get(self.stack_size)
             .unwrap_or_else(|e| panic!("{e}"));
         let (lo, hi) = stack.overflow_range();
-        let bottom = stack.bottom();
-        let size = stack.size();
+        let bounds = StackBounds {
+            lo,
+            hi,
+            bottom: stack.bottom(),
+            size: stack.size(),
+        };
         let guarded = stack.guarded();
         let id = hub.next_id();
         let p = Inner::<T>::alloc(hub);
@@ -1133,26 +1191,22 @@ impl Builder {
                     id,
                     self.name.map(String::into_boxed_str),
                     false,
-                    size,
+                    bounds,
                     !guarded,
                     hub.generation(),
+                    refs,
                 ),
                 result: RefCell::new(None),
                 payload: RefCell::new(None),
             })
         };
         let g = Greenlet {
-            // SAFETY: a new block starts with one count, which this handle owns.
+            // SAFETY: a new block starts with `refs` counts; this handle owns one, and the
+            // caller the others (see above).
             g: unsafe { GRef::adopt(p.cast()) },
             _result: PhantomData,
         };
         let inner = g.inner();
-        inner.core.stack_bounds.set(StackBounds {
-            lo,
-            hi,
-            bottom,
-            size,
-        });
         // The allocator's own pointer, not one derived from a reference.
         let me = InnerPtr(p.as_ptr() as *const Inner<T>);
         let co = Coro::with_stack(stack, move |y: &Yielder<(), ()>, ()| {
@@ -1165,7 +1219,7 @@ impl Builder {
             let r = catch_unwind(AssertUnwindSafe(f));
             // Its locals, and a result no handle can read, are dropped here, on its own stack
             // while it still runs: their `Drop` may block, and may be interrupted.
-            if me.core.locals.borrow().is_some() {
+            if me.core.has_locals() {
                 me.core.drop_locals_running();
             }
             if std::mem::needs_drop::<T>() && me.core.refs.get() == 1 {
@@ -1184,7 +1238,7 @@ impl Builder {
         // holds `None` (nothing to drop).
         unsafe { inner.core.coroutine.get().write(Some(co)) };
         if let Some(m) = hub.monitor() {
-            if let Some(n) = &inner.core.name {
+            if let Some(n) = inner.core.name() {
                 m.name(inner.core.id, n);
             }
         }
@@ -1195,11 +1249,14 @@ impl Builder {
     #[inline]
     pub fn spawn<T: 'static, F: FnOnce() -> T + 'static>(self, f: F) -> Greenlet<T> {
         let hub = hub();
-        let g = self.create_on(hub, f);
+        // Made with the registry's count as well as the handle's.
+        let g = self.create_on(hub, f, 2);
         // What `start` does, without its checks: the greenlet was made just now, on this hub,
         // and is not the root.
         let core = &g.inner().core;
-        hub.register_live(g.gref());
+        // SAFETY: the block was made with two counts, the handle's and this one, which
+        // nothing else owns; the greenlet is new, so not registered.
+        unsafe { hub.register_live_adopted(core) };
         hub.schedule_new(core);
         g
     }
@@ -1265,7 +1322,7 @@ impl<T: 'static> Greenlet<T> {
         hub.register_live(g.clone());
         core.state.set(State::Later);
         let t = hub.add_timer(hub.far_deadline(delay), TimerAction::Start(g));
-        core.start_timer.set(Some(t));
+        core.extra().start_timer.set(Some(t));
     }
 
     /// A small id, unique per hub (the root is 0).
@@ -1275,7 +1332,7 @@ impl<T: 'static> Greenlet<T> {
 
     /// The name given with [`Builder::name`].
     pub fn name(&self) -> Option<&str> {
-        self.inner().core.name.as_deref()
+        self.inner().core.name()
     }
 
     /// Whether it has finished (gevent's `ready()`; same as [`dead`](Self::dead)).
@@ -1537,7 +1594,7 @@ pub(crate) fn kill_with_dyn(g: &GRef, payload: Option<Box<dyn Any + Send>>) {
         }
         st if !core.started() => {
             let hub = hub();
-            if let Some(t) = core.start_timer.take() {
+            if let Some(t) = core.extra_if_made().and_then(|e| e.start_timer.take()) {
                 // The action's count of this greenlet is not the last: `g` holds one.
                 drop(hub.take_timer(t));
             }
@@ -1595,7 +1652,7 @@ impl GreenletRef {
     }
     /// Its name.
     pub fn name(&self) -> Option<&str> {
-        self.g.core().name.as_deref()
+        self.g.core().name()
     }
     /// Whether this is the root context (code outside any greenlet).
     pub fn is_root(&self) -> bool {

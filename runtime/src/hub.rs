@@ -401,7 +401,7 @@ pub(crate) fn running_overflow_info() -> Option<crate::stack::OverflowInfo> {
         return None;
     }
     let b = core.stack_bounds.get();
-    let (name, name_len) = match &core.name {
+    let (name, name_len) = match core.name() {
         Some(n) => (n.as_ptr(), n.len()),
         None => (std::ptr::null(), 0),
     };
@@ -740,7 +740,20 @@ impl Hub {
     /// Adds a greenlet to the live registry, which takes over `g`'s count.
     #[inline]
     pub(crate) fn register_live(&self, g: GRef) {
-        let core = g.core();
+        // SAFETY: `g` owns a count, given up here (forgotten) to the registry.
+        unsafe { self.register_live_adopted(g.core()) };
+        std::mem::forget(g);
+    }
+
+    /// [`register_live`](Self::register_live) for a greenlet whose registry count was made
+    /// with its block (`Builder::spawn`), without a handle for it.
+    ///
+    /// # Safety
+    ///
+    /// The caller gives the registry one count of `core` that it owns and that nothing else
+    /// will release; `core` is not registered yet.
+    #[inline(always)]
+    pub(crate) unsafe fn register_live_adopted(&self, core: &Core) {
         debug_assert!(!core.in_live.get());
         let p = core.ptr();
         core.in_live.set(true);
@@ -753,7 +766,6 @@ impl Hub {
         }
         self.live.tail.set(Some(p));
         self.live.len.set(self.live.len.get() + 1);
-        std::mem::forget(g);
     }
 
     /// Removes a greenlet from the live registry and hands back the registry's count of it
@@ -1313,7 +1325,7 @@ impl Hub {
     fn reap(&self, ptr: CorePtr) {
         // SAFETY: the registry still holds a count of it (released at the end).
         let core = unsafe { ptr.as_ref() };
-        if core.name.is_some() {
+        if core.name().is_some() {
             if let Some(m) = self.monitor.get() {
                 m.forget(core.id);
             }

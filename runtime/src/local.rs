@@ -50,7 +50,10 @@ impl<T: 'static> Drop for Local<T> {
         let hub = hub();
         let mut values: Vec<Box<dyn Any>> = Vec::new();
         let mut take_from = |core: &crate::greenlet::Core| {
-            if let Ok(mut m) = core.locals.try_borrow_mut() {
+            let Some(extra) = core.extra_if_made() else {
+                return;
+            };
+            if let Ok(mut m) = extra.locals.try_borrow_mut() {
                 if let Some(v) = m.as_mut().and_then(|m| m.remove(&self.key)) {
                     values.push(v);
                 }
@@ -82,7 +85,7 @@ impl<T: 'static> Local<T> {
         let _busy = crate::hub::Busy::enter(hub);
         let core = hub.current();
         let mut slot = {
-            let mut map = core.locals.borrow_mut();
+            let mut map = core.extra().locals.borrow_mut();
             let map = map.get_or_insert_with(Default::default);
             map.remove(&self.key)
         };
@@ -90,7 +93,8 @@ impl<T: 'static> Local<T> {
         let r = f(b
             .downcast_mut::<T>()
             .expect("a Local's key is unique to its type"));
-        core.locals
+        core.extra()
+            .locals
             .borrow_mut()
             .get_or_insert_with(Default::default)
             .insert(self.key, b);
