@@ -1268,3 +1268,18 @@ fn results_of_every_size_and_alignment_come_back_and_are_dropped_once() {
         }
     });
 }
+
+#[test]
+fn getcurrent_id_names_the_running_greenlet_and_zero_for_the_root() {
+    run(|| {
+        assert_eq!(evergreen::getcurrent_id(), 0);
+        let g = spawn(|| (evergreen::getcurrent_id(), getcurrent().id()));
+        let h = spawn(evergreen::getcurrent_id);
+        let (inside, via_ref) = g.clone().into_result().unwrap();
+        assert_eq!(inside, g.id());
+        assert_eq!(inside, via_ref);
+        assert_eq!(h.clone().into_result().unwrap(), h.id());
+        assert_ne!(g.id(), h.id());
+        assert_eq!(evergreen::getcurrent_id(), 0);
+    });
+}

@@ -686,7 +686,7 @@ impl Base {
 
     fn is_current(&self) -> bool {
         let gid = self.gid.get();
-        gid != 0 && evergreen::getcurrent().id() == gid
+        gid != 0 && evergreen::getcurrent_id() == gid
     }
 
     pub(crate) fn stats(&self, mailbox_len: usize) -> Stats {
@@ -988,7 +988,7 @@ impl<A: Actor> Cell<A> {
                     return Err((Error::LoopExit(text, ()), env));
                 }
                 let space = b.space.as_ref().expect("Block mailbox has a semaphore");
-                let me = evergreen::getcurrent().id();
+                let me = evergreen::getcurrent_id();
                 BLOCKED.with(|bl| bl.borrow_mut().push((me, b.gid.get(), b.label())));
                 space.waiting.borrow_mut().push_back(me);
                 // Unregisters the wait however it ends (handed a slot, timed out, killed).
@@ -1042,7 +1042,7 @@ impl<A: Actor> Cell<A> {
     /// target is (transitively) blocked telling or asking the caller.
     fn check_cycle(&self) -> Result<(), String> {
         let b = &self.base;
-        let my_id = evergreen::getcurrent().id();
+        let my_id = evergreen::getcurrent_id();
         if b.gid.get() != 0 && b.gid.get() == my_id {
             return Err(format!(
                 "actor {} told itself with its own mailbox full (policy Block); it would wait \
@@ -1261,7 +1261,7 @@ impl<A: Actor> ActorRef<A> {
     ) -> Result<R, Error> {
         let b = &self.0.base;
         // A parked actor is not the caller: skip the lookup of the current greenlet then.
-        let me = evergreen::getcurrent().id();
+        let me = evergreen::getcurrent_id();
         if b.park.get() == RUN {
             if b.gid.get() == me && me != 0 {
                 return Err(Error::SelfAsk);
@@ -2064,7 +2064,7 @@ fn kill_linked(base: &Base) {
     if linked.is_empty() {
         return;
     }
-    let me = evergreen::getcurrent().id();
+    let me = evergreen::getcurrent_id();
     for g in linked {
         if g.dead() {
             continue;

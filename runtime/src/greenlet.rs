@@ -1709,6 +1709,14 @@ pub fn getcurrent() -> GreenletRef {
     }
 }
 
+/// The id of the greenlet whose code is running (0 in the root context and in hub callbacks):
+/// `getcurrent().id()` without making a handle (no reference count touched), for code that
+/// only needs to know *who* is running, such as an actor checking who is asking it. gevent has
+/// no separate call; `id(getcurrent())` plays the part.
+pub fn getcurrent_id() -> u64 {
+    hub().current().id
+}
+
 /// Kills every greenlet in `gs` without waiting (gevent's `killall(block=False)`).
 pub fn killall_nowait<T: 'static>(gs: &[Greenlet<T>]) {
     for g in gs {

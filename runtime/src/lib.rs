@@ -52,6 +52,7 @@
 //! | `g.link`, `link_value`, `link_exception`, `rawlink`, `unlink`, `unlink_all`, `has_links` | same names on [`Greenlet`], and [`Greenlet::link_count`] | links and joiners notified in registration order, one at a time |
 //! | `ready()`, `successful()`, `dead`, `value`, `exception` | same names | `exception()` is an [`Error`] |
 //! | `gevent.getcurrent()` | [`getcurrent`] | returns the root context in hub callbacks (gevent: the hub) |
+//! | `id(gevent.getcurrent())` | [`getcurrent_id`] | the greenlet's small id, no handle made |
 //! | `gevent.sleep`, `sleep(0)`, `idle`, `gevent.wait()` | [`sleep`], `sleep(Duration::ZERO)`, [`idle`], [`hub::wait_until_done`] | |
 //! | `Timeout`, `Timeout.start_new`, `with_timeout` | [`Timeout`], [`Timeout::start_new`], [`Timeout::run`], [`with_timeout`] | the expiry is always [`TimeoutExpired`]; caught by `run`/`with_timeout` |
 //! | `Event`, `AsyncResult` | [`Event`], [`AsyncResult`] | `AsyncResult::get_nowait` on an empty result is `Err(Error::Empty)` |
@@ -103,8 +104,8 @@ pub mod waiter;
 pub use error::{Error, GreenletExit, LoopExit, Rejected};
 pub use event::{AsyncResult, Event};
 pub use greenlet::{
-    getcurrent, joinall, joinall_raise, joinall_timeout, killall, killall_nowait, spawn,
-    spawn_later, Builder, Greenlet, GreenletRef,
+    getcurrent, getcurrent_id, joinall, joinall_raise, joinall_timeout, killall, killall_nowait,
+    spawn, spawn_later, Builder, Greenlet, GreenletRef,
 };
 pub use local::Local;
 pub use lock::{BoundedSemaphore, RLock, Semaphore, SemaphoreGuard};
