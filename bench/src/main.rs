@@ -211,7 +211,7 @@ fn mode(quick: bool) -> Mode {
             vec![1, 10, 100, 1_000, 10_000, 100_000]
         },
         scaling_sleeps: if quick { 5 } else { 10 },
-        conn_total_trips: if quick { 2_000 } else { 50_000 },
+        conn_total_trips: if quick { 2_000 } else { 30_000 },
         conn_min_trips: if quick { 3 } else { 5 },
     }
 }
