@@ -1550,6 +1550,40 @@ mod tests {
     }
 
     #[test]
+    fn pipeline_records_make_one_row_per_latency_and_runtime() {
+        let rec = |what: &str, rt: &str, v: f64| {
+            serde_json::json!({"workload": format!("pipeline/{what}/0"), "runtime": rt,
+                "unit": "u", "higher_is_better": true, "samples": [v]})
+        };
+        let app = vec![
+            rec("rate", "tokio-ct", 50.0),
+            rec("cpu", "tokio-ct", 30.0),
+            rec("rss", "tokio-ct", 20.0),
+            rec("rate", "evergreen", 100.0),
+            rec("cpu", "evergreen", 20.0),
+            rec("rss", "evergreen", 30.0),
+        ];
+        let md = pipeline_section(&app, "charts");
+        let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| 0 ms")).collect();
+        assert_eq!(
+            rows,
+            [
+                "| 0 ms | evergreen | 100 | 100 | 100 | 1.00 | 0% | 20.0 | 1.00 | 30.0 | 1 |",
+                "| 0 ms | tokio-ct | 50.0 | 50.0 | 50.0 | 0.50 | 0% | 30.0 | 1.50 | 20.0 | 1 |",
+            ]
+        );
+        let pts = pipeline_points(&app);
+        assert_eq!(pts[&(0, "tokio-ct".to_string())].1.median, 30.0);
+    }
+
+    #[test]
+    fn the_connection_sweep_splits_round_trips_over_connections() {
+        assert_eq!(conns::trips_for(1, 30_000, 5), 30_000);
+        assert_eq!(conns::trips_for(1_000, 30_000, 5), 30);
+        assert_eq!(conns::trips_for(10_000, 30_000, 5), 5);
+    }
+
+    #[test]
     fn runtimes_are_ordered_evergreen_first_then_the_peers() {
         let rows = ["gevent", "may-1", TWO_HUBS, "tokio-ct", "evergreen"]
             .map(|rt| (rt.to_string(), vec![1.0]))
