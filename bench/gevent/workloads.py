@@ -17,9 +17,13 @@ workloads `bytes_per_task`. Workloads and sizes mean the same as on the Rust run
     parked_memory N       N greenlets waiting on one gevent.event.Event; RSS growth / N
     tcp_echo C R          C connections x R round trips of 64 bytes over loopback,
                           gevent.server.StreamServer and client greenlets in this process
+    scaling_conn C R      C connections to the harness's echo server process (ports in
+                          $EVG_ECHO_PORTS), all opened first, then a greenlet per connection
+                          doing R round trips of 64 bytes; peak memory per greenlet too
 """
 
 import json
+import os
 import sys
 import time
 
@@ -178,6 +182,33 @@ def tcp_echo(conns, trips):
     return {"secs": secs, "ops": conns * trips}
 
 
+def scaling_conn(conns, trips):
+    ports = [int(p) for p in os.environ["EVG_ECHO_PORTS"].split(",")]
+    before = status_kib("VmRSS:")
+    socks = []
+    for i in range(conns):
+        s = gevent.socket.create_connection(("127.0.0.1", ports[i % len(ports)]))
+        s.setsockopt(gevent.socket.IPPROTO_TCP, gevent.socket.TCP_NODELAY, 1)
+        socks.append(s)
+
+    def client(s):
+        msg = bytearray(MESSAGE)
+        for i in range(trips):
+            msg[0] = i & 0xFF
+            s.sendall(msg)
+            back = recv_exact(s, MESSAGE)
+            assert back is not None and back[0] == i & 0xFF
+        s.close()
+
+    start = time.perf_counter()
+    gs = [gevent.spawn(client, s) for s in socks]
+    del socks
+    gevent.joinall(gs, raise_error=True)
+    secs = time.perf_counter() - start
+    growth = max(0, status_kib("VmHWM:") - before) * 1024
+    return {"secs": secs, "ops": conns * trips, "bytes_per_task": growth / conns}
+
+
 def main(argv):
     if len(argv) < 2:
         sys.exit("usage: workloads.py <workload> <a> [<b>]")
@@ -191,12 +222,13 @@ def main(argv):
         "scaling": sleepers,
         "parked_memory": parked_memory,
         "tcp_echo": tcp_echo,
+        "scaling_conn": scaling_conn,
     }
     if name not in table:
         sys.exit("unknown workload %r; known: %s" % (name, ", ".join(sorted(table))))
     fn = table[name]
     # The one-size workloads get `<n> 0` like the Rust children: drop the unused size.
-    if name not in ("timers", "scaling", "tcp_echo"):
+    if name not in ("timers", "scaling", "tcp_echo", "scaling_conn"):
         args = args[:1]
     # Warm-up at a tenth of the size (imports, first allocations), like the Rust children.
     if name in ("spawn_join", "yield", "queue_ping_pong", "one_way_throughput"):

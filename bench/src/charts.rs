@@ -1,8 +1,10 @@
 //! SVG charts of the report, drawn with plotters' SVG backend (text is emitted as SVG `<text>`,
 //! so no font rendering is compiled in).
 //!
-//! One bar chart per workload (bar = median, whisker = min to max over the runs) and two
-//! scaling charts (timers/s and peak memory per task against concurrency, log-log).
+//! One bar chart per workload (bar = median, whisker = min to max over the runs), two charts
+//! per scaling sweep (the rate and the peak memory per task against concurrency, log-log: tasks
+//! waiting on timers, tasks holding TCP connections), and two grouped bar charts of the stats
+//! pipeline (user fetches/s and CPU per user fetch, by API latency).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -34,6 +36,7 @@ pub fn draw_all(
     specs: &[Spec],
     points: &Points,
     scaling: &[u64],
+    pipeline: &BTreeMap<(u64, String), (Summary, Summary)>,
 ) -> Result<(), String> {
     for spec in specs {
         let mut rows: Vec<(String, Summary)> = points
@@ -53,11 +56,11 @@ pub fn draw_all(
         )
         .map_err(|e| format!("{}.svg: {e}", spec.key))?;
     }
-    let series = |mem: bool| -> Vec<(String, Vec<(f64, f64)>)> {
+    let series = |prefix: &str, mem: bool| -> Vec<(String, Vec<(f64, f64)>)> {
         let mut by_rt: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
         for c in scaling {
             for ((k, rt), (s, m)) in points {
-                if *k == format!("scaling/{c}") {
+                if *k == format!("{prefix}/{c}") {
                     let y = if mem {
                         m.map(|m| m.median)
                     } else {
@@ -73,22 +76,64 @@ pub fn draw_all(
         v.sort_by_key(|(rt, _)| crate::runtime_rank(rt));
         v
     };
-    let rate = series(false);
-    if !rate.is_empty() {
-        lines(
-            &dir.join("scaling.svg"),
+    for (prefix, title, unit, mem_title) in [
+        (
+            "scaling",
             "Scaling: timers fired per second",
             "timers/s",
-            &rate,
-        )
-        .map_err(|e| format!("scaling.svg: {e}"))?;
+            "Scaling: peak memory per task parked on a timer",
+        ),
+        (
+            "scaling_conn",
+            "Scaling: echo round trips per second, a task per connection",
+            "round trips/s",
+            "Scaling: peak memory per task holding a TCP connection",
+        ),
+    ] {
+        let rate = series(prefix, false);
+        if rate.is_empty() {
+            continue;
+        }
+        lines(&dir.join(format!("{prefix}.svg")), title, unit, &rate)
+            .map_err(|e| format!("{prefix}.svg: {e}"))?;
         lines(
-            &dir.join("scaling_memory.svg"),
-            "Scaling: peak memory per parked task",
+            &dir.join(format!("{prefix}_memory.svg")),
+            mem_title,
             "bytes per task",
-            &series(true),
+            &series(prefix, true),
         )
-        .map_err(|e| format!("scaling_memory.svg: {e}"))?;
+        .map_err(|e| format!("{prefix}_memory.svg: {e}"))?;
+    }
+    if !pipeline.is_empty() {
+        let groups = |cpu: bool| -> Vec<(String, Vec<(String, Summary)>)> {
+            let mut lats: Vec<u64> = pipeline.keys().map(|(l, _)| *l).collect();
+            lats.dedup();
+            lats.into_iter()
+                .map(|lat| {
+                    let mut rows: Vec<(String, Summary)> = pipeline
+                        .iter()
+                        .filter(|((l, _), _)| *l == lat)
+                        .map(|((_, rt), (r, c))| (rt.clone(), if cpu { *c } else { *r }))
+                        .collect();
+                    rows.sort_by_key(|(rt, _)| crate::runtime_rank(rt));
+                    (format!("API latency {lat} ms"), rows)
+                })
+                .collect()
+        };
+        grouped_bars(
+            &dir.join("pipeline.svg"),
+            "Stats pipeline: user fetches per second",
+            "user fetches/s",
+            &groups(false),
+        )
+        .map_err(|e| format!("pipeline.svg: {e}"))?;
+        grouped_bars(
+            &dir.join("pipeline_cpu.svg"),
+            "Stats pipeline: CPU time per user fetch",
+            "µs per user fetch",
+            &groups(true),
+        )
+        .map_err(|e| format!("pipeline_cpu.svg: {e}"))?;
     }
     Ok(())
 }
@@ -194,6 +239,84 @@ fn lines(
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// Bars grouped by `groups` (one bar per runtime in each group, colored by runtime, whisker =
+/// min..max), with a legend.
+fn grouped_bars(
+    path: &Path,
+    title: &str,
+    unit: &str,
+    groups: &[(String, Vec<(String, Summary)>)],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let root = SVGBackend::new(path, (760, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let top = groups
+        .iter()
+        .flat_map(|(_, rows)| rows.iter().map(|(_, s)| s.max))
+        .fold(0.0, f64::max)
+        * 1.25;
+    let width = groups.iter().map(|(_, r)| r.len()).max().unwrap_or(1) as f64 + 1.0;
+    let n = groups.len() as f64 * width;
+    let names: Vec<String> = groups.iter().map(|(g, _)| g.clone()).collect();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("{title} (median, whisker = min..max)"),
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..n, 0f64..top.max(1e-9))?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(groups.len() * 2 + 1)
+        .x_label_formatter(&|x| {
+            let g = (x / width).floor();
+            let centre = g * width + (width - 1.0) / 2.0 + 0.5;
+            if (x - centre).abs() < width / 4.0 {
+                names.get(g as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_label_formatter(&|y| crate::si(*y))
+        .y_desc(unit)
+        .draw()?;
+    let mut seen: Vec<String> = Vec::new();
+    for (g, (_, rows)) in groups.iter().enumerate() {
+        for (i, (rt, s)) in rows.iter().enumerate() {
+            let x0 = g as f64 * width + i as f64 + 0.5;
+            let c = color(rt);
+            let drawn = chart.draw_series(std::iter::once(Rectangle::new(
+                [(x0 + 0.08, 0.0), (x0 + 0.92, s.median)],
+                c.filled(),
+            )))?;
+            if !seen.contains(rt) {
+                seen.push(rt.clone());
+                drawn.label(rt.as_str()).legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 14, y + 5)], c.filled())
+                });
+            }
+            chart.draw_series(std::iter::once(ErrorBar::new_vertical(
+                x0 + 0.5,
+                s.min,
+                s.median,
+                s.max,
+                BLACK.filled(),
+                10,
+            )))?;
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()?;

@@ -27,10 +27,16 @@
 //! targets, run as `cargo bench -p evergreen-bench --bench <name>` with
 //! [`evergreen_bench::RESULTS_ENV`] set, which makes them append their samples as JSON lines.
 //!
-//! The application-level comparison (the stats pipeline on evergreen vs tokio + reqwest +
-//! mysql_async) is not here yet: the pipeline reached main at the end of this work and its
-//! tokio twin is not written. Its hook is [`PEER_BENCHES`]: a bench target `pipeline` that
-//! calls `evergreen_bench::record` joins the report by being added to that list.
+//! The application-level comparison (the stats pipeline on evergreen vs its tokio twin,
+//! reqwest + mysql_async, `bench/pipeline/tokio_twin.rs`) is the bench target `pipeline`
+//! (`bench/benches/pipeline.rs`), run like the other library-level targets; its records
+//! (`pipeline/{rate,cpu,rss}/<latency>`) get a section and two charts of their own.
+//!
+//! Two scaling sweeps run over the same concurrencies (1 → 100,000): tasks parked on timers
+//! (`scaling`, [`sleepers`]) and tasks each holding a TCP connection to an echo server in
+//! another process and doing round trips (`scaling_conn`, [`conns`]). The harness raises its
+//! soft RLIMIT_NOFILE to the hard limit for the latter and skips, with a note, the sizes that
+//! still do not fit.
 
 #![forbid(unsafe_code)]
 
@@ -39,6 +45,7 @@
 mod common;
 
 mod charts;
+mod conns;
 mod sleepers;
 
 use std::collections::BTreeMap;
@@ -55,7 +62,7 @@ pub const WIDE_SPREAD: f64 = 0.25;
 
 /// The package's bench targets that report through `evergreen_bench::record`, run after the
 /// runtime workloads. The stats pipeline's comparison joins by adding its target here.
-pub const PEER_BENCHES: [&str; 3] = ["actors", "fetch_http", "fetch_mysql"];
+pub const PEER_BENCHES: [&str; 4] = ["actors", "fetch_http", "fetch_mysql", "pipeline"];
 
 /// Runtimes of the runtime-level workloads, in report order.
 const RUNTIMES: [&str; 6] = [
@@ -164,6 +171,10 @@ struct Mode {
     sizes: BTreeMap<&'static str, (u64, u64)>,
     scaling: Vec<u64>,
     scaling_sleeps: u64,
+    /// Round trips per point of the connection sweep (split over the connections, at least
+    /// `conn_min_trips` each).
+    conn_total_trips: u64,
+    conn_min_trips: u64,
 }
 
 fn mode(quick: bool) -> Mode {
@@ -200,6 +211,8 @@ fn mode(quick: bool) -> Mode {
             vec![1, 10, 100, 1_000, 10_000, 100_000]
         },
         scaling_sleeps: if quick { 5 } else { 10 },
+        conn_total_trips: if quick { 2_000 } else { 30_000 },
+        conn_min_trips: if quick { 3 } else { 5 },
     }
 }
 
@@ -224,6 +237,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--child") {
         child_main(&args[2..]);
+        return;
+    }
+    if args.get(1).map(String::as_str) == Some("--echo-server") {
+        conns::serve();
         return;
     }
     let mut quick = None;
@@ -314,6 +331,33 @@ fn main() {
             points.push((format!("scaling/{c}"), c, mode.scaling_sleeps, rts));
         }
     }
+    // The connection sweep needs its echo server process and file descriptors.
+    let mut echo_server: Option<std::process::Child> = None;
+    let mut echo = EchoSetup::default();
+    if wanted("scaling_conn") {
+        echo.nofile = conns::raise_nofile();
+        match start_echo_server() {
+            Ok((child, ports)) => {
+                echo_server = Some(child);
+                echo.ports = Some(ports);
+            }
+            Err(why) => {
+                eprintln!("scaling_conn: {why}");
+                notes.push(format!("connection scaling skipped: {why}"));
+            }
+        }
+        if echo.ports.is_some() {
+            for &c in &mode.scaling {
+                let rts = RUNTIMES
+                    .iter()
+                    .copied()
+                    .filter(|rt| *rt != "gevent" || python.is_some())
+                    .collect();
+                let trips = conns::trips_for(c, mode.conn_total_trips, mode.conn_min_trips);
+                points.push((format!("scaling_conn/{c}"), c, trips, rts));
+            }
+        }
+    }
     eprintln!(
         "evergreen-bench {}: {} points × {} runs, interleaved",
         mode.name,
@@ -330,7 +374,7 @@ fn main() {
                     continue; // failed or skipped before: do not retry every run
                 }
                 let t = Instant::now();
-                match measure(rt, workload, *a, *b, python.as_deref()) {
+                match measure(rt, workload, *a, *b, python.as_deref(), &echo) {
                     Ok(s) => {
                         eprintln!(
                             "run {run} {key:<22} {rt:<16} {:>14.1}{} ({:.1} s)",
@@ -348,6 +392,12 @@ fn main() {
                 }
             }
         }
+    }
+    if let Some(mut server) = echo_server {
+        // Its stdin closes with the handle: it exits; kill it in case it does not.
+        drop(server.stdin.take());
+        let _ = server.kill();
+        let _ = server.wait();
     }
     let mut peers: Vec<Value> = Vec::new();
     if peer_benches && only.is_none() {
@@ -384,6 +434,7 @@ fn main() {
         &SPECS,
         &results_for_charts(&results),
         &mode.scaling,
+        &pipeline_points(&peers),
     );
     if let Err(e) = charts {
         fail(&format!(
@@ -413,7 +464,7 @@ fn main() {
 fn usage(msg: &str) -> ! {
     eprintln!(
         "evergreen-bench: {msg}\nusage: evergreen-bench all|quick [--runs N] [--only w1,w2] \
-         [--no-gevent] [--no-peer-benches] [--out PATH]\nworkloads: {}, scaling",
+         [--no-gevent] [--no-peer-benches] [--out PATH]\nworkloads: {}, scaling, scaling_conn",
         SPECS.map(|s| s.key).join(", ")
     );
     std::process::exit(2)
@@ -452,8 +503,21 @@ fn measure(
     a: u64,
     b: u64,
     python: Option<&Path>,
+    echo: &EchoSetup,
 ) -> Result<Sample, String> {
-    if workload == "scaling" && rt.starts_with("may") {
+    if workload == "scaling_conn" {
+        if let Some((soft, hard)) = echo.nofile {
+            // One descriptor per connection in the client and in the server, plus a margin.
+            if a + 64 > soft {
+                return Err(format!(
+                    "{a} connections need {a} open files in the client and in the server; \
+                     RLIMIT_NOFILE here is {soft} (hard limit {hard}; raising the hard limit \
+                     needs CAP_SYS_RESOURCE)"
+                ));
+            }
+        }
+    }
+    if workload.starts_with("scaling") && rt.starts_with("may") {
         if let Some(budget) = sleepers::may_coroutine_budget() {
             if a as usize > budget {
                 return Err(format!(
@@ -475,6 +539,9 @@ fn measure(
         c.args(["--child", rt, workload, &a.to_string(), &b.to_string()]);
         c
     };
+    if let Some(ports) = &echo.ports {
+        cmd.env(conns::PORTS_ENV, ports);
+    }
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -521,7 +588,7 @@ fn measure(
     .ok_or_else(|| format!("child printed {line:?}: missing fields"))?;
     Ok(Sample {
         value,
-        bytes_per_task: if workload == "scaling" {
+        bytes_per_task: if workload.starts_with("scaling") {
             num("bytes_per_task")
         } else {
             None
@@ -611,6 +678,21 @@ fn child_main(args: &[String]) {
                 eprintln!("{rt}: {note}");
             }
             serde_json::json!({"bytes_per_task": m.bytes_per_task(), "tasks": m.tasks})
+        }
+        ("scaling_conn", _) => {
+            let ports = conns::ports_from_env().unwrap_or_else(|e| fail(&e));
+            let (n, trips) = (a as usize, b);
+            let r = match rt.as_str() {
+                "evergreen" => conns::evergreen(ports, n, trips),
+                "tokio-ct" | "tokio-mt2" => conns::tokio(tokio_workers(rt), ports, n, trips),
+                "may-1" | "may-2" => conns::may(ports, n, trips),
+                _ => fail(&format!("--child: unknown runtime {rt:?}")),
+            };
+            serde_json::json!({
+                "ops": a * b,
+                "secs": r.elapsed.as_secs_f64(),
+                "bytes_per_task": r.peak_growth as f64 / a as f64,
+            })
         }
         ("cpu_bound", _) => {
             let d = cpu_bound(rt, a, b);
@@ -725,6 +807,42 @@ fn cpu_bound(rt: &str, tasks: u64, iters: u64) -> Duration {
         .join()
         .expect("may cpu driver panicked"),
         _ => fail(&format!("--child: unknown runtime {rt:?}")),
+    }
+}
+
+/// What the connection sweep's children need: the echo server's ports and the file limits.
+#[derive(Default)]
+struct EchoSetup {
+    /// The server's ports, comma-separated (for [`conns::PORTS_ENV`]).
+    ports: Option<String>,
+    /// `(soft, hard)` RLIMIT_NOFILE after raising the soft limit.
+    nofile: Option<(u64, u64)>,
+}
+
+/// Starts the echo server process of the connection sweep (this executable, `--echo-server`);
+/// returns it and its ports.
+fn start_echo_server() -> Result<(std::process::Child, String), String> {
+    use std::io::BufRead;
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let mut child = Command::new(exe)
+        .arg("--echo-server")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("start the echo server: {e}"))?;
+    let mut line = String::new();
+    let read = child
+        .stdout
+        .take()
+        .map(|o| std::io::BufReader::new(o).read_line(&mut line));
+    match (read, line.trim().strip_prefix("PORTS ")) {
+        (Some(Ok(_)), Some(ports)) => Ok((child, ports.to_string())),
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!("the echo server printed {line:?}"))
+        }
     }
 }
 
@@ -1073,67 +1191,55 @@ fn render(
         }
     }
     // Scaling.
-    let scaling: Vec<_> = results
-        .samples
-        .iter()
-        .filter(|((k, _), _)| k.starts_with("scaling/"))
-        .collect();
-    if !scaling.is_empty() {
-        md.push_str(&format!(
-            "## Scaling: concurrency 1 → {}\n\nAt concurrency *c*, *c* tasks each sleep 1 ms {} \
-             times (so *c* tasks are parked on timers at once): timers fired per second (median) \
-             and the peak resident memory added per task (VmHWM at the end − VmRSS before \
-             spawning, ÷ *c*; it includes the runtime's timer entries and the task's stack or \
-             future). At low concurrency the rate is bounded by the 1 ms sleeps, not by the \
-             runtime.\n\n",
+    md.push_str(&scaling_section(
+        results,
+        mode,
+        "scaling",
+        &format!(
+            "## Scaling: concurrency 1 → {}, tasks waiting on timers\n\nAt concurrency *c*, *c* \
+             tasks each sleep 1 ms {} times (so *c* tasks are parked on timers at once): timers \
+             fired per second (median) and the peak resident memory added per task (VmHWM at \
+             the end − VmRSS before spawning, ÷ *c*; it includes the runtime's timer entries and \
+             the task's stack or future). At low concurrency the rate is bounded by the 1 ms \
+             sleeps, not by the runtime.\n\n",
             mode.scaling.last().copied().unwrap_or(0),
             mode.scaling_sleeps
-        ));
-        md.push_str("| runtime |");
-        for c in &mode.scaling {
-            md.push_str(&format!(" c={c} timers/s | B/task |"));
-        }
-        md.push_str("\n|---|");
-        for _ in &mode.scaling {
-            md.push_str("---:|---:|");
-        }
-        md.push('\n');
-        let mut rts: Vec<String> = scaling.iter().map(|((_, rt), _)| rt.clone()).collect();
-        rts.sort_by_key(|rt| runtime_rank(rt));
-        rts.dedup();
-        for rt in rts {
-            md.push_str(&format!("| {rt} |"));
-            for c in &mode.scaling {
-                let id = (format!("scaling/{c}"), rt.clone());
-                match results.samples.get(&id) {
-                    Some(v) => {
-                        let r = Summary::of(&v.iter().map(|s| s.value).collect::<Vec<_>>());
-                        let m: Vec<f64> = v.iter().filter_map(|s| s.bytes_per_task).collect();
-                        let flag = if r.spread() > WIDE_SPREAD { " ⚠" } else { "" };
-                        md.push_str(&format!(
-                            " {}{flag} | {} |",
-                            si(r.median),
-                            if m.is_empty() {
-                                "n/a".into()
-                            } else {
-                                format!("{:.0}", Summary::of(&m).median)
-                            }
-                        ));
-                    }
-                    None => md.push_str(" n/a | n/a |"),
-                }
-            }
-            md.push('\n');
-        }
-        md.push_str(&format!("\n![scaling: timers/s]({chart_rel}/scaling.svg)\n\n![scaling: memory per task]({chart_rel}/scaling_memory.svg)\n\n"));
-        for ((k, rt), why) in &results.notes {
-            if k.starts_with("scaling/") {
-                md.push_str(&format!("- {k} {rt}: {why}\n"));
-            }
-        }
-        md.push('\n');
-    }
-    // Library-level comparisons from the bench targets.
+        ),
+        "timers/s",
+        &chart_rel,
+    ));
+    md.push_str(&scaling_section(
+        results,
+        mode,
+        "scaling_conn",
+        &format!(
+            "## Scaling: concurrency 1 → {}, tasks holding TCP connections\n\nAt concurrency \
+             *c*, the client process opens *c* loopback TCP connections to an echo server in \
+             another process (one evergreen process for the whole sweep, the same for every \
+             client runtime, listening on {} ports), then a task per connection does \
+             max({}, {} / *c*) round trips of 64 bytes (write, read the echo), so *c* tasks \
+             hold a connection and are parked on a read at once. Round trips per second \
+             (median; the clock starts when every connection is open) and the peak resident \
+             memory added per task (VmHWM at the end − VmRSS before connecting, ÷ *c*: the \
+             task, its stack or future and its socket's user-space state; the kernel's socket \
+             buffers are not in RSS). The server takes one core, so the rates are bounded by \
+             a single-threaded server and the client runtime's cost per round trip; at *c* = 1 \
+             by the loopback latency.\n\n",
+            mode.scaling.last().copied().unwrap_or(0),
+            conns::SERVER_PORTS,
+            mode.conn_min_trips,
+            mode.conn_total_trips
+        ),
+        "round trips/s",
+        &chart_rel,
+    ));
+    // Library-level comparisons from the bench targets (the pipeline has its own section).
+    let (app, peers): (Vec<Value>, Vec<Value>) = peers.iter().cloned().partition(|v| {
+        v["workload"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("pipeline/"))
+    });
+    let peers = &peers[..];
     if !peers.is_empty() {
         md.push_str(
             "## Library level: actors, HTTP fetch, MySQL\n\nFrom the package's bench targets \
@@ -1177,16 +1283,13 @@ fn render(
             md.push('\n');
         }
     }
-    if !partial {
+    if !app.is_empty() {
+        md.push_str(&pipeline_section(&app, &chart_rel));
+    } else if !partial {
         md.push_str(
-            "## The application: stats pipeline on both models\n\nNot in this report yet. The stats pipeline (services/src/stats) reached main at the end \
-         of this work; its own bench, `bench/pipeline/run.sh`, compares it with the Python \
-         gevent sample (users/s at API latency 0 and 20 ms; results in \
-         [bench/pipeline/RESULTS.md](../bench/pipeline/RESULTS.md)), but its tokio + reqwest + \
-         mysql_async twin is not written. Hook: a bench target `pipeline` in bench/ that runs \
-         the pipeline and the twin against the same demo API and MySQL and reports each point \
-         with `evergreen_bench::record` joins this report by being added to `PEER_BENCHES` in \
-         bench/src/main.rs.\n\n",
+            "## The application: stats pipeline on both models\n\nNot measured in this run \
+             (the `pipeline` bench target recorded nothing; see the notes: it needs MariaDB on \
+             127.0.0.1:3306).\n\n",
         );
     }
     if !notes.is_empty() {
@@ -1197,6 +1300,204 @@ fn render(
         md.push('\n');
     }
     md
+}
+
+/// The table of one scaling sweep (`prefix/<c>` points): per runtime, the rate and the memory
+/// per task at every concurrency, then the charts and the skipped points.
+fn scaling_section(
+    results: &Results,
+    mode: &Mode,
+    prefix: &str,
+    intro: &str,
+    unit: &str,
+    chart_rel: &str,
+) -> String {
+    let head = format!("{prefix}/");
+    let scaling: Vec<_> = results
+        .samples
+        .iter()
+        .filter(|((k, _), _)| k.starts_with(&head))
+        .collect();
+    let notes: Vec<_> = results
+        .notes
+        .iter()
+        .filter(|((k, _), _)| k.starts_with(&head))
+        .collect();
+    if scaling.is_empty() && notes.is_empty() {
+        return String::new();
+    }
+    let mut md = intro.to_string();
+    md.push_str("| runtime |");
+    for c in &mode.scaling {
+        md.push_str(&format!(" c={c} {unit} | B/task |"));
+    }
+    md.push_str("\n|---|");
+    for _ in &mode.scaling {
+        md.push_str("---:|---:|");
+    }
+    md.push('\n');
+    let mut rts: Vec<String> = scaling.iter().map(|((_, rt), _)| rt.clone()).collect();
+    rts.sort_by_key(|rt| runtime_rank(rt));
+    rts.dedup();
+    for rt in rts {
+        md.push_str(&format!("| {rt} |"));
+        for c in &mode.scaling {
+            let id = (format!("{head}{c}"), rt.clone());
+            match results.samples.get(&id) {
+                Some(v) => {
+                    let r = Summary::of(&v.iter().map(|s| s.value).collect::<Vec<_>>());
+                    let m: Vec<f64> = v.iter().filter_map(|s| s.bytes_per_task).collect();
+                    let flag = if r.spread() > WIDE_SPREAD { " ⚠" } else { "" };
+                    md.push_str(&format!(
+                        " {}{flag} | {} |",
+                        si(r.median),
+                        if m.is_empty() {
+                            "n/a".into()
+                        } else {
+                            format!("{:.0}", Summary::of(&m).median)
+                        }
+                    ));
+                }
+                None => md.push_str(" n/a | n/a |"),
+            }
+        }
+        md.push('\n');
+    }
+    md.push_str(&format!(
+        "\n![{prefix}: {unit}]({chart_rel}/{prefix}.svg)\n\n![{prefix}: memory per task]({chart_rel}/{prefix}_memory.svg)\n\n"
+    ));
+    for ((k, rt), why) in notes {
+        md.push_str(&format!("- {k} {rt}: {why}\n"));
+    }
+    md.push('\n');
+    md
+}
+
+/// The application-level section, from the `pipeline` bench target's records
+/// (`pipeline/{rate,cpu,rss}/<latency>`, one per runtime).
+fn pipeline_section(app: &[Value], chart_rel: &str) -> String {
+    // (latency, runtime) → (rate, cpu, rss) samples.
+    let mut points: BTreeMap<(u64, String), [Vec<f64>; 3]> = BTreeMap::new();
+    for v in app {
+        let (Some(k), Some(rt), Some(samples)) = (
+            v["workload"].as_str(),
+            v["runtime"].as_str(),
+            v["samples"].as_array(),
+        ) else {
+            continue;
+        };
+        let mut parts = k.split('/').skip(1);
+        let (Some(what), Some(Ok(lat))) = (parts.next(), parts.next().map(str::parse::<u64>))
+        else {
+            continue;
+        };
+        let slot = match what {
+            "rate" => 0,
+            "cpu" => 1,
+            "rss" => 2,
+            _ => continue,
+        };
+        points.entry((lat, rt.to_string())).or_default()[slot] =
+            samples.iter().filter_map(Value::as_f64).collect();
+    }
+    let mut md = String::from(
+        "## The application: stats pipeline on both models\n\nevergreen's stats pipeline \
+         (services/src/stats: three service actors, ≤ 50 users in flight each through an \
+         evergreen `Pool`, a writer actor batching upserts through the green MySQL pool) \
+         against its twin written idiomatically on tokio (bench/pipeline/tokio_twin.rs: \
+         reqwest + mysql_async, a task per user under a `Semaphore(50)` per service, a writer \
+         task on a bounded channel, the same parsing code, the same SQL and batches), on tokio \
+         current-thread and multi-thread (2 workers). Both crunch one date of the same demo \
+         API process (evergreen-services' `DemoApi`, one process per latency, serving the same \
+         deterministic users to every client) into a fresh MariaDB database per run (row \
+         counts checked, then dropped). From the `pipeline` bench target \
+         (bench/benches/pipeline.rs; sizes in its table in bench/pipeline/RESULTS.md), runs \
+         interleaved across runtimes. *user fetches/s* = users × 3 services / the pipeline's \
+         wall time; *CPU* = the pipeline process's user + system time (all threads) per user \
+         fetch (the API process's and MariaDB's are not counted); *peak RSS* = the pipeline \
+         process's VmHWM.\n\n\
+         | API latency | runtime | user fetches/s (median) | min | max | ÷ evergreen | spread | CPU µs / user fetch | ÷ evergreen | peak RSS MB | runs |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+    );
+    let lats: Vec<u64> = {
+        let mut l: Vec<u64> = points.keys().map(|(l, _)| *l).collect();
+        l.dedup();
+        l
+    };
+    for lat in &lats {
+        let mut rows: Vec<(&String, &[Vec<f64>; 3])> = points
+            .iter()
+            .filter(|((l, _), _)| l == lat)
+            .map(|((_, rt), v)| (rt, v))
+            .collect();
+        rows.sort_by_key(|(rt, _)| runtime_rank(rt));
+        let reference = points.get(&(*lat, "evergreen".to_string()));
+        let med = |v: &[f64]| (!v.is_empty()).then(|| Summary::of(v));
+        for (rt, v) in rows {
+            let (Some(rate), Some(cpu), Some(rss)) = (med(&v[0]), med(&v[1]), med(&v[2])) else {
+                continue;
+            };
+            let ratio = |i: usize, x: f64| {
+                reference
+                    .and_then(|r| med(&r[i]))
+                    .map_or("n/a".to_string(), |r| format!("{:.2}", x / r.median))
+            };
+            let flag = if rate.spread() > WIDE_SPREAD {
+                " ⚠"
+            } else {
+                ""
+            };
+            md.push_str(&format!(
+                "| {lat} ms | {rt} | {} | {} | {} | {} | {:.0}%{flag} | {:.1} | {} | {:.1} | {} |\n",
+                si(rate.median),
+                si(rate.min),
+                si(rate.max),
+                ratio(0, rate.median),
+                rate.spread() * 100.0,
+                cpu.median,
+                ratio(1, cpu.median),
+                rss.median,
+                rate.runs
+            ));
+        }
+    }
+    md.push_str(&format!(
+        "\n![stats pipeline: user fetches/s]({chart_rel}/pipeline.svg)\n\n![stats pipeline: CPU per user fetch]({chart_rel}/pipeline_cpu.svg)\n\n"
+    ));
+    md
+}
+
+/// The pipeline's points for the charts: (latency, runtime) → (rate, cpu) summaries.
+fn pipeline_points(peers: &[Value]) -> BTreeMap<(u64, String), (Summary, Summary)> {
+    let mut raw: BTreeMap<(u64, String), [Vec<f64>; 2]> = BTreeMap::new();
+    for v in peers {
+        let (Some(k), Some(rt), Some(samples)) = (
+            v["workload"].as_str(),
+            v["runtime"].as_str(),
+            v["samples"].as_array(),
+        ) else {
+            continue;
+        };
+        let mut parts = k.split('/');
+        let (Some("pipeline"), Some(what), Some(Ok(lat))) = (
+            parts.next(),
+            parts.next(),
+            parts.next().map(str::parse::<u64>),
+        ) else {
+            continue;
+        };
+        let slot = match what {
+            "rate" => 0,
+            "cpu" => 1,
+            _ => continue,
+        };
+        raw.entry((lat, rt.to_string())).or_default()[slot] =
+            samples.iter().filter_map(Value::as_f64).collect();
+    }
+    raw.into_iter()
+        .filter(|(_, [r, c])| !r.is_empty() && !c.is_empty())
+        .map(|(k, [r, c])| (k, (Summary::of(&r), Summary::of(&c))))
+        .collect()
 }
 
 /// One library-level table: unit, whether higher is better, (library, samples) rows.
@@ -1246,6 +1547,40 @@ mod tests {
             lines[3],
             "| tokio-ct | 50.0 | 20.0 | 80.0 | 0.50 | 120% ⚠ | 3 |"
         );
+    }
+
+    #[test]
+    fn pipeline_records_make_one_row_per_latency_and_runtime() {
+        let rec = |what: &str, rt: &str, v: f64| {
+            serde_json::json!({"workload": format!("pipeline/{what}/0"), "runtime": rt,
+                "unit": "u", "higher_is_better": true, "samples": [v]})
+        };
+        let app = vec![
+            rec("rate", "tokio-ct", 50.0),
+            rec("cpu", "tokio-ct", 30.0),
+            rec("rss", "tokio-ct", 20.0),
+            rec("rate", "evergreen", 100.0),
+            rec("cpu", "evergreen", 20.0),
+            rec("rss", "evergreen", 30.0),
+        ];
+        let md = pipeline_section(&app, "charts");
+        let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| 0 ms")).collect();
+        assert_eq!(
+            rows,
+            [
+                "| 0 ms | evergreen | 100 | 100 | 100 | 1.00 | 0% | 20.0 | 1.00 | 30.0 | 1 |",
+                "| 0 ms | tokio-ct | 50.0 | 50.0 | 50.0 | 0.50 | 0% | 30.0 | 1.50 | 20.0 | 1 |",
+            ]
+        );
+        let pts = pipeline_points(&app);
+        assert_eq!(pts[&(0, "tokio-ct".to_string())].1.median, 30.0);
+    }
+
+    #[test]
+    fn the_connection_sweep_splits_round_trips_over_connections() {
+        assert_eq!(conns::trips_for(1, 30_000, 5), 30_000);
+        assert_eq!(conns::trips_for(1_000, 30_000, 5), 30);
+        assert_eq!(conns::trips_for(10_000, 30_000, 5), 5);
     }
 
     #[test]
