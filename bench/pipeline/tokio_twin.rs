@@ -139,37 +139,8 @@ fn chunk_len(left: usize) -> usize {
     }
 }
 
-fn columns(t: Table) -> (&'static [&'static str], &'static [&'static str]) {
-    if t.is_money() {
-        (
-            &[
-                "username",
-                "date",
-                "network",
-                "country",
-                "cost",
-                "currency",
-                "updated_at",
-            ],
-            &["cost", "currency", "updated_at"],
-        )
-    } else {
-        (
-            &[
-                "username",
-                "date",
-                "network",
-                "country",
-                "failed",
-                "updated_at",
-            ],
-            &["failed", "updated_at"],
-        )
-    }
-}
-
 fn upsert_sql(t: Table, n: usize) -> String {
-    let (cols, update) = columns(t);
+    let (cols, update) = t.upsert_columns();
     let one = format!("({})", vec!["?"; cols.len()].join(", "));
     format!(
         "INSERT INTO `{}` ({}) VALUES {} ON DUPLICATE KEY UPDATE {}",
@@ -205,7 +176,7 @@ async fn upsert(pool: &mysql_async::Pool, t: Table, rows: &[Row]) -> Result<(), 
         }
         values.push(now.as_str().into());
     }
-    let per_row = columns(t).0.len();
+    let per_row = t.upsert_columns().0.len();
     let mut conn = pool.get_conn().await.map_err(|e| e.to_string())?;
     let mut tx = conn
         .start_transaction(mysql_async::TxOpts::default())

@@ -243,6 +243,38 @@ impl Table {
     pub fn is_money(self) -> bool {
         !matches!(self, Table::BulkSmsNetworksFailed)
     }
+
+    /// The SQL columns of an upsert into this table, in parameter order, and those of them an
+    /// existing row takes over (`ON DUPLICATE KEY UPDATE`): the key (`username`, `date`,
+    /// `network`, `country`), the value (`cost`, `currency` or `failed`), `updated_at`.
+    pub fn upsert_columns(self) -> (&'static [&'static str], &'static [&'static str]) {
+        if self.is_money() {
+            (
+                &[
+                    "username",
+                    "date",
+                    "network",
+                    "country",
+                    "cost",
+                    "currency",
+                    "updated_at",
+                ],
+                &["cost", "currency", "updated_at"],
+            )
+        } else {
+            (
+                &[
+                    "username",
+                    "date",
+                    "network",
+                    "country",
+                    "failed",
+                    "updated_at",
+                ],
+                &["failed", "updated_at"],
+            )
+        }
+    }
 }
 
 /// A row's value.

@@ -144,32 +144,7 @@ impl Store for MySqlStore {
             v.push(now.as_str().into());
             values.push(v);
         }
-        let (cols, update): (&[&str], &[&str]) = if table.is_money() {
-            (
-                &[
-                    "username",
-                    "date",
-                    "network",
-                    "country",
-                    "cost",
-                    "currency",
-                    "updated_at",
-                ],
-                &["cost", "currency", "updated_at"],
-            )
-        } else {
-            (
-                &[
-                    "username",
-                    "date",
-                    "network",
-                    "country",
-                    "failed",
-                    "updated_at",
-                ],
-                &["failed", "updated_at"],
-            )
-        };
+        let (cols, update) = table.upsert_columns();
         let ctx = format!("upserting {} rows into {}", rows.len(), table.name());
         self.pool
             .upsert(table.name(), cols, update, &values, BATCH)
