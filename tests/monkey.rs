@@ -846,3 +846,123 @@ fn the_hooks_see_flags_and_timeouts_changed_after_they_cached_them() {
         assert_eq!(read_in_greenlet(&a), Some(Err(ErrorKind::WouldBlock)));
     });
 }
+
+/// Spawns a greenlet that reads from `s` with a 64-byte buffer until the end of stream and
+/// returns the size of each read, the final 0 included.
+fn read_to_end_in_greenlet(s: &Rc<std::os::unix::net::UnixStream>) -> Greenlet<Vec<usize>> {
+    let s = s.clone();
+    spawn(move || {
+        let mut sizes = Vec::new();
+        let mut buf = [0u8; 64];
+        loop {
+            let n = (&*s).read(&mut buf).unwrap();
+            sizes.push(n);
+            if n == 0 {
+                return sizes;
+            }
+        }
+    })
+}
+
+#[test]
+fn a_short_read_followed_by_the_end_of_stream_returns_zero_without_waiting() {
+    // A short read tells the hooks the receive queue is empty, so the next read waits for an
+    // event before trying. When the last bytes and the end of stream arrive together, their
+    // one edge is seen before the short read: the read that follows must find the end of
+    // stream, not wait for an edge that never comes.
+    monkey::patch_all();
+    run(|| {
+        use std::os::unix::net::UnixStream;
+        let (a, b) = UnixStream::pair().unwrap();
+        let (a, b) = (Rc::new(a), Rc::new(b));
+        // The reader starts first: its read finds nothing and waits (registering the fd).
+        let reader = read_to_end_in_greenlet(&a);
+        evergreen::sleep(Duration::ZERO);
+        // Bytes and end of stream in one go, before the hub polls again.
+        (&*b).write_all(b"hello").unwrap();
+        b.shutdown(std::net::Shutdown::Write).unwrap();
+        let r = evergreen::with_timeout(Duration::from_secs(2), || reader.get());
+        assert_eq!(r.ok().map(|r| r.unwrap()), Some(vec![5, 0]));
+    });
+}
+
+#[test]
+fn a_peek_does_not_hide_the_bytes_it_saw_from_the_next_read() {
+    // A short MSG_PEEK leaves the bytes queued: it must not mark the queue empty.
+    monkey::patch_all();
+    run(|| {
+        use std::os::unix::net::UnixStream;
+        let (a, b) = UnixStream::pair().unwrap();
+        let (a, b) = (Rc::new(a), Rc::new(b));
+        let a2 = a.clone();
+        let reader = spawn(move || {
+            let mut buf = [0u8; 64];
+            let fd = a2.as_raw_fd();
+            // SAFETY: recv(2) into a live buffer of its length (through the hook).
+            let peeked =
+                unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK) }
+                    as usize;
+            let read = (&*a2).read(&mut buf).unwrap();
+            (peeked, read)
+        });
+        evergreen::sleep(Duration::ZERO);
+        (&*b).write_all(b"abc").unwrap();
+        let r = evergreen::with_timeout(Duration::from_secs(2), || reader.get());
+        assert_eq!(r.ok().map(|r| r.unwrap()), Some((3, 3)));
+    });
+}
+
+#[test]
+fn request_response_rounds_over_hooked_blocking_sockets_lose_nothing() {
+    // The pattern the drained-queue shortcut serves (a client sends, then reads a response that
+    // arrives in pieces of every size, some filling the reader's buffer exactly): every byte
+    // arrives, in order, and no read waits for an edge already consumed.
+    monkey::patch_all();
+    run(|| {
+        use std::os::unix::net::UnixStream;
+        let (client, server) = UnixStream::pair().unwrap();
+        let (client, server) = (Rc::new(client), Rc::new(server));
+        let rounds = 300usize;
+        let srv = server.clone();
+        let server_g = spawn(move || {
+            let mut req = [0u8; 2];
+            for _ in 0..rounds {
+                (&*srv).read_exact(&mut req).unwrap();
+                let len = u16::from_le_bytes(req) as usize;
+                let body: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+                // Two pieces with a switch between them: the reader sees the first alone.
+                let cut = len / 3;
+                (&*srv).write_all(&body[..cut]).unwrap();
+                evergreen::sleep(Duration::ZERO);
+                (&*srv).write_all(&body[cut..]).unwrap();
+            }
+        });
+        let cl = client.clone();
+        let client_g = spawn(move || {
+            let mut buf = [0u8; 64];
+            let mut total = 0usize;
+            for round in 0..rounds {
+                let len = 1 + (round * 37) % 300;
+                (&*cl).write_all(&(len as u16).to_le_bytes()).unwrap();
+                let mut got = Vec::with_capacity(len);
+                while got.len() < len {
+                    let want = (len - got.len()).min(buf.len());
+                    let n = (&*cl).read(&mut buf[..want]).unwrap();
+                    assert!(n > 0, "end of stream in round {round}");
+                    got.extend_from_slice(&buf[..n]);
+                }
+                let expect: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+                assert_eq!(got, expect, "round {round}");
+                total += len;
+            }
+            total
+        });
+        let t = evergreen::with_timeout(Duration::from_secs(20), || client_g.get());
+        let total = t.expect("no read waited forever").unwrap();
+        assert_eq!(
+            total,
+            (0..rounds).map(|r| 1 + (r * 37) % 300).sum::<usize>()
+        );
+        server_g.join();
+    });
+}

@@ -478,12 +478,41 @@ fn socket_domain(fd: RawFd) -> Option<c_int> {
 
 /// Runs `op` (which returns -1 and sets errno on failure) cooperatively: retried after
 /// waiting for `fd` whenever it fails with `EAGAIN` on a blocking socket.
-fn coop<R: Copy + PartialOrd + From<i8>>(fd: RawFd, dir: Dir, mut op: impl FnMut() -> R) -> R {
+///
+/// `stream_read` is `Some(len)` for a read of up to `len` bytes from a stream socket that
+/// takes what it reads (not a peek). Such a read that returns fewer bytes than asked for has
+/// emptied the receive queue, and the next read on the fd, unless an event said readable in
+/// between, waits first instead of making a system call that would fail with `EAGAIN` (a
+/// request/response protocol saves one `recvfrom` per response; see
+/// [`reactor::mark_read_drained`]).
+fn coop<R: Copy + PartialOrd + From<i8> + TryInto<i64>>(
+    fd: RawFd,
+    dir: Dir,
+    stream_read: Option<usize>,
+    mut op: impl FnMut() -> R,
+) -> R {
     let fail: R = R::from(-1);
     let mut deadline: Option<Option<Instant>> = None;
+    if stream_read.is_some_and(|len| len > 0)
+        && reactor::read_known_drained(fd)
+        && !is_nonblocking(fd)
+    {
+        let d =
+            *deadline.get_or_insert_with(|| sock_timeout(fd, dir).and_then(|t| hub().deadline(t)));
+        if let Err(err) = reactor::wait_io_no_unwind(fd, dir, d, false) {
+            set_errno(hook_errno(&err, libc::EAGAIN));
+            return fail;
+        }
+    }
     loop {
         let r = op();
         if r != fail {
+            if let Some(len) = stream_read {
+                let n: i64 = r.try_into().unwrap_or(0);
+                if n > 0 && (n as u64) < len as u64 {
+                    reactor::mark_read_drained(fd);
+                }
+            }
             return r;
         }
         let e = errno();
@@ -622,7 +651,11 @@ fn buffer_call(
     };
     let all = sock.stream && (dir == Dir::Write || flags & libc::MSG_WAITALL != 0);
     if !all {
-        return coop(fd, dir, || call(0, len, flags | libc::MSG_DONTWAIT));
+        let stream_read =
+            (sock.stream && dir == Dir::Read && flags & libc::MSG_PEEK == 0).then_some(len);
+        return coop(fd, dir, stream_read, || {
+            call(0, len, flags | libc::MSG_DONTWAIT)
+        });
     }
     let f = (flags & !libc::MSG_WAITALL) | libc::MSG_DONTWAIT;
     coop_all(fd, dir, len, |done| call(done, len - done, f))
@@ -644,7 +677,11 @@ fn msg_call(
     };
     let all = sock.stream && (dir == Dir::Write || flags & libc::MSG_WAITALL != 0);
     if !all || msg.is_null() {
-        return coop(fd, dir, || call(msg, flags | libc::MSG_DONTWAIT));
+        let stream_read =
+            (sock.stream && dir == Dir::Read && flags & libc::MSG_PEEK == 0).then(|| msg_len(msg));
+        return coop(fd, dir, stream_read, || {
+            call(msg, flags | libc::MSG_DONTWAIT)
+        });
     }
     // SAFETY: non-null, and valid per the caller's contract.
     let m = unsafe { *msg };
@@ -672,6 +709,23 @@ fn msg_call(
         m2.msg_controllen = 0;
         call(&m2, f)
     })
+}
+
+/// The total length of the buffers of `msg` (0 for a null header).
+fn msg_len(msg: *const libc::msghdr) -> usize {
+    if msg.is_null() {
+        return 0;
+    }
+    // SAFETY: non-null, and valid per the hook caller's contract.
+    let m = unsafe { &*msg };
+    if m.msg_iov.is_null() || m.msg_iovlen == 0 {
+        return 0;
+    }
+    // `msg_iovlen` is a `size_t` on glibc and an `int` on musl.
+    #[allow(clippy::unnecessary_cast)]
+    // SAFETY: the caller's message holds `msg_iovlen` iovecs at `msg_iov`.
+    let iov = unsafe { std::slice::from_raw_parts(m.msg_iov, m.msg_iovlen as usize) };
+    iov.iter().map(|v| v.iov_len).sum()
 }
 
 /// The iovecs of `iov` after the first `skip` bytes.
@@ -812,10 +866,10 @@ pub unsafe extern "C-unwind" fn sendmsg(
 /// The same contract as libc's `read`.
 #[no_mangle]
 pub unsafe extern "C-unwind" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
-    if cooperative_socket(fd).is_none() {
+    let Some(sock) = cooperative_socket(fd) else {
         return sys!(libc::SYS_read, fd, buf, count) as ssize_t;
-    }
-    coop(fd, Dir::Read, || {
+    };
+    coop(fd, Dir::Read, sock.stream.then_some(count), || {
         sys!(
             libc::SYS_recvfrom,
             fd,
@@ -862,11 +916,12 @@ pub unsafe extern "C-unwind" fn readv(
     iov: *const libc::iovec,
     iovcnt: c_int,
 ) -> ssize_t {
-    if cooperative_socket(fd).is_none() {
+    let Some(sock) = cooperative_socket(fd) else {
         return sys!(libc::SYS_readv, fd, iov, iovcnt) as ssize_t;
-    }
+    };
     let mut m = iov_msg(iov, iovcnt);
-    coop(fd, Dir::Read, || {
+    let stream_read = sock.stream.then(|| msg_len(&m));
+    coop(fd, Dir::Read, stream_read, || {
         sys!(
             libc::SYS_recvmsg,
             fd,
@@ -1145,7 +1200,7 @@ pub unsafe extern "C-unwind" fn accept4(
     if cooperative_socket(fd).is_none() {
         return accept4_passthrough(fd, addr, len, flags);
     }
-    coop(fd, Dir::Read, || {
+    coop(fd, Dir::Read, None, || {
         // A blocking listener: try without blocking, in a window (see above). `coop` reads
         // the owner's flags, so it waits on EAGAIN.
         in_nonblocking_window(fd, || {

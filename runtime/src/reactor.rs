@@ -66,6 +66,10 @@ pub(crate) struct FdState {
     readable: bool,
     /// An event said writable (or closed/error) since the last `WouldBlock` on write.
     writable: bool,
+    /// An event said the reading side is closed (end of stream, hang-up or error): from then
+    /// on, reads never wait before trying (a short read may be followed by the end of stream,
+    /// whose edge has already been seen).
+    read_closed: bool,
     /// The greenlet waiting to read, if any.
     reader: Option<CorePtr>,
     /// The greenlet waiting to write, if any.
@@ -232,6 +236,7 @@ impl Reactor {
             }
             if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                 st.readable = true;
+                st.read_closed |= ev.is_read_closed() || ev.is_error();
                 if let Some(g) = st.reader {
                     self.woken.push(g);
                 }
@@ -293,6 +298,38 @@ fn dir_name(dir: Dir) -> &'static str {
     match dir {
         Dir::Read => "readable",
         Dir::Write => "writable",
+    }
+}
+
+/// Whether a read on `fd` is known to find nothing: the fd is registered and no event has said
+/// readable since its receive queue was last seen empty (a `WouldBlock`, or a short read on a
+/// stream socket, see [`mark_read_drained`]). A read hook then waits before trying, saving the
+/// system call that would fail with `EAGAIN`.
+pub(crate) fn read_known_drained(fd: RawFd) -> bool {
+    let Ok(r) = hub().reactor.try_borrow() else {
+        return false;
+    };
+    fd >= 0
+        && r.fds
+            .get(fd as usize)
+            .is_some_and(|s| s.registered && !s.readable)
+}
+
+/// Records that a read on the stream socket `fd` just emptied its receive queue: it returned
+/// fewer bytes than asked for (more than zero, and not a peek). Every byte that arrives after
+/// that raises a new edge (the kernel reports each arrival to epoll), and events are processed
+/// only by the hub, never during the read, so clearing the flag cannot lose an arrival; an
+/// event for bytes this read already took only costs one read that finds nothing. The end of
+/// stream raises no edge after the one already seen, so once an event said the reading side
+/// is closed the flag stays set.
+pub(crate) fn mark_read_drained(fd: RawFd) {
+    let Ok(mut r) = hub().reactor.try_borrow_mut() else {
+        return;
+    };
+    if let Some(s) = r.fds.get_mut(fd as usize) {
+        if s.registered && !s.read_closed {
+            s.readable = false;
+        }
     }
 }
 

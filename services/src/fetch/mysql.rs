@@ -861,9 +861,20 @@ impl PooledConn {
     pub fn run<R>(
         &mut self,
         context: &str,
+        f: impl FnMut(&mut Conn) -> Result<R, mysql::Error>,
+    ) -> Result<R, Error> {
+        self.run_named(|| context, f)
+    }
+
+    /// [`run`](Self::run) with the context made only when an error needs it (a statement's
+    /// context is cut from its text, which costs more than a point query's own bookkeeping).
+    fn run_named<'c, R>(
+        &mut self,
+        context: impl Fn() -> &'c str,
         mut f: impl FnMut(&mut Conn) -> Result<R, mysql::Error>,
     ) -> Result<R, Error> {
         if self.broken.get() {
+            let context = context();
             return Err(Error::new(
                 ErrorKind::ConnectionLost,
                 context,
@@ -879,7 +890,7 @@ impl PooledConn {
             match r {
                 Ok(v) => return Ok(v),
                 Err(e) => {
-                    let e = Error::from_mysql(context, e);
+                    let e = Error::from_mysql(context(), e);
                     self.discard();
                     if first_on_reused && e.is_connection_lost() {
                         log::debug!("mysql pool: a pooled connection was lost ({e}); reconnecting");
@@ -906,17 +917,17 @@ impl PooledConn {
 
     /// `query_drop`: runs a text statement, discarding its result.
     pub fn query_drop(&mut self, sql: &str) -> Result<(), Error> {
-        self.run(sql_context(sql), |c| c.query_drop(sql))
+        self.run_named(|| sql_context(sql), |c| c.query_drop(sql))
     }
 
     /// Runs a text query, collecting its rows.
     pub fn query<T: FromRow>(&mut self, sql: &str) -> Result<Vec<T>, Error> {
-        self.run(sql_context(sql), |c| c.query(sql))
+        self.run_named(|| sql_context(sql), |c| c.query(sql))
     }
 
     /// Runs a prepared statement with parameters, discarding the result.
     pub fn exec_drop(&mut self, sql: &str, params: impl Into<Params> + Clone) -> Result<(), Error> {
-        self.run(sql_context(sql), |c| c.exec_drop(sql, params.clone()))
+        self.run_named(|| sql_context(sql), |c| c.exec_drop(sql, params.clone()))
     }
 
     /// Runs a prepared statement with parameters, collecting its rows.
@@ -925,7 +936,7 @@ impl PooledConn {
         sql: &str,
         params: impl Into<Params> + Clone,
     ) -> Result<Vec<T>, Error> {
-        self.run(sql_context(sql), |c| c.exec(sql, params.clone()))
+        self.run_named(|| sql_context(sql), |c| c.exec(sql, params.clone()))
     }
 
     /// Runs a prepared statement with parameters, returning its first row.
@@ -934,7 +945,7 @@ impl PooledConn {
         sql: &str,
         params: impl Into<Params> + Clone,
     ) -> Result<Option<T>, Error> {
-        self.run(sql_context(sql), |c| c.exec_first(sql, params.clone()))
+        self.run_named(|| sql_context(sql), |c| c.exec_first(sql, params.clone()))
     }
 
     /// Runs `f` in a transaction: committed if `f` returns `Ok`, rolled back otherwise (and on
