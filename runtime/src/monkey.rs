@@ -22,6 +22,11 @@
 //!   the [`reactor`] until the fd is ready, and the call is retried. A socket's
 //!   `SO_RCVTIMEO` / `SO_SNDTIMEO` is honoured: when it passes, the call fails with `EAGAIN`,
 //!   exactly as the kernel's blocking call would.
+//! * A read on a blocking stream socket that returned fewer bytes than asked for emptied the
+//!   socket's receive queue; the next read there waits for the reactor to report new bytes
+//!   before trying, instead of trying and failing with `EAGAIN` (a query's answer is never
+//!   there right after the query is sent). Peeks, the end of stream and sockets their owners
+//!   made non-blocking are exempt; see [`reactor`]'s contract. gevent always tries first.
 //! * What a wait needs to know of its fd (whether its owner made it non-blocking, its
 //!   `SO_RCVTIMEO`/`SO_SNDTIMEO`) is asked of the kernel once and cached, so a call that waits
 //!   makes no system calls beyond the transfer and the reactor's; `close`, `dup2`/`dup3`,

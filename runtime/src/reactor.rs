@@ -11,7 +11,12 @@
 //!   cleared only when an operation on the fd reports `WouldBlock` (*draining readiness*). So a
 //!   wait that starts after the event arrived returns at once, and an edge is never lost.
 //! * **Try first, wait on `WouldBlock`.** Sockets try the syscall first and only wait when it
-//!   would block; waits tolerate spurious wake-ups (the caller simply tries again).
+//!   would block; waits tolerate spurious wake-ups (the caller simply tries again). One
+//!   exception, as in tokio: a hooked read on a blocking stream socket that returned fewer
+//!   bytes than asked for has emptied the receive queue, so the fd's `readable` flag is cleared
+//!   then too ([`mark_read_drained`]), and the next hooked read waits for an event before
+//!   trying ([`read_known_drained`]): a request/response client saves the `recvfrom` that
+//!   would fail with `EAGAIN` on every response. (gevent always tries first.)
 //! * **One reader and one writer per fd.** A second greenlet waiting to read (or write) the same
 //!   fd while the first one waits is an error, [`Error::ConcurrentObjectUse`], as in gevent.
 //! * **Closing wakes waiters.** Closing an fd (an evergreen socket's `close`, or `close(2)` through the hooks) deregisters the fd and wakes its reader and writer,
