@@ -14,8 +14,8 @@
 //!   would block; waits tolerate spurious wake-ups (the caller simply tries again). One
 //!   exception, as in tokio: a hooked read on a blocking stream socket that returned fewer
 //!   bytes than asked for has emptied the receive queue, so the fd's `readable` flag is cleared
-//!   then too ([`mark_read_drained`]), and the next hooked read waits for an event before
-//!   trying ([`read_known_drained`]): a request/response client saves the `recvfrom` that
+//!   then too (`mark_read_drained`), and the next hooked read waits for an event before
+//!   trying (`read_known_drained`): a request/response client saves the `recvfrom` that
 //!   would fail with `EAGAIN` on every response. (gevent always tries first.)
 //! * **One reader and one writer per fd.** A second greenlet waiting to read (or write) the same
 //!   fd while the first one waits is an error, [`Error::ConcurrentObjectUse`], as in gevent.
