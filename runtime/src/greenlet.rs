@@ -85,12 +85,15 @@ use corosensei::{Coroutine, Yielder};
 
 use crate::error::{Error, GreenletExit};
 use crate::hub::{hub, TimerAction};
-use crate::stack::{GreenStack, StackBounds};
+use crate::stack::{GreenStack, StackBounds, StackView};
 use crate::timeout::TimeoutExpired;
 use crate::timer::TimerId;
 use crate::waiter::{LinkId, Links, WaitFail, WaitList, Waitable};
 
-pub(crate) type Coro = Coroutine<(), (), (), GreenStack>;
+/// A greenlet's coroutine. It holds only a view of its stack: the stack itself is owned by the
+/// greenlet's core (`Core::stack_bounds` and `Core::own_stack_mapping`) while the coroutine
+/// exists, and is rebuilt from there to go back to the pool (`Core::take_stack`).
+pub(crate) type Coro = Coroutine<(), (), (), StackView>;
 /// A greenlet's local values, by `Local` key.
 pub(crate) type LocalMap = HashMap<usize, Box<dyn Any>>;
 /// `joinall`'s outcome: the finished greenlets, or them and the first failure.
@@ -195,9 +198,11 @@ pub(crate) struct Core {
     /// Whether the hub's live registry holds it (and one of its counts).
     pub(crate) in_live: Cell<bool>,
     /// Stack bounds, for the overflow handler and canary checks (set once, before the
-    /// greenlet can run).
+    /// greenlet can run); with `own_stack_mapping`, what is needed to give the stack back.
     pub(crate) stack_bounds: Cell<StackBounds>,
     pub(crate) unguarded: bool,
+    /// Whether its stack has a mapping of its own (a non-default size), not a slab's.
+    own_stack_mapping: bool,
     /// The generation of the hub that made this greenlet (and its stack).
     pub(crate) hub_generation: u64,
     /// Greenlets joining it; each waiter's slot holds `links.next_ordinal()` at the time it
@@ -228,6 +233,7 @@ impl Core {
         is_root: bool,
         stack_bounds: StackBounds,
         unguarded: bool,
+        own_stack_mapping: bool,
         hub_generation: u64,
         refs: usize,
     ) -> Core {
@@ -258,6 +264,7 @@ impl Core {
             in_live: Cell::new(false),
             stack_bounds: Cell::new(stack_bounds),
             unguarded,
+            own_stack_mapping,
             hub_generation,
             joiners: WaitList::new(),
             links: Links::default(),
@@ -397,7 +404,7 @@ impl Core {
     #[cold]
     fn release_unstarted(&self) {
         let co = self.take_unstarted();
-        release_coroutine(co, self.hub_generation);
+        self.release_coroutine(co);
     }
 
     /// Takes the coroutine of a greenlet that never started, without dropping it.
@@ -542,21 +549,41 @@ impl Drop for Core {
     }
 }
 
-/// Drops a coroutine that never ran (`force_unwind` on an unstarted coroutine only drops its
-/// function) and gives its stack back to the hub that made it, if that hub still exists. The
-/// function's `Drop` is user code and may do anything.
-#[cold]
-fn release_coroutine(co: Option<Coro>, hub_generation: u64) {
-    if let Some(mut co) = co {
-        co.force_unwind();
-        if co.done() {
-            let st = co.into_stack();
-            // Only the hub that made the stack may take it back.
-            match crate::hub::try_hub() {
-                Some(h) if h.generation() == hub_generation => h.stacks.borrow_mut().put(st),
-                _ => std::mem::forget(st),
+impl Core {
+    /// Drops the coroutine `co` of this greenlet, which never ran (`force_unwind` on an
+    /// unstarted coroutine only drops its function), and gives its stack back to the hub that
+    /// made it, if that hub still exists. The function's `Drop` is user code and may do
+    /// anything.
+    #[cold]
+    fn release_coroutine(&self, co: Option<Coro>) {
+        if let Some(mut co) = co {
+            co.force_unwind();
+            if co.done() {
+                drop(co);
+                // SAFETY: the coroutine that used the stack is gone; the stack is rebuilt
+                // once, here (the coroutine slot was emptied by the caller).
+                let st = unsafe { self.take_stack() };
+                // Only the hub that made the stack may take it back.
+                match crate::hub::try_hub() {
+                    Some(h) if h.generation() == self.hub_generation => {
+                        h.stacks.borrow_mut().put(st)
+                    }
+                    _ => std::mem::forget(st),
+                }
             }
         }
+    }
+
+    /// The stack its coroutine ran on, rebuilt to go back to the pool.
+    ///
+    /// # Safety
+    ///
+    /// Its coroutine is gone (taken and dropped, or finished and forgotten), and this is the
+    /// only call for this greenlet: the core owned the stack, the caller owns it now.
+    #[inline(always)]
+    pub(crate) unsafe fn take_stack(&self) -> GreenStack {
+        // SAFETY: per the contract, the parts stored at spawn by `into_parts`, rebuilt once.
+        unsafe { GreenStack::from_parts(self.stack_bounds.get(), self.own_stack_mapping) }
     }
 }
 
@@ -925,6 +952,7 @@ pub(crate) fn new_root() -> GRef {
             true,
             StackBounds::NONE,
             false,
+            false,
             0,
             1,
         ),
@@ -1173,14 +1201,9 @@ impl Builder {
             .borrow_mut()
             .get(self.stack_size)
             .unwrap_or_else(|e| panic!("{e}"));
-        let (lo, hi) = stack.overflow_range();
-        let bounds = StackBounds {
-            lo,
-            hi,
-            bottom: stack.bottom(),
-            size: stack.size(),
-        };
         let guarded = stack.guarded();
+        // From here the core owns the stack (see `Coro`).
+        let (view, bounds, own_mapping) = stack.into_parts();
         let id = hub.next_id();
         let p = Inner::<T>::alloc(hub);
         // SAFETY: `p` is a fresh allocation with `Inner<T>`'s layout; it is written in place.
@@ -1193,6 +1216,7 @@ impl Builder {
                     false,
                     bounds,
                     !guarded,
+                    own_mapping,
                     hub.generation(),
                     refs,
                 ),
@@ -1209,7 +1233,7 @@ impl Builder {
         let inner = g.inner();
         // The allocator's own pointer, not one derived from a reference.
         let me = InnerPtr(p.as_ptr() as *const Inner<T>);
-        let co = Coro::with_stack(stack, move |y: &Yielder<(), ()>, ()| {
+        let co = Coro::with_stack(view, move |y: &Yielder<(), ()>, ()| {
             // SAFETY: the coroutine is owned by this very `Inner` and only runs while the hub
             // holds a count of it (the live registry, during `resume_greenlet`), so the
             // pointer is valid for the whole body.
@@ -1612,7 +1636,7 @@ pub(crate) fn kill_with_dyn(g: &GRef, payload: Option<Box<dyn Any + Send>>) {
             }
             // Drop the unrun function last: its `Drop` is user code, and whatever it does to
             // this greenlet (start it, kill it) must find it dead.
-            release_coroutine(co, core.hub_generation);
+            core.release_coroutine(co);
             drop(registered);
         }
         _ => {

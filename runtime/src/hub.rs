@@ -1331,9 +1331,17 @@ impl Hub {
             }
         }
         // SAFETY: see `resume_greenlet`; the coroutine has returned.
-        let co = unsafe { (*core.coroutine.get()).take() };
-        if let Some(co) = co {
-            self.stacks.borrow_mut().put(co.into_stack());
+        let slot = unsafe { &mut *core.coroutine.get() };
+        if let Some(co) = slot {
+            debug_assert!(co.done());
+            // A finished coroutine owns nothing (its stack is a view, see `Coro`): it is
+            // forgotten in place rather than moved out and dropped, and its stack, which the
+            // core owned, goes back to the pool.
+            // SAFETY: `slot` is a valid, initialised slot; overwriting it forgets its value.
+            unsafe { std::ptr::write(slot, None) };
+            // SAFETY: the coroutine is gone, and only reaping takes a started greenlet's stack
+            // back (once: the slot is empty now).
+            self.stacks.borrow_mut().put(unsafe { core.take_stack() });
         }
         // Dropping the registry's handle may free the greenlet (and `core`), and drop its
         // result: user code, run as the hub.

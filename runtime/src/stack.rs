@@ -196,6 +196,75 @@ unsafe impl Stack for GreenStack {
     }
 }
 
+impl GreenStack {
+    /// Takes the stack apart for a greenlet: what its coroutine needs (the two ends, a
+    /// [`StackView`] that owns nothing), and what its core keeps to give the stack back
+    /// ([`StackBounds`] and whether the stack has a mapping of its own). The stack is then
+    /// owned by that core until [`from_parts`](Self::from_parts) rebuilds it.
+    #[inline(always)]
+    pub(crate) fn into_parts(self) -> (StackView, StackBounds, bool) {
+        let (lo, hi) = self.overflow_range();
+        let bounds = StackBounds {
+            lo,
+            hi,
+            bottom: self.bottom,
+            size: self.size(),
+        };
+        let view = StackView {
+            base: StackPointer::new(self.top).expect("stack top is never null"),
+            limit: StackPointer::new(self.bottom - self.guard).expect("stack limit is never null"),
+        };
+        let own = self.own_mapping_len != 0;
+        std::mem::forget(self);
+        (view, bounds, own)
+    }
+
+    /// Rebuilds a stack taken apart by [`into_parts`](Self::into_parts).
+    ///
+    /// # Safety
+    ///
+    /// `bounds` and `own_mapping` come from one `into_parts` call, and this is the only
+    /// rebuild of that stack (it has one owner again, and it is no longer in use).
+    #[inline(always)]
+    pub(crate) unsafe fn from_parts(bounds: StackBounds, own_mapping: bool) -> GreenStack {
+        // A guarded stack's overflow range is its guard; an unguarded one's is its lowest
+        // usable page, starting at `bottom`.
+        let guard = bounds.bottom - bounds.lo;
+        let top = bounds.bottom + bounds.size;
+        GreenStack {
+            top,
+            bottom: bounds.bottom,
+            guard,
+            own_mapping_len: if own_mapping { top - bounds.lo } else { 0 },
+        }
+    }
+}
+
+/// What a greenlet's coroutine holds of its stack: its two ends, without owning it (the
+/// greenlet's core does, see [`GreenStack::into_parts`]). Two words instead of a
+/// [`GreenStack`]'s four, so the coroutine is smaller to build and to take apart when the
+/// greenlet is reaped, and the stack goes back to the pool without moving the coroutine out.
+#[derive(Debug)]
+pub(crate) struct StackView {
+    base: StackPointer,
+    limit: StackPointer,
+}
+
+// SAFETY: the two ends of a `GreenStack` (see its `Stack` impl), which stays mapped and unused
+// by anything else while its greenlet's core owns it, so for as long as a coroutine can use
+// this view.
+unsafe impl Stack for StackView {
+    #[inline]
+    fn base(&self) -> StackPointer {
+        self.base
+    }
+
+    #[inline]
+    fn limit(&self) -> StackPointer {
+        self.limit
+    }
+}
+
 /// The per-hub stack allocator and pool.
 pub struct StackPool {
     page: usize,
