@@ -574,6 +574,51 @@ impl Core {
         }
     }
 
+    /// Whether something besides the caller's count holds the greenlet (so giving up the
+    /// caller's count cannot free it).
+    #[inline(always)]
+    pub(crate) fn has_other_counts(&self) -> bool {
+        self.refs.get() > 1
+    }
+
+    /// Gives up one count that is not the last (see [`has_other_counts`](Self::has_other_counts)).
+    ///
+    /// # Safety
+    ///
+    /// The caller owns a count of this greenlet, and another count exists.
+    #[inline(always)]
+    pub(crate) unsafe fn release_count_not_last(&self) {
+        debug_assert!(self.refs.get() > 1);
+        self.refs.set(self.refs.get() - 1);
+    }
+
+    /// Whether its coroutine is still in its slot (it started or may start, and was not reaped).
+    #[inline(always)]
+    pub(crate) fn has_coroutine(&self) -> bool {
+        // SAFETY: a read of the slot's discriminant while nothing else uses the coroutine
+        // (called by the hub between resumes).
+        unsafe { (*self.coroutine.get()).is_some() }
+    }
+
+    /// Whether its stack is a default-size one from a slab (not one with its own mapping).
+    #[inline(always)]
+    pub(crate) fn stack_from_slab(&self) -> bool {
+        !self.own_stack_mapping
+    }
+
+    /// [`take_stack`](Self::take_stack) for a stack from a slab
+    /// ([`stack_from_slab`](Self::stack_from_slab)).
+    ///
+    /// # Safety
+    ///
+    /// As for `take_stack`, and the stack is from a slab.
+    #[inline(always)]
+    pub(crate) unsafe fn take_slab_stack(&self) -> GreenStack {
+        debug_assert!(!self.own_stack_mapping);
+        // SAFETY: per the contract (the parts stored at spawn, rebuilt once).
+        unsafe { GreenStack::from_parts(self.stack_bounds.get(), false) }
+    }
+
     /// The stack its coroutine ran on, rebuilt to go back to the pool.
     ///
     /// # Safety
@@ -785,7 +830,38 @@ impl<T: 'static> Inner<T> {
     /// # Safety
     ///
     /// `p` heads an `Inner<T>` block whose last count is gone.
+    ///
+    /// The usual case is done here without a call (so without saving registers): a core that
+    /// owns nothing, a result with nothing to drop (taken, or a value without drop glue), no
+    /// panic payload, and room in the hub's block cache. Anything else goes to
+    /// [`free_general`](Self::free_general), before anything was changed.
     unsafe fn free(p: CorePtr) {
+        let inner = p.cast::<Inner<T>>().as_ptr();
+        // SAFETY: per the contract, the block is initialised and nothing refers to it.
+        let trivial = unsafe {
+            (*inner).core.owns_nothing()
+                && match &*(*inner).result.as_ptr() {
+                    None => true,
+                    Some(Ok(_)) => !std::mem::needs_drop::<T>(),
+                    Some(Err(_)) => false,
+                }
+                && (*(*inner).payload.as_ptr()).is_none()
+        };
+        if trivial && BlockCache::free_if_room(p.cast(), std::alloc::Layout::new::<Inner<T>>()) {
+            return;
+        }
+        // SAFETY: per the contract.
+        unsafe { Self::free_general(p) }
+    }
+
+    /// [`free`](Self::free) in every case.
+    ///
+    /// # Safety
+    ///
+    /// As for `free`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_general(p: CorePtr) {
         let p = p.cast::<Inner<T>>();
         let inner = p.as_ptr();
         // SAFETY: per the contract, the block is initialised and nothing refers to it. When
@@ -903,6 +979,33 @@ impl BlockCache {
         // SAFETY: `real` has a non-zero size (a block holds at least a core).
         let p = unsafe { std::alloc::alloc(real) };
         std::ptr::NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(real))
+    }
+
+    /// [`free`](Self::free) of a block whose contents were dropped (or own nothing) when
+    /// this thread's hub's cache has room for it without growing: no call. `false` (nothing
+    /// done) otherwise.
+    #[inline(always)]
+    fn free_if_room(p: std::ptr::NonNull<u8>, layout: std::alloc::Layout) -> bool {
+        let (class, _) = Self::class(layout);
+        let (Some(c), Some(hub)) = (class, crate::hub::try_hub()) else {
+            return false;
+        };
+        if !hub.blocks.enabled {
+            return false;
+        }
+        // SAFETY: as in `alloc`.
+        let list = unsafe { &mut (*hub.blocks.lists.get())[c] };
+        let n = list.len();
+        if n < Self::KEEP && n < list.capacity() {
+            // SAFETY: `n < capacity`: the slot is allocated and unused, and the new length
+            // counts only initialised slots.
+            unsafe {
+                list.as_mut_ptr().add(n).write(p);
+                list.set_len(n + 1);
+            }
+            return true;
+        }
+        false
     }
 
     /// Frees a block allocated by `alloc` with `layout`: into this thread's hub's cache if

@@ -1321,8 +1321,48 @@ impl Hub {
     /// Frees a finished greenlet's stack and registry slot; the greenlet may be freed too, so
     /// nothing may use it after. (It takes a pointer, not a `&Core`: a reference argument
     /// would have to outlive the block.)
+    ///
+    /// The usual case is done here without a call (so, out of line in `reap_as_hub`, without
+    /// saving registers): no monitor, a slab stack and room for it in the warm pool, a
+    /// registered greenlet that a handle still holds (so it is not freed now). Anything else
+    /// goes to [`reap_general`](Self::reap_general), before anything was changed.
     #[inline(always)]
     fn reap(&self, ptr: CorePtr) {
+        // SAFETY: the registry still holds a count of it.
+        let core = unsafe { ptr.as_ref() };
+        if self.monitor.get().is_none()
+            && core.in_live.get()
+            && core.has_other_counts()
+            && core.has_coroutine()
+            && core.stack_from_slab()
+        {
+            if let Ok(mut pool) = self.stacks.try_borrow_mut() {
+                if pool.has_warm_room() {
+                    // SAFETY: see `resume_greenlet`; the coroutine has returned. A finished
+                    // coroutine owns nothing (its stack is a view, see `Coro`): it is forgotten
+                    // in place (the slot overwritten) rather than moved out and dropped.
+                    unsafe { std::ptr::write(core.coroutine.get(), None) };
+                    // SAFETY: the coroutine is gone, and only reaping takes a started
+                    // greenlet's stack back (once: the slot is empty now).
+                    pool.put_warm(unsafe { core.take_slab_stack() });
+                    drop(pool);
+                    let registered = self.unregister_live(core);
+                    debug_assert!(registered.is_some());
+                    std::mem::forget(registered);
+                    // SAFETY: the registry's count, handed over by `unregister_live` (and
+                    // forgotten above); a handle holds another (`has_other_counts`).
+                    unsafe { core.release_count_not_last() };
+                    return;
+                }
+            }
+        }
+        self.reap_general(ptr);
+    }
+
+    /// [`reap`](Self::reap) in every case.
+    #[cold]
+    #[inline(never)]
+    fn reap_general(&self, ptr: CorePtr) {
         // SAFETY: the registry still holds a count of it (released at the end).
         let core = unsafe { ptr.as_ref() };
         if core.name().is_some() {

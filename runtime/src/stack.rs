@@ -362,6 +362,29 @@ impl StackPool {
         self.warm.len() + self.surplus.len() + self.cold.len()
     }
 
+    /// Whether [`put_warm`](Self::put_warm) may take a default-size stack now: the warm
+    /// list is below its limit and has room without growing.
+    #[inline(always)]
+    pub(crate) fn has_warm_room(&self) -> bool {
+        let n = self.warm.len();
+        n < self.keep_warm && n < self.warm.capacity()
+    }
+
+    /// [`put`](Self::put) of a stack from a slab when [`has_warm_room`](Self::has_warm_room):
+    /// no check, no call (the reaping of a greenlet inlines it).
+    #[inline(always)]
+    pub(crate) fn put_warm(&mut self, stack: GreenStack) {
+        debug_assert!(stack.own_mapping_len == 0 && self.has_warm_room());
+        self.outstanding -= 1;
+        let n = self.warm.len();
+        // SAFETY: `n < capacity` (`has_warm_room`): the slot is allocated and unused, and the
+        // new length counts only initialised slots.
+        unsafe {
+            self.warm.as_mut_ptr().add(n).write(stack);
+            self.warm.set_len(n + 1);
+        }
+    }
+
     /// A stack of `size` usable bytes (`None`: the default size).
     #[inline]
     pub fn get(&mut self, size: Option<usize>) -> io::Result<GreenStack> {
