@@ -1040,6 +1040,20 @@ impl Drop for BlockCache {
     }
 }
 
+/// A stack of `size` bytes (`None`: the default) when no warm one is at hand.
+///
+/// # Panics
+///
+/// If no stack can be allocated; the message names the limit and the fix.
+#[cold]
+#[inline(never)]
+fn new_stack(hub: &crate::hub::Hub, size: Option<usize>) -> GreenStack {
+    hub.stacks
+        .borrow_mut()
+        .get(size)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// The root context's block: a core with no result.
 pub(crate) fn new_root() -> GRef {
     // The root is made while the hub is being built: allocate directly (`free` may cache it).
@@ -1096,7 +1110,12 @@ impl<T: 'static> Inner<T> {
     fn finish(&self, r: std::thread::Result<T>) {
         match r {
             Ok(v) => {
-                *self.result.borrow_mut() = Some(Ok(v));
+                let mut slot = self.result.borrow_mut();
+                debug_assert!(slot.is_none(), "a greenlet's result is stored once");
+                // SAFETY: a valid slot, empty (a greenlet finishes once, and nothing else
+                // stores a result of a greenlet that ran), so there is nothing to drop.
+                unsafe { std::ptr::write(&mut *slot, Some(Ok(v))) };
+                drop(slot);
                 self.core.complete(Ended::Value);
             }
             Err(p) => self.finish_unwound(p),
@@ -1299,11 +1318,14 @@ impl Builder {
         f: F,
         refs: usize,
     ) -> Greenlet<T> {
-        let stack = hub
-            .stacks
-            .borrow_mut()
-            .get(self.stack_size)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let warm = match self.stack_size {
+            None => hub.stacks.borrow_mut().pop_warm(),
+            Some(_) => None,
+        };
+        let stack = match warm {
+            Some(s) => s,
+            None => new_stack(hub, self.stack_size),
+        };
         let guarded = stack.guarded();
         // From here the core owns the stack (see `Coro`).
         let (view, bounds, own_mapping) = stack.into_parts();

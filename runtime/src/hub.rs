@@ -772,9 +772,20 @@ impl Hub {
     /// (`None` if it was not registered).
     #[inline]
     pub(crate) fn unregister_live(&self, core: &Core) -> Option<GRef> {
-        if !core.in_live.replace(false) {
+        if !core.in_live.get() {
             return None;
         }
+        self.unlink_live(core);
+        // SAFETY: the registry owned one count of every member; it is handed over.
+        Some(unsafe { GRef::adopt(core.ptr()) })
+    }
+
+    /// Removes a registered greenlet from the live registry; the registry's count of it
+    /// passes to the caller (who releases or hands it over).
+    #[inline(always)]
+    fn unlink_live(&self, core: &Core) {
+        debug_assert!(core.in_live.get());
+        core.in_live.set(false);
         let (prev, next) = (core.live_prev.take(), core.live_next.take());
         match prev {
             // SAFETY: neighbours in the registry are alive members.
@@ -787,8 +798,6 @@ impl Hub {
             None => self.live.tail.set(prev),
         }
         self.live.len.set(self.live.len.get() - 1);
-        // SAFETY: the registry owned one count of every member; it is handed over.
-        Some(unsafe { GRef::adopt(core.ptr()) })
     }
 
     /// Every live greenlet, in registration order.
@@ -1346,11 +1355,9 @@ impl Hub {
                     // greenlet's stack back (once: the slot is empty now).
                     pool.put_warm(unsafe { core.take_slab_stack() });
                     drop(pool);
-                    let registered = self.unregister_live(core);
-                    debug_assert!(registered.is_some());
-                    std::mem::forget(registered);
-                    // SAFETY: the registry's count, handed over by `unregister_live` (and
-                    // forgotten above); a handle holds another (`has_other_counts`).
+                    // Registered (checked above): its count passes to this call.
+                    self.unlink_live(core);
+                    // SAFETY: that count; a handle holds another (`has_other_counts`).
                     unsafe { core.release_count_not_last() };
                     return;
                 }

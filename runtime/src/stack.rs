@@ -362,6 +362,15 @@ impl StackPool {
         self.warm.len() + self.surplus.len() + self.cold.len()
     }
 
+    /// A warm default-size stack, if there is one: [`get(None)`](Self::get)'s hot path, for
+    /// a caller that handles the rest itself.
+    #[inline(always)]
+    pub(crate) fn pop_warm(&mut self) -> Option<GreenStack> {
+        let s = self.warm.pop()?;
+        self.outstanding += 1;
+        Some(s)
+    }
+
     /// Whether [`put_warm`](Self::put_warm) may take a default-size stack now: the warm
     /// list is below its limit and has room without growing.
     #[inline(always)]
