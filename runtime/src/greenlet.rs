@@ -1577,9 +1577,14 @@ impl<T: 'static> Greenlet<T> {
     pub fn into_result(self) -> Result<T, Error> {
         self.join();
         let mut r = self.inner().result.borrow_mut();
-        match r.as_ref() {
-            Some(Ok(_)) => r.take().expect("checked"),
-            Some(Err(e)) => Err(e.clone()),
+        match r.take() {
+            Some(Ok(v)) => Ok(v),
+            Some(Err(e)) => {
+                // An error stays for the other handles.
+                let out = e.clone();
+                *r = Some(Err(e));
+                Err(out)
+            }
             None => Err(Error::ValueTaken),
         }
     }

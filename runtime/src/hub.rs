@@ -1337,6 +1337,15 @@ impl Hub {
     /// goes to [`reap_general`](Self::reap_general), before anything was changed.
     #[inline(always)]
     fn reap(&self, ptr: CorePtr) {
+        if !self.reap_usual(ptr) {
+            self.reap_general(ptr);
+        }
+    }
+
+    /// [`reap`](Self::reap)'s usual case, done without a call; `false` (nothing done) in any
+    /// other case. It runs no user code.
+    #[inline(always)]
+    fn reap_usual(&self, ptr: CorePtr) -> bool {
         // SAFETY: the registry still holds a count of it.
         let core = unsafe { ptr.as_ref() };
         if self.monitor.get().is_none()
@@ -1359,11 +1368,11 @@ impl Hub {
                     self.unlink_live(core);
                     // SAFETY: that count; a handle holds another (`has_other_counts`).
                     unsafe { core.release_count_not_last() };
-                    return;
+                    return true;
                 }
             }
         }
-        self.reap_general(ptr);
+        false
     }
 
     /// [`reap`](Self::reap) in every case.
@@ -1402,9 +1411,13 @@ impl Hub {
     /// every park stays small.
     #[inline(never)]
     fn reap_as_hub(&self, ptr: CorePtr) {
+        // The usual case runs no user code, so who is current does not matter there.
+        if self.reap_usual(ptr) {
+            return;
+        }
         // As in the hub loop: what reaping drops runs as the hub.
         self.current.set(self.root_core);
-        self.reap(ptr);
+        self.reap_general(ptr);
     }
 
     /// Fires due timers, then polls I/O (blocking until the next timer if nothing is
