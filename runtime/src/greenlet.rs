@@ -18,7 +18,9 @@
 //! count: each [`Greenlet`] handle holds one, and so does the hub's live registry while the
 //! greenlet is started and not finished. Freed blocks go to a per-hub cache by size class
 //! (16-byte classes up to 1 KiB), so spawning costs no `malloc`/`free` in steady state; the
-//! stack comes from the [stack pool](crate::stack). A handle may outlive its hub: the block is
+//! stack comes from the [stack pool](crate::stack) and, until the greenlet is reaped, is owned
+//! by its core (the coroutine holds only a two-word view of it, so finishing a greenlet gives
+//! the stack back without moving the coroutine out). A handle may outlive its hub: the block is
 //! then freed to the allocator when the last handle goes. `EVERGREEN_BLOCK_CACHE=0` turns the
 //! cache off, so that memory checkers see every freed greenlet (`scripts/valgrind-tests.sh`
 //! does). A block's allocation exposes its provenance, and every pointer to a block is either

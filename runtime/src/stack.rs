@@ -107,7 +107,9 @@ fn round_up(n: usize, to: usize) -> usize {
 /// The largest stack a greenlet may ask for (address space, not RAM; 1 GiB).
 pub const MAX_STACK_SIZE: usize = 1 << 30;
 
-/// One greenlet stack. Owned by exactly one coroutine at a time, or by the pool.
+/// One greenlet stack. Owned by the pool, or by exactly one greenlet's core while the greenlet
+/// has a coroutine (taken apart with `into_parts`: the coroutine itself holds only a
+/// `StackView`).
 #[derive(Debug)]
 pub struct GreenStack {
     /// Highest address (exclusive): where the stack starts.
