@@ -18,7 +18,9 @@
 //! count: each [`Greenlet`] handle holds one, and so does the hub's live registry while the
 //! greenlet is started and not finished. Freed blocks go to a per-hub cache by size class
 //! (16-byte classes up to 1 KiB), so spawning costs no `malloc`/`free` in steady state; the
-//! stack comes from the [stack pool](crate::stack). A handle may outlive its hub: the block is
+//! stack comes from the [stack pool](crate::stack) and, until the greenlet is reaped, is owned
+//! by its core (the coroutine holds only a two-word view of it, so finishing a greenlet gives
+//! the stack back without moving the coroutine out). A handle may outlive its hub: the block is
 //! then freed to the allocator when the last handle goes. `EVERGREEN_BLOCK_CACHE=0` turns the
 //! cache off, so that memory checkers see every freed greenlet (`scripts/valgrind-tests.sh`
 //! does). A block's allocation exposes its provenance, and every pointer to a block is either
@@ -85,12 +87,15 @@ use corosensei::{Coroutine, Yielder};
 
 use crate::error::{Error, GreenletExit};
 use crate::hub::{hub, TimerAction};
-use crate::stack::{GreenStack, StackBounds};
+use crate::stack::{GreenStack, StackBounds, StackView};
 use crate::timeout::TimeoutExpired;
 use crate::timer::TimerId;
 use crate::waiter::{LinkId, Links, WaitFail, WaitList, Waitable};
 
-pub(crate) type Coro = Coroutine<(), (), (), GreenStack>;
+/// A greenlet's coroutine. It holds only a view of its stack: the stack itself is owned by the
+/// greenlet's core (`Core::stack_bounds` and `Core::own_stack_mapping`) while the coroutine
+/// exists, and is rebuilt from there to go back to the pool (`Core::take_stack`).
+pub(crate) type Coro = Coroutine<(), (), (), StackView>;
 /// A greenlet's local values, by `Local` key.
 pub(crate) type LocalMap = HashMap<usize, Box<dyn Any>>;
 /// `joinall`'s outcome: the finished greenlets, or them and the first failure.
@@ -195,9 +200,11 @@ pub(crate) struct Core {
     /// Whether the hub's live registry holds it (and one of its counts).
     pub(crate) in_live: Cell<bool>,
     /// Stack bounds, for the overflow handler and canary checks (set once, before the
-    /// greenlet can run).
+    /// greenlet can run); with `own_stack_mapping`, what is needed to give the stack back.
     pub(crate) stack_bounds: Cell<StackBounds>,
     pub(crate) unguarded: bool,
+    /// Whether its stack has a mapping of its own (a non-default size), not a slab's.
+    own_stack_mapping: bool,
     /// The generation of the hub that made this greenlet (and its stack).
     pub(crate) hub_generation: u64,
     /// Greenlets joining it; each waiter's slot holds `links.next_ordinal()` at the time it
@@ -228,6 +235,7 @@ impl Core {
         is_root: bool,
         stack_bounds: StackBounds,
         unguarded: bool,
+        own_stack_mapping: bool,
         hub_generation: u64,
         refs: usize,
     ) -> Core {
@@ -258,6 +266,7 @@ impl Core {
             in_live: Cell::new(false),
             stack_bounds: Cell::new(stack_bounds),
             unguarded,
+            own_stack_mapping,
             hub_generation,
             joiners: WaitList::new(),
             links: Links::default(),
@@ -397,7 +406,7 @@ impl Core {
     #[cold]
     fn release_unstarted(&self) {
         let co = self.take_unstarted();
-        release_coroutine(co, self.hub_generation);
+        self.release_coroutine(co);
     }
 
     /// Takes the coroutine of a greenlet that never started, without dropping it.
@@ -542,21 +551,86 @@ impl Drop for Core {
     }
 }
 
-/// Drops a coroutine that never ran (`force_unwind` on an unstarted coroutine only drops its
-/// function) and gives its stack back to the hub that made it, if that hub still exists. The
-/// function's `Drop` is user code and may do anything.
-#[cold]
-fn release_coroutine(co: Option<Coro>, hub_generation: u64) {
-    if let Some(mut co) = co {
-        co.force_unwind();
-        if co.done() {
-            let st = co.into_stack();
-            // Only the hub that made the stack may take it back.
-            match crate::hub::try_hub() {
-                Some(h) if h.generation() == hub_generation => h.stacks.borrow_mut().put(st),
-                _ => std::mem::forget(st),
+impl Core {
+    /// Drops the coroutine `co` of this greenlet, which never ran (`force_unwind` on an
+    /// unstarted coroutine only drops its function), and gives its stack back to the hub that
+    /// made it, if that hub still exists. The function's `Drop` is user code and may do
+    /// anything.
+    #[cold]
+    fn release_coroutine(&self, co: Option<Coro>) {
+        if let Some(mut co) = co {
+            co.force_unwind();
+            if co.done() {
+                drop(co);
+                // SAFETY: the coroutine that used the stack is gone; the stack is rebuilt
+                // once, here (the coroutine slot was emptied by the caller).
+                let st = unsafe { self.take_stack() };
+                // Only the hub that made the stack may take it back.
+                match crate::hub::try_hub() {
+                    Some(h) if h.generation() == self.hub_generation => {
+                        h.stacks.borrow_mut().put(st)
+                    }
+                    _ => std::mem::forget(st),
+                }
             }
         }
+    }
+
+    /// Whether something besides the caller's count holds the greenlet (so giving up the
+    /// caller's count cannot free it).
+    #[inline(always)]
+    pub(crate) fn has_other_counts(&self) -> bool {
+        self.refs.get() > 1
+    }
+
+    /// Gives up one count that is not the last (see [`has_other_counts`](Self::has_other_counts)).
+    ///
+    /// # Safety
+    ///
+    /// The caller owns a count of this greenlet, and another count exists.
+    #[inline(always)]
+    pub(crate) unsafe fn release_count_not_last(&self) {
+        debug_assert!(self.refs.get() > 1);
+        self.refs.set(self.refs.get() - 1);
+    }
+
+    /// Whether its coroutine is still in its slot (it started or may start, and was not reaped).
+    #[inline(always)]
+    pub(crate) fn has_coroutine(&self) -> bool {
+        // SAFETY: a read of the slot's discriminant while nothing else uses the coroutine
+        // (called by the hub between resumes).
+        unsafe { (*self.coroutine.get()).is_some() }
+    }
+
+    /// Whether its stack is a default-size one from a slab (not one with its own mapping).
+    #[inline(always)]
+    pub(crate) fn stack_from_slab(&self) -> bool {
+        !self.own_stack_mapping
+    }
+
+    /// [`take_stack`](Self::take_stack) for a stack from a slab
+    /// ([`stack_from_slab`](Self::stack_from_slab)).
+    ///
+    /// # Safety
+    ///
+    /// As for `take_stack`, and the stack is from a slab.
+    #[inline(always)]
+    pub(crate) unsafe fn take_slab_stack(&self) -> GreenStack {
+        debug_assert!(!self.own_stack_mapping);
+        // SAFETY: per the contract (the parts stored at spawn, rebuilt once).
+        unsafe { GreenStack::from_parts(self.stack_bounds.get(), false) }
+    }
+
+    /// The stack its coroutine ran on, rebuilt to go back to the pool.
+    ///
+    /// # Safety
+    ///
+    /// Its coroutine is gone (taken and dropped, or finished and forgotten), and this is the
+    /// only call for this greenlet: the core owned the stack, the caller owns it now.
+    #[inline(always)]
+    pub(crate) unsafe fn take_stack(&self) -> GreenStack {
+        // SAFETY: per the contract, the parts stored at spawn by `into_parts`, rebuilt once.
+        unsafe { GreenStack::from_parts(self.stack_bounds.get(), self.own_stack_mapping) }
     }
 }
 
@@ -758,7 +832,38 @@ impl<T: 'static> Inner<T> {
     /// # Safety
     ///
     /// `p` heads an `Inner<T>` block whose last count is gone.
+    ///
+    /// The usual case is done here without a call (so without saving registers): a core that
+    /// owns nothing, a result with nothing to drop (taken, or a value without drop glue), no
+    /// panic payload, and room in the hub's block cache. Anything else goes to
+    /// [`free_general`](Self::free_general), before anything was changed.
     unsafe fn free(p: CorePtr) {
+        let inner = p.cast::<Inner<T>>().as_ptr();
+        // SAFETY: per the contract, the block is initialised and nothing refers to it.
+        let trivial = unsafe {
+            (*inner).core.owns_nothing()
+                && match &*(*inner).result.as_ptr() {
+                    None => true,
+                    Some(Ok(_)) => !std::mem::needs_drop::<T>(),
+                    Some(Err(_)) => false,
+                }
+                && (*(*inner).payload.as_ptr()).is_none()
+        };
+        if trivial && BlockCache::free_if_room(p.cast(), std::alloc::Layout::new::<Inner<T>>()) {
+            return;
+        }
+        // SAFETY: per the contract.
+        unsafe { Self::free_general(p) }
+    }
+
+    /// [`free`](Self::free) in every case.
+    ///
+    /// # Safety
+    ///
+    /// As for `free`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_general(p: CorePtr) {
         let p = p.cast::<Inner<T>>();
         let inner = p.as_ptr();
         // SAFETY: per the contract, the block is initialised and nothing refers to it. When
@@ -878,6 +983,33 @@ impl BlockCache {
         std::ptr::NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(real))
     }
 
+    /// [`free`](Self::free) of a block whose contents were dropped (or own nothing) when
+    /// this thread's hub's cache has room for it without growing: no call. `false` (nothing
+    /// done) otherwise.
+    #[inline(always)]
+    fn free_if_room(p: std::ptr::NonNull<u8>, layout: std::alloc::Layout) -> bool {
+        let (class, _) = Self::class(layout);
+        let (Some(c), Some(hub)) = (class, crate::hub::try_hub()) else {
+            return false;
+        };
+        if !hub.blocks.enabled {
+            return false;
+        }
+        // SAFETY: as in `alloc`.
+        let list = unsafe { &mut (*hub.blocks.lists.get())[c] };
+        let n = list.len();
+        if n < Self::KEEP && n < list.capacity() {
+            // SAFETY: `n < capacity`: the slot is allocated and unused, and the new length
+            // counts only initialised slots.
+            unsafe {
+                list.as_mut_ptr().add(n).write(p);
+                list.set_len(n + 1);
+            }
+            return true;
+        }
+        false
+    }
+
     /// Frees a block allocated by `alloc` with `layout`: into this thread's hub's cache if
     /// there is one and it has room, else to the allocator.
     #[inline(always)]
@@ -910,6 +1042,20 @@ impl Drop for BlockCache {
     }
 }
 
+/// A stack of `size` bytes (`None`: the default) when no warm one is at hand.
+///
+/// # Panics
+///
+/// If no stack can be allocated; the message names the limit and the fix.
+#[cold]
+#[inline(never)]
+fn new_stack(hub: &crate::hub::Hub, size: Option<usize>) -> GreenStack {
+    hub.stacks
+        .borrow_mut()
+        .get(size)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// The root context's block: a core with no result.
 pub(crate) fn new_root() -> GRef {
     // The root is made while the hub is being built: allocate directly (`free` may cache it).
@@ -924,6 +1070,7 @@ pub(crate) fn new_root() -> GRef {
             Some("root".into()),
             true,
             StackBounds::NONE,
+            false,
             false,
             0,
             1,
@@ -965,7 +1112,12 @@ impl<T: 'static> Inner<T> {
     fn finish(&self, r: std::thread::Result<T>) {
         match r {
             Ok(v) => {
-                *self.result.borrow_mut() = Some(Ok(v));
+                let mut slot = self.result.borrow_mut();
+                debug_assert!(slot.is_none(), "a greenlet's result is stored once");
+                // SAFETY: a valid slot, empty (a greenlet finishes once, and nothing else
+                // stores a result of a greenlet that ran), so there is nothing to drop.
+                unsafe { std::ptr::write(&mut *slot, Some(Ok(v))) };
+                drop(slot);
                 self.core.complete(Ended::Value);
             }
             Err(p) => self.finish_unwound(p),
@@ -1168,19 +1320,17 @@ impl Builder {
         f: F,
         refs: usize,
     ) -> Greenlet<T> {
-        let stack = hub
-            .stacks
-            .borrow_mut()
-            .get(self.stack_size)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let (lo, hi) = stack.overflow_range();
-        let bounds = StackBounds {
-            lo,
-            hi,
-            bottom: stack.bottom(),
-            size: stack.size(),
+        let warm = match self.stack_size {
+            None => hub.stacks.borrow_mut().pop_warm(),
+            Some(_) => None,
+        };
+        let stack = match warm {
+            Some(s) => s,
+            None => new_stack(hub, self.stack_size),
         };
         let guarded = stack.guarded();
+        // From here the core owns the stack (see `Coro`).
+        let (view, bounds, own_mapping) = stack.into_parts();
         let id = hub.next_id();
         let p = Inner::<T>::alloc(hub);
         // SAFETY: `p` is a fresh allocation with `Inner<T>`'s layout; it is written in place.
@@ -1193,6 +1343,7 @@ impl Builder {
                     false,
                     bounds,
                     !guarded,
+                    own_mapping,
                     hub.generation(),
                     refs,
                 ),
@@ -1209,7 +1360,7 @@ impl Builder {
         let inner = g.inner();
         // The allocator's own pointer, not one derived from a reference.
         let me = InnerPtr(p.as_ptr() as *const Inner<T>);
-        let co = Coro::with_stack(stack, move |y: &Yielder<(), ()>, ()| {
+        let co = Coro::with_stack(view, move |y: &Yielder<(), ()>, ()| {
             // SAFETY: the coroutine is owned by this very `Inner` and only runs while the hub
             // holds a count of it (the live registry, during `resume_greenlet`), so the
             // pointer is valid for the whole body.
@@ -1428,9 +1579,14 @@ impl<T: 'static> Greenlet<T> {
     pub fn into_result(self) -> Result<T, Error> {
         self.join();
         let mut r = self.inner().result.borrow_mut();
-        match r.as_ref() {
-            Some(Ok(_)) => r.take().expect("checked"),
-            Some(Err(e)) => Err(e.clone()),
+        match r.take() {
+            Some(Ok(v)) => Ok(v),
+            Some(Err(e)) => {
+                // An error stays for the other handles.
+                let out = e.clone();
+                *r = Some(Err(e));
+                Err(out)
+            }
             None => Err(Error::ValueTaken),
         }
     }
@@ -1612,7 +1768,7 @@ pub(crate) fn kill_with_dyn(g: &GRef, payload: Option<Box<dyn Any + Send>>) {
             }
             // Drop the unrun function last: its `Drop` is user code, and whatever it does to
             // this greenlet (start it, kill it) must find it dead.
-            release_coroutine(co, core.hub_generation);
+            core.release_coroutine(co);
             drop(registered);
         }
         _ => {

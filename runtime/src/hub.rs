@@ -772,9 +772,20 @@ impl Hub {
     /// (`None` if it was not registered).
     #[inline]
     pub(crate) fn unregister_live(&self, core: &Core) -> Option<GRef> {
-        if !core.in_live.replace(false) {
+        if !core.in_live.get() {
             return None;
         }
+        self.unlink_live(core);
+        // SAFETY: the registry owned one count of every member; it is handed over.
+        Some(unsafe { GRef::adopt(core.ptr()) })
+    }
+
+    /// Removes a registered greenlet from the live registry; the registry's count of it
+    /// passes to the caller (who releases or hands it over).
+    #[inline(always)]
+    fn unlink_live(&self, core: &Core) {
+        debug_assert!(core.in_live.get());
+        core.in_live.set(false);
         let (prev, next) = (core.live_prev.take(), core.live_next.take());
         match prev {
             // SAFETY: neighbours in the registry are alive members.
@@ -787,8 +798,6 @@ impl Hub {
             None => self.live.tail.set(prev),
         }
         self.live.len.set(self.live.len.get() - 1);
-        // SAFETY: the registry owned one count of every member; it is handed over.
-        Some(unsafe { GRef::adopt(core.ptr()) })
     }
 
     /// Every live greenlet, in registration order.
@@ -1321,8 +1330,55 @@ impl Hub {
     /// Frees a finished greenlet's stack and registry slot; the greenlet may be freed too, so
     /// nothing may use it after. (It takes a pointer, not a `&Core`: a reference argument
     /// would have to outlive the block.)
+    ///
+    /// The usual case is done here without a call (so, out of line in `reap_as_hub`, without
+    /// saving registers): no monitor, a slab stack and room for it in the warm pool, a
+    /// registered greenlet that a handle still holds (so it is not freed now). Anything else
+    /// goes to [`reap_general`](Self::reap_general), before anything was changed.
     #[inline(always)]
     fn reap(&self, ptr: CorePtr) {
+        if !self.reap_usual(ptr) {
+            self.reap_general(ptr);
+        }
+    }
+
+    /// [`reap`](Self::reap)'s usual case, done without a call; `false` (nothing done) in any
+    /// other case. It runs no user code.
+    #[inline(always)]
+    fn reap_usual(&self, ptr: CorePtr) -> bool {
+        // SAFETY: the registry still holds a count of it.
+        let core = unsafe { ptr.as_ref() };
+        if self.monitor.get().is_none()
+            && core.in_live.get()
+            && core.has_other_counts()
+            && core.has_coroutine()
+            && core.stack_from_slab()
+        {
+            if let Ok(mut pool) = self.stacks.try_borrow_mut() {
+                if pool.has_warm_room() {
+                    // SAFETY: see `resume_greenlet`; the coroutine has returned. A finished
+                    // coroutine owns nothing (its stack is a view, see `Coro`): it is forgotten
+                    // in place (the slot overwritten) rather than moved out and dropped.
+                    unsafe { std::ptr::write(core.coroutine.get(), None) };
+                    // SAFETY: the coroutine is gone, and only reaping takes a started
+                    // greenlet's stack back (once: the slot is empty now).
+                    pool.put_warm(unsafe { core.take_slab_stack() });
+                    drop(pool);
+                    // Registered (checked above): its count passes to this call.
+                    self.unlink_live(core);
+                    // SAFETY: that count; a handle holds another (`has_other_counts`).
+                    unsafe { core.release_count_not_last() };
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// [`reap`](Self::reap) in every case.
+    #[cold]
+    #[inline(never)]
+    fn reap_general(&self, ptr: CorePtr) {
         // SAFETY: the registry still holds a count of it (released at the end).
         let core = unsafe { ptr.as_ref() };
         if core.name().is_some() {
@@ -1331,9 +1387,17 @@ impl Hub {
             }
         }
         // SAFETY: see `resume_greenlet`; the coroutine has returned.
-        let co = unsafe { (*core.coroutine.get()).take() };
-        if let Some(co) = co {
-            self.stacks.borrow_mut().put(co.into_stack());
+        let slot = unsafe { &mut *core.coroutine.get() };
+        if let Some(co) = slot {
+            debug_assert!(co.done());
+            // A finished coroutine owns nothing (its stack is a view, see `Coro`): it is
+            // forgotten in place rather than moved out and dropped, and its stack, which the
+            // core owned, goes back to the pool.
+            // SAFETY: `slot` is a valid, initialised slot; overwriting it forgets its value.
+            unsafe { std::ptr::write(slot, None) };
+            // SAFETY: the coroutine is gone, and only reaping takes a started greenlet's stack
+            // back (once: the slot is empty now).
+            self.stacks.borrow_mut().put(unsafe { core.take_stack() });
         }
         // Dropping the registry's handle may free the greenlet (and `core`), and drop its
         // result: user code, run as the hub.
@@ -1347,9 +1411,13 @@ impl Hub {
     /// every park stays small.
     #[inline(never)]
     fn reap_as_hub(&self, ptr: CorePtr) {
+        // The usual case runs no user code, so who is current does not matter there.
+        if self.reap_usual(ptr) {
+            return;
+        }
         // As in the hub loop: what reaping drops runs as the hub.
         self.current.set(self.root_core);
-        self.reap(ptr);
+        self.reap_general(ptr);
     }
 
     /// Fires due timers, then polls I/O (blocking until the next timer if nothing is

@@ -107,7 +107,9 @@ fn round_up(n: usize, to: usize) -> usize {
 /// The largest stack a greenlet may ask for (address space, not RAM; 1 GiB).
 pub const MAX_STACK_SIZE: usize = 1 << 30;
 
-/// One greenlet stack. Owned by exactly one coroutine at a time, or by the pool.
+/// One greenlet stack. Owned by the pool, or by exactly one greenlet's core while the greenlet
+/// has a coroutine (taken apart with `into_parts`: the coroutine itself holds only a
+/// `StackView`).
 #[derive(Debug)]
 pub struct GreenStack {
     /// Highest address (exclusive): where the stack starts.
@@ -193,6 +195,75 @@ unsafe impl Stack for GreenStack {
     #[inline]
     fn limit(&self) -> StackPointer {
         StackPointer::new(self.bottom - self.guard).expect("stack limit is never null")
+    }
+}
+
+impl GreenStack {
+    /// Takes the stack apart for a greenlet: what its coroutine needs (the two ends, a
+    /// [`StackView`] that owns nothing), and what its core keeps to give the stack back
+    /// ([`StackBounds`] and whether the stack has a mapping of its own). The stack is then
+    /// owned by that core until [`from_parts`](Self::from_parts) rebuilds it.
+    #[inline(always)]
+    pub(crate) fn into_parts(self) -> (StackView, StackBounds, bool) {
+        let (lo, hi) = self.overflow_range();
+        let bounds = StackBounds {
+            lo,
+            hi,
+            bottom: self.bottom,
+            size: self.size(),
+        };
+        let view = StackView {
+            base: StackPointer::new(self.top).expect("stack top is never null"),
+            limit: StackPointer::new(self.bottom - self.guard).expect("stack limit is never null"),
+        };
+        let own = self.own_mapping_len != 0;
+        std::mem::forget(self);
+        (view, bounds, own)
+    }
+
+    /// Rebuilds a stack taken apart by [`into_parts`](Self::into_parts).
+    ///
+    /// # Safety
+    ///
+    /// `bounds` and `own_mapping` come from one `into_parts` call, and this is the only
+    /// rebuild of that stack (it has one owner again, and it is no longer in use).
+    #[inline(always)]
+    pub(crate) unsafe fn from_parts(bounds: StackBounds, own_mapping: bool) -> GreenStack {
+        // A guarded stack's overflow range is its guard; an unguarded one's is its lowest
+        // usable page, starting at `bottom`.
+        let guard = bounds.bottom - bounds.lo;
+        let top = bounds.bottom + bounds.size;
+        GreenStack {
+            top,
+            bottom: bounds.bottom,
+            guard,
+            own_mapping_len: if own_mapping { top - bounds.lo } else { 0 },
+        }
+    }
+}
+
+/// What a greenlet's coroutine holds of its stack: its two ends, without owning it (the
+/// greenlet's core does, see [`GreenStack::into_parts`]). Two words instead of a
+/// [`GreenStack`]'s four, so the coroutine is smaller to build and to take apart when the
+/// greenlet is reaped, and the stack goes back to the pool without moving the coroutine out.
+#[derive(Debug)]
+pub(crate) struct StackView {
+    base: StackPointer,
+    limit: StackPointer,
+}
+
+// SAFETY: the two ends of a `GreenStack` (see its `Stack` impl), which stays mapped and unused
+// by anything else while its greenlet's core owns it, so for as long as a coroutine can use
+// this view.
+unsafe impl Stack for StackView {
+    #[inline]
+    fn base(&self) -> StackPointer {
+        self.base
+    }
+
+    #[inline]
+    fn limit(&self) -> StackPointer {
+        self.limit
     }
 }
 
@@ -291,6 +362,38 @@ impl StackPool {
     /// Number of free stacks in the pool.
     pub fn free_len(&self) -> usize {
         self.warm.len() + self.surplus.len() + self.cold.len()
+    }
+
+    /// A warm default-size stack, if there is one: [`get(None)`](Self::get)'s hot path, for
+    /// a caller that handles the rest itself.
+    #[inline(always)]
+    pub(crate) fn pop_warm(&mut self) -> Option<GreenStack> {
+        let s = self.warm.pop()?;
+        self.outstanding += 1;
+        Some(s)
+    }
+
+    /// Whether [`put_warm`](Self::put_warm) may take a default-size stack now: the warm
+    /// list is below its limit and has room without growing.
+    #[inline(always)]
+    pub(crate) fn has_warm_room(&self) -> bool {
+        let n = self.warm.len();
+        n < self.keep_warm && n < self.warm.capacity()
+    }
+
+    /// [`put`](Self::put) of a stack from a slab when [`has_warm_room`](Self::has_warm_room):
+    /// no check, no call (the reaping of a greenlet inlines it).
+    #[inline(always)]
+    pub(crate) fn put_warm(&mut self, stack: GreenStack) {
+        debug_assert!(stack.own_mapping_len == 0 && self.has_warm_room());
+        self.outstanding -= 1;
+        let n = self.warm.len();
+        // SAFETY: `n < capacity` (`has_warm_room`): the slot is allocated and unused, and the
+        // new length counts only initialised slots.
+        unsafe {
+            self.warm.as_mut_ptr().add(n).write(stack);
+            self.warm.set_len(n + 1);
+        }
     }
 
     /// A stack of `size` usable bytes (`None`: the default size).
