@@ -100,6 +100,50 @@ fn main() {
                 a.join().unwrap();
                 t
             }
+            "floor" => {
+                // The runtime's floor for an ask: two greenlets bouncing on `Queue<()>`
+                // doorbells (two wake-ups and two parks per round trip).
+                let a = Rc::new(evergreen::Queue::<()>::new());
+                let b = Rc::new(evergreen::Queue::<()>::new());
+                let (a2, b2) = (a.clone(), b.clone());
+                let g = evergreen::spawn(move || loop {
+                    if a2.get().is_err() {
+                        break;
+                    }
+                    let _ = b2.put_nowait(());
+                });
+                evergreen::sleep(Duration::ZERO);
+                let t0 = Instant::now();
+                for _ in 0..n {
+                    let _ = a.put_nowait(());
+                    let _ = b.get();
+                }
+                let t = t0.elapsed();
+                g.kill();
+                t
+            }
+            "cfloor" => {
+                // The runtime's floor for an ask: two greenlets bouncing on `Channel<()>`
+                // doorbells (two wake-ups and two parks per round trip).
+                let a = Rc::new(evergreen::Channel::<()>::new());
+                let b = Rc::new(evergreen::Channel::<()>::new());
+                let (a2, b2) = (a.clone(), b.clone());
+                let g = evergreen::spawn(move || loop {
+                    if a2.get().is_err() {
+                        break;
+                    }
+                    let _ = b2.put_nowait(());
+                });
+                evergreen::sleep(Duration::ZERO);
+                let t0 = Instant::now();
+                for _ in 0..n {
+                    let _ = a.put_nowait(());
+                    let _ = b.get();
+                }
+                let t = t0.elapsed();
+                g.kill();
+                t
+            }
             "gspawn" => {
                 // The runtime's floor for the spawn workload: bare greenlets, each parked on
                 // its own doorbell, woken once, then ended.

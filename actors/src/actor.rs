@@ -97,7 +97,7 @@ use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use evergreen::timer::TimerId;
-use evergreen::{Event, Greenlet, Queue, Semaphore};
+use evergreen::{Channel, Event, Greenlet, Semaphore};
 
 use crate::dead_letters::{self, Reason as DlReason};
 use crate::error::{is_kill, panic_message, Error, ExitReason};
@@ -483,14 +483,15 @@ pub(crate) struct Base {
     /// may still wake it, as they would a parked greenlet.
     keep: RefCell<Option<Rc<dyn CellDyn>>>,
     /// The doorbell the idle incarnation waits on: rung (`put_nowait`) only while the actor
-    /// waits, so the item goes straight to it and the queue never stores one. A `Queue`,
-    /// because its `get` inlines all the way down to the park: a greenlet that returns from
-    /// the function it parked in pays a return-address misprediction on every wake-up (see
-    /// the runtime's greenlet docs), which was the largest cost of a message hop.
+    /// waits, so the item goes straight to it. A rendezvous [`Channel`]: its `put_nowait` is
+    /// one hand-over to the waiting getter (a `Queue`'s also tests for shutdown, counts
+    /// unfinished items and peekers: 35 instructions more per wake-up), and its `get`
+    /// inlines all the way down to the park, as a `Queue`'s: a greenlet that returns from the
+    /// function it parked in pays a return-address misprediction on every wake-up (see the
+    /// runtime's greenlet docs).
     ///
-    /// Made on the first park: an actor that hibernates whenever idle never parks, and a
-    /// `Queue` is the largest part of a cell.
-    wake: OnceCell<Box<Queue<()>>>,
+    /// Made on the first park: an actor that hibernates whenever idle never parks.
+    wake: OnceCell<Box<Channel<()>>>,
     /// The system lane: stop requests, exit and down signals.
     sys: RefCell<VecDeque<Sys>>,
     /// How many system-lane entries wait (the lane itself is in `extras`: it is usually
@@ -1579,9 +1580,9 @@ const SOFT: u8 = 3;
 struct Slot<R> {
     state: StdCell<u8>,
     value: RefCell<Option<Result<R, Error>>>,
-    /// The asker's doorbell (rung only while it waits, so it never stores an item); a `Queue`
+    /// The asker's doorbell (rung only while it waits); a rendezvous `Channel`
     /// because its `get` inlines down to the park (see `Base::wake`).
-    bell: Queue<()>,
+    bell: Channel<()>,
     /// Whether the asker waits on the bell.
     waiting: StdCell<bool>,
     /// Whether it is in the callee's registry of asks answered elsewhere.
@@ -1591,17 +1592,25 @@ struct Slot<R> {
 }
 
 thread_local! {
+    /// The last slot given back: a caller that asks again takes it back with one type test
+    /// (a steady stream of asks of one reply type never searches `SLOTS`).
+    static SLOT1: StdCell<Option<Rc<dyn Any>>> = const { StdCell::new(None) };
+    /// More free slots, of any reply types.
     static SLOTS: RefCell<Vec<Rc<dyn Any>>> = const { RefCell::new(Vec::new()) };
 }
 
 impl<R: 'static> Slot<R> {
     #[inline(always)]
     fn take(to: u64) -> Rc<Slot<R>> {
-        let cached = SLOTS.with(|s| {
-            let mut s = s.borrow_mut();
-            let p = s.iter().rposition(|x| x.is::<Slot<R>>())?;
-            s.swap_remove(p).downcast::<Slot<R>>().ok()
-        });
+        let cached = match SLOT1.with(StdCell::take).map(|s| s.downcast::<Slot<R>>()) {
+            Some(Ok(s)) => Some(s),
+            other => {
+                if let Some(Err(s)) = other {
+                    SLOT1.with(|c| c.set(Some(s)));
+                }
+                Self::take_slow()
+            }
+        };
         match cached {
             Some(s) => {
                 s.state.set(PENDING);
@@ -1613,7 +1622,7 @@ impl<R: 'static> Slot<R> {
             None => Rc::new(Slot {
                 state: StdCell::new(PENDING),
                 value: RefCell::new(None),
-                bell: Queue::new(),
+                bell: Channel::new(),
                 waiting: StdCell::new(false),
                 registered: StdCell::new(false),
                 to: StdCell::new(to),
@@ -1621,16 +1630,36 @@ impl<R: 'static> Slot<R> {
         }
     }
 
+    #[cold]
+    #[inline(never)]
+    fn take_slow() -> Option<Rc<Slot<R>>> {
+        SLOTS.with(|s| {
+            let mut s = s.borrow_mut();
+            let p = s.iter().rposition(|x| x.is::<Slot<R>>())?;
+            s.swap_remove(p).downcast::<Slot<R>>().ok()
+        })
+    }
+
     #[inline(always)]
     fn give_back(s: Rc<Slot<R>>) {
         if Rc::strong_count(&s) == 1 && Rc::weak_count(&s) == 0 {
-            let _ = SLOTS.try_with(|c| {
-                let mut c = c.borrow_mut();
-                if c.len() < 32 {
-                    c.push(s);
+            let _ = SLOT1.try_with(|c| {
+                if let Some(old) = c.replace(Some(s)) {
+                    Self::give_back_slow(old);
                 }
             });
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn give_back_slow(old: Rc<dyn Any>) {
+        let _ = SLOTS.try_with(|c| {
+            let mut c = c.borrow_mut();
+            if c.len() < 32 {
+                c.push(old);
+            }
+        });
     }
 
     fn complete(&self, r: Result<R, Error>, state: u8) {
@@ -2439,7 +2468,7 @@ fn body<A: Actor>(
                 return Outcome::Hibernate;
             }
             b.park.set(PARKED);
-            let _ = b.wake.get_or_init(|| Box::new(Queue::new())).get();
+            let _ = b.wake.get_or_init(|| Box::new(Channel::new())).get();
             b.park.set(RUN);
             continue;
         };
