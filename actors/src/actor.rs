@@ -539,7 +539,11 @@ thread_local! {
     static HIBERNATE_DEFAULT: StdCell<bool> = const { StdCell::new(false) };
     static NEXT_ID: StdCell<u64> = const { StdCell::new(1) };
     static NEXT_MONITOR: StdCell<u64> = const { StdCell::new(1) };
-    /// Greenlets waiting in an ask: (asker gid, callee).
+    /// How many actors' greenlets run actor code now (not parked): while none does, the
+    /// caller of an ask is not an actor and its wait cannot close a cycle, so it is not
+    /// registered in `ASKING`.
+    static RUNNING: StdCell<u32> = const { StdCell::new(0) };
+    /// Greenlets of actors waiting in an ask: (asker gid, callee).
     static ASKING: RefCell<Vec<(u64, Rc<dyn CellDyn>)>> = const { RefCell::new(Vec::new()) };
     /// Greenlets blocked telling a full `Block` mailbox: (teller gid, target gid, target label).
     static BLOCKED: RefCell<Vec<(u64, u64, String)>> = const { RefCell::new(Vec::new()) };
@@ -1303,16 +1307,19 @@ impl<A: Actor> ActorRef<A> {
         struct Waiting<'a, R: 'static> {
             base: &'a Base,
             slot: &'a Rc<Slot<R>>,
-            me: u64,
+            /// The asker's gid, if it is registered in `ASKING`.
+            asking: Option<u64>,
         }
         impl<R: 'static> Drop for Waiting<'_, R> {
             fn drop(&mut self) {
-                let _ = ASKING.try_with(|a| {
-                    let mut a = a.borrow_mut();
-                    if let Some(p) = a.iter().rposition(|e| e.0 == self.me) {
-                        a.swap_remove(p);
-                    }
-                });
+                if let Some(me) = self.asking {
+                    let _ = ASKING.try_with(|a| {
+                        let mut a = a.borrow_mut();
+                        if let Some(p) = a.iter().rposition(|e| e.0 == me) {
+                            a.swap_remove(p);
+                        }
+                    });
+                }
                 let me = Rc::as_ptr(self.slot) as *const ();
                 if !self.slot.registered.get() {
                     if self.slot.state.get() == PENDING {
@@ -1331,11 +1338,16 @@ impl<A: Actor> ActorRef<A> {
                 }
             }
         }
-        ASKING.with(|a| a.borrow_mut().push((me, self.0.clone())));
+        // Only an actor's own greenlet can be part of a cycle of waits; while no actor runs,
+        // the caller is none.
+        let asking = (RUNNING.with(StdCell::get) != 0).then(|| {
+            ASKING.with(|a| a.borrow_mut().push((me, self.0.clone())));
+            me
+        });
         let waiting = Waiting {
             base: b,
             slot: &slot,
-            me,
+            asking,
         };
         let done = if slot.state.get() != PENDING {
             true // completed while queueing (evicted by a DropOldest mailbox)
@@ -2330,6 +2342,42 @@ fn resume<A: Actor>(mut guard: Activation<A>) {
     run_incarnation(cell, actor, start);
 }
 
+/// Counts an actor's greenlet in `RUNNING` while it runs actor code.
+struct Running;
+
+impl Running {
+    #[inline]
+    fn enter() -> Running {
+        RUNNING.with(|r| r.set(r.get() + 1));
+        Running
+    }
+}
+
+impl Drop for Running {
+    #[inline]
+    fn drop(&mut self) {
+        let _ = RUNNING.try_with(|r| r.set(r.get() - 1));
+    }
+}
+
+/// Uncounts an actor's greenlet from `RUNNING` while it is parked (also if the park unwinds).
+struct Parked;
+
+impl Parked {
+    #[inline]
+    fn enter() -> Parked {
+        RUNNING.with(|r| r.set(r.get() - 1));
+        Parked
+    }
+}
+
+impl Drop for Parked {
+    #[inline]
+    fn drop(&mut self) {
+        let _ = RUNNING.try_with(|r| r.set(r.get() + 1));
+    }
+}
+
 enum Outcome {
     /// Ended with a reason; `stopped` runs.
     Stopped(ExitReason),
@@ -2358,6 +2406,7 @@ fn run_incarnation<A: Actor>(
         stop: None,
         hibernate: false,
     };
+    let _running = Running::enter();
     let starting = start.is_some();
     let signal = start.flatten();
     let outcome = catch_unwind(AssertUnwindSafe(|| {
@@ -2468,7 +2517,9 @@ fn body<A: Actor>(
                 return Outcome::Hibernate;
             }
             b.park.set(PARKED);
+            let parked = Parked::enter();
             let _ = b.wake.get_or_init(|| Box::new(Channel::new())).get();
+            drop(parked);
             b.park.set(RUN);
             continue;
         };
