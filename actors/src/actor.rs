@@ -339,39 +339,129 @@ struct Space {
     waiting: RefCell<VecDeque<u64>>,
 }
 
-/// Makes the activation of a roused actor, or queues it if [`MAX_UNSTARTED`] are made and
-/// not yet running.
+/// Hands a roused (or newly spawned) hibernating actor to the dispatcher, starting one if
+/// there is none.
 fn schedule_activation(cell: Rc<dyn CellDyn>) {
-    let now = UNSTARTED.with(|u| {
-        let n = u.get();
-        if n < MAX_UNSTARTED {
-            u.set(n + 1);
-            true
-        } else {
-            false
-        }
-    });
-    if !now {
-        ROUSED_QUEUE.with(|p| p.borrow_mut().push_back(cell));
-    } else if !cell.activate() {
-        UNSTARTED.with(|u| u.set(u.get() - 1));
+    READY.with(|r| r.borrow_mut().push_back(cell));
+    if DISPATCHER_ID.with(StdCell::get) == 0 {
+        start_dispatcher();
+    } else if DISPATCHING.with(StdCell::get) && !WATCH.with(StdCell::get) {
+        // The dispatcher is in a handler (this one, or one that blocked): if it blocks, or
+        // has blocked, the ready actor must not wait for it.
+        arm_watch();
     }
 }
 
-/// An activation began running (or was dropped unrun): makes the next queued ones.
-fn activation_began() {
-    let _ = UNSTARTED.try_with(|u| {
-        u.set(u.get() - 1);
-        while u.get() < MAX_UNSTARTED {
-            let Some(next) = ROUSED_QUEUE.with(|p| p.borrow_mut().pop_front()) else {
-                break;
-            };
-            u.set(u.get() + 1);
-            if !next.activate() {
-                u.set(u.get() - 1);
-            }
+/// Starts a dispatcher greenlet for the actors in `READY`.
+#[cold]
+#[inline(never)]
+fn start_dispatcher() {
+    let g = evergreen::Builder::new()
+        .name("actor dispatcher")
+        .create(dispatch);
+    DISPATCHER_ID.with(|d| d.set(g.id()));
+    DISPATCHER.with(|d| *d.borrow_mut() = Some(g.clone()));
+    g.start();
+}
+
+/// Queues the watch: a hub callback, run only once the running greenlet switches away. If the
+/// dispatcher is then still inside an actor's run, that actor blocked in a handler (or hook):
+/// the dispatcher's greenlet becomes that actor's own, and a new dispatcher takes the ready
+/// actors. One callback per stretch of dispatching, not one per message.
+#[cold]
+#[inline(never)]
+fn arm_watch() {
+    WATCH.with(|w| w.set(true));
+    evergreen::hub::run_callback(|| {
+        let _ = WATCH.try_with(|w| w.set(false));
+        if DISPATCHING.try_with(StdCell::get).unwrap_or(false) {
+            hand_over();
         }
     });
+}
+
+/// The dispatcher's greenlet stays with the actor it is running (blocked in a handler, or
+/// wanted as a greenlet: to wait for it or kill it); a new dispatcher takes the ready actors.
+#[cold]
+#[inline(never)]
+fn hand_over() {
+    DISPATCHING.with(|d| d.set(false));
+    DISPATCHER_ID.with(|d| d.set(0));
+    let old = DISPATCHER.with(|d| d.borrow_mut().take());
+    drop(old);
+    if READY.with(|r| !r.borrow().is_empty()) {
+        start_dispatcher();
+    }
+}
+
+/// Whether greenlet `gid` is the dispatcher.
+fn is_dispatcher(gid: u64) -> bool {
+    gid != 0 && DISPATCHER_ID.with(StdCell::get) == gid
+}
+
+/// A hibernating actor keeps an empty mailbox buffer of at most this many bytes.
+const KEEP_BYTES: usize = 256;
+
+/// How many activations the dispatcher runs before it yields to the other greenlets.
+const DISPATCH_BUDGET: u32 = 64;
+
+/// The dispatcher's body: runs the ready actors' activations in turn, each until it
+/// hibernates again or ends, on this one greenlet; yields every [`DISPATCH_BUDGET`]
+/// activations; ends when none is ready (after one yield, so that an actor woken again at
+/// once, as by a stream of asks, does not cost a new greenlet each time).
+fn dispatch() {
+    let me = evergreen::getcurrent_id();
+    let Some(g) = DISPATCHER.with(|d| d.borrow().clone()) else {
+        return;
+    };
+    // Resigns however the dispatcher ends (also if it is killed while yielding).
+    struct Resign(u64);
+    impl Drop for Resign {
+        fn drop(&mut self) {
+            if is_dispatcher(self.0) {
+                let _ = DISPATCHING.try_with(|d| d.set(false));
+                let _ = DISPATCHER_ID.try_with(|d| d.set(0));
+                let _ = DISPATCHER.try_with(|d| d.borrow_mut().take());
+                if READY.try_with(|r| !r.borrow().is_empty()).unwrap_or(false) {
+                    start_dispatcher();
+                }
+            }
+        }
+    }
+    let _resign = Resign(me);
+    let mut budget = DISPATCH_BUDGET;
+    let mut lingered = false;
+    loop {
+        let (next, more) = READY.with(|r| {
+            let mut r = r.borrow_mut();
+            let next = r.pop_front();
+            (next, !r.is_empty())
+        });
+        let Some(cell) = next else {
+            if lingered {
+                return;
+            }
+            lingered = true;
+            evergreen::sleep(Duration::ZERO);
+            continue;
+        };
+        lingered = false;
+        if more && !WATCH.with(StdCell::get) {
+            arm_watch();
+        }
+        DISPATCHING.with(|d| d.set(true));
+        cell.run_here(&g);
+        if !is_dispatcher(me) {
+            // Handed over: this greenlet was that actor's; the new dispatcher has the rest.
+            return;
+        }
+        DISPATCHING.with(|d| d.set(false));
+        budget -= 1;
+        if budget == 0 {
+            budget = DISPATCH_BUDGET;
+            evergreen::sleep(Duration::ZERO);
+        }
+    }
 }
 
 /// How many actors of this thread are hibernated now (asleep, or woken and waiting for their
@@ -518,21 +608,22 @@ const RUN: u8 = 0;
 const PARKED: u8 = 1;
 /// `Base::park`: hibernated, no greenlet.
 const ASLEEP: u8 = 2;
-/// `Base::park`: hibernated, its activation scheduled (queued, or its greenlet made and not
-/// yet running).
+/// `Base::park`: hibernated, its activation scheduled (queued for the dispatcher, or its own
+/// greenlet made and not yet running).
 const ROUSED: u8 = 3;
 
-/// At most this many activations of hibernated actors are made and not yet running at once;
-/// the others wait in `ROUSED_QUEUE`. Each made greenlet holds a stack: waking 100,000 actors
-/// at once must not allocate 100,000 stacks. An activation that starts running makes the
-/// next one, so stacks go round warm.
-const MAX_UNSTARTED: usize = 16;
 
 thread_local! {
-    /// Activations made and not yet running.
-    static UNSTARTED: StdCell<usize> = const { StdCell::new(0) };
-    /// Roused actors waiting for an activation to be made.
-    static ROUSED_QUEUE: RefCell<VecDeque<Rc<dyn CellDyn>>> = const { RefCell::new(VecDeque::new()) };
+    /// Roused hibernated actors waiting for the dispatcher, in order.
+    static READY: RefCell<VecDeque<Rc<dyn CellDyn>>> = const { RefCell::new(VecDeque::new()) };
+    /// The dispatcher greenlet, if there is one.
+    static DISPATCHER: RefCell<Option<Greenlet<()>>> = const { RefCell::new(None) };
+    /// The dispatcher's greenlet id (0: there is none).
+    static DISPATCHER_ID: StdCell<u64> = const { StdCell::new(0) };
+    /// Whether the dispatcher is inside an actor's activation.
+    static DISPATCHING: StdCell<bool> = const { StdCell::new(false) };
+    /// Whether the dispatcher's watch callback is queued.
+    static WATCH: StdCell<bool> = const { StdCell::new(false) };
     /// Hibernated incarnations (asleep or roused, not yet running again).
     static HIBERNATING: StdCell<usize> = const { StdCell::new(0) };
     /// Whether actors spawned without an explicit [`Builder::hibernate`] hibernate.
@@ -684,9 +775,15 @@ impl Base {
         self.wake_up();
     }
 
-    /// The running incarnation's greenlet.
+    /// The running incarnation's greenlet. If it runs on the dispatcher, the dispatcher's
+    /// greenlet becomes its own first (a new dispatcher takes the others): whoever waits for
+    /// it, or kills it, then deals with this actor only.
     pub(crate) fn greenlet(&self) -> Option<Greenlet<()>> {
-        self.greenlet.borrow().clone()
+        let g = self.greenlet.borrow().clone()?;
+        if is_dispatcher(g.id()) {
+            hand_over();
+        }
+        Some(g)
     }
 
     fn is_current(&self) -> bool {
@@ -774,11 +871,11 @@ pub(crate) trait CellDyn: 'static {
     fn mailbox_len(&self) -> usize;
     /// Makes the exit final: see [`Cell::finalize`].
     fn finalize(self: Rc<Self>, reason: ExitReason);
-    /// Makes the greenlet of a roused (or asleep) actor's activation now.
+    /// Makes a greenlet of its own for a roused (or asleep) actor's activation now.
     fn activate_now(self: Rc<Self>);
-    /// Makes the greenlet of an activation that was scheduled ([`schedule_activation`]);
-    /// `false` if there is none to make any more (killed, or activated already).
-    fn activate(self: Rc<Self>) -> bool;
+    /// Runs a roused actor's activation on the dispatcher (greenlet `g`), until it hibernates
+    /// again or ends; nothing if it was killed or activated already.
+    fn run_here(self: Rc<Self>, g: &Greenlet<()>);
     /// Kills a hibernated incarnation: there is no greenlet to unwind; its state is dropped
     /// and it ends with [`ExitReason::Killed`].
     fn kill_asleep(self: Rc<Self>);
@@ -822,29 +919,23 @@ impl<A: Actor> CellDyn for Cell<A> {
         } else {
             None
         };
-        UNSTARTED.with(|u| u.set(u.get() + 1));
-        if !self.activate() {
-            UNSTARTED.with(|u| u.set(u.get() - 1));
-        }
+        self.activate();
         drop(keep);
     }
-    fn activate(self: Rc<Self>) -> bool {
+    fn run_here(self: Rc<Self>, g: &Greenlet<()>) {
         let b = &self.base;
-        if b.park.get() != ROUSED || b.greenlet.borrow().is_some() || self.asleep.borrow().is_none()
-        {
-            // Killed (or already activated) while it waited in the queue.
-            return false;
+        if b.park.get() != ROUSED || b.greenlet.borrow().is_some() {
+            // Killed, or activated on a greenlet of its own, while it waited.
+            return;
         }
-        let mut builder = evergreen::Builder::new();
-        if let Some(n) = &b.name {
-            builder = builder.name(&**n);
-        }
-        let guard = Activation(Some(self.clone()));
-        let g = builder.create(move || resume(guard));
+        let Some(Asleep { actor, start }) = self.asleep.borrow_mut().take() else {
+            return;
+        };
+        HIBERNATING.with(|h| h.set(h.get() - 1));
+        b.park.set(RUN);
         b.gid.set(g.id());
         *b.greenlet.borrow_mut() = Some(g.clone());
-        g.start();
-        true
+        run_incarnation(self, actor, start);
     }
     fn kill_asleep(self: Rc<Self>) {
         let b = &self.base;
@@ -865,6 +956,26 @@ impl<A: Actor> CellDyn for Cell<A> {
 }
 
 impl<A: Actor> Cell<A> {
+    /// Makes a greenlet of its own for a roused actor's activation (not the dispatcher: the
+    /// caller wants a greenlet to wait for, or to kill).
+    fn activate(self: &Rc<Self>) {
+        let b = &self.base;
+        if b.park.get() != ROUSED || b.greenlet.borrow().is_some() || self.asleep.borrow().is_none()
+        {
+            // Killed, or activated already.
+            return;
+        }
+        let mut builder = evergreen::Builder::new();
+        if let Some(n) = &b.name {
+            builder = builder.name(&**n);
+        }
+        let guard = Activation(Some(self.clone()));
+        let g = builder.create(move || resume(guard));
+        b.gid.set(g.id());
+        *b.greenlet.borrow_mut() = Some(g.clone());
+        g.start();
+    }
+
     pub(crate) fn new(
         name: Option<String>,
         mailbox: Mailbox,
@@ -884,16 +995,18 @@ impl<A: Actor> Cell<A> {
         let b = &self.base;
         *self.asleep.borrow_mut() = Some(Asleep { actor, start: None });
         HIBERNATING.with(|h| h.set(h.get() + 1));
-        // Give the mailbox's buffers back too (Erlang's hibernate shrinks the heap).
+        // Give the mailbox's buffers back too (Erlang's hibernate shrinks the heap), unless
+        // they are small: an actor woken for one message at a time would otherwise allocate
+        // and free its mailbox on every wake-up.
         {
             let mut q = self.user.borrow_mut();
-            if q.is_empty() && q.capacity() > 0 {
+            if q.is_empty() && q.capacity() * std::mem::size_of::<Envelope<A::Msg>>() > KEEP_BYTES {
                 *q = VecDeque::new();
             }
         }
         {
             let mut sys = b.sys.borrow_mut();
-            if sys.is_empty() && sys.capacity() > 0 {
+            if sys.is_empty() && sys.capacity() * std::mem::size_of::<Sys>() > KEEP_BYTES {
                 *sys = VecDeque::new();
             }
         }
@@ -2320,7 +2433,6 @@ struct Activation<A: Actor>(Option<Rc<Cell<A>>>);
 impl<A: Actor> Drop for Activation<A> {
     fn drop(&mut self) {
         if let Some(cell) = self.0.take() {
-            activation_began();
             cell.base.gid.set(0);
             let g = cell.base.greenlet.borrow_mut().take();
             cell.kill_asleep();
@@ -2333,7 +2445,6 @@ impl<A: Actor> Drop for Activation<A> {
 fn resume<A: Actor>(mut guard: Activation<A>) {
     let cell = guard.0.take().expect("activation cell");
     drop(guard);
-    activation_began();
     let Some(Asleep { actor, start }) = cell.asleep.borrow_mut().take() else {
         return;
     };
