@@ -723,6 +723,20 @@ impl Base {
 
     pub(crate) fn last_reason(&self) -> Option<ExitReason> {
         self.peek_extras(|e| e.and_then(|e| e.reason.clone()))
+            .or_else(|| self.final_reason())
+    }
+
+    /// Records the last incarnation's exit reason. A `Normal` exit of an actor without
+    /// bookkeeping allocates none: no recorded reason reads as `Normal`.
+    fn set_reason(&self, reason: &ExitReason) {
+        let mut e = self.extras.borrow_mut();
+        match e.as_deref_mut() {
+            Some(e) => e.reason = Some(reason.clone()),
+            None if *reason == ExitReason::Normal => {}
+            None => {
+                e.get_or_insert_with(Default::default).reason = Some(reason.clone());
+            }
+        }
     }
 
     pub(crate) fn registered_name(&self) -> Option<String> {
@@ -1214,17 +1228,23 @@ impl<A: Actor> Cell<A> {
             return;
         }
         b.status.set(Status::Dead);
-        let me = AnyRef(self.clone());
-        let (links, monitors, exited, registered, on_final) = b.with_extras(|e| {
-            e.reason = Some(reason.clone());
-            (
+        b.set_reason(&reason);
+        let (links, monitors, exited, registered, on_final, asks) = match b
+            .extras
+            .borrow_mut()
+            .as_deref_mut()
+        {
+            Some(e) => (
                 std::mem::take(&mut e.links),
                 std::mem::take(&mut e.monitors),
                 e.exited.clone(),
                 e.registered.take(),
                 std::mem::take(&mut e.on_final),
-            )
-        });
+                std::mem::take(&mut e.asks),
+            ),
+            None => Default::default(),
+        };
+        let me = AnyRef(self.clone());
         // Queued user messages: asks fail with the reason, tells become dead letters.
         let queued = std::mem::take(&mut *self.user.borrow_mut());
         let sys = std::mem::take(&mut *b.sys.borrow_mut());
@@ -1243,7 +1263,6 @@ impl<A: Actor> Cell<A> {
             drop(env);
         }
         // Asks waiting on a reply handle held elsewhere.
-        let asks = b.with_extras(|e| std::mem::take(&mut e.asks));
         for t in asks {
             t.fail(Error::Dead(reason.clone(), ()), false);
         }
@@ -2726,10 +2745,8 @@ pub(crate) fn incarnation_ended<A: Actor>(cell: &Rc<Cell<A>>, reason: ExitReason
     b.park.set(RUN);
     let g = b.greenlet.borrow_mut().take();
     drop(g);
-    let parent = b.with_extras(|e| {
-        e.reason = Some(reason.clone());
-        e.parent.as_ref().and_then(Weak::upgrade)
-    });
+    b.set_reason(&reason);
+    let parent = b.peek_extras(|e| e.and_then(|e| e.parent.as_ref().and_then(Weak::upgrade)));
     match parent {
         Some(p) if p.base.status() != Status::Dead => {
             b.status.set(Status::Restarting);
