@@ -584,9 +584,12 @@ pub(crate) struct Base {
     wake: OnceCell<Box<Channel<()>>>,
     /// The system lane: stop requests, exit and down signals.
     sys: RefCell<VecDeque<Sys>>,
-    /// How many system-lane entries wait (the lane itself is in `extras`: it is usually
-    /// empty, and the loop tests only this count before each message).
+    /// How many system-lane entries wait (in `sys_first` and `sys`): the loop tests only
+    /// this count before each message.
     sys_len: StdCell<u32>,
+    /// The system lane's first entry, kept inline: most actors only ever get one (their stop
+    /// request), and it then costs no allocation. `sys` holds the entries after it.
+    sys_first: RefCell<Option<Sys>>,
     cap: usize,
     policy: Policy,
     /// Slots handed to blocked tellers that have not pushed yet (Block policy).
@@ -658,6 +661,7 @@ impl Base {
             wake: OnceCell::new(),
             sys: RefCell::new(VecDeque::new()),
             sys_len: StdCell::new(0),
+            sys_first: RefCell::new(None),
             cap: mailbox.cap,
             policy: mailbox.policy,
             reserved: StdCell::new(0),
@@ -784,7 +788,13 @@ impl Base {
         if self.status.get() == Status::Dead {
             return;
         }
-        self.sys.borrow_mut().push_back(s);
+        let mut first = self.sys_first.borrow_mut();
+        if first.is_none() && self.sys_len.get() == 0 {
+            *first = Some(s);
+        } else {
+            drop(first);
+            self.sys.borrow_mut().push_back(s);
+        }
         self.sys_len.set(self.sys_len.get() + 1);
         self.wake_up();
     }
@@ -1248,7 +1258,9 @@ impl<A: Actor> Cell<A> {
         // Queued user messages: asks fail with the reason, tells become dead letters.
         let queued = std::mem::take(&mut *self.user.borrow_mut());
         let sys = std::mem::take(&mut *b.sys.borrow_mut());
+        let first = b.sys_first.borrow_mut().take();
         b.sys_len.set(0);
+        drop(first);
         drop(sys);
         for env in queued {
             match &env.token {
@@ -2630,7 +2642,8 @@ fn body<A: Actor>(
             None
         } else {
             b.sys_len.set(b.sys_len.get() - 1);
-            b.sys.borrow_mut().pop_front()
+            let first = b.sys_first.borrow_mut().take();
+            first.or_else(|| b.sys.borrow_mut().pop_front())
         };
         if let Some(s) = sys {
             if let Some(r) = on_sys(b, actor, ctx, s) {
