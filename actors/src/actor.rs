@@ -13,8 +13,10 @@
 //! * the **system lane**, unbounded, for stop requests and exit/down signals. The loop reads
 //!   it before every user message, so a full mailbox never delays supervision.
 //!
-//! When both lanes are empty the incarnation parks on an [`Event`]; a tell pushes and, only if
-//! the actor is parked, sets the event (a busy actor costs a tell one push and one flag test).
+//! When both lanes are empty the incarnation parks on a doorbell (a rendezvous [`Channel`]); a
+//! tell pushes and, only if the actor is parked, rings it (a busy actor costs a tell one push
+//! and one flag test). Until a message first wakes it from sleep, a parked actor has no
+//! greenlet: see [lazy start](#hibernation-the-dispatcher-and-lazy-start).
 //! A `Block` mailbox that is full parks its tellers on a FIFO [`Semaphore`]: each message the
 //! actor takes hands one reserved slot to the longest-waiting teller, so a late teller cannot
 //! take the place of one that waited (no barging).
@@ -45,31 +47,54 @@
 //! actor of the cycle. Only waits of actors' own greenlets count: a greenlet the callee
 //! spawned may ask the caller freely.
 //!
-//! # Hibernation
+//! # Hibernation, the dispatcher and lazy start
 //!
 //! An actor built with [`Builder::hibernate`] (or one that calls [`Ctx::hibernate`]) does not
 //! park when its mailbox is empty: it *hibernates*, as Erlang's `erlang:hibernate/3` and
-//! gen_server's `hibernate` return. Its state goes into the cell, its greenlet ends and the
-//! stack goes back to the runtime's pool (warm); its mailbox buffers are freed. The next
-//! message, signal, stop request or timer starts an *activation*: a new greenlet (on a pooled
-//! stack) that resumes the same incarnation, with the same state, from the mailbox loop.
+//! gen_server's `hibernate` return. Its state goes into the cell and it gives its greenlet up
+//! (a mailbox buffer over 256 bytes is freed too). The next message, signal, stop request or
+//! timer starts an *activation* that resumes the same incarnation, with the same state, from
+//! the mailbox loop.
 //!
+//! * Activations run on the **dispatcher**: one greenlet that runs the ready actors'
+//!   activations in turn, each until it hibernates again or ends, so waking (or spawning)
+//!   100,000 hibernating actors takes one greenlet and one stack, not one each, and a message
+//!   between two hibernating actors costs no switch. It yields to the other greenlets every
+//!   64 activations, and ends when no actor is ready (after one yield, so that a stream of
+//!   asks does not make a greenlet per ask).
+//! * A handler (or hook) that blocks keeps the dispatcher's greenlet: the greenlet becomes
+//!   that actor's own, for the rest of its activation, and a new dispatcher takes the ready
+//!   actors. (A hub callback, queued once per stretch of dispatching while other actors are
+//!   ready, sees that the dispatcher is suspended inside an activation.) Killing, or waiting
+//!   for, an actor that runs on the dispatcher hands the greenlet over first, so a kill
+//!   unwinds that actor only. Such a greenlet is named `actor dispatcher` in the runtime's
+//!   dumps, not after the actor.
 //! * Everything else is unchanged: the incarnation, its links, monitors, `trap_exit`, timers,
 //!   registration, counters and supervisor; `stop` runs `stopped` (the activation handles the
 //!   stop request); [`ActorRef::kill`] of a hibernated actor has no greenlet to unwind: its
 //!   state is dropped and it exits with [`ExitReason::Killed`] at once.
-//! * Waking many at once does not take a stack each: at most 16 activations are made and not
-//!   yet running; the others wait in a FIFO, and each activation that starts makes the next.
-//!   Spawning a hibernating actor schedules its first activation (the one that runs
-//!   `started`) the same way.
 //! * A hibernated actor that nobody references is kept alive (by its cell), like a parked
 //!   greenlet: its timers and links may still wake it. [`hibernating`] counts them.
-//! * It is off by default, as in Erlang: a wake-up from an empty mailbox then costs a greenlet
-//!   (a spawn and an exit on a warm stack) instead of one switch to a parked greenlet, which
-//!   matters for an actor that handles a steady stream one message at a time (a hop of a
-//!   ping-pong). It pays off for many mostly idle actors: an idle actor costs its cell and
-//!   state (a few hundred bytes) instead of a stack page, and spawning one does not make a
-//!   stack. Supervisors never hibernate.
+//!
+//! **The default: parked, started lazily.** Hibernation is off by default, as in Erlang: an
+//! actor that handles a steady stream one message at a time (a hop of a ping-pong, an ask
+//! round trip) is fastest parked on a greenlet of its own, one switch per wake-up, with no
+//! state to move in and out of the cell (an activation costs about as much as a switch, and
+//! a hop between two hibernating actors measured 475 instructions against 312 parked). But a
+//! parked actor *starts lazily*: spawned, it is asleep; its first activation (`started` and
+//! the messages queued by then) runs on the dispatcher, and when idle it sleeps there. Only a
+//! user message (a tell, an ask, a timer message) that wakes it from sleep gives it a greenlet
+//! of its own, where it parks from then on. A stop request, an exit or a down signal is
+//! handled on the dispatcher. So an actor spawned, told one message and stopped never takes a
+//! greenlet or a stack (spawning 100,000 parked actors used to touch a fresh stack each: page
+//! faults were most of the cost), and an idle actor that was never woken again holds no stack
+//! (a few hundred bytes, not a stack page). Supervisors start eagerly, on their own greenlet.
+//! The tradeoff: until its second wake-up, a parked actor behaves as a hibernating one
+//! ([`Stats::hibernated`] is `true`, [`hibernating`] counts it).
+//!
+//! Hibernate ([`Builder::hibernate`], [`set_hibernate_default`]) for many mostly idle actors
+//! that each wake now and then: each wake-up then costs an activation on the dispatcher
+//! instead of a switch, and no idle actor ever holds a stack.
 //!
 //! # Differences from Erlang/OTP (gen_server) and Akka
 //!
@@ -569,6 +594,13 @@ pub(crate) struct Base {
     park: StdCell<u8>,
     /// Whether the actor hibernates whenever its mailbox is empty ([`Builder::hibernate`]).
     hibernate: bool,
+    /// Whether a parked (not hibernating) actor starts lazily: born asleep, it runs on the
+    /// dispatcher, without a greenlet, until a user message wakes it from sleep; it then gets
+    /// a greenlet of its own and parks from then on. (Supervisors start eagerly.)
+    lazy: bool,
+    /// Whether the current activation started on the dispatcher: there it cannot park, and
+    /// hibernates when idle instead.
+    on_dispatcher: StdCell<bool>,
     /// While asleep, the cell keeps itself alive (no greenlet holds it): a timer or a link
     /// may still wake it, as they would a parked greenlet.
     keep: RefCell<Option<Rc<dyn CellDyn>>>,
@@ -615,7 +647,6 @@ const ASLEEP: u8 = 2;
 /// greenlet made and not yet running).
 const ROUSED: u8 = 3;
 
-
 thread_local! {
     /// Roused hibernated actors waiting for the dispatcher, in order.
     static READY: RefCell<VecDeque<Rc<dyn CellDyn>>> = const { RefCell::new(VecDeque::new()) };
@@ -644,7 +675,13 @@ thread_local! {
 }
 
 impl Base {
-    fn new(name: Option<String>, mailbox: Mailbox, measure: bool, hibernate: bool) -> Base {
+    fn new(
+        name: Option<String>,
+        mailbox: Mailbox,
+        measure: bool,
+        hibernate: bool,
+        lazy: bool,
+    ) -> Base {
         let id = NEXT_ID.with(|n| {
             let id = n.get();
             n.set(id + 1);
@@ -657,6 +694,8 @@ impl Base {
             status: StdCell::new(Status::Running),
             park: StdCell::new(RUN),
             hibernate,
+            lazy: lazy && !hibernate,
+            on_dispatcher: StdCell::new(false),
             keep: RefCell::new(None),
             wake: OnceCell::new(),
             sys: RefCell::new(VecDeque::new()),
@@ -755,8 +794,10 @@ impl Base {
         self.peek_extras(|e| e.and_then(|e| e.tree.clone()))
     }
 
+    /// Wakes the incarnation if it is idle; `user`: for a user message (not a system-lane
+    /// entry).
     #[inline]
-    fn wake_up(&self) {
+    fn wake_up(&self, user: bool) {
         match self.park.get() {
             RUN | ROUSED => {}
             PARKED => {
@@ -765,17 +806,23 @@ impl Base {
                     let _ = w.put_nowait(());
                 }
             }
-            _ => self.rouse(),
+            _ => self.rouse(user),
         }
     }
 
-    /// Wakes a hibernated actor: its activation is started (or queued behind others).
+    /// Wakes a hibernated actor: its activation goes to the dispatcher, or, for a lazily
+    /// started parked actor woken by a user message, runs on a greenlet of its own (where it
+    /// parks from then on).
     #[cold]
     #[inline(never)]
-    fn rouse(&self) {
+    fn rouse(&self, user: bool) {
         self.park.set(ROUSED);
         if let Some(me) = self.keep.borrow_mut().take() {
-            schedule_activation(me);
+            if user && self.lazy {
+                me.activate_own();
+            } else {
+                schedule_activation(me);
+            }
         }
     }
 
@@ -796,7 +843,7 @@ impl Base {
             self.sys.borrow_mut().push_back(s);
         }
         self.sys_len.set(self.sys_len.get() + 1);
-        self.wake_up();
+        self.wake_up(false);
     }
 
     /// The running incarnation's greenlet. If it runs on the dispatcher, the dispatcher's
@@ -900,6 +947,8 @@ pub(crate) trait CellDyn: 'static {
     /// Runs a roused actor's activation on the dispatcher (greenlet `g`), until it hibernates
     /// again or ends; nothing if it was killed or activated already.
     fn run_here(self: Rc<Self>, g: &Greenlet<()>);
+    /// Makes a greenlet of its own for a roused actor's activation.
+    fn activate_own(self: Rc<Self>);
     /// Kills a hibernated incarnation: there is no greenlet to unwind; its state is dropped
     /// and it ends with [`ExitReason::Killed`].
     fn kill_asleep(self: Rc<Self>);
@@ -946,6 +995,9 @@ impl<A: Actor> CellDyn for Cell<A> {
         self.activate();
         drop(keep);
     }
+    fn activate_own(self: Rc<Self>) {
+        self.activate();
+    }
     fn run_here(self: Rc<Self>, g: &Greenlet<()>) {
         let b = &self.base;
         if b.park.get() != ROUSED || b.greenlet.borrow().is_some() {
@@ -959,6 +1011,7 @@ impl<A: Actor> CellDyn for Cell<A> {
         b.park.set(RUN);
         b.gid.set(g.id());
         *b.greenlet.borrow_mut() = Some(g.clone());
+        b.on_dispatcher.set(true);
         run_incarnation(self, actor, start);
     }
     fn kill_asleep(self: Rc<Self>) {
@@ -1005,9 +1058,10 @@ impl<A: Actor> Cell<A> {
         mailbox: Mailbox,
         measure: bool,
         hibernate: bool,
+        lazy: bool,
     ) -> Rc<Cell<A>> {
         Rc::new(Cell {
-            base: Base::new(name, mailbox, measure, hibernate),
+            base: Base::new(name, mailbox, measure, hibernate, lazy),
             user: RefCell::new(VecDeque::new()),
             asleep: RefCell::new(None),
         })
@@ -1053,7 +1107,7 @@ impl<A: Actor> Cell<A> {
         if len > self.base.hwm.get() {
             self.base.hwm.set(len);
         }
-        self.base.wake_up();
+        self.base.wake_up(true);
         true
     }
 
@@ -1077,7 +1131,7 @@ impl<A: Actor> Cell<A> {
             if len >= b.hwm.get() {
                 b.hwm.set(len + 1);
             }
-            b.wake_up();
+            b.wake_up(true);
             return Ok(());
         }
         drop(q);
@@ -1116,7 +1170,7 @@ impl<A: Actor> Cell<A> {
                     q.push_back(env);
                     old
                 };
-                b.wake_up();
+                b.wake_up(true);
                 if let Some(old) = old {
                     self.overflow(old);
                 }
@@ -1174,7 +1228,7 @@ impl<A: Actor> Cell<A> {
                 if len > b.hwm.get() {
                     b.hwm.set(len);
                 }
-                b.wake_up();
+                b.wake_up(true);
                 Ok(())
             }
         }
@@ -1239,21 +1293,18 @@ impl<A: Actor> Cell<A> {
         }
         b.status.set(Status::Dead);
         b.set_reason(&reason);
-        let (links, monitors, exited, registered, on_final, asks) = match b
-            .extras
-            .borrow_mut()
-            .as_deref_mut()
-        {
-            Some(e) => (
-                std::mem::take(&mut e.links),
-                std::mem::take(&mut e.monitors),
-                e.exited.clone(),
-                e.registered.take(),
-                std::mem::take(&mut e.on_final),
-                std::mem::take(&mut e.asks),
-            ),
-            None => Default::default(),
-        };
+        let (links, monitors, exited, registered, on_final, asks) =
+            match b.extras.borrow_mut().as_deref_mut() {
+                Some(e) => (
+                    std::mem::take(&mut e.links),
+                    std::mem::take(&mut e.monitors),
+                    e.exited.clone(),
+                    e.registered.take(),
+                    std::mem::take(&mut e.on_final),
+                    std::mem::take(&mut e.asks),
+                ),
+                None => Default::default(),
+            };
         let me = AnyRef(self.clone());
         // Queued user messages: asks fail with the reason, tells become dead letters.
         let queued = std::mem::take(&mut *self.user.borrow_mut());
@@ -2025,7 +2076,7 @@ impl<A: Actor> Ctx<A> {
     /// `{noreply, State, hibernate}`. The greenlet ends and its stack goes back to the
     /// runtime's pool; the actor keeps only its state and mailbox, and the next message or
     /// signal runs it on a new greenlet. See [`Builder::hibernate`] to hibernate whenever
-    /// idle, and the [module docs](self#hibernation).
+    /// idle, and the [module docs](self#hibernation-the-dispatcher-and-lazy-start).
     pub fn hibernate(&mut self) {
         self.hibernate = true;
     }
@@ -2284,6 +2335,8 @@ pub struct Builder {
     register: bool,
     measure: bool,
     hibernate: Option<bool>,
+    /// Starts with a greenlet at once (supervisors), not lazily.
+    eager: bool,
 }
 
 impl Builder {
@@ -2317,7 +2370,7 @@ impl Builder {
     }
 
     /// Whether the actor hibernates whenever its mailbox is empty (default: off, or what
-    /// [`set_hibernate_default`] set): see the [module docs](self#hibernation). An idle
+    /// [`set_hibernate_default`] set): see the [module docs](self#hibernation-the-dispatcher-and-lazy-start). An idle
     /// hibernated actor holds no greenlet and no stack, only its state and mailbox; each
     /// wake-up from an empty mailbox costs a greenlet (on a pooled, warm stack) instead of a
     /// switch to a parked one.
@@ -2328,6 +2381,7 @@ impl Builder {
 
     pub(crate) fn no_hibernation(mut self) -> Builder {
         self.hibernate = Some(false);
+        self.eager = true;
         self
     }
 
@@ -2356,7 +2410,13 @@ impl Builder {
         let hibernate = self
             .hibernate
             .unwrap_or_else(|| HIBERNATE_DEFAULT.with(StdCell::get));
-        let cell = Cell::<A>::new(self.name.clone(), self.mailbox, self.measure, hibernate);
+        let cell = Cell::<A>::new(
+            self.name.clone(),
+            self.mailbox,
+            self.measure,
+            hibernate,
+            !self.eager,
+        );
         if self.register {
             let name = self.name.as_deref().unwrap_or_default();
             crate::registry::register(name, &AnyRef(cell.clone()))?;
@@ -2364,8 +2424,9 @@ impl Builder {
         Ok(cell)
     }
 
-    /// Spawns the actor: its greenlet starts (and runs `started`) when the caller next blocks
-    /// or yields, as any greenlet.
+    /// Spawns the actor: it starts (runs `started`) when the caller next blocks or yields, as
+    /// a greenlet would, on the dispatcher (see the [module docs](self#hibernation-the-dispatcher-and-lazy-start));
+    /// a supervisor on a greenlet of its own.
     pub fn spawn<A: Actor>(self, actor: A) -> Result<ActorRef<A>, Error> {
         let cell = self.make_cell::<A>()?;
         start_incarnation(&cell, actor, None);
@@ -2376,7 +2437,7 @@ impl Builder {
 /// Spawns `actor` with an unbounded mailbox (see [`Builder`] for the options).
 pub fn spawn<A: Actor>(actor: A) -> ActorRef<A> {
     let hibernate = HIBERNATE_DEFAULT.with(StdCell::get);
-    let cell = Cell::<A>::new(None, Mailbox::unbounded(), false, hibernate);
+    let cell = Cell::<A>::new(None, Mailbox::unbounded(), false, hibernate, true);
     start_incarnation(&cell, actor, None);
     ActorRef(cell)
 }
@@ -2431,7 +2492,7 @@ pub(crate) fn start_incarnation<A: Actor>(
     let b = &cell.base;
     b.incarnation.set(b.incarnation.get() + 1);
     b.status.set(Status::Running);
-    if b.hibernate {
+    if b.hibernate || b.lazy {
         // Born asleep: the activation that runs `started` is scheduled like any other, so
         // that spawning many actors at once does not take a stack each.
         *cell.asleep.borrow_mut() = Some(Asleep {
@@ -2481,6 +2542,7 @@ fn resume<A: Actor>(mut guard: Activation<A>) {
     };
     HIBERNATING.with(|h| h.set(h.get() - 1));
     cell.base.park.set(RUN);
+    cell.base.on_dispatcher.set(false);
     run_incarnation(cell, actor, start);
 }
 
@@ -2656,7 +2718,9 @@ fn body<A: Actor>(
         }
         let env = cell.user.borrow_mut().pop_front();
         let Some(Envelope { msg, token }) = env else {
-            if b.hibernate || ctx.hibernate {
+            if b.hibernate || ctx.hibernate || b.on_dispatcher.get() {
+                // (An actor cannot park on the dispatcher: a lazily started one sleeps until
+                // a user message gives it a greenlet of its own.)
                 return Outcome::Hibernate;
             }
             b.park.set(PARKED);

@@ -1085,7 +1085,11 @@ fn linked_greenlets_die_when_the_actor_stops_or_is_killed_parked_or_hibernated()
                 p.tell(L::Spawn("x")).unwrap();
                 p.tell(L::Spawn("y")).unwrap();
                 settle();
-                assert_eq!(p.stats().hibernated, hib);
+                // (Not hibernating, it may still be asleep: a parked actor starts lazily, on
+                // the dispatcher, until a user message wakes it from its first sleep.)
+                if hib {
+                    assert!(p.stats().hibernated);
+                }
                 if kill {
                     p.kill();
                 } else {

@@ -110,6 +110,10 @@ fn ctx_hibernate_hibernates_once_when_the_mailbox_is_empty() {
         let drops = DropCounter::new();
         let log = Log::new();
         let c = counter(&drops, &log, false);
+        // A parked actor starts lazily: a message that wakes it from its first sleep puts it
+        // on a greenlet of its own.
+        settle();
+        assert_eq!(c.ask(C::Get), Ok(0));
         settle();
         assert_eq!(evergreen::hub::live_count(), 1, "parked, not hibernated");
         // Queued behind the request: handled first, then it hibernates.
@@ -584,7 +588,10 @@ fn killing_an_actor_blocked_in_a_handler_on_the_dispatcher_kills_only_it() {
         assert_eq!(evergreen::hub::live_count(), 1);
         a.kill();
         assert_eq!(a.exit_reason(), Some(ExitReason::Killed));
-        assert!(grep(&log, "stop a").is_empty(), "kill skips the stopped hook");
+        assert!(
+            grep(&log, "stop a").is_empty(),
+            "kill skips the stopped hook"
+        );
         settle();
         assert_eq!(evergreen::hub::live_count(), 0);
         // The next dispatcher serves b.
@@ -649,5 +656,49 @@ fn a_long_exchange_between_hibernating_actors_yields_to_other_greenlets() {
             a.stop();
             a.join().unwrap();
         }
+    });
+}
+
+#[test]
+fn a_parked_actor_starts_lazily_and_parks_once_a_message_wakes_it() {
+    run_virtual(|| {
+        let drops = DropCounter::new();
+        let log = Log::new();
+        let n = 100;
+        let cs: Vec<_> = (0..n).map(|_| counter(&drops, &log, false)).collect();
+        for (i, c) in cs.iter().enumerate() {
+            c.tell(C::Add(i as u64)).unwrap();
+        }
+        settle();
+        // Started and handled their first message on the dispatcher: no greenlet each.
+        assert_eq!(evergreen::hub::live_count(), 0);
+        assert_eq!(hibernating(), n);
+        assert!(cs
+            .iter()
+            .all(|c| c.stats().hibernated && c.stats().handled == 1));
+        // A message wakes one onto a greenlet of its own, where it parks from then on.
+        assert_eq!(cs[7].ask(C::Get), Ok(7));
+        settle();
+        assert_eq!(evergreen::hub::live_count(), 1);
+        assert!(!cs[7].stats().hibernated);
+        cs[7].tell(C::Add(1)).unwrap();
+        settle();
+        assert_eq!(
+            evergreen::hub::live_count(),
+            1,
+            "parked, not hibernated again"
+        );
+        assert_eq!(cs[7].ask(C::Get), Ok(8));
+        // A stop needs no greenlet: the dispatcher runs the stopped hooks.
+        for c in &cs {
+            c.stop();
+        }
+        assert!(evergreen::hub::live_count() <= 2);
+        for c in &cs {
+            assert_eq!(c.join(), Ok(ExitReason::Normal));
+        }
+        assert_eq!(grep(&log, "stopped normal").len(), n);
+        assert_eq!(drops.count(), n);
+        assert_eq!(hibernating(), 0);
     });
 }
