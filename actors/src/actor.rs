@@ -796,7 +796,7 @@ impl Base {
 
     /// Wakes the incarnation if it is idle; `user`: for a user message (not a system-lane
     /// entry).
-    #[inline]
+    #[inline(always)]
     fn wake_up(&self, user: bool) {
         match self.park.get() {
             RUN | ROUSED => {}
@@ -954,10 +954,68 @@ pub(crate) trait CellDyn: 'static {
     fn kill_asleep(self: Rc<Self>);
 }
 
+/// A FIFO whose first item is kept inline: an actor that holds one message at a time (a
+/// hop of a ping-pong, an ask, the one message of a short-lived actor) never allocates a
+/// buffer, nor touches one.
+struct Lane<T> {
+    first: Option<T>,
+    /// The items after `first` (while it is taken and these remain, new items go here too).
+    rest: VecDeque<T>,
+}
+
+impl<T> Default for Lane<T> {
+    fn default() -> Self {
+        Lane {
+            first: None,
+            rest: VecDeque::new(),
+        }
+    }
+}
+
+impl<T> Lane<T> {
+    #[inline]
+    fn push_back(&mut self, v: T) {
+        if self.rest.is_empty() && self.first.is_none() {
+            self.first = Some(v);
+        } else {
+            self.rest.push_back(v);
+        }
+    }
+
+    #[inline]
+    fn pop_front(&mut self) -> Option<T> {
+        if self.first.is_some() {
+            return self.first.take();
+        }
+        self.rest.pop_front()
+    }
+
+    #[inline]
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    /// Frees the buffer of an empty lane if it holds more than `max_bytes`.
+    fn shrink_if_empty(&mut self, max_bytes: usize) {
+        if self.rest.is_empty() && self.rest.capacity() * std::mem::size_of::<T>() > max_bytes {
+            self.rest = VecDeque::new();
+        }
+    }
+}
+
+impl<T> IntoIterator for Lane<T> {
+    type Item = T;
+    type IntoIter =
+        std::iter::Chain<std::option::IntoIter<T>, std::collections::vec_deque::IntoIter<T>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.first.into_iter().chain(self.rest)
+    }
+}
+
 /// An actor's cell: the untyped part and its typed user lane.
 pub(crate) struct Cell<A: Actor> {
     pub(crate) base: Base,
-    user: RefCell<VecDeque<Envelope<A::Msg>>>,
+    user: RefCell<Lane<Envelope<A::Msg>>>,
     /// The state of a hibernated incarnation (and, if it has not started, its start signal).
     asleep: RefCell<Option<Asleep<A>>>,
 }
@@ -1062,7 +1120,7 @@ impl<A: Actor> Cell<A> {
     ) -> Rc<Cell<A>> {
         Rc::new(Cell {
             base: Base::new(name, mailbox, measure, hibernate, lazy),
-            user: RefCell::new(VecDeque::new()),
+            user: RefCell::new(Lane::default()),
             asleep: RefCell::new(None),
         })
     }
@@ -1076,12 +1134,7 @@ impl<A: Actor> Cell<A> {
         // Give the mailbox's buffers back too (Erlang's hibernate shrinks the heap), unless
         // they are small: an actor woken for one message at a time would otherwise allocate
         // and free its mailbox on every wake-up.
-        {
-            let mut q = self.user.borrow_mut();
-            if q.is_empty() && q.capacity() * std::mem::size_of::<Envelope<A::Msg>>() > KEEP_BYTES {
-                *q = VecDeque::new();
-            }
-        }
+        self.user.borrow_mut().shrink_if_empty(KEEP_BYTES);
         {
             let mut sys = b.sys.borrow_mut();
             if sys.is_empty() && sys.capacity() * std::mem::size_of::<Sys>() > KEEP_BYTES {
