@@ -1346,41 +1346,47 @@ impl<A: Actor> Cell<A> {
         }
         b.status.set(Status::Dead);
         b.set_reason(&reason);
-        let (links, monitors, exited, registered, on_final, asks) =
-            match b.extras.borrow_mut().as_deref_mut() {
-                Some(e) => (
-                    std::mem::take(&mut e.links),
-                    std::mem::take(&mut e.monitors),
-                    e.exited.clone(),
-                    e.registered.take(),
-                    std::mem::take(&mut e.on_final),
-                    std::mem::take(&mut e.asks),
-                ),
-                None => Default::default(),
-            };
-        let me = AnyRef(self.clone());
+        // Most actors have no bookkeeping, nothing queued and nothing waiting: then this is
+        // all there is to do.
+        let mut extras = b.extras.borrow_mut().as_deref_mut().map(|e| Notify {
+            links: std::mem::take(&mut e.links),
+            monitors: std::mem::take(&mut e.monitors),
+            exited: e.exited.clone(),
+            registered: e.registered.take(),
+            on_final: std::mem::take(&mut e.on_final),
+            asks: std::mem::take(&mut e.asks),
+        });
+        if b.sys_len.get() != 0 {
+            let sys = std::mem::take(&mut *b.sys.borrow_mut());
+            let first = b.sys_first.borrow_mut().take();
+            b.sys_len.set(0);
+            drop(first);
+            drop(sys);
+        }
         // Queued user messages: asks fail with the reason, tells become dead letters.
-        let queued = std::mem::take(&mut *self.user.borrow_mut());
-        let sys = std::mem::take(&mut *b.sys.borrow_mut());
-        let first = b.sys_first.borrow_mut().take();
-        b.sys_len.set(0);
-        drop(first);
-        drop(sys);
-        for env in queued {
-            match &env.token {
-                Some(t) if t.is_ask() => t.fail(Error::Dead(reason.clone(), ()), false),
-                Some(_) => {}
-                None => dead_letters::record(
-                    || b.label(),
-                    DlReason::Leftover,
-                    std::any::type_name::<A::Msg>(),
-                ),
+        let queued = {
+            let mut q = self.user.borrow_mut();
+            (q.len() != 0).then(|| std::mem::take(&mut *q))
+        };
+        if let Some(queued) = queued {
+            for env in queued {
+                match &env.token {
+                    Some(t) if t.is_ask() => t.fail(Error::Dead(reason.clone(), ()), false),
+                    Some(_) => {}
+                    None => dead_letters::record(
+                        || b.label(),
+                        DlReason::Leftover,
+                        std::any::type_name::<A::Msg>(),
+                    ),
+                }
+                drop(env);
             }
-            drop(env);
         }
         // Asks waiting on a reply handle held elsewhere.
-        for t in asks {
-            t.fail(Error::Dead(reason.clone(), ()), false);
+        if let Some(n) = &mut extras {
+            for t in std::mem::take(&mut n.asks) {
+                t.fail(Error::Dead(reason.clone(), ()), false);
+            }
         }
         // Blocked tellers: each gets a slot and finds the actor dead.
         if let Some(space) = &b.space {
@@ -1392,10 +1398,22 @@ impl<A: Actor> Cell<A> {
                 space.sem.release();
             }
         }
-        if let Some(n) = registered {
-            crate::registry::remove_exited(&n, b.id);
+        if let Some(n) = extras {
+            self.notify(n, &reason);
         }
-        for l in links {
+    }
+
+    /// The exit's bookkeeping part of [`finalize`](Self::finalize): the name is unregistered,
+    /// links and monitors fire, final hooks run, joiners wake.
+    #[cold]
+    #[inline(never)]
+    fn notify(self: &Rc<Self>, n: Notify, reason: &ExitReason) {
+        let b = &self.base;
+        let me = AnyRef(self.clone());
+        if let Some(name) = n.registered {
+            crate::registry::remove_exited(&name, b.id);
+        }
+        for l in n.links {
             if let Some(peer) = l.upgrade() {
                 peer.base().with_extras(|e| {
                     e.links
@@ -1404,20 +1422,30 @@ impl<A: Actor> Cell<A> {
                 peer.base().push_sys(Sys::Exit(me.clone(), reason.clone()));
             }
         }
-        for (id, w) in monitors {
+        for (id, w) in n.monitors {
             if let Some(watcher) = w.upgrade() {
                 watcher
                     .base()
                     .push_sys(Sys::Down(id, me.clone(), reason.clone()));
             }
         }
-        for f in on_final {
-            f(&reason);
+        for f in n.on_final {
+            f(reason);
         }
-        if let Some(ev) = exited {
+        if let Some(ev) = n.exited {
             ev.set();
         }
     }
+}
+
+/// What an exit takes from an actor's [`Extras`] to notify.
+struct Notify {
+    links: Vec<Weak<dyn CellDyn>>,
+    monitors: Vec<(MonitorId, Weak<dyn CellDyn>)>,
+    exited: Option<Rc<Event>>,
+    registered: Option<String>,
+    on_final: Vec<FinalHook>,
+    asks: Vec<Rc<dyn Token>>,
 }
 
 /// A reference to an actor: cheap to clone, valid across restarts, usable from any greenlet
