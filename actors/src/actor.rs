@@ -349,6 +349,8 @@ pub(crate) struct Extras {
     busy_ns: u64,
     /// Greenlets spawned with [`Ctx::spawn_linked`]: killed when the incarnation ends.
     linked: Vec<evergreen::GreenletRef>,
+    /// The system lane after its first entry ([`Base::sys_first`]).
+    sys: VecDeque<Sys>,
 }
 
 struct TimerEntry {
@@ -614,13 +616,12 @@ pub(crate) struct Base {
     ///
     /// Made on the first park: an actor that hibernates whenever idle never parks.
     wake: OnceCell<Box<Channel<()>>>,
-    /// The system lane: stop requests, exit and down signals.
-    sys: RefCell<VecDeque<Sys>>,
-    /// How many system-lane entries wait (in `sys_first` and `sys`): the loop tests only
-    /// this count before each message.
+    /// How many system-lane entries (stop requests, exit and down signals) wait, in
+    /// `sys_first` and [`Extras::sys`]: the loop tests only this count before each message.
     sys_len: StdCell<u32>,
     /// The system lane's first entry, kept inline: most actors only ever get one (their stop
-    /// request), and it then costs no allocation. `sys` holds the entries after it.
+    /// request), and it then costs no allocation. The entries after it wait in
+    /// [`Extras::sys`].
     sys_first: RefCell<Option<Sys>>,
     cap: usize,
     policy: Policy,
@@ -698,7 +699,6 @@ impl Base {
             on_dispatcher: StdCell::new(false),
             keep: RefCell::new(None),
             wake: OnceCell::new(),
-            sys: RefCell::new(VecDeque::new()),
             sys_len: StdCell::new(0),
             sys_first: RefCell::new(None),
             cap: mailbox.cap,
@@ -840,7 +840,7 @@ impl Base {
             *first = Some(s);
         } else {
             drop(first);
-            self.sys.borrow_mut().push_back(s);
+            self.with_extras(|e| e.sys.push_back(s));
         }
         self.sys_len.set(self.sys_len.get() + 1);
         self.wake_up(false);
@@ -1135,12 +1135,6 @@ impl<A: Actor> Cell<A> {
         // they are small: an actor woken for one message at a time would otherwise allocate
         // and free its mailbox on every wake-up.
         self.user.borrow_mut().shrink_if_empty(KEEP_BYTES);
-        {
-            let mut sys = b.sys.borrow_mut();
-            if sys.is_empty() && sys.capacity() * std::mem::size_of::<Sys>() > KEEP_BYTES {
-                *sys = VecDeque::new();
-            }
-        }
         b.gid.set(0);
         let g = b.greenlet.borrow_mut().take();
         b.park.set(ASLEEP);
@@ -1357,7 +1351,11 @@ impl<A: Actor> Cell<A> {
             asks: std::mem::take(&mut e.asks),
         });
         if b.sys_len.get() != 0 {
-            let sys = std::mem::take(&mut *b.sys.borrow_mut());
+            let sys = b
+                .extras
+                .borrow_mut()
+                .as_deref_mut()
+                .map(|e| std::mem::take(&mut e.sys));
             let first = b.sys_first.borrow_mut().take();
             b.sys_len.set(0);
             drop(first);
@@ -2786,7 +2784,12 @@ fn body<A: Actor>(
         } else {
             b.sys_len.set(b.sys_len.get() - 1);
             let first = b.sys_first.borrow_mut().take();
-            first.or_else(|| b.sys.borrow_mut().pop_front())
+            first.or_else(|| {
+                b.extras
+                    .borrow_mut()
+                    .as_deref_mut()
+                    .and_then(|e| e.sys.pop_front())
+            })
         };
         if let Some(s) = sys {
             if let Some(r) = on_sys(b, actor, ctx, s) {
