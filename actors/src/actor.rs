@@ -349,7 +349,7 @@ pub(crate) struct Extras {
     busy_ns: u64,
     /// Greenlets spawned with [`Ctx::spawn_linked`]: killed when the incarnation ends.
     linked: Vec<evergreen::GreenletRef>,
-    /// The system lane after its first entry ([`Base::sys_first`]).
+    /// The system lane but an inline first stop request ([`Base::sys_first`]).
     sys: VecDeque<Sys>,
 }
 
@@ -605,7 +605,7 @@ pub(crate) struct Base {
     on_dispatcher: StdCell<bool>,
     /// While asleep, the cell keeps itself alive (no greenlet holds it): a timer or a link
     /// may still wake it, as they would a parked greenlet.
-    keep: RefCell<Option<Rc<dyn CellDyn>>>,
+    keep: StdCell<Option<Rc<dyn CellDyn>>>,
     /// The doorbell the idle incarnation waits on: rung (`put_nowait`) only while the actor
     /// waits, so the item goes straight to it. A rendezvous [`Channel`]: its `put_nowait` is
     /// one hand-over to the waiting getter (a `Queue`'s also tests for shutdown, counts
@@ -619,10 +619,11 @@ pub(crate) struct Base {
     /// How many system-lane entries (stop requests, exit and down signals) wait, in
     /// `sys_first` and [`Extras::sys`]: the loop tests only this count before each message.
     sys_len: StdCell<u32>,
-    /// The system lane's first entry, kept inline: most actors only ever get one (their stop
-    /// request), and it then costs no allocation. The entries after it wait in
+    /// The system lane's first entry if it is a stop request, kept inline: most actors only
+    /// ever get that one (exit and down signals come to actors with links or monitors, which
+    /// have [`Extras`]), and it then costs no allocation. The other entries wait in
     /// [`Extras::sys`].
-    sys_first: RefCell<Option<Sys>>,
+    sys_first: RefCell<Option<ExitReason>>,
     cap: usize,
     policy: Policy,
     /// Slots handed to blocked tellers that have not pushed yet (Block policy).
@@ -697,7 +698,7 @@ impl Base {
             hibernate,
             lazy: lazy && !hibernate,
             on_dispatcher: StdCell::new(false),
-            keep: RefCell::new(None),
+            keep: StdCell::new(None),
             wake: OnceCell::new(),
             sys_len: StdCell::new(0),
             sys_first: RefCell::new(None),
@@ -817,7 +818,7 @@ impl Base {
     #[inline(never)]
     fn rouse(&self, user: bool) {
         self.park.set(ROUSED);
-        if let Some(me) = self.keep.borrow_mut().take() {
+        if let Some(me) = self.keep.take() {
             if user && self.lazy {
                 me.activate_own();
             } else {
@@ -835,12 +836,9 @@ impl Base {
         if self.status.get() == Status::Dead {
             return;
         }
-        let mut first = self.sys_first.borrow_mut();
-        if first.is_none() && self.sys_len.get() == 0 {
-            *first = Some(s);
-        } else {
-            drop(first);
-            self.with_extras(|e| e.sys.push_back(s));
+        match s {
+            Sys::Stop(r) if self.sys_len.get() == 0 => *self.sys_first.borrow_mut() = Some(r),
+            s => self.with_extras(|e| e.sys.push_back(s)),
         }
         self.sys_len.set(self.sys_len.get() + 1);
         self.wake_up(false);
@@ -1046,7 +1044,7 @@ impl<A: Actor> CellDyn for Cell<A> {
     fn activate_now(self: Rc<Self>) {
         let keep = if self.base.park.get() == ASLEEP {
             self.base.park.set(ROUSED);
-            self.base.keep.borrow_mut().take()
+            self.base.keep.take()
         } else {
             None
         };
@@ -1079,7 +1077,7 @@ impl<A: Actor> CellDyn for Cell<A> {
         };
         HIBERNATING.with(|h| h.set(h.get() - 1));
         b.park.set(RUN);
-        let keep = b.keep.borrow_mut().take();
+        let keep = b.keep.take();
         if let Some(Some(s)) = &asleep.start {
             s.done(Err("killed before it started".into()));
         }
@@ -1138,7 +1136,7 @@ impl<A: Actor> Cell<A> {
         b.gid.set(0);
         let g = b.greenlet.borrow_mut().take();
         b.park.set(ASLEEP);
-        *b.keep.borrow_mut() = Some(self.clone());
+        b.keep.set(Some(self.clone()));
         drop(g);
     }
 
@@ -2784,7 +2782,7 @@ fn body<A: Actor>(
         } else {
             b.sys_len.set(b.sys_len.get() - 1);
             let first = b.sys_first.borrow_mut().take();
-            first.or_else(|| {
+            first.map(Sys::Stop).or_else(|| {
                 b.extras
                     .borrow_mut()
                     .as_deref_mut()
