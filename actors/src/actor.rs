@@ -279,7 +279,9 @@ pub struct Stats {
     pub handler_time: Option<Duration>,
     /// `running`, `restarting` (awaiting its supervisor) or `dead`.
     pub status: &'static str,
-    /// Whether it is hibernated now (no greenlet; see [`Builder::hibernate`]).
+    /// Whether it is asleep now, without a greenlet: hibernated (see [`Builder::hibernate`]),
+    /// or a parked actor not yet woken from its first sleep (see
+    /// [lazy start](self#hibernation-the-dispatcher-and-lazy-start)).
     pub hibernated: bool,
 }
 
@@ -491,8 +493,9 @@ fn dispatch() {
     }
 }
 
-/// How many actors of this thread are hibernated now (asleep, or woken and waiting for their
-/// activation to run): with the runtime's `live_count`, what a leak check counts.
+/// How many actors of this thread are asleep now, without a greenlet (hibernated, or parked
+/// actors not yet woken from their first sleep; asleep, or woken and waiting for the
+/// dispatcher): with the runtime's `live_count`, what a leak check counts.
 pub fn hibernating() -> usize {
     HIBERNATING.with(StdCell::get)
 }
