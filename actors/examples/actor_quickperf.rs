@@ -48,11 +48,28 @@ impl Actor for Pong {
     }
 }
 
-struct Cheap;
+/// The spawn workload's actor, as in the `bench/` package: counts its message and its stop.
+struct Cheap {
+    handled: Rc<std::cell::Cell<u64>>,
+    stopped: Rc<std::cell::Cell<u64>>,
+    all_handled: Rc<Event>,
+    all_stopped: Rc<Event>,
+    n: u64,
+}
 impl Actor for Cheap {
     type Msg = u64;
     fn handle(&mut self, m: u64, _ctx: &mut Ctx<Self>) {
         black_box(m);
+        self.handled.set(self.handled.get() + 1);
+        if self.handled.get() == self.n {
+            self.all_handled.set();
+        }
+    }
+    fn stopped(&mut self, _r: &evergreen_actors::ExitReason, _ctx: &mut Ctx<Self>) {
+        self.stopped.set(self.stopped.get() + 1);
+        if self.stopped.get() == self.n {
+            self.all_stopped.set();
+        }
     }
 }
 
@@ -100,6 +117,50 @@ fn main() {
                 a.join().unwrap();
                 t
             }
+            "floor" => {
+                // The runtime's floor for an ask: two greenlets bouncing on `Queue<()>`
+                // doorbells (two wake-ups and two parks per round trip).
+                let a = Rc::new(evergreen::Queue::<()>::new());
+                let b = Rc::new(evergreen::Queue::<()>::new());
+                let (a2, b2) = (a.clone(), b.clone());
+                let g = evergreen::spawn(move || loop {
+                    if a2.get().is_err() {
+                        break;
+                    }
+                    let _ = b2.put_nowait(());
+                });
+                evergreen::sleep(Duration::ZERO);
+                let t0 = Instant::now();
+                for _ in 0..n {
+                    let _ = a.put_nowait(());
+                    let _ = b.get();
+                }
+                let t = t0.elapsed();
+                g.kill();
+                t
+            }
+            "cfloor" => {
+                // The runtime's floor for an ask: two greenlets bouncing on `Channel<()>`
+                // doorbells (two wake-ups and two parks per round trip).
+                let a = Rc::new(evergreen::Channel::<()>::new());
+                let b = Rc::new(evergreen::Channel::<()>::new());
+                let (a2, b2) = (a.clone(), b.clone());
+                let g = evergreen::spawn(move || loop {
+                    if a2.get().is_err() {
+                        break;
+                    }
+                    let _ = b2.put_nowait(());
+                });
+                evergreen::sleep(Duration::ZERO);
+                let t0 = Instant::now();
+                for _ in 0..n {
+                    let _ = a.put_nowait(());
+                    let _ = b.get();
+                }
+                let t = t0.elapsed();
+                g.kill();
+                t
+            }
             "gspawn" => {
                 // The runtime's floor for the spawn workload: bare greenlets, each parked on
                 // its own doorbell, woken once, then ended.
@@ -128,22 +189,34 @@ fn main() {
                 t0.elapsed()
             }
             "spawn" => {
+                // As the `bench/` package's spawn workload: spawn, one message each, stop all.
+                let handled = Rc::new(std::cell::Cell::new(0));
+                let stopped = Rc::new(std::cell::Cell::new(0));
+                let all_handled = Rc::new(Event::new());
+                let all_stopped = Rc::new(Event::new());
                 let t0 = Instant::now();
                 let refs: Vec<_> = (0..n)
                     .map(|i| {
-                        let a = evergreen_actors::spawn(Cheap);
+                        let a = evergreen_actors::spawn(Cheap {
+                            handled: handled.clone(),
+                            stopped: stopped.clone(),
+                            all_handled: all_handled.clone(),
+                            all_stopped: all_stopped.clone(),
+                            n,
+                        });
                         let _ = a.tell(i);
                         a
                     })
                     .collect();
-                evergreen::sleep(Duration::ZERO);
+                all_handled.wait();
                 for a in &refs {
                     a.stop();
                 }
-                for a in &refs {
-                    a.join().unwrap();
-                }
-                t0.elapsed()
+                all_stopped.wait();
+                let t = t0.elapsed();
+                drop(refs);
+                evergreen::sleep(Duration::ZERO);
+                t
             }
             _ => {
                 let done = Rc::new(Event::new());

@@ -13,8 +13,10 @@
 //! * the **system lane**, unbounded, for stop requests and exit/down signals. The loop reads
 //!   it before every user message, so a full mailbox never delays supervision.
 //!
-//! When both lanes are empty the incarnation parks on an [`Event`]; a tell pushes and, only if
-//! the actor is parked, sets the event (a busy actor costs a tell one push and one flag test).
+//! When both lanes are empty the incarnation parks on a doorbell (a rendezvous [`Channel`]); a
+//! tell pushes and, only if the actor is parked, rings it (a busy actor costs a tell one push
+//! and one flag test). Until a message first wakes it from sleep, a parked actor has no
+//! greenlet: see [lazy start](#hibernation-the-dispatcher-and-lazy-start).
 //! A `Block` mailbox that is full parks its tellers on a FIFO [`Semaphore`]: each message the
 //! actor takes hands one reserved slot to the longest-waiting teller, so a late teller cannot
 //! take the place of one that waited (no barging).
@@ -45,31 +47,54 @@
 //! actor of the cycle. Only waits of actors' own greenlets count: a greenlet the callee
 //! spawned may ask the caller freely.
 //!
-//! # Hibernation
+//! # Hibernation, the dispatcher and lazy start
 //!
 //! An actor built with [`Builder::hibernate`] (or one that calls [`Ctx::hibernate`]) does not
 //! park when its mailbox is empty: it *hibernates*, as Erlang's `erlang:hibernate/3` and
-//! gen_server's `hibernate` return. Its state goes into the cell, its greenlet ends and the
-//! stack goes back to the runtime's pool (warm); its mailbox buffers are freed. The next
-//! message, signal, stop request or timer starts an *activation*: a new greenlet (on a pooled
-//! stack) that resumes the same incarnation, with the same state, from the mailbox loop.
+//! gen_server's `hibernate` return. Its state goes into the cell and it gives its greenlet up
+//! (a mailbox buffer over 256 bytes is freed too). The next message, signal, stop request or
+//! timer starts an *activation* that resumes the same incarnation, with the same state, from
+//! the mailbox loop.
 //!
+//! * Activations run on the **dispatcher**: one greenlet that runs the ready actors'
+//!   activations in turn, each until it hibernates again or ends, so waking (or spawning)
+//!   100,000 hibernating actors takes one greenlet and one stack, not one each, and a message
+//!   between two hibernating actors costs no switch. It yields to the other greenlets every
+//!   64 activations, and ends when no actor is ready (after one yield, so that a stream of
+//!   asks does not make a greenlet per ask).
+//! * A handler (or hook) that blocks keeps the dispatcher's greenlet: the greenlet becomes
+//!   that actor's own, for the rest of its activation, and a new dispatcher takes the ready
+//!   actors. (A hub callback, queued once per stretch of dispatching while other actors are
+//!   ready, sees that the dispatcher is suspended inside an activation.) Killing, or waiting
+//!   for, an actor that runs on the dispatcher hands the greenlet over first, so a kill
+//!   unwinds that actor only. Such a greenlet is named `actor dispatcher` in the runtime's
+//!   dumps, not after the actor.
 //! * Everything else is unchanged: the incarnation, its links, monitors, `trap_exit`, timers,
 //!   registration, counters and supervisor; `stop` runs `stopped` (the activation handles the
 //!   stop request); [`ActorRef::kill`] of a hibernated actor has no greenlet to unwind: its
 //!   state is dropped and it exits with [`ExitReason::Killed`] at once.
-//! * Waking many at once does not take a stack each: at most 16 activations are made and not
-//!   yet running; the others wait in a FIFO, and each activation that starts makes the next.
-//!   Spawning a hibernating actor schedules its first activation (the one that runs
-//!   `started`) the same way.
 //! * A hibernated actor that nobody references is kept alive (by its cell), like a parked
 //!   greenlet: its timers and links may still wake it. [`hibernating`] counts them.
-//! * It is off by default, as in Erlang: a wake-up from an empty mailbox then costs a greenlet
-//!   (a spawn and an exit on a warm stack) instead of one switch to a parked greenlet, which
-//!   matters for an actor that handles a steady stream one message at a time (a hop of a
-//!   ping-pong). It pays off for many mostly idle actors: an idle actor costs its cell and
-//!   state (a few hundred bytes) instead of a stack page, and spawning one does not make a
-//!   stack. Supervisors never hibernate.
+//!
+//! **The default: parked, started lazily.** Hibernation is off by default, as in Erlang: an
+//! actor that handles a steady stream one message at a time (a hop of a ping-pong, an ask
+//! round trip) is fastest parked on a greenlet of its own, one switch per wake-up, with no
+//! state to move in and out of the cell (an activation costs about as much as a switch, and
+//! a hop between two hibernating actors measured 475 instructions against 312 parked). But a
+//! parked actor *starts lazily*: spawned, it is asleep; its first activation (`started` and
+//! the messages queued by then) runs on the dispatcher, and when idle it sleeps there. Only a
+//! user message (a tell, an ask, a timer message) that wakes it from sleep gives it a greenlet
+//! of its own, where it parks from then on. A stop request, an exit or a down signal is
+//! handled on the dispatcher. So an actor spawned, told one message and stopped never takes a
+//! greenlet or a stack (spawning 100,000 parked actors used to touch a fresh stack each: page
+//! faults were most of the cost), and an idle actor that was never woken again holds no stack
+//! (a few hundred bytes, not a stack page). Supervisors start eagerly, on their own greenlet.
+//! The tradeoff: until its second wake-up, a parked actor behaves as a hibernating one
+//! ([`Stats::hibernated`] is `true`, [`hibernating`] counts it).
+//!
+//! Hibernate ([`Builder::hibernate`], [`set_hibernate_default`]) for many mostly idle actors
+//! that each wake now and then: each wake-up then costs an activation on the dispatcher
+//! instead of a switch, and no idle actor ever holds a stack.
 //!
 //! # Differences from Erlang/OTP (gen_server) and Akka
 //!
@@ -97,7 +122,7 @@ use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use evergreen::timer::TimerId;
-use evergreen::{Event, Greenlet, Queue, Semaphore};
+use evergreen::{Channel, Event, Greenlet, Semaphore};
 
 use crate::dead_letters::{self, Reason as DlReason};
 use crate::error::{is_kill, panic_message, Error, ExitReason};
@@ -254,7 +279,9 @@ pub struct Stats {
     pub handler_time: Option<Duration>,
     /// `running`, `restarting` (awaiting its supervisor) or `dead`.
     pub status: &'static str,
-    /// Whether it is hibernated now (no greenlet; see [`Builder::hibernate`]).
+    /// Whether it is asleep now, without a greenlet: hibernated (see [`Builder::hibernate`]),
+    /// or a parked actor not yet woken from its first sleep (see
+    /// [lazy start](self#hibernation-the-dispatcher-and-lazy-start)).
     pub hibernated: bool,
 }
 
@@ -324,6 +351,8 @@ pub(crate) struct Extras {
     busy_ns: u64,
     /// Greenlets spawned with [`Ctx::spawn_linked`]: killed when the incarnation ends.
     linked: Vec<evergreen::GreenletRef>,
+    /// The system lane but an inline first stop request ([`Base::sys_first`]).
+    sys: VecDeque<Sys>,
 }
 
 struct TimerEntry {
@@ -339,43 +368,134 @@ struct Space {
     waiting: RefCell<VecDeque<u64>>,
 }
 
-/// Makes the activation of a roused actor, or queues it if [`MAX_UNSTARTED`] are made and
-/// not yet running.
+/// Hands a roused (or newly spawned) hibernating actor to the dispatcher, starting one if
+/// there is none.
 fn schedule_activation(cell: Rc<dyn CellDyn>) {
-    let now = UNSTARTED.with(|u| {
-        let n = u.get();
-        if n < MAX_UNSTARTED {
-            u.set(n + 1);
-            true
-        } else {
-            false
-        }
-    });
-    if !now {
-        ROUSED_QUEUE.with(|p| p.borrow_mut().push_back(cell));
-    } else if !cell.activate() {
-        UNSTARTED.with(|u| u.set(u.get() - 1));
+    READY.with(|r| r.borrow_mut().push_back(cell));
+    if DISPATCHER_ID.with(StdCell::get) == 0 {
+        start_dispatcher();
+    } else if DISPATCHING.with(StdCell::get) && !WATCH.with(StdCell::get) {
+        // The dispatcher is in a handler (this one, or one that blocked): if it blocks, or
+        // has blocked, the ready actor must not wait for it.
+        arm_watch();
     }
 }
 
-/// An activation began running (or was dropped unrun): makes the next queued ones.
-fn activation_began() {
-    let _ = UNSTARTED.try_with(|u| {
-        u.set(u.get() - 1);
-        while u.get() < MAX_UNSTARTED {
-            let Some(next) = ROUSED_QUEUE.with(|p| p.borrow_mut().pop_front()) else {
-                break;
-            };
-            u.set(u.get() + 1);
-            if !next.activate() {
-                u.set(u.get() - 1);
-            }
+/// Starts a dispatcher greenlet for the actors in `READY`.
+#[cold]
+#[inline(never)]
+fn start_dispatcher() {
+    let g = evergreen::Builder::new()
+        .name("actor dispatcher")
+        .create(dispatch);
+    DISPATCHER_ID.with(|d| d.set(g.id()));
+    DISPATCHER.with(|d| *d.borrow_mut() = Some(g.clone()));
+    g.start();
+}
+
+/// Queues the watch: a hub callback, run only once the running greenlet switches away. If the
+/// dispatcher is then still inside an actor's run, that actor blocked in a handler (or hook):
+/// the dispatcher's greenlet becomes that actor's own, and a new dispatcher takes the ready
+/// actors. One callback per stretch of dispatching, not one per message.
+#[cold]
+#[inline(never)]
+fn arm_watch() {
+    WATCH.with(|w| w.set(true));
+    evergreen::hub::run_callback(|| {
+        let _ = WATCH.try_with(|w| w.set(false));
+        if DISPATCHING.try_with(StdCell::get).unwrap_or(false) {
+            hand_over();
         }
     });
 }
 
-/// How many actors of this thread are hibernated now (asleep, or woken and waiting for their
-/// activation to run): with the runtime's `live_count`, what a leak check counts.
+/// The dispatcher's greenlet stays with the actor it is running (blocked in a handler, or
+/// wanted as a greenlet: to wait for it or kill it); a new dispatcher takes the ready actors.
+#[cold]
+#[inline(never)]
+fn hand_over() {
+    DISPATCHING.with(|d| d.set(false));
+    DISPATCHER_ID.with(|d| d.set(0));
+    let old = DISPATCHER.with(|d| d.borrow_mut().take());
+    drop(old);
+    if READY.with(|r| !r.borrow().is_empty()) {
+        start_dispatcher();
+    }
+}
+
+/// Whether greenlet `gid` is the dispatcher.
+fn is_dispatcher(gid: u64) -> bool {
+    gid != 0 && DISPATCHER_ID.with(StdCell::get) == gid
+}
+
+/// A hibernating actor keeps an empty mailbox buffer of at most this many bytes.
+const KEEP_BYTES: usize = 256;
+
+/// How many activations the dispatcher runs before it yields to the other greenlets.
+const DISPATCH_BUDGET: u32 = 64;
+
+/// The dispatcher's body: runs the ready actors' activations in turn, each until it
+/// hibernates again or ends, on this one greenlet; yields every [`DISPATCH_BUDGET`]
+/// activations; ends when none is ready (after one yield, so that an actor woken again at
+/// once, as by a stream of asks, does not cost a new greenlet each time).
+fn dispatch() {
+    let me = evergreen::getcurrent_id();
+    let Some(g) = DISPATCHER.with(|d| d.borrow().clone()) else {
+        return;
+    };
+    // Resigns however the dispatcher ends (also if it is killed while yielding).
+    struct Resign(u64);
+    impl Drop for Resign {
+        fn drop(&mut self) {
+            if is_dispatcher(self.0) {
+                let _ = DISPATCHING.try_with(|d| d.set(false));
+                let _ = DISPATCHER_ID.try_with(|d| d.set(0));
+                let _ = DISPATCHER.try_with(|d| d.borrow_mut().take());
+                if READY.try_with(|r| !r.borrow().is_empty()).unwrap_or(false) {
+                    start_dispatcher();
+                }
+            }
+        }
+    }
+    let _resign = Resign(me);
+    let mut budget = DISPATCH_BUDGET;
+    let mut lingered = false;
+    loop {
+        let (next, more) = READY.with(|r| {
+            let mut r = r.borrow_mut();
+            let next = r.pop_front();
+            (next, !r.is_empty())
+        });
+        let Some(cell) = next else {
+            if lingered {
+                return;
+            }
+            lingered = true;
+            evergreen::sleep(Duration::ZERO);
+            continue;
+        };
+        lingered = false;
+        if more && !WATCH.with(StdCell::get) {
+            arm_watch();
+        }
+        DISPATCHING.with(|d| d.set(true));
+        cell.run_here(&g);
+        if !is_dispatcher(me) {
+            // Handed over: this greenlet was that actor's; the new dispatcher has the rest.
+            return;
+        }
+        DISPATCHING.with(|d| d.set(false));
+        budget -= 1;
+        if budget == 0 {
+            budget = DISPATCH_BUDGET;
+            evergreen::sleep(Duration::ZERO);
+        }
+    }
+}
+
+/// How many actors of this thread are asleep now, without a greenlet (hibernated, or parked
+/// actors not yet woken from their first sleep; asleep, or woken and waiting for the
+/// dispatcher): with the runtime's `live_count`, what a leak check counts.
 pub fn hibernating() -> usize {
     HIBERNATING.with(StdCell::get)
 }
@@ -479,23 +599,34 @@ pub(crate) struct Base {
     park: StdCell<u8>,
     /// Whether the actor hibernates whenever its mailbox is empty ([`Builder::hibernate`]).
     hibernate: bool,
+    /// Whether a parked (not hibernating) actor starts lazily: born asleep, it runs on the
+    /// dispatcher, without a greenlet, until a user message wakes it from sleep; it then gets
+    /// a greenlet of its own and parks from then on. (Supervisors start eagerly.)
+    lazy: bool,
+    /// Whether the current activation started on the dispatcher: there it cannot park, and
+    /// hibernates when idle instead.
+    on_dispatcher: StdCell<bool>,
     /// While asleep, the cell keeps itself alive (no greenlet holds it): a timer or a link
     /// may still wake it, as they would a parked greenlet.
-    keep: RefCell<Option<Rc<dyn CellDyn>>>,
+    keep: StdCell<Option<Rc<dyn CellDyn>>>,
     /// The doorbell the idle incarnation waits on: rung (`put_nowait`) only while the actor
-    /// waits, so the item goes straight to it and the queue never stores one. A `Queue`,
-    /// because its `get` inlines all the way down to the park: a greenlet that returns from
-    /// the function it parked in pays a return-address misprediction on every wake-up (see
-    /// the runtime's greenlet docs), which was the largest cost of a message hop.
+    /// waits, so the item goes straight to it. A rendezvous [`Channel`]: its `put_nowait` is
+    /// one hand-over to the waiting getter (a `Queue`'s also tests for shutdown, counts
+    /// unfinished items and peekers: 35 instructions more per wake-up), and its `get`
+    /// inlines all the way down to the park, as a `Queue`'s: a greenlet that returns from the
+    /// function it parked in pays a return-address misprediction on every wake-up (see the
+    /// runtime's greenlet docs).
     ///
-    /// Made on the first park: an actor that hibernates whenever idle never parks, and a
-    /// `Queue` is the largest part of a cell.
-    wake: OnceCell<Box<Queue<()>>>,
-    /// The system lane: stop requests, exit and down signals.
-    sys: RefCell<VecDeque<Sys>>,
-    /// How many system-lane entries wait (the lane itself is in `extras`: it is usually
-    /// empty, and the loop tests only this count before each message).
+    /// Made on the first park: an actor that hibernates whenever idle never parks.
+    wake: OnceCell<Box<Channel<()>>>,
+    /// How many system-lane entries (stop requests, exit and down signals) wait, in
+    /// `sys_first` and [`Extras::sys`]: the loop tests only this count before each message.
     sys_len: StdCell<u32>,
+    /// The system lane's first entry if it is a stop request, kept inline: most actors only
+    /// ever get that one (exit and down signals come to actors with links or monitors, which
+    /// have [`Extras`]), and it then costs no allocation. The other entries wait in
+    /// [`Extras::sys`].
+    sys_first: RefCell<Option<ExitReason>>,
     cap: usize,
     policy: Policy,
     /// Slots handed to blocked tellers that have not pushed yet (Block policy).
@@ -517,35 +648,45 @@ const RUN: u8 = 0;
 const PARKED: u8 = 1;
 /// `Base::park`: hibernated, no greenlet.
 const ASLEEP: u8 = 2;
-/// `Base::park`: hibernated, its activation scheduled (queued, or its greenlet made and not
-/// yet running).
+/// `Base::park`: hibernated, its activation scheduled (queued for the dispatcher, or its own
+/// greenlet made and not yet running).
 const ROUSED: u8 = 3;
 
-/// At most this many activations of hibernated actors are made and not yet running at once;
-/// the others wait in `ROUSED_QUEUE`. Each made greenlet holds a stack: waking 100,000 actors
-/// at once must not allocate 100,000 stacks. An activation that starts running makes the
-/// next one, so stacks go round warm.
-const MAX_UNSTARTED: usize = 16;
-
 thread_local! {
-    /// Activations made and not yet running.
-    static UNSTARTED: StdCell<usize> = const { StdCell::new(0) };
-    /// Roused actors waiting for an activation to be made.
-    static ROUSED_QUEUE: RefCell<VecDeque<Rc<dyn CellDyn>>> = const { RefCell::new(VecDeque::new()) };
+    /// Roused hibernated actors waiting for the dispatcher, in order.
+    static READY: RefCell<VecDeque<Rc<dyn CellDyn>>> = const { RefCell::new(VecDeque::new()) };
+    /// The dispatcher greenlet, if there is one.
+    static DISPATCHER: RefCell<Option<Greenlet<()>>> = const { RefCell::new(None) };
+    /// The dispatcher's greenlet id (0: there is none).
+    static DISPATCHER_ID: StdCell<u64> = const { StdCell::new(0) };
+    /// Whether the dispatcher is inside an actor's activation.
+    static DISPATCHING: StdCell<bool> = const { StdCell::new(false) };
+    /// Whether the dispatcher's watch callback is queued.
+    static WATCH: StdCell<bool> = const { StdCell::new(false) };
     /// Hibernated incarnations (asleep or roused, not yet running again).
     static HIBERNATING: StdCell<usize> = const { StdCell::new(0) };
     /// Whether actors spawned without an explicit [`Builder::hibernate`] hibernate.
     static HIBERNATE_DEFAULT: StdCell<bool> = const { StdCell::new(false) };
     static NEXT_ID: StdCell<u64> = const { StdCell::new(1) };
     static NEXT_MONITOR: StdCell<u64> = const { StdCell::new(1) };
-    /// Greenlets waiting in an ask: (asker gid, callee).
+    /// How many actors' greenlets run actor code now (not parked): while none does, the
+    /// caller of an ask is not an actor and its wait cannot close a cycle, so it is not
+    /// registered in `ASKING`.
+    static RUNNING: StdCell<u32> = const { StdCell::new(0) };
+    /// Greenlets of actors waiting in an ask: (asker gid, callee).
     static ASKING: RefCell<Vec<(u64, Rc<dyn CellDyn>)>> = const { RefCell::new(Vec::new()) };
     /// Greenlets blocked telling a full `Block` mailbox: (teller gid, target gid, target label).
     static BLOCKED: RefCell<Vec<(u64, u64, String)>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Base {
-    fn new(name: Option<String>, mailbox: Mailbox, measure: bool, hibernate: bool) -> Base {
+    fn new(
+        name: Option<String>,
+        mailbox: Mailbox,
+        measure: bool,
+        hibernate: bool,
+        lazy: bool,
+    ) -> Base {
         let id = NEXT_ID.with(|n| {
             let id = n.get();
             n.set(id + 1);
@@ -558,10 +699,12 @@ impl Base {
             status: StdCell::new(Status::Running),
             park: StdCell::new(RUN),
             hibernate,
-            keep: RefCell::new(None),
+            lazy: lazy && !hibernate,
+            on_dispatcher: StdCell::new(false),
+            keep: StdCell::new(None),
             wake: OnceCell::new(),
-            sys: RefCell::new(VecDeque::new()),
             sys_len: StdCell::new(0),
+            sys_first: RefCell::new(None),
             cap: mailbox.cap,
             policy: mailbox.policy,
             reserved: StdCell::new(0),
@@ -627,6 +770,20 @@ impl Base {
 
     pub(crate) fn last_reason(&self) -> Option<ExitReason> {
         self.peek_extras(|e| e.and_then(|e| e.reason.clone()))
+            .or_else(|| self.final_reason())
+    }
+
+    /// Records the last incarnation's exit reason. A `Normal` exit of an actor without
+    /// bookkeeping allocates none: no recorded reason reads as `Normal`.
+    fn set_reason(&self, reason: &ExitReason) {
+        let mut e = self.extras.borrow_mut();
+        match e.as_deref_mut() {
+            Some(e) => e.reason = Some(reason.clone()),
+            None if *reason == ExitReason::Normal => {}
+            None => {
+                e.get_or_insert_with(Default::default).reason = Some(reason.clone());
+            }
+        }
     }
 
     pub(crate) fn registered_name(&self) -> Option<String> {
@@ -641,8 +798,10 @@ impl Base {
         self.peek_extras(|e| e.and_then(|e| e.tree.clone()))
     }
 
-    #[inline]
-    fn wake_up(&self) {
+    /// Wakes the incarnation if it is idle; `user`: for a user message (not a system-lane
+    /// entry).
+    #[inline(always)]
+    fn wake_up(&self, user: bool) {
         match self.park.get() {
             RUN | ROUSED => {}
             PARKED => {
@@ -651,17 +810,23 @@ impl Base {
                     let _ = w.put_nowait(());
                 }
             }
-            _ => self.rouse(),
+            _ => self.rouse(user),
         }
     }
 
-    /// Wakes a hibernated actor: its activation is started (or queued behind others).
+    /// Wakes a hibernated actor: its activation goes to the dispatcher, or, for a lazily
+    /// started parked actor woken by a user message, runs on a greenlet of its own (where it
+    /// parks from then on).
     #[cold]
     #[inline(never)]
-    fn rouse(&self) {
+    fn rouse(&self, user: bool) {
         self.park.set(ROUSED);
-        if let Some(me) = self.keep.borrow_mut().take() {
-            schedule_activation(me);
+        if let Some(me) = self.keep.take() {
+            if user && self.lazy {
+                me.activate_own();
+            } else {
+                schedule_activation(me);
+            }
         }
     }
 
@@ -674,14 +839,23 @@ impl Base {
         if self.status.get() == Status::Dead {
             return;
         }
-        self.sys.borrow_mut().push_back(s);
+        match s {
+            Sys::Stop(r) if self.sys_len.get() == 0 => *self.sys_first.borrow_mut() = Some(r),
+            s => self.with_extras(|e| e.sys.push_back(s)),
+        }
         self.sys_len.set(self.sys_len.get() + 1);
-        self.wake_up();
+        self.wake_up(false);
     }
 
-    /// The running incarnation's greenlet.
+    /// The running incarnation's greenlet. If it runs on the dispatcher, the dispatcher's
+    /// greenlet becomes its own first (a new dispatcher takes the others): whoever waits for
+    /// it, or kills it, then deals with this actor only.
     pub(crate) fn greenlet(&self) -> Option<Greenlet<()>> {
-        self.greenlet.borrow().clone()
+        let g = self.greenlet.borrow().clone()?;
+        if is_dispatcher(g.id()) {
+            hand_over();
+        }
+        Some(g)
     }
 
     fn is_current(&self) -> bool {
@@ -769,20 +943,80 @@ pub(crate) trait CellDyn: 'static {
     fn mailbox_len(&self) -> usize;
     /// Makes the exit final: see [`Cell::finalize`].
     fn finalize(self: Rc<Self>, reason: ExitReason);
-    /// Makes the greenlet of a roused (or asleep) actor's activation now.
+    /// Makes a greenlet of its own for a roused (or asleep) actor's activation now.
     fn activate_now(self: Rc<Self>);
-    /// Makes the greenlet of an activation that was scheduled ([`schedule_activation`]);
-    /// `false` if there is none to make any more (killed, or activated already).
-    fn activate(self: Rc<Self>) -> bool;
+    /// Runs a roused actor's activation on the dispatcher (greenlet `g`), until it hibernates
+    /// again or ends; nothing if it was killed or activated already.
+    fn run_here(self: Rc<Self>, g: &Greenlet<()>);
+    /// Makes a greenlet of its own for a roused actor's activation.
+    fn activate_own(self: Rc<Self>);
     /// Kills a hibernated incarnation: there is no greenlet to unwind; its state is dropped
     /// and it ends with [`ExitReason::Killed`].
     fn kill_asleep(self: Rc<Self>);
 }
 
+/// A FIFO whose first item is kept inline: an actor that holds one message at a time (a
+/// hop of a ping-pong, an ask, the one message of a short-lived actor) never allocates a
+/// buffer, nor touches one.
+struct Lane<T> {
+    first: Option<T>,
+    /// The items after `first` (while it is taken and these remain, new items go here too).
+    rest: VecDeque<T>,
+}
+
+impl<T> Default for Lane<T> {
+    fn default() -> Self {
+        Lane {
+            first: None,
+            rest: VecDeque::new(),
+        }
+    }
+}
+
+impl<T> Lane<T> {
+    #[inline]
+    fn push_back(&mut self, v: T) {
+        if self.rest.is_empty() && self.first.is_none() {
+            self.first = Some(v);
+        } else {
+            self.rest.push_back(v);
+        }
+    }
+
+    #[inline]
+    fn pop_front(&mut self) -> Option<T> {
+        if self.first.is_some() {
+            return self.first.take();
+        }
+        self.rest.pop_front()
+    }
+
+    #[inline]
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    /// Frees the buffer of an empty lane if it holds more than `max_bytes`.
+    fn shrink_if_empty(&mut self, max_bytes: usize) {
+        if self.rest.is_empty() && self.rest.capacity() * std::mem::size_of::<T>() > max_bytes {
+            self.rest = VecDeque::new();
+        }
+    }
+}
+
+impl<T> IntoIterator for Lane<T> {
+    type Item = T;
+    type IntoIter =
+        std::iter::Chain<std::option::IntoIter<T>, std::collections::vec_deque::IntoIter<T>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.first.into_iter().chain(self.rest)
+    }
+}
+
 /// An actor's cell: the untyped part and its typed user lane.
 pub(crate) struct Cell<A: Actor> {
     pub(crate) base: Base,
-    user: RefCell<VecDeque<Envelope<A::Msg>>>,
+    user: RefCell<Lane<Envelope<A::Msg>>>,
     /// The state of a hibernated incarnation (and, if it has not started, its start signal).
     asleep: RefCell<Option<Asleep<A>>>,
 }
@@ -813,33 +1047,31 @@ impl<A: Actor> CellDyn for Cell<A> {
     fn activate_now(self: Rc<Self>) {
         let keep = if self.base.park.get() == ASLEEP {
             self.base.park.set(ROUSED);
-            self.base.keep.borrow_mut().take()
+            self.base.keep.take()
         } else {
             None
         };
-        UNSTARTED.with(|u| u.set(u.get() + 1));
-        if !self.activate() {
-            UNSTARTED.with(|u| u.set(u.get() - 1));
-        }
+        self.activate();
         drop(keep);
     }
-    fn activate(self: Rc<Self>) -> bool {
+    fn activate_own(self: Rc<Self>) {
+        self.activate();
+    }
+    fn run_here(self: Rc<Self>, g: &Greenlet<()>) {
         let b = &self.base;
-        if b.park.get() != ROUSED || b.greenlet.borrow().is_some() || self.asleep.borrow().is_none()
-        {
-            // Killed (or already activated) while it waited in the queue.
-            return false;
+        if b.park.get() != ROUSED || b.greenlet.borrow().is_some() {
+            // Killed, or activated on a greenlet of its own, while it waited.
+            return;
         }
-        let mut builder = evergreen::Builder::new();
-        if let Some(n) = &b.name {
-            builder = builder.name(&**n);
-        }
-        let guard = Activation(Some(self.clone()));
-        let g = builder.create(move || resume(guard));
+        let Some(Asleep { actor, start }) = self.asleep.borrow_mut().take() else {
+            return;
+        };
+        HIBERNATING.with(|h| h.set(h.get() - 1));
+        b.park.set(RUN);
         b.gid.set(g.id());
         *b.greenlet.borrow_mut() = Some(g.clone());
-        g.start();
-        true
+        b.on_dispatcher.set(true);
+        run_incarnation(self, actor, start);
     }
     fn kill_asleep(self: Rc<Self>) {
         let b = &self.base;
@@ -848,7 +1080,7 @@ impl<A: Actor> CellDyn for Cell<A> {
         };
         HIBERNATING.with(|h| h.set(h.get() - 1));
         b.park.set(RUN);
-        let keep = b.keep.borrow_mut().take();
+        let keep = b.keep.take();
         if let Some(Some(s)) = &asleep.start {
             s.done(Err("killed before it started".into()));
         }
@@ -860,15 +1092,36 @@ impl<A: Actor> CellDyn for Cell<A> {
 }
 
 impl<A: Actor> Cell<A> {
+    /// Makes a greenlet of its own for a roused actor's activation (not the dispatcher: the
+    /// caller wants a greenlet to wait for, or to kill).
+    fn activate(self: &Rc<Self>) {
+        let b = &self.base;
+        if b.park.get() != ROUSED || b.greenlet.borrow().is_some() || self.asleep.borrow().is_none()
+        {
+            // Killed, or activated already.
+            return;
+        }
+        let mut builder = evergreen::Builder::new();
+        if let Some(n) = &b.name {
+            builder = builder.name(&**n);
+        }
+        let guard = Activation(Some(self.clone()));
+        let g = builder.create(move || resume(guard));
+        b.gid.set(g.id());
+        *b.greenlet.borrow_mut() = Some(g.clone());
+        g.start();
+    }
+
     pub(crate) fn new(
         name: Option<String>,
         mailbox: Mailbox,
         measure: bool,
         hibernate: bool,
+        lazy: bool,
     ) -> Rc<Cell<A>> {
         Rc::new(Cell {
-            base: Base::new(name, mailbox, measure, hibernate),
-            user: RefCell::new(VecDeque::new()),
+            base: Base::new(name, mailbox, measure, hibernate, lazy),
+            user: RefCell::new(Lane::default()),
             asleep: RefCell::new(None),
         })
     }
@@ -879,23 +1132,14 @@ impl<A: Actor> Cell<A> {
         let b = &self.base;
         *self.asleep.borrow_mut() = Some(Asleep { actor, start: None });
         HIBERNATING.with(|h| h.set(h.get() + 1));
-        // Give the mailbox's buffers back too (Erlang's hibernate shrinks the heap).
-        {
-            let mut q = self.user.borrow_mut();
-            if q.is_empty() && q.capacity() > 0 {
-                *q = VecDeque::new();
-            }
-        }
-        {
-            let mut sys = b.sys.borrow_mut();
-            if sys.is_empty() && sys.capacity() > 0 {
-                *sys = VecDeque::new();
-            }
-        }
+        // Give the mailbox's buffers back too (Erlang's hibernate shrinks the heap), unless
+        // they are small: an actor woken for one message at a time would otherwise allocate
+        // and free its mailbox on every wake-up.
+        self.user.borrow_mut().shrink_if_empty(KEEP_BYTES);
         b.gid.set(0);
         let g = b.greenlet.borrow_mut().take();
         b.park.set(ASLEEP);
-        *b.keep.borrow_mut() = Some(self.clone());
+        b.keep.set(Some(self.clone()));
         drop(g);
     }
 
@@ -911,7 +1155,7 @@ impl<A: Actor> Cell<A> {
         if len > self.base.hwm.get() {
             self.base.hwm.set(len);
         }
-        self.base.wake_up();
+        self.base.wake_up(true);
         true
     }
 
@@ -935,7 +1179,7 @@ impl<A: Actor> Cell<A> {
             if len >= b.hwm.get() {
                 b.hwm.set(len + 1);
             }
-            b.wake_up();
+            b.wake_up(true);
             return Ok(());
         }
         drop(q);
@@ -974,7 +1218,7 @@ impl<A: Actor> Cell<A> {
                     q.push_back(env);
                     old
                 };
-                b.wake_up();
+                b.wake_up(true);
                 if let Some(old) = old {
                     self.overflow(old);
                 }
@@ -1032,7 +1276,7 @@ impl<A: Actor> Cell<A> {
                 if len > b.hwm.get() {
                     b.hwm.set(len);
                 }
-                b.wake_up();
+                b.wake_up(true);
                 Ok(())
             }
         }
@@ -1096,38 +1340,52 @@ impl<A: Actor> Cell<A> {
             return;
         }
         b.status.set(Status::Dead);
-        let me = AnyRef(self.clone());
-        let (links, monitors, exited, registered, on_final) = b.with_extras(|e| {
-            e.reason = Some(reason.clone());
-            (
-                std::mem::take(&mut e.links),
-                std::mem::take(&mut e.monitors),
-                e.exited.clone(),
-                e.registered.take(),
-                std::mem::take(&mut e.on_final),
-            )
+        b.set_reason(&reason);
+        // Most actors have no bookkeeping, nothing queued and nothing waiting: then this is
+        // all there is to do.
+        let mut extras = b.extras.borrow_mut().as_deref_mut().map(|e| Notify {
+            links: std::mem::take(&mut e.links),
+            monitors: std::mem::take(&mut e.monitors),
+            exited: e.exited.clone(),
+            registered: e.registered.take(),
+            on_final: std::mem::take(&mut e.on_final),
+            asks: std::mem::take(&mut e.asks),
         });
+        if b.sys_len.get() != 0 {
+            let sys = b
+                .extras
+                .borrow_mut()
+                .as_deref_mut()
+                .map(|e| std::mem::take(&mut e.sys));
+            let first = b.sys_first.borrow_mut().take();
+            b.sys_len.set(0);
+            drop(first);
+            drop(sys);
+        }
         // Queued user messages: asks fail with the reason, tells become dead letters.
-        let queued = std::mem::take(&mut *self.user.borrow_mut());
-        let sys = std::mem::take(&mut *b.sys.borrow_mut());
-        b.sys_len.set(0);
-        drop(sys);
-        for env in queued {
-            match &env.token {
-                Some(t) if t.is_ask() => t.fail(Error::Dead(reason.clone(), ()), false),
-                Some(_) => {}
-                None => dead_letters::record(
-                    || b.label(),
-                    DlReason::Leftover,
-                    std::any::type_name::<A::Msg>(),
-                ),
+        let queued = {
+            let mut q = self.user.borrow_mut();
+            (q.len() != 0).then(|| std::mem::take(&mut *q))
+        };
+        if let Some(queued) = queued {
+            for env in queued {
+                match &env.token {
+                    Some(t) if t.is_ask() => t.fail(Error::Dead(reason.clone(), ()), false),
+                    Some(_) => {}
+                    None => dead_letters::record(
+                        || b.label(),
+                        DlReason::Leftover,
+                        std::any::type_name::<A::Msg>(),
+                    ),
+                }
+                drop(env);
             }
-            drop(env);
         }
         // Asks waiting on a reply handle held elsewhere.
-        let asks = b.with_extras(|e| std::mem::take(&mut e.asks));
-        for t in asks {
-            t.fail(Error::Dead(reason.clone(), ()), false);
+        if let Some(n) = &mut extras {
+            for t in std::mem::take(&mut n.asks) {
+                t.fail(Error::Dead(reason.clone(), ()), false);
+            }
         }
         // Blocked tellers: each gets a slot and finds the actor dead.
         if let Some(space) = &b.space {
@@ -1139,10 +1397,22 @@ impl<A: Actor> Cell<A> {
                 space.sem.release();
             }
         }
-        if let Some(n) = registered {
-            crate::registry::remove_exited(&n, b.id);
+        if let Some(n) = extras {
+            self.notify(n, &reason);
         }
-        for l in links {
+    }
+
+    /// The exit's bookkeeping part of [`finalize`](Self::finalize): the name is unregistered,
+    /// links and monitors fire, final hooks run, joiners wake.
+    #[cold]
+    #[inline(never)]
+    fn notify(self: &Rc<Self>, n: Notify, reason: &ExitReason) {
+        let b = &self.base;
+        let me = AnyRef(self.clone());
+        if let Some(name) = n.registered {
+            crate::registry::remove_exited(&name, b.id);
+        }
+        for l in n.links {
             if let Some(peer) = l.upgrade() {
                 peer.base().with_extras(|e| {
                     e.links
@@ -1151,20 +1421,30 @@ impl<A: Actor> Cell<A> {
                 peer.base().push_sys(Sys::Exit(me.clone(), reason.clone()));
             }
         }
-        for (id, w) in monitors {
+        for (id, w) in n.monitors {
             if let Some(watcher) = w.upgrade() {
                 watcher
                     .base()
                     .push_sys(Sys::Down(id, me.clone(), reason.clone()));
             }
         }
-        for f in on_final {
-            f(&reason);
+        for f in n.on_final {
+            f(reason);
         }
-        if let Some(ev) = exited {
+        if let Some(ev) = n.exited {
             ev.set();
         }
     }
+}
+
+/// What an exit takes from an actor's [`Extras`] to notify.
+struct Notify {
+    links: Vec<Weak<dyn CellDyn>>,
+    monitors: Vec<(MonitorId, Weak<dyn CellDyn>)>,
+    exited: Option<Rc<Event>>,
+    registered: Option<String>,
+    on_final: Vec<FinalHook>,
+    asks: Vec<Rc<dyn Token>>,
 }
 
 /// A reference to an actor: cheap to clone, valid across restarts, usable from any greenlet
@@ -1302,16 +1582,19 @@ impl<A: Actor> ActorRef<A> {
         struct Waiting<'a, R: 'static> {
             base: &'a Base,
             slot: &'a Rc<Slot<R>>,
-            me: u64,
+            /// The asker's gid, if it is registered in `ASKING`.
+            asking: Option<u64>,
         }
         impl<R: 'static> Drop for Waiting<'_, R> {
             fn drop(&mut self) {
-                let _ = ASKING.try_with(|a| {
-                    let mut a = a.borrow_mut();
-                    if let Some(p) = a.iter().rposition(|e| e.0 == self.me) {
-                        a.swap_remove(p);
-                    }
-                });
+                if let Some(me) = self.asking {
+                    let _ = ASKING.try_with(|a| {
+                        let mut a = a.borrow_mut();
+                        if let Some(p) = a.iter().rposition(|e| e.0 == me) {
+                            a.swap_remove(p);
+                        }
+                    });
+                }
                 let me = Rc::as_ptr(self.slot) as *const ();
                 if !self.slot.registered.get() {
                     if self.slot.state.get() == PENDING {
@@ -1330,11 +1613,16 @@ impl<A: Actor> ActorRef<A> {
                 }
             }
         }
-        ASKING.with(|a| a.borrow_mut().push((me, self.0.clone())));
+        // Only an actor's own greenlet can be part of a cycle of waits; while no actor runs,
+        // the caller is none.
+        let asking = (RUNNING.with(StdCell::get) != 0).then(|| {
+            ASKING.with(|a| a.borrow_mut().push((me, self.0.clone())));
+            me
+        });
         let waiting = Waiting {
             base: b,
             slot: &slot,
-            me,
+            asking,
         };
         let done = if slot.state.get() != PENDING {
             true // completed while queueing (evicted by a DropOldest mailbox)
@@ -1579,9 +1867,9 @@ const SOFT: u8 = 3;
 struct Slot<R> {
     state: StdCell<u8>,
     value: RefCell<Option<Result<R, Error>>>,
-    /// The asker's doorbell (rung only while it waits, so it never stores an item); a `Queue`
+    /// The asker's doorbell (rung only while it waits); a rendezvous `Channel`
     /// because its `get` inlines down to the park (see `Base::wake`).
-    bell: Queue<()>,
+    bell: Channel<()>,
     /// Whether the asker waits on the bell.
     waiting: StdCell<bool>,
     /// Whether it is in the callee's registry of asks answered elsewhere.
@@ -1591,17 +1879,25 @@ struct Slot<R> {
 }
 
 thread_local! {
+    /// The last slot given back: a caller that asks again takes it back with one type test
+    /// (a steady stream of asks of one reply type never searches `SLOTS`).
+    static SLOT1: StdCell<Option<Rc<dyn Any>>> = const { StdCell::new(None) };
+    /// More free slots, of any reply types.
     static SLOTS: RefCell<Vec<Rc<dyn Any>>> = const { RefCell::new(Vec::new()) };
 }
 
 impl<R: 'static> Slot<R> {
     #[inline(always)]
     fn take(to: u64) -> Rc<Slot<R>> {
-        let cached = SLOTS.with(|s| {
-            let mut s = s.borrow_mut();
-            let p = s.iter().rposition(|x| x.is::<Slot<R>>())?;
-            s.swap_remove(p).downcast::<Slot<R>>().ok()
-        });
+        let cached = match SLOT1.with(StdCell::take).map(|s| s.downcast::<Slot<R>>()) {
+            Some(Ok(s)) => Some(s),
+            other => {
+                if let Some(Err(s)) = other {
+                    SLOT1.with(|c| c.set(Some(s)));
+                }
+                Self::take_slow()
+            }
+        };
         match cached {
             Some(s) => {
                 s.state.set(PENDING);
@@ -1613,7 +1909,7 @@ impl<R: 'static> Slot<R> {
             None => Rc::new(Slot {
                 state: StdCell::new(PENDING),
                 value: RefCell::new(None),
-                bell: Queue::new(),
+                bell: Channel::new(),
                 waiting: StdCell::new(false),
                 registered: StdCell::new(false),
                 to: StdCell::new(to),
@@ -1621,16 +1917,36 @@ impl<R: 'static> Slot<R> {
         }
     }
 
+    #[cold]
+    #[inline(never)]
+    fn take_slow() -> Option<Rc<Slot<R>>> {
+        SLOTS.with(|s| {
+            let mut s = s.borrow_mut();
+            let p = s.iter().rposition(|x| x.is::<Slot<R>>())?;
+            s.swap_remove(p).downcast::<Slot<R>>().ok()
+        })
+    }
+
     #[inline(always)]
     fn give_back(s: Rc<Slot<R>>) {
         if Rc::strong_count(&s) == 1 && Rc::weak_count(&s) == 0 {
-            let _ = SLOTS.try_with(|c| {
-                let mut c = c.borrow_mut();
-                if c.len() < 32 {
-                    c.push(s);
+            let _ = SLOT1.try_with(|c| {
+                if let Some(old) = c.replace(Some(s)) {
+                    Self::give_back_slow(old);
                 }
             });
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn give_back_slow(old: Rc<dyn Any>) {
+        let _ = SLOTS.try_with(|c| {
+            let mut c = c.borrow_mut();
+            if c.len() < 32 {
+                c.push(old);
+            }
+        });
     }
 
     fn complete(&self, r: Result<R, Error>, state: u8) {
@@ -1840,7 +2156,7 @@ impl<A: Actor> Ctx<A> {
     /// `{noreply, State, hibernate}`. The greenlet ends and its stack goes back to the
     /// runtime's pool; the actor keeps only its state and mailbox, and the next message or
     /// signal runs it on a new greenlet. See [`Builder::hibernate`] to hibernate whenever
-    /// idle, and the [module docs](self#hibernation).
+    /// idle, and the [module docs](self#hibernation-the-dispatcher-and-lazy-start).
     pub fn hibernate(&mut self) {
         self.hibernate = true;
     }
@@ -2099,6 +2415,8 @@ pub struct Builder {
     register: bool,
     measure: bool,
     hibernate: Option<bool>,
+    /// Starts with a greenlet at once (supervisors), not lazily.
+    eager: bool,
 }
 
 impl Builder {
@@ -2132,7 +2450,7 @@ impl Builder {
     }
 
     /// Whether the actor hibernates whenever its mailbox is empty (default: off, or what
-    /// [`set_hibernate_default`] set): see the [module docs](self#hibernation). An idle
+    /// [`set_hibernate_default`] set): see the [module docs](self#hibernation-the-dispatcher-and-lazy-start). An idle
     /// hibernated actor holds no greenlet and no stack, only its state and mailbox; each
     /// wake-up from an empty mailbox costs a greenlet (on a pooled, warm stack) instead of a
     /// switch to a parked one.
@@ -2143,6 +2461,7 @@ impl Builder {
 
     pub(crate) fn no_hibernation(mut self) -> Builder {
         self.hibernate = Some(false);
+        self.eager = true;
         self
     }
 
@@ -2171,7 +2490,13 @@ impl Builder {
         let hibernate = self
             .hibernate
             .unwrap_or_else(|| HIBERNATE_DEFAULT.with(StdCell::get));
-        let cell = Cell::<A>::new(self.name.clone(), self.mailbox, self.measure, hibernate);
+        let cell = Cell::<A>::new(
+            self.name.clone(),
+            self.mailbox,
+            self.measure,
+            hibernate,
+            !self.eager,
+        );
         if self.register {
             let name = self.name.as_deref().unwrap_or_default();
             crate::registry::register(name, &AnyRef(cell.clone()))?;
@@ -2179,8 +2504,9 @@ impl Builder {
         Ok(cell)
     }
 
-    /// Spawns the actor: its greenlet starts (and runs `started`) when the caller next blocks
-    /// or yields, as any greenlet.
+    /// Spawns the actor: it starts (runs `started`) when the caller next blocks or yields, as
+    /// a greenlet would, on the dispatcher (see the [module docs](self#hibernation-the-dispatcher-and-lazy-start));
+    /// a supervisor on a greenlet of its own.
     pub fn spawn<A: Actor>(self, actor: A) -> Result<ActorRef<A>, Error> {
         let cell = self.make_cell::<A>()?;
         start_incarnation(&cell, actor, None);
@@ -2191,7 +2517,7 @@ impl Builder {
 /// Spawns `actor` with an unbounded mailbox (see [`Builder`] for the options).
 pub fn spawn<A: Actor>(actor: A) -> ActorRef<A> {
     let hibernate = HIBERNATE_DEFAULT.with(StdCell::get);
-    let cell = Cell::<A>::new(None, Mailbox::unbounded(), false, hibernate);
+    let cell = Cell::<A>::new(None, Mailbox::unbounded(), false, hibernate, true);
     start_incarnation(&cell, actor, None);
     ActorRef(cell)
 }
@@ -2246,7 +2572,7 @@ pub(crate) fn start_incarnation<A: Actor>(
     let b = &cell.base;
     b.incarnation.set(b.incarnation.get() + 1);
     b.status.set(Status::Running);
-    if b.hibernate {
+    if b.hibernate || b.lazy {
         // Born asleep: the activation that runs `started` is scheduled like any other, so
         // that spawning many actors at once does not take a stack each.
         *cell.asleep.borrow_mut() = Some(Asleep {
@@ -2279,7 +2605,6 @@ struct Activation<A: Actor>(Option<Rc<Cell<A>>>);
 impl<A: Actor> Drop for Activation<A> {
     fn drop(&mut self) {
         if let Some(cell) = self.0.take() {
-            activation_began();
             cell.base.gid.set(0);
             let g = cell.base.greenlet.borrow_mut().take();
             cell.kill_asleep();
@@ -2292,13 +2617,49 @@ impl<A: Actor> Drop for Activation<A> {
 fn resume<A: Actor>(mut guard: Activation<A>) {
     let cell = guard.0.take().expect("activation cell");
     drop(guard);
-    activation_began();
     let Some(Asleep { actor, start }) = cell.asleep.borrow_mut().take() else {
         return;
     };
     HIBERNATING.with(|h| h.set(h.get() - 1));
     cell.base.park.set(RUN);
+    cell.base.on_dispatcher.set(false);
     run_incarnation(cell, actor, start);
+}
+
+/// Counts an actor's greenlet in `RUNNING` while it runs actor code.
+struct Running;
+
+impl Running {
+    #[inline]
+    fn enter() -> Running {
+        RUNNING.with(|r| r.set(r.get() + 1));
+        Running
+    }
+}
+
+impl Drop for Running {
+    #[inline]
+    fn drop(&mut self) {
+        let _ = RUNNING.try_with(|r| r.set(r.get() - 1));
+    }
+}
+
+/// Uncounts an actor's greenlet from `RUNNING` while it is parked (also if the park unwinds).
+struct Parked;
+
+impl Parked {
+    #[inline]
+    fn enter() -> Parked {
+        RUNNING.with(|r| r.set(r.get() - 1));
+        Parked
+    }
+}
+
+impl Drop for Parked {
+    #[inline]
+    fn drop(&mut self) {
+        let _ = RUNNING.try_with(|r| r.set(r.get() + 1));
+    }
 }
 
 enum Outcome {
@@ -2329,6 +2690,7 @@ fn run_incarnation<A: Actor>(
         stop: None,
         hibernate: false,
     };
+    let _running = Running::enter();
     let starting = start.is_some();
     let signal = start.flatten();
     let outcome = catch_unwind(AssertUnwindSafe(|| {
@@ -2422,7 +2784,13 @@ fn body<A: Actor>(
             None
         } else {
             b.sys_len.set(b.sys_len.get() - 1);
-            b.sys.borrow_mut().pop_front()
+            let first = b.sys_first.borrow_mut().take();
+            first.map(Sys::Stop).or_else(|| {
+                b.extras
+                    .borrow_mut()
+                    .as_deref_mut()
+                    .and_then(|e| e.sys.pop_front())
+            })
         };
         if let Some(s) = sys {
             if let Some(r) = on_sys(b, actor, ctx, s) {
@@ -2435,11 +2803,15 @@ fn body<A: Actor>(
         }
         let env = cell.user.borrow_mut().pop_front();
         let Some(Envelope { msg, token }) = env else {
-            if b.hibernate || ctx.hibernate {
+            if b.hibernate || ctx.hibernate || b.on_dispatcher.get() {
+                // (An actor cannot park on the dispatcher: a lazily started one sleeps until
+                // a user message gives it a greenlet of its own.)
                 return Outcome::Hibernate;
             }
             b.park.set(PARKED);
-            let _ = b.wake.get_or_init(|| Box::new(Queue::new())).get();
+            let parked = Parked::enter();
+            let _ = b.wake.get_or_init(|| Box::new(Channel::new())).get();
+            drop(parked);
             b.park.set(RUN);
             continue;
         };
@@ -2535,10 +2907,8 @@ pub(crate) fn incarnation_ended<A: Actor>(cell: &Rc<Cell<A>>, reason: ExitReason
     b.park.set(RUN);
     let g = b.greenlet.borrow_mut().take();
     drop(g);
-    let parent = b.with_extras(|e| {
-        e.reason = Some(reason.clone());
-        e.parent.as_ref().and_then(Weak::upgrade)
-    });
+    b.set_reason(&reason);
+    let parent = b.peek_extras(|e| e.and_then(|e| e.parent.as_ref().and_then(Weak::upgrade)));
     match parent {
         Some(p) if p.base.status() != Status::Dead => {
             b.status.set(Status::Restarting);

@@ -1085,7 +1085,11 @@ fn linked_greenlets_die_when_the_actor_stops_or_is_killed_parked_or_hibernated()
                 p.tell(L::Spawn("x")).unwrap();
                 p.tell(L::Spawn("y")).unwrap();
                 settle();
-                assert_eq!(p.stats().hibernated, hib);
+                // (Not hibernating, it may still be asleep: a parked actor starts lazily, on
+                // the dispatcher, until a user message wakes it from its first sleep.)
+                if hib {
+                    assert!(p.stats().hibernated);
+                }
                 if kill {
                     p.kill();
                 } else {
@@ -1142,5 +1146,71 @@ fn a_linked_greenlet_that_kills_its_actor_dies_with_it_and_finished_ones_are_for
         assert_eq!(p.join(), Ok(ExitReason::Killed));
         settle();
         assert_eq!(log.take(), vec!["start 1", "dropped killer"]);
+    });
+}
+
+#[test]
+fn system_lane_entries_are_handled_in_arrival_order() {
+    // The lane's first entry is kept inline, the others queued behind it: the order must be
+    // that of arrival, whichever holds which.
+    run_virtual(|| {
+        let log = Log::new();
+        let w = probe("w", &log);
+        let x = probe("x", &log);
+        let y = probe("y", &log);
+        let (x2, y2) = (x.clone(), y.clone());
+        w.ask(|r| {
+            P::Run(Box::new(move |_, ctx| {
+                ctx.monitor(&x2);
+                ctx.monitor(&y2);
+                r.send(0)
+            }))
+        })
+        .unwrap();
+        let ev = Rc::new(Event::new());
+        w.tell(P::Wait(ev.clone())).unwrap();
+        settle();
+        // While w is busy: two down signals, then a stop request, all queued.
+        x.stop();
+        x.join().unwrap();
+        y.stop();
+        y.join().unwrap();
+        w.stop();
+        ev.set();
+        assert_eq!(w.join(), Ok(ExitReason::Normal));
+        assert_eq!(
+            [grep(&log, "w signal"), grep(&log, "stop w")].concat(),
+            vec![
+                "w signal down x normal",
+                "w signal down y normal",
+                "stop w normal"
+            ]
+        );
+        // Twice more, on a fresh actor: the inline slot is reused once emptied.
+        let v = probe("v", &log);
+        for i in 0..2 {
+            let z = probe(&format!("z{i}"), &log);
+            let z2 = z.clone();
+            v.ask(|r| {
+                P::Run(Box::new(move |_, ctx| {
+                    ctx.monitor(&z2);
+                    r.send(0)
+                }))
+            })
+            .unwrap();
+            let ev = Rc::new(Event::new());
+            v.tell(P::Wait(ev.clone())).unwrap();
+            settle();
+            z.stop();
+            z.join().unwrap();
+            ev.set();
+            settle();
+        }
+        assert_eq!(
+            grep(&log, "v signal"),
+            vec!["v signal down z0 normal", "v signal down z1 normal"]
+        );
+        v.stop();
+        v.join().unwrap();
     });
 }

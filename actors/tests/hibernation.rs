@@ -110,6 +110,10 @@ fn ctx_hibernate_hibernates_once_when_the_mailbox_is_empty() {
         let drops = DropCounter::new();
         let log = Log::new();
         let c = counter(&drops, &log, false);
+        // A parked actor starts lazily: a message that wakes it from its first sleep puts it
+        // on a greenlet of its own.
+        settle();
+        assert_eq!(c.ask(C::Get), Ok(0));
         settle();
         assert_eq!(evergreen::hub::live_count(), 1, "parked, not hibernated");
         // Queued behind the request: handled first, then it hibernates.
@@ -482,4 +486,219 @@ fn destroying_the_hub_with_actors_asleep_or_roused_does_not_crash() {
     })
     .join()
     .expect("no panic");
+}
+
+// The dispatcher: hibernated actors' activations run in turn on one greenlet, which stays
+// with an actor whose handler blocks.
+
+#[test]
+fn a_handler_that_blocks_keeps_the_dispatcher_greenlet_and_the_others_run_on() {
+    run_virtual(|| {
+        let log = Log::new();
+        let a = sleeper("a", &log);
+        let b = sleeper("b", &log);
+        let c = sleeper("c", &log);
+        settle();
+        assert_eq!(evergreen::hub::live_count(), 0);
+        let t0 = evergreen::hub::now();
+        a.tell(P::Sleep(ms(100))).unwrap();
+        a.tell(P::Note("after the sleep".into())).unwrap();
+        b.tell(P::Note("hi".into())).unwrap();
+        c.tell(P::Note("hi".into())).unwrap();
+        settle();
+        assert_eq!(
+            [grep(&log, "b got"), grep(&log, "c got")].concat(),
+            vec!["b got hi", "c got hi"],
+            "b and c ran while a's handler sleeps"
+        );
+        assert!(grep(&log, "a got").is_empty());
+        assert_eq!(
+            evergreen::hub::live_count(),
+            1,
+            "a keeps the greenlet it blocked on; the next dispatcher ended"
+        );
+        assert!(b.stats().hibernated && c.stats().hibernated);
+        assert!(!a.stats().hibernated);
+        evergreen::sleep(ms(150));
+        assert_eq!(grep(&log, "a got"), vec!["a got after the sleep"]);
+        assert!(since(t0) >= ms(100));
+        settle();
+        assert!(a.stats().hibernated);
+        assert_eq!(evergreen::hub::live_count(), 0);
+        for x in [a, b, c] {
+            x.stop();
+            assert_eq!(x.join(), Ok(ExitReason::Normal));
+        }
+    });
+}
+
+#[test]
+fn a_hibernating_actor_asks_another_from_its_handler() {
+    run_virtual(|| {
+        let log = Log::new();
+        let a = sleeper("a", &log);
+        let b = sleeper("b", &log);
+        settle();
+        let b2 = b.clone();
+        // a's handler, on the dispatcher, waits for b, which is only ready: b must not wait
+        // for the dispatcher a holds.
+        let got = a.ask(|r| {
+            P::Run(Box::new(move |_, _| {
+                let n = b2.ask(|rr| P::Echo(7, rr)).unwrap();
+                r.send(n + 1)
+            }))
+        });
+        assert_eq!(got, Ok(8));
+        settle();
+        assert!(a.stats().hibernated && b.stats().hibernated);
+        assert_eq!(evergreen::hub::live_count(), 0);
+        // A cycle of asks is still refused, not a hang.
+        let a2 = a.clone();
+        let b3 = b.clone();
+        let got = a.ask(|r| {
+            P::Run(Box::new(move |_, _| {
+                let e = b3.ask(|rr| {
+                    P::Run(Box::new(move |_, _| {
+                        let e = a2.ask(|r3| P::Echo(1, r3));
+                        rr.send(u32::from(matches!(e, Err(Error::LoopExit(..)))))
+                    }))
+                });
+                r.send(e.unwrap())
+            }))
+        });
+        assert_eq!(got, Ok(1), "b asking a back is a LoopExit");
+        for x in [a, b] {
+            x.stop();
+            x.join().unwrap();
+        }
+    });
+}
+
+#[test]
+fn killing_an_actor_blocked_in_a_handler_on_the_dispatcher_kills_only_it() {
+    run_virtual(|| {
+        let log = Log::new();
+        let a = sleeper("a", &log);
+        let b = sleeper("b", &log);
+        settle();
+        let ev = std::rc::Rc::new(evergreen::Event::new());
+        // Nothing else is ready: no watch hands the dispatcher over; the kill does.
+        a.tell(P::Wait(ev.clone())).unwrap();
+        settle();
+        assert_eq!(evergreen::hub::live_count(), 1);
+        a.kill();
+        assert_eq!(a.exit_reason(), Some(ExitReason::Killed));
+        assert!(
+            grep(&log, "stop a").is_empty(),
+            "kill skips the stopped hook"
+        );
+        settle();
+        assert_eq!(evergreen::hub::live_count(), 0);
+        // The next dispatcher serves b.
+        assert_eq!(b.ask(|r| P::Echo(3, r)), Ok(3));
+        b.stop();
+        b.join().unwrap();
+        assert_eq!(grep(&log, "stop b"), vec!["stop b normal"]);
+    });
+}
+
+#[test]
+fn a_long_exchange_between_hibernating_actors_yields_to_other_greenlets() {
+    struct Ball {
+        peer: Option<ActorRef<Ball>>,
+        hops: std::rc::Rc<std::cell::Cell<u32>>,
+        done: std::rc::Rc<evergreen::Event>,
+    }
+    enum B {
+        Peer(ActorRef<Ball>),
+        Hit(u32),
+    }
+    impl Actor for Ball {
+        type Msg = B;
+        fn handle(&mut self, msg: B, _ctx: &mut Ctx<Self>) {
+            match msg {
+                B::Peer(p) => self.peer = Some(p),
+                B::Hit(0) => self.done.set(),
+                B::Hit(n) => {
+                    self.hops.set(self.hops.get() + 1);
+                    let _ = self.peer.as_ref().unwrap().tell(B::Hit(n - 1));
+                }
+            }
+        }
+    }
+    run_virtual(|| {
+        let hops = std::rc::Rc::new(std::cell::Cell::new(0));
+        let done = std::rc::Rc::new(evergreen::Event::new());
+        let mk = || {
+            Builder::new()
+                .hibernate(true)
+                .spawn(Ball {
+                    peer: None,
+                    hops: hops.clone(),
+                    done: done.clone(),
+                })
+                .unwrap()
+        };
+        let (x, y) = (mk(), mk());
+        x.tell(B::Peer(y.clone())).unwrap();
+        y.tell(B::Peer(x.clone())).unwrap();
+        settle();
+        x.tell(B::Hit(10_000)).unwrap();
+        let h = hops.clone();
+        let seen = evergreen::spawn(move || h.get());
+        done.wait();
+        let seen = seen.get().unwrap();
+        assert!(
+            seen > 0 && seen < 10_000,
+            "another greenlet ran during the exchange (after {seen} hops)"
+        );
+        for a in [x, y] {
+            a.stop();
+            a.join().unwrap();
+        }
+    });
+}
+
+#[test]
+fn a_parked_actor_starts_lazily_and_parks_once_a_message_wakes_it() {
+    run_virtual(|| {
+        let drops = DropCounter::new();
+        let log = Log::new();
+        let n = 100;
+        let cs: Vec<_> = (0..n).map(|_| counter(&drops, &log, false)).collect();
+        for (i, c) in cs.iter().enumerate() {
+            c.tell(C::Add(i as u64)).unwrap();
+        }
+        settle();
+        // Started and handled their first message on the dispatcher: no greenlet each.
+        assert_eq!(evergreen::hub::live_count(), 0);
+        assert_eq!(hibernating(), n);
+        assert!(cs
+            .iter()
+            .all(|c| c.stats().hibernated && c.stats().handled == 1));
+        // A message wakes one onto a greenlet of its own, where it parks from then on.
+        assert_eq!(cs[7].ask(C::Get), Ok(7));
+        settle();
+        assert_eq!(evergreen::hub::live_count(), 1);
+        assert!(!cs[7].stats().hibernated);
+        cs[7].tell(C::Add(1)).unwrap();
+        settle();
+        assert_eq!(
+            evergreen::hub::live_count(),
+            1,
+            "parked, not hibernated again"
+        );
+        assert_eq!(cs[7].ask(C::Get), Ok(8));
+        // A stop needs no greenlet: the dispatcher runs the stopped hooks.
+        for c in &cs {
+            c.stop();
+        }
+        assert!(evergreen::hub::live_count() <= 2);
+        for c in &cs {
+            assert_eq!(c.join(), Ok(ExitReason::Normal));
+        }
+        assert_eq!(grep(&log, "stopped normal").len(), n);
+        assert_eq!(drops.count(), n);
+        assert_eq!(hibernating(), 0);
+    });
 }

@@ -1459,12 +1459,14 @@ fn report(
         s,
         "\nRatios are evergreen ÷ the fastest peer in the same run (for tell, throughput: higher \
          is better; for the others, time or bytes: lower is better). Memory per idle actor: RSS \
-         growth while 100k actors are alive and idle (each has handled one message), per actor; \
-         for evergreen this includes the greenlet's touched stack page. `evergreen-hib`: the same \
-         actors with hibernation on (`Builder::hibernate`, here through \
-         `set_hibernate_default`): an idle actor holds no greenlet and no stack, and each \
-         wake-up from an empty mailbox runs on a new greenlet (a pooled, warm stack) instead of \
-         switching to a parked one; Erlang's `hibernate`."
+         growth while 100k actors are alive and idle (each has handled one message), per actor. \
+         `evergreen`: the default, parked actors that start lazily (the spawn workload's actors, \
+         spawned, told one message and stopped, run on the dispatcher greenlet and never take a \
+         greenlet or a stack; an actor woken again by a message gets a greenlet of its own and \
+         parks). `evergreen-hib`: the same actors with hibernation on (`Builder::hibernate`, \
+         here through `set_hibernate_default`): an idle actor holds no greenlet and no stack, \
+         and each wake-up from an empty mailbox is an activation on the dispatcher greenlet \
+         instead of a switch to a parked greenlet; Erlang's `hibernate`."
     );
     s
 }
