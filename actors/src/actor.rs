@@ -996,6 +996,12 @@ impl<T> Lane<T> {
         usize::from(self.first.is_some()) + self.rest.len()
     }
 
+    /// The front item.
+    #[inline]
+    fn front(&self) -> Option<&T> {
+        self.first.as_ref().or_else(|| self.rest.front())
+    }
+
     /// Frees the buffer of an empty lane if it holds more than `max_bytes`.
     fn shrink_if_empty(&mut self, max_bytes: usize) {
         if self.rest.is_empty() && self.rest.capacity() * std::mem::size_of::<T>() > max_bytes {
@@ -1013,10 +1019,89 @@ impl<T> IntoIterator for Lane<T> {
     }
 }
 
+/// The user lane: the messages in one [`Lane`] of bare `M`, and the few tokens (asks' reply
+/// slots, timers') beside them, each tagged with its message's place in the sequence. A tell
+/// costs the mailbox `size_of::<M>()` bytes, not that plus a token slot (16 bytes more per
+/// queued message: a mailbox of millions of messages touches half the memory).
+struct UserLane<M> {
+    msgs: Lane<M>,
+    /// `(sequence number of the message, its token)`, in sequence order.
+    tokens: Lane<(u64, Rc<dyn Token>)>,
+    /// The sequence number of the front message (the next pop).
+    head: u64,
+    /// The sequence number the next message pushed gets.
+    tail: u64,
+    /// The sequence number of the first token's message (`u64::MAX` when there is none).
+    next_token: u64,
+}
+
+impl<M> Default for UserLane<M> {
+    fn default() -> Self {
+        UserLane {
+            msgs: Lane::default(),
+            tokens: Lane::default(),
+            head: 0,
+            tail: 0,
+            next_token: u64::MAX,
+        }
+    }
+}
+
+impl<M> UserLane<M> {
+    #[inline]
+    fn push_back(&mut self, env: Envelope<M>) {
+        if let Some(t) = env.token {
+            if self.next_token == u64::MAX {
+                self.next_token = self.tail;
+            }
+            self.tokens.push_back((self.tail, t));
+        }
+        self.tail += 1;
+        self.msgs.push_back(env.msg);
+    }
+
+    #[inline]
+    fn pop_front(&mut self) -> Option<Envelope<M>> {
+        let msg = self.msgs.pop_front()?;
+        let seq = self.head;
+        self.head += 1;
+        let token = if seq == self.next_token {
+            self.take_token()
+        } else {
+            None
+        };
+        Some(Envelope { msg, token })
+    }
+
+    /// Takes the first token (its message was just popped).
+    fn take_token(&mut self) -> Option<Rc<dyn Token>> {
+        let t = self.tokens.pop_front().map(|(_, t)| t);
+        self.next_token = self.tokens.front().map_or(u64::MAX, |(s, _)| *s);
+        t
+    }
+
+    #[inline]
+    fn len(&self) -> usize {
+        self.msgs.len()
+    }
+
+    fn shrink_if_empty(&mut self, max_bytes: usize) {
+        self.msgs.shrink_if_empty(max_bytes);
+        self.tokens.shrink_if_empty(max_bytes);
+    }
+}
+
+impl<M> Iterator for UserLane<M> {
+    type Item = Envelope<M>;
+    fn next(&mut self) -> Option<Envelope<M>> {
+        self.pop_front()
+    }
+}
+
 /// An actor's cell: the untyped part and its typed user lane.
 pub(crate) struct Cell<A: Actor> {
     pub(crate) base: Base,
-    user: RefCell<Lane<Envelope<A::Msg>>>,
+    user: RefCell<UserLane<A::Msg>>,
     /// The state of a hibernated incarnation (and, if it has not started, its start signal).
     asleep: RefCell<Option<Asleep<A>>>,
 }
@@ -1121,7 +1206,7 @@ impl<A: Actor> Cell<A> {
     ) -> Rc<Cell<A>> {
         Rc::new(Cell {
             base: Base::new(name, mailbox, measure, hibernate, lazy),
-            user: RefCell::new(Lane::default()),
+            user: RefCell::new(UserLane::default()),
             asleep: RefCell::new(None),
         })
     }
@@ -2915,5 +3000,90 @@ pub(crate) fn incarnation_ended<A: Actor>(cell: &Rc<Cell<A>>, reason: ExitReason
             supervisor::child_exited(&p, b.id, b.incarnation.get(), reason);
         }
         _ => cell.finalize(reason),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A token that only says which message it came with.
+    struct Tag(u32);
+    impl Token for Tag {
+        fn is_ask(&self) -> bool {
+            true
+        }
+    }
+
+    fn tag_of(t: &Option<Rc<dyn Token>>) -> Option<u32> {
+        // The only tokens these tests push are `Tag`s; find which one by address.
+        t.as_ref().map(|t| {
+            let p = Rc::as_ptr(t) as *const Tag;
+            // (The newest entry: a freed tag's address may be reused.)
+            TAGS.with(|v| {
+                v.borrow()
+                    .iter()
+                    .rev()
+                    .find(|(q, _)| *q == p)
+                    .map(|(_, n)| *n)
+            })
+            .expect("a known tag")
+        })
+    }
+
+    thread_local! {
+        static TAGS: RefCell<Vec<(*const Tag, u32)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    fn env(n: u32, with_token: bool) -> Envelope<u32> {
+        let token = with_token.then(|| {
+            let t = Rc::new(Tag(n));
+            TAGS.with(|v| v.borrow_mut().push((Rc::as_ptr(&t), t.0)));
+            t as Rc<dyn Token>
+        });
+        Envelope { msg: n, token }
+    }
+
+    #[test]
+    fn the_user_lane_gives_each_message_back_with_its_own_token() {
+        // Tokens on some messages only, pushes and pops interleaved so the inline first slot,
+        // the buffer and the token lane's own inline slot all take turns; every message must
+        // come back in order with exactly the token it was pushed with.
+        let mut lane = UserLane::<u32>::default();
+        let mut expect = VecDeque::new();
+        let mut next = 0u32;
+        let mut popped = 0;
+        for round in 0..200u32 {
+            let pushes = (round * 7) % 5 + 1;
+            for _ in 0..pushes {
+                let with_token = next % 3 == 0 || next % 11 == 4;
+                lane.push_back(env(next, with_token));
+                expect.push_back((next, with_token));
+                next += 1;
+            }
+            let pops = (round * 3) % 6;
+            for _ in 0..pops {
+                let got = lane.pop_front();
+                let want = expect.pop_front();
+                match (got, want) {
+                    (None, None) => {}
+                    (Some(e), Some((n, with_token))) => {
+                        assert_eq!(e.msg, n);
+                        assert_eq!(tag_of(&e.token), with_token.then_some(n), "message {n}");
+                        popped += 1;
+                    }
+                    (g, w) => panic!("lane gave {:?}, expected {w:?}", g.map(|e| e.msg)),
+                }
+                assert_eq!(lane.len(), expect.len());
+            }
+        }
+        // What is left comes out through the iterator (a stopping actor's leftovers).
+        let rest: Vec<(u32, Option<u32>)> = lane.map(|e| (e.msg, tag_of(&e.token))).collect();
+        let want: Vec<(u32, Option<u32>)> = expect
+            .into_iter()
+            .map(|(n, t)| (n, t.then_some(n)))
+            .collect();
+        assert_eq!(rest, want);
+        assert!(popped > 100);
     }
 }

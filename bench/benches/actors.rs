@@ -13,7 +13,8 @@
 //!   (memory per idle actor); then all stopped, until every `stopped` hook ran. Time per actor
 //!   for the whole cycle, and peak RSS per actor. Each library in a fresh child process.
 //!
-//! Runs are interleaved across libraries (round-robin, rotated per round) and medians quoted.
+//! Runs are interleaved across libraries (round-robin, rotated per round), every run in a fresh
+//! child process (no library inherits another's heap), and medians quoted.
 //! Runtimes: evergreen's hub; actix on its `System`; ractor, kameo, xtra on tokio
 //! current-thread (`-ct`) and on tokio multi-thread with 2 workers (`-mt`).
 //!
@@ -1156,35 +1157,31 @@ fn main() {
         return;
     }
     let full = bench_mode();
-    let cfg = if full {
-        Cfg {
-            tell: 10_000_000,
-            ask: 1_000_000,
-            hops: 1_000_000,
-            spawn: 100_000,
-            rounds: env_usize("ACTORS_BENCH_ROUNDS", 5),
-            spawn_rounds: env_usize("ACTORS_BENCH_SPAWN_ROUNDS", 3),
+    let cfg = config(full);
+    if let Some(p) = args.iter().position(|a| a == "--run-child") {
+        let w = args[p + 1]
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| Work::ALL.get(i).copied())
+            .expect("workload index");
+        let lib = Lib::from_name(&args[p + 2]).expect("library name");
+        match run(lib, w, &cfg) {
+            Some(d) => println!("RESULT {}", d.as_nanos()),
+            None => println!("RESULT none"),
         }
-    } else {
-        Cfg {
-            tell: 10_000,
-            ask: 1_000,
-            hops: 1_000,
-            spawn: 1_000,
-            rounds: 1,
-            spawn_rounds: 1,
-        }
-    };
+        return;
+    }
     let only: Option<Vec<Lib>> = std::env::var("ACTORS_BENCH_LIBS")
         .ok()
         .map(|s| s.split(',').filter_map(Lib::from_name).collect());
     let libs: Vec<Lib> = only.unwrap_or_else(|| Lib::ALL.to_vec());
+    let exe = std::env::current_exe().expect("current exe");
     let mut samples: BTreeMap<(Work, Lib), Vec<f64>> = BTreeMap::new();
     for round in 0..cfg.rounds {
         for w in Work::ALL {
             for k in 0..libs.len() {
                 let lib = libs[(k + round) % libs.len()];
-                if let Some(d) = run(lib, w, &cfg) {
+                if let Some(d) = run_in_child(&exe, full, lib, w) {
                     let v = match w {
                         Work::TellBounded | Work::TellUnbounded => {
                             cfg.tell as f64 / d.as_secs_f64() / 1e6
@@ -1198,7 +1195,6 @@ fn main() {
             }
         }
     }
-    let exe = std::env::current_exe().expect("current exe");
     let mut spawn: BTreeMap<Lib, Vec<SpawnResult>> = BTreeMap::new();
     for round in 0..cfg.spawn_rounds {
         for k in 0..libs.len() {
@@ -1259,6 +1255,53 @@ fn main() {
     }
 }
 
+/// The sizes of a run: the full ones under `cargo bench`, smoke sizes otherwise.
+fn config(full: bool) -> Cfg {
+    if full {
+        Cfg {
+            tell: 10_000_000,
+            ask: 1_000_000,
+            hops: 1_000_000,
+            spawn: 100_000,
+            rounds: env_usize("ACTORS_BENCH_ROUNDS", 5),
+            spawn_rounds: env_usize("ACTORS_BENCH_SPAWN_ROUNDS", 3),
+        }
+    } else {
+        Cfg {
+            tell: 10_000,
+            ask: 1_000,
+            hops: 1_000,
+            spawn: 1_000,
+            rounds: 1,
+            spawn_rounds: 1,
+        }
+    }
+}
+
+/// Runs workload `w` of `lib` in a fresh child process (this executable with `--run-child`),
+/// so that no library inherits another's heap (a 10-million-message mailbox leaves a heap
+/// whose reuse, or not, changed the next library's tell throughput by 2×). `None` if the
+/// library does not run `w`, or the child failed (reported on stderr).
+fn run_in_child(exe: &std::path::Path, full: bool, lib: Lib, w: Work) -> Option<Duration> {
+    let idx = Work::ALL.iter().position(|x| *x == w).expect("a workload");
+    let mut cmd = Command::new(exe);
+    cmd.args(["--run-child", &idx.to_string(), lib.name()]);
+    if full {
+        cmd.arg("--bench");
+    }
+    let out = cmd.output().expect("run the child");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(line) = text.lines().find(|l| l.starts_with("RESULT ")) else {
+        eprintln!(
+            "child {} {w:?} failed: {}",
+            lib.name(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return None;
+    };
+    line[7..].parse::<u64>().ok().map(Duration::from_nanos)
+}
+
 fn env_usize(k: &str, d: usize) -> usize {
     std::env::var(k)
         .ok()
@@ -1299,7 +1342,7 @@ fn report(
     );
     let _ = writeln!(
         s,
-        "Medians of {} interleaved rounds (spawn: {} rounds, each library in a fresh process). \
+        "Medians of {} interleaved rounds, every run in a fresh process of its own (spawn: {} rounds). \
          tell: {} `u64` messages; ask: {} sequential round trips; ping-pong: {} hops; spawn: {} \
          actors. `-ct` = tokio current-thread, `-mt` = tokio multi-thread with 2 workers; \
          actix runs on its own `System`.\n",
