@@ -93,7 +93,7 @@ use crate::timer::TimerId;
 use crate::waiter::{LinkId, Links, WaitFail, WaitList, Waitable};
 
 /// A greenlet's coroutine. It holds only a view of its stack: the stack itself is owned by the
-/// greenlet's core (`Core::stack_bounds` and `Core::own_stack_mapping`) while the coroutine
+/// greenlet's core (`Core::stack_bounds`) while the coroutine
 /// exists, and is rebuilt from there to go back to the pool (`Core::take_stack`).
 pub(crate) type Coro = Coroutine<(), (), (), StackView>;
 /// A greenlet's local values, by `Local` key.
@@ -199,12 +199,9 @@ pub(crate) struct Core {
     pub(crate) waiting_on: Cell<&'static str>,
     /// Whether the hub's live registry holds it (and one of its counts).
     pub(crate) in_live: Cell<bool>,
-    /// Stack bounds, for the overflow handler and canary checks (set once, before the
-    /// greenlet can run); with `own_stack_mapping`, what is needed to give the stack back.
+    /// Its stack (set once, before the greenlet can run): for the overflow handler and canary
+    /// checks, and to give the stack back.
     pub(crate) stack_bounds: Cell<StackBounds>,
-    pub(crate) unguarded: bool,
-    /// Whether its stack has a mapping of its own (a non-default size), not a slab's.
-    own_stack_mapping: bool,
     /// The generation of the hub that made this greenlet (and its stack).
     pub(crate) hub_generation: u64,
     /// Greenlets joining it; each waiter's slot holds `links.next_ordinal()` at the time it
@@ -234,8 +231,6 @@ impl Core {
         name: Option<Box<str>>,
         is_root: bool,
         stack_bounds: StackBounds,
-        unguarded: bool,
-        own_stack_mapping: bool,
         hub_generation: u64,
         refs: usize,
     ) -> Core {
@@ -265,8 +260,6 @@ impl Core {
             waiting_on: Cell::new(""),
             in_live: Cell::new(false),
             stack_bounds: Cell::new(stack_bounds),
-            unguarded,
-            own_stack_mapping,
             hub_generation,
             joiners: WaitList::new(),
             links: Links::default(),
@@ -307,9 +300,16 @@ impl Core {
         self.is_root || !self.yielder.get().is_null()
     }
 
+    /// Whether its stack has no guard page (a canary instead); not for the root.
+    #[inline(always)]
+    pub(crate) fn unguarded(&self) -> bool {
+        debug_assert!(!self.is_root);
+        self.stack_bounds.get().guard == 0
+    }
+
     /// Usable stack size in bytes (0 for the root).
     pub(crate) fn stack_size(&self) -> usize {
-        self.stack_bounds.get().size
+        self.stack_bounds.get().size()
     }
 
     /// A pointer to this core that may be used for its whole block: it takes the provenance
@@ -387,8 +387,10 @@ impl Core {
         let info = self.stack_bounds.get();
         {
             let intact =
-                // SAFETY: `lo` is the lowest usable word of this greenlet's (unguarded) stack.
-                unsafe { std::ptr::read_volatile(info.lo as *const u64) } == crate::stack::CANARY;
+                // SAFETY: `bottom` is the lowest usable word of this greenlet's (unguarded)
+                // stack.
+                unsafe { std::ptr::read_volatile(info.bottom as *const u64) }
+                    == crate::stack::CANARY;
             if !intact {
                 eprintln!(
                     "evergreen: greenlet {} overflowed its {}-byte stack (canary clobbered; this \
@@ -605,7 +607,7 @@ impl Core {
     /// Whether its stack is a default-size one from a slab (not one with its own mapping).
     #[inline(always)]
     pub(crate) fn stack_from_slab(&self) -> bool {
-        !self.own_stack_mapping
+        self.stack_bounds.get().own_mapping_len == 0
     }
 
     /// [`take_stack`](Self::take_stack) for a stack from a slab
@@ -616,9 +618,9 @@ impl Core {
     /// As for `take_stack`, and the stack is from a slab.
     #[inline(always)]
     pub(crate) unsafe fn take_slab_stack(&self) -> GreenStack {
-        debug_assert!(!self.own_stack_mapping);
+        debug_assert!(self.stack_from_slab());
         // SAFETY: per the contract (the parts stored at spawn, rebuilt once).
-        unsafe { GreenStack::from_parts(self.stack_bounds.get(), false) }
+        unsafe { GreenStack::from_parts(self.stack_bounds.get()) }
     }
 
     /// The stack its coroutine ran on, rebuilt to go back to the pool.
@@ -630,7 +632,7 @@ impl Core {
     #[inline(always)]
     pub(crate) unsafe fn take_stack(&self) -> GreenStack {
         // SAFETY: per the contract, the parts stored at spawn by `into_parts`, rebuilt once.
-        unsafe { GreenStack::from_parts(self.stack_bounds.get(), self.own_stack_mapping) }
+        unsafe { GreenStack::from_parts(self.stack_bounds.get()) }
     }
 }
 
@@ -1070,8 +1072,6 @@ pub(crate) fn new_root() -> GRef {
             Some("root".into()),
             true,
             StackBounds::NONE,
-            false,
-            false,
             0,
             1,
         ),
@@ -1328,9 +1328,8 @@ impl Builder {
             Some(s) => s,
             None => new_stack(hub, self.stack_size),
         };
-        let guarded = stack.guarded();
         // From here the core owns the stack (see `Coro`).
-        let (view, bounds, own_mapping) = stack.into_parts();
+        let (view, bounds) = stack.into_parts();
         let id = hub.next_id();
         let p = Inner::<T>::alloc(hub);
         // SAFETY: `p` is a fresh allocation with `Inner<T>`'s layout; it is written in place.
@@ -1342,8 +1341,6 @@ impl Builder {
                     self.name.map(String::into_boxed_str),
                     false,
                     bounds,
-                    !guarded,
-                    own_mapping,
                     hub.generation(),
                     refs,
                 ),

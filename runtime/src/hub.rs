@@ -401,19 +401,20 @@ pub(crate) fn running_overflow_info() -> Option<crate::stack::OverflowInfo> {
         return None;
     }
     let b = core.stack_bounds.get();
+    let (lo, hi) = b.overflow_range();
     let (name, name_len) = match core.name() {
         Some(n) => (n.as_ptr(), n.len()),
         None => (std::ptr::null(), 0),
     };
     Some(crate::stack::OverflowInfo {
-        lo: b.lo,
-        hi: b.hi,
+        lo,
+        hi,
         bottom: b.bottom,
         id: core.id,
-        size: b.size,
+        size: b.size(),
         name,
         name_len,
-        unguarded: core.unguarded,
+        unguarded: core.unguarded(),
     })
 }
 
@@ -1177,7 +1178,7 @@ impl Hub {
                 Some(c) => c.resume(()).as_return().is_some(),
                 None => true,
             };
-            if core.unguarded {
+            if core.unguarded() {
                 core.check_canary();
             }
             if done {
@@ -1298,7 +1299,7 @@ impl Hub {
             m.left();
         }
         self.current.set(self.root_core);
-        if core.unguarded {
+        if core.unguarded() {
             core.check_canary();
         }
         if done {

@@ -201,43 +201,38 @@ unsafe impl Stack for GreenStack {
 impl GreenStack {
     /// Takes the stack apart for a greenlet: what its coroutine needs (the two ends, a
     /// [`StackView`] that owns nothing), and what its core keeps to give the stack back
-    /// ([`StackBounds`] and whether the stack has a mapping of its own). The stack is then
-    /// owned by that core until [`from_parts`](Self::from_parts) rebuilds it.
+    /// ([`StackBounds`]: the stack's own four words, copied as they are, so that neither
+    /// taking the stack apart nor rebuilding it computes anything). The stack is then owned
+    /// by that core until [`from_parts`](Self::from_parts) rebuilds it.
     #[inline(always)]
-    pub(crate) fn into_parts(self) -> (StackView, StackBounds, bool) {
-        let (lo, hi) = self.overflow_range();
+    pub(crate) fn into_parts(self) -> (StackView, StackBounds) {
         let bounds = StackBounds {
-            lo,
-            hi,
+            top: self.top,
             bottom: self.bottom,
-            size: self.size(),
+            guard: self.guard,
+            own_mapping_len: self.own_mapping_len,
         };
         let view = StackView {
             base: StackPointer::new(self.top).expect("stack top is never null"),
             limit: StackPointer::new(self.bottom - self.guard).expect("stack limit is never null"),
         };
-        let own = self.own_mapping_len != 0;
         std::mem::forget(self);
-        (view, bounds, own)
+        (view, bounds)
     }
 
     /// Rebuilds a stack taken apart by [`into_parts`](Self::into_parts).
     ///
     /// # Safety
     ///
-    /// `bounds` and `own_mapping` come from one `into_parts` call, and this is the only
-    /// rebuild of that stack (it has one owner again, and it is no longer in use).
+    /// `bounds` comes from one `into_parts` call, and this is the only rebuild of that stack
+    /// (it has one owner again, and it is no longer in use).
     #[inline(always)]
-    pub(crate) unsafe fn from_parts(bounds: StackBounds, own_mapping: bool) -> GreenStack {
-        // A guarded stack's overflow range is its guard; an unguarded one's is its lowest
-        // usable page, starting at `bottom`.
-        let guard = bounds.bottom - bounds.lo;
-        let top = bounds.bottom + bounds.size;
+    pub(crate) unsafe fn from_parts(bounds: StackBounds) -> GreenStack {
         GreenStack {
-            top,
+            top: bounds.top,
             bottom: bounds.bottom,
-            guard,
-            own_mapping_len: if own_mapping { top - bounds.lo } else { 0 },
+            guard: bounds.guard,
+            own_mapping_len: bounds.own_mapping_len,
         }
     }
 }
@@ -816,25 +811,45 @@ pub fn max_map_count() -> String {
 // Overflow reporting
 // ---------------------------------------------------------------------------------------------
 
-/// A greenlet's stack bounds, kept in its core (set once, before it can run).
+/// A greenlet's stack as its core keeps it while the greenlet has a coroutine (set once,
+/// before it can run): a [`GreenStack`]'s own four words, for the overflow handler and canary
+/// checks and to give the stack back ([`GreenStack::from_parts`]).
 #[derive(Clone, Copy)]
 pub(crate) struct StackBounds {
-    /// The guard range `[lo, hi)` (or the lowest page of an unguarded stack).
-    pub lo: usize,
-    pub hi: usize,
+    /// Highest address (exclusive).
+    pub top: usize,
     /// The lowest usable address of the stack.
     pub bottom: usize,
-    /// Usable bytes.
-    pub size: usize,
+    /// Bytes of guard below `bottom` (0 for an unguarded stack).
+    pub guard: usize,
+    /// The length of the stack's own mapping; 0 for a stack inside a slab.
+    pub own_mapping_len: usize,
 }
 
 impl StackBounds {
     pub(crate) const NONE: StackBounds = StackBounds {
-        lo: 0,
-        hi: 0,
+        top: 0,
         bottom: 0,
-        size: 0,
+        guard: 0,
+        own_mapping_len: 0,
     };
+
+    /// Usable bytes (0 for the root).
+    pub(crate) fn size(&self) -> usize {
+        self.top - self.bottom
+    }
+
+    /// As [`GreenStack::overflow_range`]: the guard range `[lo, hi)`, or for an unguarded
+    /// stack its lowest page; `(0, 0)` for the root.
+    pub(crate) fn overflow_range(&self) -> (usize, usize) {
+        if self.top == 0 {
+            (0, 0)
+        } else if self.guard > 0 {
+            (self.bottom - self.guard, self.bottom)
+        } else {
+            (self.bottom, self.bottom + page_size())
+        }
+    }
 }
 
 /// What the signal handler needs to know about the running greenlet: its stack bounds and
