@@ -942,7 +942,7 @@ pub(crate) struct BlockCache {
 impl BlockCache {
     const CLASSES: usize = 64;
     const GRAIN: usize = 16;
-    /// Blocks kept per class.
+    /// Blocks kept per class (a power of two: see `free_if_room`).
     const KEEP: usize = 256;
 
     pub(crate) fn new(enabled: bool) -> BlockCache {
@@ -967,7 +967,8 @@ impl BlockCache {
     #[inline(always)]
     fn alloc(&self, layout: std::alloc::Layout) -> std::ptr::NonNull<u8> {
         let (class, real) = Self::class(layout);
-        if let (Some(c), true) = (class, self.enabled) {
+        // A disabled cache's lists stay empty (`free` never fills them), so no check here.
+        if let Some(c) = class {
             // SAFETY: the cache belongs to this thread's hub and no reference into it outlives
             // `alloc` or `free`, which run no other code meanwhile (at most a vector grows,
             // through the global allocator, which must not call back into evergreen).
@@ -988,19 +989,21 @@ impl BlockCache {
     /// [`free`](Self::free) of a block whose contents were dropped (or own nothing) when
     /// this thread's hub's cache has room for it without growing: no call. `false` (nothing
     /// done) otherwise.
+    ///
+    /// One check suffices: a list's capacity never exceeds [`KEEP`](Self::KEEP) (only `free`
+    /// grows it, by pushing while shorter than `KEEP`, and vectors grow from 4 by doubling
+    /// to at most `KEEP`, a power of two), and a disabled cache's lists have none.
     #[inline(always)]
     fn free_if_room(p: std::ptr::NonNull<u8>, layout: std::alloc::Layout) -> bool {
         let (class, _) = Self::class(layout);
         let (Some(c), Some(hub)) = (class, crate::hub::try_hub()) else {
             return false;
         };
-        if !hub.blocks.enabled {
-            return false;
-        }
         // SAFETY: as in `alloc`.
         let list = unsafe { &mut (*hub.blocks.lists.get())[c] };
         let n = list.len();
-        if n < Self::KEEP && n < list.capacity() {
+        debug_assert!(list.capacity() <= Self::KEEP);
+        if n < list.capacity() {
             // SAFETY: `n < capacity`: the slot is allocated and unused, and the new length
             // counts only initialised slots.
             unsafe {

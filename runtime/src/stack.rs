@@ -282,8 +282,9 @@ pub struct StackPool {
     surplus: Vec<GreenStack>,
     /// Every slab mapping `(addr, len)`.
     slabs: Vec<(usize, usize)>,
-    /// Default-size stacks handed out and not yet returned.
-    outstanding: usize,
+    /// Default-size stacks made (in slabs); those not in the pool (`free_len`) are handed
+    /// out. Counted here rather than on every hand-out and return.
+    slab_stacks: usize,
     /// Each slab stack registered with valgrind (a no-op outside valgrind), so that memcheck
     /// understands the switches between them instead of reporting every access on the thread's
     /// own stack as invalid.
@@ -338,7 +339,7 @@ impl StackPool {
             keep_warm,
             surplus: Vec::new(),
             slabs: Vec::new(),
-            outstanding: 0,
+            slab_stacks: 0,
             valgrind: Vec::new(),
             maps_estimate: 0,
         }
@@ -363,17 +364,32 @@ impl StackPool {
     /// a caller that handles the rest itself.
     #[inline(always)]
     pub(crate) fn pop_warm(&mut self) -> Option<GreenStack> {
-        let s = self.warm.pop()?;
-        self.outstanding += 1;
-        Some(s)
+        self.warm.pop()
     }
 
     /// Whether [`put_warm`](Self::put_warm) may take a default-size stack now: the warm
-    /// list is below its limit and has room without growing.
+    /// list is below its limit and has room without growing. One check: the warm list's
+    /// capacity never exceeds `keep_warm` (see [`push_warm`](Self::push_warm)).
     #[inline(always)]
     pub(crate) fn has_warm_room(&self) -> bool {
+        debug_assert!(self.warm.capacity() <= self.keep_warm);
+        self.warm.len() < self.warm.capacity()
+    }
+
+    /// Pushes a stack on the warm list, which is shorter than `keep_warm`; the list grows to
+    /// at most `keep_warm` (so that `has_warm_room` need not check the limit).
+    fn push_warm(&mut self, stack: GreenStack) {
         let n = self.warm.len();
-        n < self.keep_warm && n < self.warm.capacity()
+        debug_assert!(n < self.keep_warm);
+        if n == self.warm.capacity() {
+            let want = (n * 2).max(4).min(self.keep_warm);
+            self.warm.reserve_exact(want - n);
+            if self.warm.capacity() > self.keep_warm {
+                // The allocator gave more than asked: keep the bound exact.
+                self.warm.shrink_to(self.keep_warm);
+            }
+        }
+        self.warm.push(stack);
     }
 
     /// [`put`](Self::put) of a stack from a slab when [`has_warm_room`](Self::has_warm_room):
@@ -381,7 +397,6 @@ impl StackPool {
     #[inline(always)]
     pub(crate) fn put_warm(&mut self, stack: GreenStack) {
         debug_assert!(stack.own_mapping_len == 0 && self.has_warm_room());
-        self.outstanding -= 1;
         let n = self.warm.len();
         // SAFETY: `n < capacity` (`has_warm_room`): the slot is allocated and unused, and the
         // new length counts only initialised slots.
@@ -397,7 +412,6 @@ impl StackPool {
         if size.is_none() {
             // The hot path: a warm default-size stack.
             if let Some(s) = self.warm.pop() {
-                self.outstanding += 1;
                 return Ok(s);
             }
         }
@@ -423,13 +437,11 @@ impl StackPool {
             }
             _ => {
                 if let Some(s) = self.warm.pop().or_else(|| self.surplus.pop()) {
-                    self.outstanding += 1;
                     return Ok(s);
                 }
                 if self.cold.is_empty() {
                     self.map_slab()?;
                 }
-                self.outstanding += 1;
                 Ok(self.cold.pop().expect("slab refilled the pool"))
             }
         }
@@ -440,8 +452,7 @@ impl StackPool {
     pub fn put(&mut self, stack: GreenStack) {
         if stack.own_mapping_len == 0 && self.warm.len() < self.keep_warm {
             // The hot path: keep it warm.
-            self.outstanding -= 1;
-            self.warm.push(stack);
+            self.push_warm(stack);
             return;
         }
         self.put_slow(stack);
@@ -453,14 +464,13 @@ impl StackPool {
             drop(stack);
             return;
         }
-        self.outstanding -= 1;
         if self.warm.len() >= self.keep_warm {
             self.surplus.push(stack);
             if self.surplus.len() >= RELEASE_BATCH {
                 self.release_surplus();
             }
         } else {
-            self.warm.push(stack);
+            self.push_warm(stack);
         }
     }
 
@@ -632,6 +642,7 @@ impl StackPool {
             ));
         }
         self.slabs.push((base, len));
+        self.slab_stacks += made.len();
         // Pop order: lowest address first.
         made.reverse();
         self.cold.extend(made);
@@ -679,7 +690,7 @@ impl StackPool {
 
 impl Drop for StackPool {
     fn drop(&mut self) {
-        if self.outstanding != 0 {
+        if self.slab_stacks != self.free_len() {
             // Some coroutine still owns a stack of a slab (it was leaked); keep the memory.
             return;
         }
@@ -688,7 +699,7 @@ impl Drop for StackPool {
         self.cold.clear();
         self.valgrind.clear();
         for &(addr, len) in &self.slabs {
-            // SAFETY: every stack of these slabs is back in the pool (outstanding == 0) and the
+            // SAFETY: every stack of these slabs is back in the pool (all made are free) and the
             // pool was just cleared, so nothing refers to this memory any more.
             unsafe {
                 libc::munmap(addr as *mut libc::c_void, len);
