@@ -1334,6 +1334,7 @@ impl Builder {
         // From here the core owns the stack (see `Coro`).
         let (view, bounds) = stack.into_parts();
         let id = hub.next_id();
+        let named = self.name.is_some();
         let p = Inner::<T>::alloc(hub);
         // SAFETY: `p` is a fresh allocation with `Inner<T>`'s layout; it is written in place.
         unsafe {
@@ -1388,8 +1389,8 @@ impl Builder {
         // SAFETY: the greenlet is new; nothing else can reach its coroutine yet, and the slot
         // holds `None` (nothing to drop).
         unsafe { inner.core.coroutine.get().write(Some(co)) };
-        if let Some(m) = hub.monitor() {
-            if let Some(n) = inner.core.name() {
+        if named {
+            if let (Some(m), Some(n)) = (hub.monitor(), inner.core.name()) {
                 m.name(inner.core.id, n);
             }
         }

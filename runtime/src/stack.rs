@@ -212,9 +212,13 @@ impl GreenStack {
             guard: self.guard,
             own_mapping_len: self.own_mapping_len,
         };
-        let view = StackView {
-            base: StackPointer::new(self.top).expect("stack top is never null"),
-            limit: StackPointer::new(self.bottom - self.guard).expect("stack limit is never null"),
+        // SAFETY: a stack's top and its limit (the start of its mapping, or of its slab
+        // mapping's stack) are addresses of mapped memory, so not null.
+        let view = unsafe {
+            StackView {
+                base: StackPointer::new_unchecked(self.top),
+                limit: StackPointer::new_unchecked(self.bottom - self.guard),
+            }
         };
         std::mem::forget(self);
         (view, bounds)
