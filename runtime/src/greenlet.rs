@@ -470,15 +470,40 @@ impl Core {
     /// Marks the greenlet dead, frees its locals, wakes joiners and schedules links.
     #[inline(always)]
     fn complete(&self, ended: Ended) {
+        if self.has_locals() {
+            self.mark_dead(ended);
+            self.take_and_drop_locals();
+            self.notify_ended();
+        } else {
+            self.complete_without_locals(ended);
+        }
+    }
+
+    /// [`complete`](Self::complete) for a greenlet known to have no local values (its body
+    /// dropped them, and ran no code since).
+    #[inline(always)]
+    fn complete_without_locals(&self, ended: Ended) {
+        debug_assert!(!self.has_locals());
+        self.mark_dead(ended);
+        self.notify_ended();
+    }
+
+    /// The first half of [`complete`](Self::complete): the greenlet is dead, its interrupt
+    /// forgotten.
+    #[inline(always)]
+    fn mark_dead(&self, ended: Ended) {
         self.ended.set(ended);
         self.unwinding.set(0);
         self.state.set(State::Dead);
         if self.interrupt.get().is_some() {
             self.forget_interrupt();
         }
-        if self.has_locals() {
-            self.take_and_drop_locals();
-        }
+    }
+
+    /// The last step of [`complete`](Self::complete): wakes joiners, or schedules the
+    /// notification of links and joiners in registration order.
+    #[inline(always)]
+    fn notify_ended(&self) {
         if self.links.is_empty() {
             self.joiners.wake_all();
         } else {
@@ -1115,13 +1140,18 @@ impl<T: 'static> Inner<T> {
     fn finish(&self, r: std::thread::Result<T>) {
         match r {
             Ok(v) => {
-                let mut slot = self.result.borrow_mut();
-                debug_assert!(slot.is_none(), "a greenlet's result is stored once");
+                debug_assert!(
+                    self.result.try_borrow().is_ok_and(|r| r.is_none()),
+                    "a greenlet's result is stored once"
+                );
                 // SAFETY: a valid slot, empty (a greenlet finishes once, and nothing else
-                // stores a result of a greenlet that ran), so there is nothing to drop.
-                unsafe { std::ptr::write(&mut *slot, Some(Ok(v))) };
-                drop(slot);
-                self.core.complete(Ended::Value);
+                // stores a result of a greenlet that ran), so there is nothing to drop; and
+                // not borrowed: the borrows of a result (`value`, `get`, `into_result`,
+                // `exception`) end before they could switch, and run no user code on an empty
+                // slot.
+                unsafe { self.result.as_ptr().write(Some(Ok(v))) };
+                // Its body dropped its locals just before, and ran no code since.
+                self.core.complete_without_locals(Ended::Value);
             }
             Err(p) => self.finish_unwound(p),
         }

@@ -1349,8 +1349,11 @@ impl Hub {
     fn reap_usual(&self, ptr: CorePtr) -> bool {
         // SAFETY: the registry still holds a count of it.
         let core = unsafe { ptr.as_ref() };
+        // A greenlet that ran is registered: it was registered before it was first made
+        // runnable, and only reaping (or a kill before it started, when it never runs)
+        // unregisters it.
+        debug_assert!(core.in_live.get());
         if self.monitor.get().is_none()
-            && core.in_live.get()
             && core.has_other_counts()
             && core.has_coroutine()
             && core.stack_from_slab()
@@ -1365,7 +1368,7 @@ impl Hub {
                     // greenlet's stack back (once: the slot is empty now).
                     pool.put_warm(unsafe { core.take_slab_stack() });
                     drop(pool);
-                    // Registered (checked above): its count passes to this call.
+                    // Registered (see above): its count passes to this call.
                     self.unlink_live(core);
                     // SAFETY: that count; a handle holds another (`has_other_counts`).
                     unsafe { core.release_count_not_last() };
