@@ -818,15 +818,15 @@ struct Inner<T> {
 }
 
 /// Aborts the process if dropped, which happens only when finishing a greenlet unwinds (the
-/// happy path forgets it: no landing pad runs, unlike a `catch_unwind` frame).
-struct AbortOnUnwind(u64);
+/// happy path forgets it: no landing pad runs, unlike a `catch_unwind` frame). It holds
+/// nothing (so the happy path stores nothing): the greenlet that finishes is the current one.
+struct AbortOnUnwind;
 
 impl Drop for AbortOnUnwind {
+    #[cold]
     fn drop(&mut self) {
-        eprintln!(
-            "evergreen: greenlet #{} panicked while finishing; aborting",
-            self.0
-        );
+        let id = crate::hub::try_hub().map_or(0, |h| h.current().id);
+        eprintln!("evergreen: greenlet #{id} panicked while finishing; aborting");
         std::process::abort();
     }
 }
@@ -1129,7 +1129,7 @@ impl<T: 'static> Inner<T> {
                 );
             }
         }
-        let guard = AbortOnUnwind(self.core.id);
+        let guard = AbortOnUnwind;
         *self.result.borrow_mut() = Some(Err(Error::ValueTaken));
         self.core.complete(Ended::Value);
         std::mem::forget(guard);
@@ -1412,7 +1412,7 @@ impl Builder {
             }
             // Finishing only stores the result and wakes joiners; if even that unwinds (a
             // panicking logger?), the hub's bookkeeping cannot be trusted any more.
-            let guard = AbortOnUnwind(me.core.id);
+            let guard = AbortOnUnwind;
             me.finish(r);
             std::mem::forget(guard);
         });

@@ -756,9 +756,10 @@ impl Hub {
     #[inline(always)]
     pub(crate) unsafe fn register_live_adopted(&self, core: &Core) {
         debug_assert!(!core.in_live.get());
+        // Never registered before (a greenlet is registered once), so `live_next` is `None`.
+        debug_assert!(core.live_next.get().is_none());
         let p = core.ptr();
         core.in_live.set(true);
-        core.live_next.set(None);
         core.live_prev.set(self.live.tail.get());
         match self.live.tail.get() {
             // SAFETY: members of the registry are alive (it owns a count of each).
