@@ -104,6 +104,9 @@ type JoinAll<T> = Result<Vec<Greenlet<T>>, (Vec<Greenlet<T>>, Error)>;
 /// greenlet is registered with the hub (see `Hub::resume_greenlet`).
 pub(crate) type CorePtr = std::ptr::NonNull<Core>;
 
+/// `Core::live_slot` of a greenlet the live registry does not hold.
+pub(crate) const NOT_LIVE: usize = usize::MAX;
+
 /// Run state of a greenlet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum State {
@@ -171,10 +174,9 @@ pub(crate) enum Ended {
 pub(crate) struct Core {
     refs: Cell<usize>,
     ops: &'static BlockOps,
-    /// Neighbours in the hub's live registry (an intrusive list: registering and reaping a
-    /// greenlet never allocates).
-    pub(crate) live_prev: Cell<Option<CorePtr>>,
-    pub(crate) live_next: Cell<Option<CorePtr>>,
+    /// Its slot in the hub's live registry, or [`NOT_LIVE`] when the registry does not hold
+    /// it (see [`in_live`](Self::in_live)).
+    pub(crate) live_slot: Cell<usize>,
     pub(crate) id: u64,
     /// The rarely used fields (name, locals, `spawn_later` timer), made on first use: most
     /// greenlets never need them, and a spawn then initialises one word for all of them.
@@ -197,8 +199,6 @@ pub(crate) struct Core {
     /// (see `Hub::run_nested`): it must not be resumed meanwhile.
     pub(crate) nesting: Cell<bool>,
     pub(crate) waiting_on: Cell<&'static str>,
-    /// Whether the hub's live registry holds it (and one of its counts).
-    pub(crate) in_live: Cell<bool>,
     /// Its stack (set once, before the greenlet can run): for the overflow handler and canary
     /// checks, and to give the stack back.
     pub(crate) stack_bounds: Cell<StackBounds>,
@@ -237,8 +237,7 @@ impl Core {
         Core {
             refs: Cell::new(refs),
             ops,
-            live_prev: Cell::new(None),
-            live_next: Cell::new(None),
+            live_slot: Cell::new(NOT_LIVE),
             id,
             extra: match name {
                 None => OnceCell::new(),
@@ -258,12 +257,17 @@ impl Core {
             deadline_hit: Cell::new(false),
             nesting: Cell::new(false),
             waiting_on: Cell::new(""),
-            in_live: Cell::new(false),
             stack_bounds: Cell::new(stack_bounds),
             hub_generation,
             joiners: WaitList::new(),
             links: Links::default(),
         }
+    }
+
+    /// Whether the hub's live registry holds it (and one of its counts).
+    #[inline(always)]
+    pub(crate) fn in_live(&self) -> bool {
+        self.live_slot.get() != NOT_LIVE
     }
 
     /// Its rarely used fields, made now if they were not yet.
