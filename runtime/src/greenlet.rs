@@ -869,6 +869,17 @@ impl<T: 'static> Inner<T> {
     /// panic payload, and room in the hub's block cache. Anything else goes to
     /// [`free_general`](Self::free_general), before anything was changed.
     unsafe fn free(p: CorePtr) {
+        // SAFETY: per the contract.
+        unsafe { Self::free_last(p) }
+    }
+
+    /// [`free`](Self::free), inlined (for a caller that knows the block's type).
+    ///
+    /// # Safety
+    ///
+    /// As for `free`.
+    #[inline(always)]
+    unsafe fn free_last(p: CorePtr) {
         let inner = p.cast::<Inner<T>>().as_ptr();
         // SAFETY: per the contract, the block is initialised and nothing refers to it.
         let trivial = unsafe {
@@ -1613,6 +1624,36 @@ impl<T: 'static> Greenlet<T> {
     #[inline(always)]
     pub fn into_result(self) -> Result<T, Error> {
         self.join();
+        let inner = self.inner();
+        let mut r = inner.result.borrow_mut();
+        if !matches!(&*r, Some(Ok(_))) {
+            drop(r);
+            return self.into_result_not_value();
+        }
+        let Some(Ok(v)) = r.take() else {
+            // SAFETY: checked just above.
+            unsafe { std::hint::unreachable_unchecked() }
+        };
+        drop(r);
+        // This handle's count, given up here so that freeing the block (the usual case: the
+        // last handle of a reaped greenlet) is inlined, with its result slot known empty.
+        let me = std::mem::ManuallyDrop::new(self);
+        let c = &me.inner().core;
+        if c.has_other_counts() {
+            // SAFETY: this handle owns a count, and another exists.
+            unsafe { c.release_count_not_last() };
+        } else {
+            // SAFETY: that was the last count of an `Inner<T>` block: nothing refers to it.
+            unsafe { Inner::<T>::free_last(me.g.0) };
+        }
+        Ok(v)
+    }
+
+    /// [`into_result`](Self::into_result) when the result is not a value: an error (which
+    /// stays for the other handles), or a value already taken.
+    #[cold]
+    #[inline(never)]
+    fn into_result_not_value(self) -> Result<T, Error> {
         let mut r = self.inner().result.borrow_mut();
         match r.take() {
             Some(Ok(v)) => Ok(v),
