@@ -1630,10 +1630,17 @@ impl<T: 'static> Greenlet<T> {
             drop(r);
             return self.into_result_not_value();
         }
-        let Some(Ok(v)) = r.take() else {
+        // The value is moved out in place and the slot marked empty, without moving the whole
+        // result (`take` copies it out and matches it again).
+        let v = match &*r {
+            // SAFETY: the value is read once, and the slot is overwritten just below without
+            // dropping it, so it is moved, not copied.
+            Some(Ok(v)) => unsafe { std::ptr::read(v) },
             // SAFETY: checked just above.
-            unsafe { std::hint::unreachable_unchecked() }
+            _ => unsafe { std::hint::unreachable_unchecked() },
         };
+        // SAFETY: a valid slot whose value was moved out above: nothing to drop.
+        unsafe { std::ptr::write(&mut *r, None) };
         drop(r);
         // This handle's count, given up here so that freeing the block (the usual case: the
         // last handle of a reaped greenlet) is inlined, with its result slot known empty.
