@@ -1372,12 +1372,12 @@ impl Builder {
             None => hub.stacks.borrow_mut().pop_warm(),
             Some(_) => None,
         };
-        let stack = match warm {
-            Some(s) => s,
-            None => new_stack(hub, self.stack_size),
+        // From here the core owns the stack (see `Coro`). Taken apart on each path, so the
+        // usual one keeps the warm stack's words in registers.
+        let (view, bounds) = match warm {
+            Some(s) => s.into_parts(),
+            None => new_stack(hub, self.stack_size).into_parts(),
         };
-        // From here the core owns the stack (see `Coro`).
-        let (view, bounds) = stack.into_parts();
         let id = hub.next_id();
         let named = self.name.is_some();
         let p = Inner::<T>::alloc(hub);
