@@ -497,7 +497,8 @@ impl Core {
     #[inline(always)]
     fn mark_dead(&self, ended: Ended) {
         self.ended.set(ended);
-        self.unwinding.set(0);
+        // Its `unwinding` mark is left as it is: it is read only for the running greenlet
+        // before it blocks or is killed while running, which a dead one never is again.
         self.state.set(State::Dead);
         if self.interrupt.get().is_some() {
             self.forget_interrupt();

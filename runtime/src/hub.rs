@@ -1172,12 +1172,9 @@ impl Hub {
             let core = unsafe { next.as_ref() };
             core.state.set(State::Running);
             self.current.set(next);
-            // SAFETY: as in `resume_greenlet`.
-            let co = unsafe { &mut *core.coroutine.get() };
-            let done = match co.as_mut() {
-                Some(c) => c.resume(()).as_return().is_some(),
-                None => true,
-            };
+            // SAFETY: as in `resume_greenlet`, also for the coroutine being there.
+            let co = unsafe { (*core.coroutine.get()).as_mut().unwrap_unchecked() };
+            let done = co.resume(()).as_return().is_some();
             if core.unguarded() {
                 core.check_canary();
             }
@@ -1288,13 +1285,13 @@ impl Hub {
         if let Some(m) = self.monitor.get() {
             m.entered(core.id);
         }
+        debug_assert!(core.has_coroutine());
         // SAFETY: the coroutine is only touched by the hub loop (here) and by `kill` of a
-        // greenlet that has not started (never while it runs); no other reference exists.
-        let co = unsafe { &mut *core.coroutine.get() };
-        let done = match co.as_mut() {
-            Some(c) => c.resume(()).as_return().is_some(),
-            None => true,
-        };
+        // greenlet that has not started (never while it runs); no other reference exists. A
+        // runnable greenlet has its coroutine: only a kill before it started (which makes it
+        // dead), hub teardown (likewise) and reaping (after it returned) take it.
+        let co = unsafe { (*core.coroutine.get()).as_mut().unwrap_unchecked() };
+        let done = co.resume(()).as_return().is_some();
         if let Some(m) = self.monitor.get() {
             m.left();
         }
