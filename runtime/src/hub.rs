@@ -1350,11 +1350,10 @@ impl Hub {
         // runnable, and only reaping (or a kill before it started, when it never runs)
         // unregisters it.
         debug_assert!(core.in_live());
-        if self.monitor.get().is_none()
-            && core.has_other_counts()
-            && core.has_coroutine()
-            && core.stack_from_slab()
-        {
+        // Its coroutine was just resumed and returned (callers reap only then): still in its
+        // slot.
+        debug_assert!(core.has_coroutine());
+        if self.monitor.get().is_none() && core.has_other_counts() && core.stack_from_slab() {
             if let Ok(mut pool) = self.stacks.try_borrow_mut() {
                 if pool.has_warm_room() {
                     // SAFETY: see `resume_greenlet`; the coroutine has returned. A finished
