@@ -871,16 +871,17 @@ impl<T: 'static> Inner<T> {
     /// [`free_general`](Self::free_general), before anything was changed.
     unsafe fn free(p: CorePtr) {
         // SAFETY: per the contract.
-        unsafe { Self::free_last(p) }
+        unsafe { Self::free_last(p, None) }
     }
 
-    /// [`free`](Self::free), inlined (for a caller that knows the block's type).
+    /// [`free`](Self::free), inlined (for a caller that knows the block's type), with this
+    /// thread's hub if the caller has it at hand.
     ///
     /// # Safety
     ///
     /// As for `free`.
     #[inline(always)]
-    unsafe fn free_last(p: CorePtr) {
+    unsafe fn free_last(p: CorePtr, hub: Option<&'static crate::hub::Hub>) {
         let inner = p.cast::<Inner<T>>().as_ptr();
         // SAFETY: per the contract, the block is initialised and nothing refers to it.
         let trivial = unsafe {
@@ -892,7 +893,8 @@ impl<T: 'static> Inner<T> {
                 }
                 && (*(*inner).payload.as_ptr()).is_none()
         };
-        if trivial && BlockCache::free_if_room(p.cast(), std::alloc::Layout::new::<Inner<T>>()) {
+        if trivial && BlockCache::free_if_room(p.cast(), std::alloc::Layout::new::<Inner<T>>(), hub)
+        {
             return;
         }
         // SAFETY: per the contract.
@@ -1029,15 +1031,19 @@ impl BlockCache {
 
     /// [`free`](Self::free) of a block whose contents were dropped (or own nothing) when
     /// this thread's hub's cache has room for it without growing: no call. `false` (nothing
-    /// done) otherwise.
+    /// done) otherwise. `hub` is this thread's hub when the caller has it at hand.
     ///
     /// One check suffices: a list's capacity never exceeds [`KEEP`](Self::KEEP) (only `free`
     /// grows it, by pushing while shorter than `KEEP`, and vectors grow from 4 by doubling
     /// to at most `KEEP`, a power of two), and a disabled cache's lists have none.
     #[inline(always)]
-    fn free_if_room(p: std::ptr::NonNull<u8>, layout: std::alloc::Layout) -> bool {
+    fn free_if_room(
+        p: std::ptr::NonNull<u8>,
+        layout: std::alloc::Layout,
+        hub: Option<&'static crate::hub::Hub>,
+    ) -> bool {
         let (class, _) = Self::class(layout);
-        let (Some(c), Some(hub)) = (class, crate::hub::try_hub()) else {
+        let (Some(c), Some(hub)) = (class, hub.or_else(crate::hub::try_hub)) else {
             return false;
         };
         // SAFETY: as in `alloc`.
@@ -1624,7 +1630,9 @@ impl<T: 'static> Greenlet<T> {
     /// Later calls of `get`/`into_result` on other handles return [`Error::ValueTaken`].
     #[inline(always)]
     pub fn into_result(self) -> Result<T, Error> {
-        self.join();
+        // Fetched once, for the join and for freeing the block.
+        let hub = hub();
+        join_core_on(Some(hub), &self.inner().core, None);
         let inner = self.inner();
         let mut r = inner.result.borrow_mut();
         if !matches!(&*r, Some(Ok(_))) {
@@ -1652,7 +1660,7 @@ impl<T: 'static> Greenlet<T> {
             unsafe { c.release_count_not_last() };
         } else {
             // SAFETY: that was the last count of an `Inner<T>` block: nothing refers to it.
-            unsafe { Inner::<T>::free_last(me.g.0) };
+            unsafe { Inner::<T>::free_last(me.g.0, Some(hub)) };
         }
         Ok(v)
     }
@@ -1789,13 +1797,24 @@ impl<T: 'static> Waitable for Greenlet<T> {
 
 #[inline(always)]
 fn join_core(core: &Core, deadline: Option<Instant>) -> bool {
+    join_core_on(None, core, deadline)
+}
+
+/// [`join_core`] with this thread's hub, if the caller has it at hand.
+#[inline(always)]
+fn join_core_on(
+    hub: Option<&'static crate::hub::Hub>,
+    core: &Core,
+    deadline: Option<Instant>,
+) -> bool {
     if core.state.get() == State::Dead {
         return true;
     }
     let after_links = core.links.next_ordinal();
+    let hub = hub.unwrap_or_else(crate::hub::hub);
     match core
         .joiners
-        .wait(Some(after_links), deadline, "Greenlet::join")
+        .wait_on(hub, Some(after_links), deadline, "Greenlet::join")
     {
         Ok(_) => true,
         Err(WaitFail::Deadline(_)) => core.state.get() == State::Dead,
