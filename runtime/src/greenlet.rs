@@ -93,7 +93,7 @@ use crate::timer::TimerId;
 use crate::waiter::{LinkId, Links, WaitFail, WaitList, Waitable};
 
 /// A greenlet's coroutine. It holds only a view of its stack: the stack itself is owned by the
-/// greenlet's core (`Core::stack_bounds` and `Core::own_stack_mapping`) while the coroutine
+/// greenlet's core (`Core::stack_bounds`) while the coroutine
 /// exists, and is rebuilt from there to go back to the pool (`Core::take_stack`).
 pub(crate) type Coro = Coroutine<(), (), (), StackView>;
 /// A greenlet's local values, by `Local` key.
@@ -103,6 +103,9 @@ type JoinAll<T> = Result<Vec<Greenlet<T>>, (Vec<Greenlet<T>>, Error)>;
 /// A pointer to a greenlet's core, for the hot paths (run queue, waiters). Valid while the
 /// greenlet is registered with the hub (see `Hub::resume_greenlet`).
 pub(crate) type CorePtr = std::ptr::NonNull<Core>;
+
+/// `Core::live_slot` of a greenlet the live registry does not hold.
+pub(crate) const NOT_LIVE: usize = usize::MAX;
 
 /// Run state of a greenlet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,10 +174,9 @@ pub(crate) enum Ended {
 pub(crate) struct Core {
     refs: Cell<usize>,
     ops: &'static BlockOps,
-    /// Neighbours in the hub's live registry (an intrusive list: registering and reaping a
-    /// greenlet never allocates).
-    pub(crate) live_prev: Cell<Option<CorePtr>>,
-    pub(crate) live_next: Cell<Option<CorePtr>>,
+    /// Its slot in the hub's live registry, or [`NOT_LIVE`] when the registry does not hold
+    /// it (see [`in_live`](Self::in_live)).
+    pub(crate) live_slot: Cell<usize>,
     pub(crate) id: u64,
     /// The rarely used fields (name, locals, `spawn_later` timer), made on first use: most
     /// greenlets never need them, and a spawn then initialises one word for all of them.
@@ -197,14 +199,9 @@ pub(crate) struct Core {
     /// (see `Hub::run_nested`): it must not be resumed meanwhile.
     pub(crate) nesting: Cell<bool>,
     pub(crate) waiting_on: Cell<&'static str>,
-    /// Whether the hub's live registry holds it (and one of its counts).
-    pub(crate) in_live: Cell<bool>,
-    /// Stack bounds, for the overflow handler and canary checks (set once, before the
-    /// greenlet can run); with `own_stack_mapping`, what is needed to give the stack back.
+    /// Its stack (set once, before the greenlet can run): for the overflow handler and canary
+    /// checks, and to give the stack back.
     pub(crate) stack_bounds: Cell<StackBounds>,
-    pub(crate) unguarded: bool,
-    /// Whether its stack has a mapping of its own (a non-default size), not a slab's.
-    own_stack_mapping: bool,
     /// The generation of the hub that made this greenlet (and its stack).
     pub(crate) hub_generation: u64,
     /// Greenlets joining it; each waiter's slot holds `links.next_ordinal()` at the time it
@@ -234,16 +231,13 @@ impl Core {
         name: Option<Box<str>>,
         is_root: bool,
         stack_bounds: StackBounds,
-        unguarded: bool,
-        own_stack_mapping: bool,
         hub_generation: u64,
         refs: usize,
     ) -> Core {
         Core {
             refs: Cell::new(refs),
             ops,
-            live_prev: Cell::new(None),
-            live_next: Cell::new(None),
+            live_slot: Cell::new(NOT_LIVE),
             id,
             extra: match name {
                 None => OnceCell::new(),
@@ -263,14 +257,17 @@ impl Core {
             deadline_hit: Cell::new(false),
             nesting: Cell::new(false),
             waiting_on: Cell::new(""),
-            in_live: Cell::new(false),
             stack_bounds: Cell::new(stack_bounds),
-            unguarded,
-            own_stack_mapping,
             hub_generation,
             joiners: WaitList::new(),
             links: Links::default(),
         }
+    }
+
+    /// Whether the hub's live registry holds it (and one of its counts).
+    #[inline(always)]
+    pub(crate) fn in_live(&self) -> bool {
+        self.live_slot.get() != NOT_LIVE
     }
 
     /// Its rarely used fields, made now if they were not yet.
@@ -307,9 +304,16 @@ impl Core {
         self.is_root || !self.yielder.get().is_null()
     }
 
+    /// Whether its stack has no guard page (a canary instead); not for the root.
+    #[inline(always)]
+    pub(crate) fn unguarded(&self) -> bool {
+        debug_assert!(!self.is_root);
+        self.stack_bounds.get().guard == 0
+    }
+
     /// Usable stack size in bytes (0 for the root).
     pub(crate) fn stack_size(&self) -> usize {
-        self.stack_bounds.get().size
+        self.stack_bounds.get().size()
     }
 
     /// A pointer to this core that may be used for its whole block: it takes the provenance
@@ -387,8 +391,10 @@ impl Core {
         let info = self.stack_bounds.get();
         {
             let intact =
-                // SAFETY: `lo` is the lowest usable word of this greenlet's (unguarded) stack.
-                unsafe { std::ptr::read_volatile(info.lo as *const u64) } == crate::stack::CANARY;
+                // SAFETY: `bottom` is the lowest usable word of this greenlet's (unguarded)
+                // stack.
+                unsafe { std::ptr::read_volatile(info.bottom as *const u64) }
+                    == crate::stack::CANARY;
             if !intact {
                 eprintln!(
                     "evergreen: greenlet {} overflowed its {}-byte stack (canary clobbered; this \
@@ -468,15 +474,41 @@ impl Core {
     /// Marks the greenlet dead, frees its locals, wakes joiners and schedules links.
     #[inline(always)]
     fn complete(&self, ended: Ended) {
+        if self.has_locals() {
+            self.mark_dead(ended);
+            self.take_and_drop_locals();
+            self.notify_ended();
+        } else {
+            self.complete_without_locals(ended);
+        }
+    }
+
+    /// [`complete`](Self::complete) for a greenlet known to have no local values (its body
+    /// dropped them, and ran no code since).
+    #[inline(always)]
+    fn complete_without_locals(&self, ended: Ended) {
+        debug_assert!(!self.has_locals());
+        self.mark_dead(ended);
+        self.notify_ended();
+    }
+
+    /// The first half of [`complete`](Self::complete): the greenlet is dead, its interrupt
+    /// forgotten.
+    #[inline(always)]
+    fn mark_dead(&self, ended: Ended) {
         self.ended.set(ended);
-        self.unwinding.set(0);
+        // Its `unwinding` mark is left as it is: it is read only for the running greenlet
+        // before it blocks or is killed while running, which a dead one never is again.
         self.state.set(State::Dead);
         if self.interrupt.get().is_some() {
             self.forget_interrupt();
         }
-        if self.has_locals() {
-            self.take_and_drop_locals();
-        }
+    }
+
+    /// The last step of [`complete`](Self::complete): wakes joiners, or schedules the
+    /// notification of links and joiners in registration order.
+    #[inline(always)]
+    fn notify_ended(&self) {
         if self.links.is_empty() {
             self.joiners.wake_all();
         } else {
@@ -605,7 +637,7 @@ impl Core {
     /// Whether its stack is a default-size one from a slab (not one with its own mapping).
     #[inline(always)]
     pub(crate) fn stack_from_slab(&self) -> bool {
-        !self.own_stack_mapping
+        self.stack_bounds.get().own_mapping_len == 0
     }
 
     /// [`take_stack`](Self::take_stack) for a stack from a slab
@@ -616,9 +648,9 @@ impl Core {
     /// As for `take_stack`, and the stack is from a slab.
     #[inline(always)]
     pub(crate) unsafe fn take_slab_stack(&self) -> GreenStack {
-        debug_assert!(!self.own_stack_mapping);
+        debug_assert!(self.stack_from_slab());
         // SAFETY: per the contract (the parts stored at spawn, rebuilt once).
-        unsafe { GreenStack::from_parts(self.stack_bounds.get(), false) }
+        unsafe { GreenStack::from_parts(self.stack_bounds.get()) }
     }
 
     /// The stack its coroutine ran on, rebuilt to go back to the pool.
@@ -630,7 +662,7 @@ impl Core {
     #[inline(always)]
     pub(crate) unsafe fn take_stack(&self) -> GreenStack {
         // SAFETY: per the contract, the parts stored at spawn by `into_parts`, rebuilt once.
-        unsafe { GreenStack::from_parts(self.stack_bounds.get(), self.own_stack_mapping) }
+        unsafe { GreenStack::from_parts(self.stack_bounds.get()) }
     }
 }
 
@@ -791,15 +823,15 @@ struct Inner<T> {
 }
 
 /// Aborts the process if dropped, which happens only when finishing a greenlet unwinds (the
-/// happy path forgets it: no landing pad runs, unlike a `catch_unwind` frame).
-struct AbortOnUnwind(u64);
+/// happy path forgets it: no landing pad runs, unlike a `catch_unwind` frame). It holds
+/// nothing (so the happy path stores nothing): the greenlet that finishes is the current one.
+struct AbortOnUnwind;
 
 impl Drop for AbortOnUnwind {
+    #[cold]
     fn drop(&mut self) {
-        eprintln!(
-            "evergreen: greenlet #{} panicked while finishing; aborting",
-            self.0
-        );
+        let id = crate::hub::try_hub().map_or(0, |h| h.current().id);
+        eprintln!("evergreen: greenlet #{id} panicked while finishing; aborting");
         std::process::abort();
     }
 }
@@ -838,6 +870,18 @@ impl<T: 'static> Inner<T> {
     /// panic payload, and room in the hub's block cache. Anything else goes to
     /// [`free_general`](Self::free_general), before anything was changed.
     unsafe fn free(p: CorePtr) {
+        // SAFETY: per the contract.
+        unsafe { Self::free_last(p, None) }
+    }
+
+    /// [`free`](Self::free), inlined (for a caller that knows the block's type), with this
+    /// thread's hub if the caller has it at hand.
+    ///
+    /// # Safety
+    ///
+    /// As for `free`.
+    #[inline(always)]
+    unsafe fn free_last(p: CorePtr, hub: Option<&'static crate::hub::Hub>) {
         let inner = p.cast::<Inner<T>>().as_ptr();
         // SAFETY: per the contract, the block is initialised and nothing refers to it.
         let trivial = unsafe {
@@ -849,7 +893,8 @@ impl<T: 'static> Inner<T> {
                 }
                 && (*(*inner).payload.as_ptr()).is_none()
         };
-        if trivial && BlockCache::free_if_room(p.cast(), std::alloc::Layout::new::<Inner<T>>()) {
+        if trivial && BlockCache::free_if_room(p.cast(), std::alloc::Layout::new::<Inner<T>>(), hub)
+        {
             return;
         }
         // SAFETY: per the contract.
@@ -940,7 +985,7 @@ pub(crate) struct BlockCache {
 impl BlockCache {
     const CLASSES: usize = 64;
     const GRAIN: usize = 16;
-    /// Blocks kept per class.
+    /// Blocks kept per class (a power of two: see `free_if_room`).
     const KEEP: usize = 256;
 
     pub(crate) fn new(enabled: bool) -> BlockCache {
@@ -965,7 +1010,8 @@ impl BlockCache {
     #[inline(always)]
     fn alloc(&self, layout: std::alloc::Layout) -> std::ptr::NonNull<u8> {
         let (class, real) = Self::class(layout);
-        if let (Some(c), true) = (class, self.enabled) {
+        // A disabled cache's lists stay empty (`free` never fills them), so no check here.
+        if let Some(c) = class {
             // SAFETY: the cache belongs to this thread's hub and no reference into it outlives
             // `alloc` or `free`, which run no other code meanwhile (at most a vector grows,
             // through the global allocator, which must not call back into evergreen).
@@ -985,20 +1031,26 @@ impl BlockCache {
 
     /// [`free`](Self::free) of a block whose contents were dropped (or own nothing) when
     /// this thread's hub's cache has room for it without growing: no call. `false` (nothing
-    /// done) otherwise.
+    /// done) otherwise. `hub` is this thread's hub when the caller has it at hand.
+    ///
+    /// One check suffices: a list's capacity never exceeds [`KEEP`](Self::KEEP) (only `free`
+    /// grows it, by pushing while shorter than `KEEP`, and vectors grow from 4 by doubling
+    /// to at most `KEEP`, a power of two), and a disabled cache's lists have none.
     #[inline(always)]
-    fn free_if_room(p: std::ptr::NonNull<u8>, layout: std::alloc::Layout) -> bool {
+    fn free_if_room(
+        p: std::ptr::NonNull<u8>,
+        layout: std::alloc::Layout,
+        hub: Option<&'static crate::hub::Hub>,
+    ) -> bool {
         let (class, _) = Self::class(layout);
-        let (Some(c), Some(hub)) = (class, crate::hub::try_hub()) else {
+        let (Some(c), Some(hub)) = (class, hub.or_else(crate::hub::try_hub)) else {
             return false;
         };
-        if !hub.blocks.enabled {
-            return false;
-        }
         // SAFETY: as in `alloc`.
         let list = unsafe { &mut (*hub.blocks.lists.get())[c] };
         let n = list.len();
-        if n < Self::KEEP && n < list.capacity() {
+        debug_assert!(list.capacity() <= Self::KEEP);
+        if n < list.capacity() {
             // SAFETY: `n < capacity`: the slot is allocated and unused, and the new length
             // counts only initialised slots.
             unsafe {
@@ -1070,8 +1122,6 @@ pub(crate) fn new_root() -> GRef {
             Some("root".into()),
             true,
             StackBounds::NONE,
-            false,
-            false,
             0,
             1,
         ),
@@ -1101,7 +1151,7 @@ impl<T: 'static> Inner<T> {
                 );
             }
         }
-        let guard = AbortOnUnwind(self.core.id);
+        let guard = AbortOnUnwind;
         *self.result.borrow_mut() = Some(Err(Error::ValueTaken));
         self.core.complete(Ended::Value);
         std::mem::forget(guard);
@@ -1112,13 +1162,18 @@ impl<T: 'static> Inner<T> {
     fn finish(&self, r: std::thread::Result<T>) {
         match r {
             Ok(v) => {
-                let mut slot = self.result.borrow_mut();
-                debug_assert!(slot.is_none(), "a greenlet's result is stored once");
+                debug_assert!(
+                    self.result.try_borrow().is_ok_and(|r| r.is_none()),
+                    "a greenlet's result is stored once"
+                );
                 // SAFETY: a valid slot, empty (a greenlet finishes once, and nothing else
-                // stores a result of a greenlet that ran), so there is nothing to drop.
-                unsafe { std::ptr::write(&mut *slot, Some(Ok(v))) };
-                drop(slot);
-                self.core.complete(Ended::Value);
+                // stores a result of a greenlet that ran), so there is nothing to drop; and
+                // not borrowed: the borrows of a result (`value`, `get`, `into_result`,
+                // `exception`) end before they could switch, and run no user code on an empty
+                // slot.
+                unsafe { self.result.as_ptr().write(Some(Ok(v))) };
+                // Its body dropped its locals just before, and ran no code since.
+                self.core.complete_without_locals(Ended::Value);
             }
             Err(p) => self.finish_unwound(p),
         }
@@ -1324,14 +1379,14 @@ impl Builder {
             None => hub.stacks.borrow_mut().pop_warm(),
             Some(_) => None,
         };
-        let stack = match warm {
-            Some(s) => s,
-            None => new_stack(hub, self.stack_size),
+        // From here the core owns the stack (see `Coro`). Taken apart on each path, so the
+        // usual one keeps the warm stack's words in registers.
+        let (view, bounds) = match warm {
+            Some(s) => s.into_parts(),
+            None => new_stack(hub, self.stack_size).into_parts(),
         };
-        let guarded = stack.guarded();
-        // From here the core owns the stack (see `Coro`).
-        let (view, bounds, own_mapping) = stack.into_parts();
         let id = hub.next_id();
+        let named = self.name.is_some();
         let p = Inner::<T>::alloc(hub);
         // SAFETY: `p` is a fresh allocation with `Inner<T>`'s layout; it is written in place.
         unsafe {
@@ -1342,8 +1397,6 @@ impl Builder {
                     self.name.map(String::into_boxed_str),
                     false,
                     bounds,
-                    !guarded,
-                    own_mapping,
                     hub.generation(),
                     refs,
                 ),
@@ -1381,15 +1434,15 @@ impl Builder {
             }
             // Finishing only stores the result and wakes joiners; if even that unwinds (a
             // panicking logger?), the hub's bookkeeping cannot be trusted any more.
-            let guard = AbortOnUnwind(me.core.id);
+            let guard = AbortOnUnwind;
             me.finish(r);
             std::mem::forget(guard);
         });
         // SAFETY: the greenlet is new; nothing else can reach its coroutine yet, and the slot
         // holds `None` (nothing to drop).
         unsafe { inner.core.coroutine.get().write(Some(co)) };
-        if let Some(m) = hub.monitor() {
-            if let Some(n) = inner.core.name() {
+        if named {
+            if let (Some(m), Some(n)) = (hub.monitor(), inner.core.name()) {
                 m.name(inner.core.id, n);
             }
         }
@@ -1577,7 +1630,46 @@ impl<T: 'static> Greenlet<T> {
     /// Later calls of `get`/`into_result` on other handles return [`Error::ValueTaken`].
     #[inline(always)]
     pub fn into_result(self) -> Result<T, Error> {
-        self.join();
+        // Fetched once, for the join and for freeing the block.
+        let hub = hub();
+        join_core_on(Some(hub), &self.inner().core, None);
+        let inner = self.inner();
+        let mut r = inner.result.borrow_mut();
+        if !matches!(&*r, Some(Ok(_))) {
+            drop(r);
+            return self.into_result_not_value();
+        }
+        // The value is moved out in place and the slot marked empty, without moving the whole
+        // result (`take` copies it out and matches it again).
+        let v = match &*r {
+            // SAFETY: the value is read once, and the slot is overwritten just below without
+            // dropping it, so it is moved, not copied.
+            Some(Ok(v)) => unsafe { std::ptr::read(v) },
+            // SAFETY: checked just above.
+            _ => unsafe { std::hint::unreachable_unchecked() },
+        };
+        // SAFETY: a valid slot whose value was moved out above: nothing to drop.
+        unsafe { std::ptr::write(&mut *r, None) };
+        drop(r);
+        // This handle's count, given up here so that freeing the block (the usual case: the
+        // last handle of a reaped greenlet) is inlined, with its result slot known empty.
+        let me = std::mem::ManuallyDrop::new(self);
+        let c = &me.inner().core;
+        if c.has_other_counts() {
+            // SAFETY: this handle owns a count, and another exists.
+            unsafe { c.release_count_not_last() };
+        } else {
+            // SAFETY: that was the last count of an `Inner<T>` block: nothing refers to it.
+            unsafe { Inner::<T>::free_last(me.g.0, Some(hub)) };
+        }
+        Ok(v)
+    }
+
+    /// [`into_result`](Self::into_result) when the result is not a value: an error (which
+    /// stays for the other handles), or a value already taken.
+    #[cold]
+    #[inline(never)]
+    fn into_result_not_value(self) -> Result<T, Error> {
         let mut r = self.inner().result.borrow_mut();
         match r.take() {
             Some(Ok(v)) => Ok(v),
@@ -1705,13 +1797,24 @@ impl<T: 'static> Waitable for Greenlet<T> {
 
 #[inline(always)]
 fn join_core(core: &Core, deadline: Option<Instant>) -> bool {
+    join_core_on(None, core, deadline)
+}
+
+/// [`join_core`] with this thread's hub, if the caller has it at hand.
+#[inline(always)]
+fn join_core_on(
+    hub: Option<&'static crate::hub::Hub>,
+    core: &Core,
+    deadline: Option<Instant>,
+) -> bool {
     if core.state.get() == State::Dead {
         return true;
     }
     let after_links = core.links.next_ordinal();
+    let hub = hub.unwrap_or_else(crate::hub::hub);
     match core
         .joiners
-        .wait(Some(after_links), deadline, "Greenlet::join")
+        .wait_on(hub, Some(after_links), deadline, "Greenlet::join")
     {
         Ok(_) => true,
         Err(WaitFail::Deadline(_)) => core.state.get() == State::Dead,

@@ -38,10 +38,12 @@
 //! order, and a wake-up of the root carries the root's park sequence number. Queueing a
 //! greenlet is one store; taking the next task is one load and a mask.
 //!
-//! **The live registry** is an intrusive doubly-linked list through the greenlet cores, in
-//! registration order: it holds one reference count of every greenlet that was started and
-//! has not finished (whether queued, running or parked), so a greenlet outlives its handles
-//! for as long as it runs, and [`destroy`] and the run-info dump can find every one of them.
+//! **The live registry** is a vector of greenlet cores, each of which knows its slot
+//! (registering is a push; unregistering moves the last member into the freed slot): it holds
+//! one reference count of every greenlet that was started and has not finished (whether
+//! queued, running or parked), so a greenlet outlives its handles for as long as it runs, and
+//! [`destroy`] (which kills them in id order, the order they were made) and the run-info dump
+//! can find every one of them.
 //!
 //! **Blocking from the root.** Code outside any greenlet (`main`) has no coroutine to suspend.
 //! When it blocks, it runs the hub loop itself until its own wait is satisfied, the way
@@ -134,14 +136,15 @@ pub(crate) enum Wake {
     Interrupted,
 }
 
-/// The live registry: every started or scheduled greenlet that has not been reaped, in
-/// registration order. Intrusive (through `Core::live_prev`/`live_next`); each member's
-/// block has one count owned by the registry.
-struct Registry {
-    head: Cell<Option<CorePtr>>,
-    tail: Cell<Option<CorePtr>>,
-    len: Cell<usize>,
-}
+/// The live registry: every started or scheduled greenlet that has not been reaped. A vector
+/// of cores; each member's core knows its slot (`Core::live_slot`), so registering is a push
+/// and unregistering moves the last member into the freed slot (no allocation in steady
+/// state, no list links to keep). Each member's block has one count owned by the registry.
+/// Its order is not kept: [`Hub::live_greenlets`] sorts by id.
+///
+/// Touched only by its hub's thread, in short methods that run no other code (at most the
+/// vector grows through the global allocator), so no borrow of it is ever held across them.
+struct Registry(std::cell::UnsafeCell<Vec<CorePtr>>);
 
 /// The per-thread hub. See the [module docs](self).
 pub struct Hub {
@@ -401,19 +404,20 @@ pub(crate) fn running_overflow_info() -> Option<crate::stack::OverflowInfo> {
         return None;
     }
     let b = core.stack_bounds.get();
+    let (lo, hi) = b.overflow_range();
     let (name, name_len) = match core.name() {
         Some(n) => (n.as_ptr(), n.len()),
         None => (std::ptr::null(), 0),
     };
     Some(crate::stack::OverflowInfo {
-        lo: b.lo,
-        hi: b.hi,
+        lo,
+        hi,
         bottom: b.bottom,
         id: core.id,
-        size: b.size,
+        size: b.size(),
         name,
         name_len,
-        unguarded: core.unguarded,
+        unguarded: core.unguarded(),
     })
 }
 
@@ -469,11 +473,7 @@ fn create() -> &'static Hub {
             config.stack_pool_max,
             config.guard_mode,
         )),
-        live: Registry {
-            head: Cell::new(None),
-            tail: Cell::new(None),
-            len: Cell::new(0),
-        },
+        live: Registry(std::cell::UnsafeCell::new(Vec::new())),
         blocks: BlockCache::new(config.block_cache),
         next_id: Cell::new(1),
         virtual_clock: Cell::new(config.virtual_clock.then(Instant::now)),
@@ -571,7 +571,7 @@ pub fn destroy() {
                 // SAFETY: a queued greenlet is alive: registered, or killed before it started
                 // with its count owned by this entry.
                 let c = unsafe { p.as_ref() };
-                if c.state.get() == State::Dead && !c.in_live.get() {
+                if c.state.get() == State::Dead && !c.in_live() {
                     // SAFETY: see `kill_dyn`: the entry owns that count.
                     hub.drop_on_hub(unsafe { GRef::adopt(*p) });
                 }
@@ -640,7 +640,7 @@ pub fn live_count() -> usize {
     if !exists() {
         return 0;
     }
-    hub().live.len.get()
+    hub().live_len()
 }
 
 /// The number of timers pending on this thread's hub.
@@ -754,25 +754,18 @@ impl Hub {
     /// will release; `core` is not registered yet.
     #[inline(always)]
     pub(crate) unsafe fn register_live_adopted(&self, core: &Core) {
-        debug_assert!(!core.in_live.get());
-        let p = core.ptr();
-        core.in_live.set(true);
-        core.live_next.set(None);
-        core.live_prev.set(self.live.tail.get());
-        match self.live.tail.get() {
-            // SAFETY: members of the registry are alive (it owns a count of each).
-            Some(t) => unsafe { t.as_ref() }.live_next.set(Some(p)),
-            None => self.live.head.set(Some(p)),
-        }
-        self.live.tail.set(Some(p));
-        self.live.len.set(self.live.len.get() + 1);
+        debug_assert!(!core.in_live());
+        // SAFETY: see `Registry`: no other reference to the vector exists now.
+        let list = unsafe { &mut *self.live.0.get() };
+        core.live_slot.set(list.len());
+        list.push(core.ptr());
     }
 
     /// Removes a greenlet from the live registry and hands back the registry's count of it
     /// (`None` if it was not registered).
     #[inline]
     pub(crate) fn unregister_live(&self, core: &Core) -> Option<GRef> {
-        if !core.in_live.get() {
+        if !core.in_live() {
             return None;
         }
         self.unlink_live(core);
@@ -781,35 +774,43 @@ impl Hub {
     }
 
     /// Removes a registered greenlet from the live registry; the registry's count of it
-    /// passes to the caller (who releases or hands it over).
+    /// passes to the caller (who releases or hands it over). The last member moves into its
+    /// slot (without a branch: when it is the last one itself, its slot is written and then
+    /// cleared).
     #[inline(always)]
     fn unlink_live(&self, core: &Core) {
-        debug_assert!(core.in_live.get());
-        core.in_live.set(false);
-        let (prev, next) = (core.live_prev.take(), core.live_next.take());
-        match prev {
-            // SAFETY: neighbours in the registry are alive members.
-            Some(p) => unsafe { p.as_ref() }.live_next.set(next),
-            None => self.live.head.set(next),
+        debug_assert!(core.in_live());
+        // SAFETY: see `Registry`: no other reference to the vector exists now.
+        let list = unsafe { &mut *self.live.0.get() };
+        let i = core.live_slot.get();
+        let n = list.len() - 1;
+        debug_assert!(i <= n && list[i] == core.ptr());
+        // SAFETY: `core` is a member, so `i` is its slot and `n` the last one, both `< len`;
+        // the last member is alive (the registry holds a count of it).
+        unsafe {
+            let last = *list.get_unchecked(n);
+            *list.get_unchecked_mut(i) = last;
+            last.as_ref().live_slot.set(i);
+            list.set_len(n);
         }
-        match next {
-            // SAFETY: as above.
-            Some(n) => unsafe { n.as_ref() }.live_prev.set(prev),
-            None => self.live.tail.set(prev),
-        }
-        self.live.len.set(self.live.len.get() - 1);
+        core.live_slot.set(crate::greenlet::NOT_LIVE);
     }
 
-    /// Every live greenlet, in registration order.
+    /// How many greenlets are live.
+    fn live_len(&self) -> usize {
+        // SAFETY: see `Registry`.
+        unsafe { (*self.live.0.get()).len() }
+    }
+
+    /// Every live greenlet, in id order (the order they were made).
     pub(crate) fn live_greenlets(&self) -> Vec<GRef> {
-        let mut v = Vec::with_capacity(self.live.len.get());
-        let mut cur = self.live.head.get();
-        while let Some(p) = cur {
-            // SAFETY: members of the registry are alive.
-            let c = unsafe { p.as_ref() };
-            v.push(GRef::from_core(c));
-            cur = c.live_next.get();
-        }
+        // SAFETY: see `Registry`; members are alive (it owns a count of each), and making a
+        // handle runs no other code.
+        let mut v: Vec<GRef> = unsafe { &*self.live.0.get() }
+            .iter()
+            .map(|p| GRef::from_core(unsafe { p.as_ref() }))
+            .collect();
+        v.sort_by_key(|g| g.core().id);
         v
     }
 
@@ -839,7 +840,7 @@ impl Hub {
     /// runnable: [`unpark`](Self::unpark) without its checks, for `spawn`.
     #[inline(always)]
     pub(crate) fn schedule_new(&self, core: &Core) {
-        debug_assert!(core.state.get() == State::New && !core.is_root && core.in_live.get());
+        debug_assert!(core.state.get() == State::New && !core.is_root && core.in_live());
         core.state.set(State::Runnable);
         self.run_queue.push(Task::Resume(core.ptr()));
     }
@@ -1171,13 +1172,10 @@ impl Hub {
             let core = unsafe { next.as_ref() };
             core.state.set(State::Running);
             self.current.set(next);
-            // SAFETY: as in `resume_greenlet`.
-            let co = unsafe { &mut *core.coroutine.get() };
-            let done = match co.as_mut() {
-                Some(c) => c.resume(()).as_return().is_some(),
-                None => true,
-            };
-            if core.unguarded {
+            // SAFETY: as in `resume_greenlet`, also for the coroutine being there.
+            let co = unsafe { (*core.coroutine.get()).as_mut().unwrap_unchecked() };
+            let done = co.resume(()).as_return().is_some();
+            if core.unguarded() {
                 core.check_canary();
             }
             if done {
@@ -1287,18 +1285,18 @@ impl Hub {
         if let Some(m) = self.monitor.get() {
             m.entered(core.id);
         }
+        debug_assert!(core.has_coroutine());
         // SAFETY: the coroutine is only touched by the hub loop (here) and by `kill` of a
-        // greenlet that has not started (never while it runs); no other reference exists.
-        let co = unsafe { &mut *core.coroutine.get() };
-        let done = match co.as_mut() {
-            Some(c) => c.resume(()).as_return().is_some(),
-            None => true,
-        };
+        // greenlet that has not started (never while it runs); no other reference exists. A
+        // runnable greenlet has its coroutine: only a kill before it started (which makes it
+        // dead), hub teardown (likewise) and reaping (after it returned) take it.
+        let co = unsafe { (*core.coroutine.get()).as_mut().unwrap_unchecked() };
+        let done = co.resume(()).as_return().is_some();
         if let Some(m) = self.monitor.get() {
             m.left();
         }
         self.current.set(self.root_core);
-        if core.unguarded {
+        if core.unguarded() {
             core.check_canary();
         }
         if done {
@@ -1319,7 +1317,7 @@ impl Hub {
         if core.state.get() == State::Dead {
             // Killed before it started while queued: its entry owns the count the registry
             // held (see `kill_dyn`).
-            debug_assert!(!core.in_live.get());
+            debug_assert!(!core.in_live());
             // SAFETY: `kill_dyn` gave up the registry's count of it to this entry.
             self.release(unsafe { GRef::adopt(ptr) });
         } else {
@@ -1348,12 +1346,14 @@ impl Hub {
     fn reap_usual(&self, ptr: CorePtr) -> bool {
         // SAFETY: the registry still holds a count of it.
         let core = unsafe { ptr.as_ref() };
-        if self.monitor.get().is_none()
-            && core.in_live.get()
-            && core.has_other_counts()
-            && core.has_coroutine()
-            && core.stack_from_slab()
-        {
+        // A greenlet that ran is registered: it was registered before it was first made
+        // runnable, and only reaping (or a kill before it started, when it never runs)
+        // unregisters it.
+        debug_assert!(core.in_live());
+        // Its coroutine was just resumed and returned (callers reap only then): still in its
+        // slot.
+        debug_assert!(core.has_coroutine());
+        if self.monitor.get().is_none() && core.has_other_counts() && core.stack_from_slab() {
             if let Ok(mut pool) = self.stacks.try_borrow_mut() {
                 if pool.has_warm_room() {
                     // SAFETY: see `resume_greenlet`; the coroutine has returned. A finished
@@ -1364,7 +1364,7 @@ impl Hub {
                     // greenlet's stack back (once: the slot is empty now).
                     pool.put_warm(unsafe { core.take_slab_stack() });
                     drop(pool);
-                    // Registered (checked above): its count passes to this call.
+                    // Registered (see above): its count passes to this call.
                     self.unlink_live(core);
                     // SAFETY: that count; a handle holds another (`has_other_counts`).
                     unsafe { core.release_count_not_last() };

@@ -201,43 +201,42 @@ unsafe impl Stack for GreenStack {
 impl GreenStack {
     /// Takes the stack apart for a greenlet: what its coroutine needs (the two ends, a
     /// [`StackView`] that owns nothing), and what its core keeps to give the stack back
-    /// ([`StackBounds`] and whether the stack has a mapping of its own). The stack is then
-    /// owned by that core until [`from_parts`](Self::from_parts) rebuilds it.
+    /// ([`StackBounds`]: the stack's own four words, copied as they are, so that neither
+    /// taking the stack apart nor rebuilding it computes anything). The stack is then owned
+    /// by that core until [`from_parts`](Self::from_parts) rebuilds it.
     #[inline(always)]
-    pub(crate) fn into_parts(self) -> (StackView, StackBounds, bool) {
-        let (lo, hi) = self.overflow_range();
+    pub(crate) fn into_parts(self) -> (StackView, StackBounds) {
         let bounds = StackBounds {
-            lo,
-            hi,
+            top: self.top,
             bottom: self.bottom,
-            size: self.size(),
+            guard: self.guard,
+            own_mapping_len: self.own_mapping_len,
         };
-        let view = StackView {
-            base: StackPointer::new(self.top).expect("stack top is never null"),
-            limit: StackPointer::new(self.bottom - self.guard).expect("stack limit is never null"),
+        // SAFETY: a stack's top and its limit (the start of its mapping, or of its slab
+        // mapping's stack) are addresses of mapped memory, so not null.
+        let view = unsafe {
+            StackView {
+                base: StackPointer::new_unchecked(self.top),
+                limit: StackPointer::new_unchecked(self.bottom - self.guard),
+            }
         };
-        let own = self.own_mapping_len != 0;
         std::mem::forget(self);
-        (view, bounds, own)
+        (view, bounds)
     }
 
     /// Rebuilds a stack taken apart by [`into_parts`](Self::into_parts).
     ///
     /// # Safety
     ///
-    /// `bounds` and `own_mapping` come from one `into_parts` call, and this is the only
-    /// rebuild of that stack (it has one owner again, and it is no longer in use).
+    /// `bounds` comes from one `into_parts` call, and this is the only rebuild of that stack
+    /// (it has one owner again, and it is no longer in use).
     #[inline(always)]
-    pub(crate) unsafe fn from_parts(bounds: StackBounds, own_mapping: bool) -> GreenStack {
-        // A guarded stack's overflow range is its guard; an unguarded one's is its lowest
-        // usable page, starting at `bottom`.
-        let guard = bounds.bottom - bounds.lo;
-        let top = bounds.bottom + bounds.size;
+    pub(crate) unsafe fn from_parts(bounds: StackBounds) -> GreenStack {
         GreenStack {
-            top,
+            top: bounds.top,
             bottom: bounds.bottom,
-            guard,
-            own_mapping_len: if own_mapping { top - bounds.lo } else { 0 },
+            guard: bounds.guard,
+            own_mapping_len: bounds.own_mapping_len,
         }
     }
 }
@@ -287,8 +286,9 @@ pub struct StackPool {
     surplus: Vec<GreenStack>,
     /// Every slab mapping `(addr, len)`.
     slabs: Vec<(usize, usize)>,
-    /// Default-size stacks handed out and not yet returned.
-    outstanding: usize,
+    /// Default-size stacks made (in slabs); those not in the pool (`free_len`) are handed
+    /// out. Counted here rather than on every hand-out and return.
+    slab_stacks: usize,
     /// Each slab stack registered with valgrind (a no-op outside valgrind), so that memcheck
     /// understands the switches between them instead of reporting every access on the thread's
     /// own stack as invalid.
@@ -343,7 +343,7 @@ impl StackPool {
             keep_warm,
             surplus: Vec::new(),
             slabs: Vec::new(),
-            outstanding: 0,
+            slab_stacks: 0,
             valgrind: Vec::new(),
             maps_estimate: 0,
         }
@@ -368,17 +368,32 @@ impl StackPool {
     /// a caller that handles the rest itself.
     #[inline(always)]
     pub(crate) fn pop_warm(&mut self) -> Option<GreenStack> {
-        let s = self.warm.pop()?;
-        self.outstanding += 1;
-        Some(s)
+        self.warm.pop()
     }
 
     /// Whether [`put_warm`](Self::put_warm) may take a default-size stack now: the warm
-    /// list is below its limit and has room without growing.
+    /// list is below its limit and has room without growing. One check: the warm list's
+    /// capacity never exceeds `keep_warm` (see [`push_warm`](Self::push_warm)).
     #[inline(always)]
     pub(crate) fn has_warm_room(&self) -> bool {
+        debug_assert!(self.warm.capacity() <= self.keep_warm);
+        self.warm.len() < self.warm.capacity()
+    }
+
+    /// Pushes a stack on the warm list, which is shorter than `keep_warm`; the list grows to
+    /// at most `keep_warm` (so that `has_warm_room` need not check the limit).
+    fn push_warm(&mut self, stack: GreenStack) {
         let n = self.warm.len();
-        n < self.keep_warm && n < self.warm.capacity()
+        debug_assert!(n < self.keep_warm);
+        if n == self.warm.capacity() {
+            let want = (n * 2).max(4).min(self.keep_warm);
+            self.warm.reserve_exact(want - n);
+            if self.warm.capacity() > self.keep_warm {
+                // The allocator gave more than asked: keep the bound exact.
+                self.warm.shrink_to(self.keep_warm);
+            }
+        }
+        self.warm.push(stack);
     }
 
     /// [`put`](Self::put) of a stack from a slab when [`has_warm_room`](Self::has_warm_room):
@@ -386,7 +401,6 @@ impl StackPool {
     #[inline(always)]
     pub(crate) fn put_warm(&mut self, stack: GreenStack) {
         debug_assert!(stack.own_mapping_len == 0 && self.has_warm_room());
-        self.outstanding -= 1;
         let n = self.warm.len();
         // SAFETY: `n < capacity` (`has_warm_room`): the slot is allocated and unused, and the
         // new length counts only initialised slots.
@@ -402,7 +416,6 @@ impl StackPool {
         if size.is_none() {
             // The hot path: a warm default-size stack.
             if let Some(s) = self.warm.pop() {
-                self.outstanding += 1;
                 return Ok(s);
             }
         }
@@ -428,13 +441,11 @@ impl StackPool {
             }
             _ => {
                 if let Some(s) = self.warm.pop().or_else(|| self.surplus.pop()) {
-                    self.outstanding += 1;
                     return Ok(s);
                 }
                 if self.cold.is_empty() {
                     self.map_slab()?;
                 }
-                self.outstanding += 1;
                 Ok(self.cold.pop().expect("slab refilled the pool"))
             }
         }
@@ -445,8 +456,7 @@ impl StackPool {
     pub fn put(&mut self, stack: GreenStack) {
         if stack.own_mapping_len == 0 && self.warm.len() < self.keep_warm {
             // The hot path: keep it warm.
-            self.outstanding -= 1;
-            self.warm.push(stack);
+            self.push_warm(stack);
             return;
         }
         self.put_slow(stack);
@@ -458,14 +468,13 @@ impl StackPool {
             drop(stack);
             return;
         }
-        self.outstanding -= 1;
         if self.warm.len() >= self.keep_warm {
             self.surplus.push(stack);
             if self.surplus.len() >= RELEASE_BATCH {
                 self.release_surplus();
             }
         } else {
-            self.warm.push(stack);
+            self.push_warm(stack);
         }
     }
 
@@ -637,6 +646,7 @@ impl StackPool {
             ));
         }
         self.slabs.push((base, len));
+        self.slab_stacks += made.len();
         // Pop order: lowest address first.
         made.reverse();
         self.cold.extend(made);
@@ -684,7 +694,7 @@ impl StackPool {
 
 impl Drop for StackPool {
     fn drop(&mut self) {
-        if self.outstanding != 0 {
+        if self.slab_stacks != self.free_len() {
             // Some coroutine still owns a stack of a slab (it was leaked); keep the memory.
             return;
         }
@@ -693,7 +703,7 @@ impl Drop for StackPool {
         self.cold.clear();
         self.valgrind.clear();
         for &(addr, len) in &self.slabs {
-            // SAFETY: every stack of these slabs is back in the pool (outstanding == 0) and the
+            // SAFETY: every stack of these slabs is back in the pool (all made are free) and the
             // pool was just cleared, so nothing refers to this memory any more.
             unsafe {
                 libc::munmap(addr as *mut libc::c_void, len);
@@ -816,25 +826,45 @@ pub fn max_map_count() -> String {
 // Overflow reporting
 // ---------------------------------------------------------------------------------------------
 
-/// A greenlet's stack bounds, kept in its core (set once, before it can run).
+/// A greenlet's stack as its core keeps it while the greenlet has a coroutine (set once,
+/// before it can run): a [`GreenStack`]'s own four words, for the overflow handler and canary
+/// checks and to give the stack back ([`GreenStack::from_parts`]).
 #[derive(Clone, Copy)]
 pub(crate) struct StackBounds {
-    /// The guard range `[lo, hi)` (or the lowest page of an unguarded stack).
-    pub lo: usize,
-    pub hi: usize,
+    /// Highest address (exclusive).
+    pub top: usize,
     /// The lowest usable address of the stack.
     pub bottom: usize,
-    /// Usable bytes.
-    pub size: usize,
+    /// Bytes of guard below `bottom` (0 for an unguarded stack).
+    pub guard: usize,
+    /// The length of the stack's own mapping; 0 for a stack inside a slab.
+    pub own_mapping_len: usize,
 }
 
 impl StackBounds {
     pub(crate) const NONE: StackBounds = StackBounds {
-        lo: 0,
-        hi: 0,
+        top: 0,
         bottom: 0,
-        size: 0,
+        guard: 0,
+        own_mapping_len: 0,
     };
+
+    /// Usable bytes (0 for the root).
+    pub(crate) fn size(&self) -> usize {
+        self.top - self.bottom
+    }
+
+    /// As [`GreenStack::overflow_range`]: the guard range `[lo, hi)`, or for an unguarded
+    /// stack its lowest page; `(0, 0)` for the root.
+    pub(crate) fn overflow_range(&self) -> (usize, usize) {
+        if self.top == 0 {
+            (0, 0)
+        } else if self.guard > 0 {
+            (self.bottom - self.guard, self.bottom)
+        } else {
+            (self.bottom, self.bottom + page_size())
+        }
+    }
 }
 
 /// What the signal handler needs to know about the running greenlet: its stack bounds and

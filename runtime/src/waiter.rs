@@ -147,7 +147,18 @@ impl<T> WaitList<T> {
         deadline: Option<Instant>,
         what: &'static str,
     ) -> Result<Option<T>, WaitFail<T>> {
-        let hub = hub();
+        self.wait_on(hub(), slot, deadline, what)
+    }
+
+    /// [`wait`](Self::wait) for a caller that has this thread's hub at hand.
+    #[inline(always)]
+    pub(crate) fn wait_on(
+        &self,
+        hub: &'static crate::hub::Hub,
+        slot: Option<T>,
+        deadline: Option<Instant>,
+        what: &'static str,
+    ) -> Result<Option<T>, WaitFail<T>> {
         let w = Waiter {
             greenlet: hub.current().ptr(),
             slot: Cell::new(slot),
