@@ -7,9 +7,9 @@
 //! cell's mailbox, as in the gevent sample: `loop { msg = inbox.get(); self.receive(msg) }`.
 //! The cell holds two lanes:
 //!
-//! * the **user lane**, an inline `VecDeque` of the actor's own message type (no boxing; an
-//!   envelope adds one optional pointer, set only for asks and timer messages), unbounded or
-//!   bounded with a [`Policy`];
+//! * the **user lane**, an inline `VecDeque` of the actor's own message type, bare (no boxing,
+//!   no envelope: the tokens of asks and timer messages wait in a side lane, tagged with their
+//!   message's place in the sequence), unbounded or bounded with a [`Policy`];
 //! * the **system lane**, unbounded, for stop requests and exit/down signals. The loop reads
 //!   it before every user message, so a full mailbox never delays supervision.
 //!
