@@ -1056,7 +1056,7 @@ impl<M> UserLane<M> {
     }
 
     /// Files the token of the message about to be pushed.
-    #[inline(never)]
+    #[inline]
     fn push_token(&mut self, t: Rc<dyn Token>) {
         let len = self.msgs.len() as u64;
         let seq = match self.tokens.front() {
@@ -1640,8 +1640,8 @@ impl<A: Actor> ActorRef<A> {
     ) -> Result<R, Error> {
         let b = &self.0.base;
         // A parked actor is not the caller: skip the lookup of the current greenlet then.
-        let me = evergreen::getcurrent_id();
         if b.park.get() == RUN {
+            let me = evergreen::getcurrent_id();
             if b.gid.get() == me && me != 0 {
                 return Err(Error::SelfAsk);
             }
@@ -1685,7 +1685,22 @@ impl<A: Actor> ActorRef<A> {
             asking: Option<u64>,
         }
         impl<R: 'static> Drop for Waiting<'_, R> {
+            #[inline(always)]
             fn drop(&mut self) {
+                // The common case: an ask from outside any actor, answered in its handler.
+                if self.asking.is_none() && !self.slot.registered.get() {
+                    if self.slot.state.get() == PENDING {
+                        self.slot.state.set(ABANDONED);
+                    }
+                    return;
+                }
+                self.unregister();
+            }
+        }
+        impl<R: 'static> Waiting<'_, R> {
+            #[cold]
+            #[inline(never)]
+            fn unregister(&mut self) {
                 if let Some(me) = self.asking {
                     let _ = ASKING.try_with(|a| {
                         let mut a = a.borrow_mut();
@@ -1715,6 +1730,7 @@ impl<A: Actor> ActorRef<A> {
         // Only an actor's own greenlet can be part of a cycle of waits; while no actor runs,
         // the caller is none.
         let asking = (RUNNING.with(StdCell::get) != 0).then(|| {
+            let me = evergreen::getcurrent_id();
             ASKING.with(|a| a.borrow_mut().push((me, self.0.clone())));
             me
         });
@@ -2048,6 +2064,7 @@ impl<R: 'static> Slot<R> {
         });
     }
 
+    #[inline(always)]
     fn complete(&self, r: Result<R, Error>, state: u8) {
         *self.value.borrow_mut() = Some(r);
         self.state.set(state);
