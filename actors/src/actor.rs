@@ -296,6 +296,9 @@ pub(crate) enum Status {
 pub(crate) struct Envelope<M> {
     msg: M,
     token: Option<Rc<dyn Token>>,
+    /// Whether the token is an ask's (known where it is made: the loop then needs no call
+    /// through the token to tell an ask from a timer).
+    ask: bool,
 }
 
 /// What the loop needs to know about an envelope's token (an ask's reply slot, or a timer).
@@ -627,10 +630,11 @@ pub(crate) struct Base {
     /// have [`Extras`]), and it then costs no allocation. The other entries wait in
     /// [`Extras::sys`].
     sys_first: RefCell<Option<ExitReason>>,
-    cap: usize,
     policy: Policy,
-    /// Slots handed to blocked tellers that have not pushed yet (Block policy).
-    reserved: StdCell<usize>,
+    /// The mailbox's capacity less the slots handed to blocked tellers that have not pushed
+    /// yet (Block policy): a message is queued at once while the mailbox holds fewer (one
+    /// test per tell, not an addition and a test).
+    room: StdCell<usize>,
     space: Option<Box<Space>>,
     gid: StdCell<u64>,
     incarnation: StdCell<u32>,
@@ -705,9 +709,8 @@ impl Base {
             wake: OnceCell::new(),
             sys_len: StdCell::new(0),
             sys_first: RefCell::new(None),
-            cap: mailbox.cap,
             policy: mailbox.policy,
-            reserved: StdCell::new(0),
+            room: StdCell::new(mailbox.cap),
             space: bounded_block.then(|| {
                 Box::new(Space {
                     sem: Semaphore::new(0),
@@ -983,6 +986,19 @@ impl<T> Lane<T> {
         }
     }
 
+    /// [`push_back`](Self::push_back) given the lane's length (the caller has it already).
+    #[inline(always)]
+    fn push_back_len(&mut self, len: usize, v: T) {
+        if len == 0 {
+            // `first` is empty (the lane is): nothing to drop.
+            let none = self.first.replace(v);
+            debug_assert!(none.is_none());
+            std::mem::forget(none);
+        } else {
+            self.rest.push_back(v);
+        }
+    }
+
     #[inline]
     fn pop_front(&mut self) -> Option<T> {
         if self.first.is_some() {
@@ -1030,10 +1046,13 @@ struct UserLane<M> {
     msgs: Lane<M>,
     /// `(sequence number of the message, its token)`, in sequence order. The numbers count
     /// from an origin of their own: only their differences, and `ahead`, matter.
-    tokens: Lane<(u64, Rc<dyn Token>)>,
+    /// With each token, whether it is an ask's.
+    tokens: Lane<(u64, bool, Rc<dyn Token>)>,
     /// How many messages are ahead of the first token's message (while there is no token, a
     /// count down from `u64::MAX` that never gets to 0).
     ahead: u64,
+    /// Whether the last token taken is an ask's.
+    last_ask: bool,
 }
 
 impl<M> Default for UserLane<M> {
@@ -1042,6 +1061,7 @@ impl<M> Default for UserLane<M> {
             msgs: Lane::default(),
             tokens: Lane::default(),
             ahead: u64::MAX,
+            last_ask: false,
         }
     }
 }
@@ -1050,28 +1070,46 @@ impl<M> UserLane<M> {
     #[inline(always)]
     fn push_back(&mut self, env: Envelope<M>) {
         if let Some(t) = env.token {
-            self.push_token(t);
+            self.push_token(t, env.ask);
         }
         self.msgs.push_back(env.msg);
     }
 
+    /// [`push_back`](Self::push_back) given the lane's length.
+    #[inline(always)]
+    fn push_back_len(&mut self, len: usize, msg: M, token: Option<Rc<dyn Token>>, ask: bool) {
+        if let Some(t) = token {
+            self.push_token(t, ask);
+        }
+        self.msgs.push_back_len(len, msg);
+    }
+
     /// Files the token of the message about to be pushed.
     #[inline]
-    fn push_token(&mut self, t: Rc<dyn Token>) {
+    fn push_token(&mut self, t: Rc<dyn Token>, ask: bool) {
         let len = self.msgs.len() as u64;
         let seq = match self.tokens.front() {
             // The front message's number is the first token's less the messages ahead of it.
-            Some((first, _)) => *first - self.ahead + len,
+            Some((first, _, _)) => *first - self.ahead + len,
             None => {
                 self.ahead = len;
                 len
             }
         };
-        self.tokens.push_back((seq, t));
+        self.tokens.push_back((seq, ask, t));
     }
 
     #[inline]
     fn pop_front(&mut self) -> Option<Envelope<M>> {
+        let (msg, token) = self.pop_msg()?;
+        let ask = token.is_some() && self.last_ask;
+        Some(Envelope { msg, token, ask })
+    }
+
+    /// Pops the front message and its token; whether that is an ask's is in `last_ask` (read
+    /// only when there is a token: the common pop carries nothing more than the message).
+    #[inline(always)]
+    fn pop_msg(&mut self) -> Option<(M, Option<Rc<dyn Token>>)> {
         let msg = self.msgs.pop_front()?;
         let token = if self.ahead == 0 {
             self.take_token()
@@ -1079,17 +1117,18 @@ impl<M> UserLane<M> {
             self.ahead -= 1;
             None
         };
-        Some(Envelope { msg, token })
+        Some((msg, token))
     }
 
     /// Takes the first token (its message was just popped).
     #[inline]
     fn take_token(&mut self) -> Option<Rc<dyn Token>> {
-        let (seq, t) = self.tokens.pop_front()?;
+        let (seq, ask, t) = self.tokens.pop_front()?;
         self.ahead = self
             .tokens
             .front()
-            .map_or(u64::MAX, |(next, _)| *next - seq - 1);
+            .map_or(u64::MAX, |(next, _, _)| *next - seq - 1);
+        self.last_ask = ask;
         Some(t)
     }
 
@@ -1247,7 +1286,11 @@ impl<A: Actor> Cell<A> {
             return false;
         }
         let mut q = self.user.borrow_mut();
-        q.push_back(Envelope { msg, token });
+        q.push_back(Envelope {
+            msg,
+            token,
+            ask: false,
+        });
         let len = q.len();
         drop(q);
         if len > self.base.hwm.get() {
@@ -1263,17 +1306,23 @@ impl<A: Actor> Cell<A> {
     #[inline(always)]
     fn enqueue(
         &self,
-        env: Envelope<A::Msg>,
+        msg: A::Msg,
+        token: Option<Rc<dyn Token>>,
         block: Option<Option<Instant>>,
     ) -> Result<(), (Error, Envelope<A::Msg>)> {
         let b = &self.base;
         if b.status.get() == Status::Dead {
-            return Err(self.dead(env));
+            return Err(self.dead(Envelope {
+                ask: token.is_some(),
+                msg,
+                token,
+            }));
         }
         let mut q = self.user.borrow_mut();
         let len = q.len();
-        if len + b.reserved.get() < b.cap {
-            q.push_back(env);
+        if len < b.room.get() {
+            let ask = token.is_some();
+            q.push_back_len(len, msg, token, ask);
             drop(q);
             if len >= b.hwm.get() {
                 b.hwm.set(len + 1);
@@ -1282,7 +1331,15 @@ impl<A: Actor> Cell<A> {
             return Ok(());
         }
         drop(q);
-        self.enqueue_full(env, block)
+        // (Only an ask comes with a token here.)
+        self.enqueue_full(
+            Envelope {
+                ask: token.is_some(),
+                msg,
+                token,
+            },
+            block,
+        )
     }
 
     #[cold]
@@ -1364,7 +1421,7 @@ impl<A: Actor> Cell<A> {
                     return Err((Error::Timeout(left), env));
                 }
                 // A slot was reserved for us.
-                b.reserved.set(b.reserved.get() - 1);
+                b.room.set(b.room.get() + 1);
                 if b.status.get() == Status::Dead {
                     return Err(self.dead(env));
                 }
@@ -1421,7 +1478,7 @@ impl<A: Actor> Cell<A> {
     fn took_one(&self) {
         if let Some(space) = &self.base.space {
             if space.sem.waiter_count() > 0 {
-                self.base.reserved.set(self.base.reserved.get() + 1);
+                self.base.room.set(self.base.room.get().saturating_sub(1));
                 // The longest waiter gets the slot: it is no longer blocked.
                 if let Some(g) = space.waiting.borrow_mut().pop_front() {
                     unblocked(g);
@@ -1489,7 +1546,7 @@ impl<A: Actor> Cell<A> {
         // Blocked tellers: each gets a slot and finds the actor dead.
         if let Some(space) = &b.space {
             for _ in 0..space.sem.waiter_count() {
-                b.reserved.set(b.reserved.get() + 1);
+                b.room.set(b.room.get().saturating_sub(1));
                 if let Some(g) = space.waiting.borrow_mut().pop_front() {
                     unblocked(g);
                 }
@@ -1599,7 +1656,7 @@ impl<A: Actor> ActorRef<A> {
     #[inline]
     pub fn tell(&self, msg: A::Msg) -> Result<(), Error<A::Msg>> {
         self.0
-            .enqueue(Envelope { msg, token: None }, Some(None))
+            .enqueue(msg, None, Some(None))
             .map_err(|(e, env)| with_msg(e, env.msg))
     }
 
@@ -1608,7 +1665,7 @@ impl<A: Actor> ActorRef<A> {
     #[inline]
     pub fn try_tell(&self, msg: A::Msg) -> Result<(), Error<A::Msg>> {
         self.0
-            .enqueue(Envelope { msg, token: None }, None)
+            .enqueue(msg, None, None)
             .map_err(|(e, env)| with_msg(e, env.msg))
     }
 
@@ -1663,13 +1720,7 @@ impl<A: Actor> ActorRef<A> {
         let msg = make(Reply {
             slot: Some(slot.clone()),
         });
-        if let Err((e, env)) = self.0.enqueue(
-            Envelope {
-                msg,
-                token: Some(token),
-            },
-            Some(deadline),
-        ) {
+        if let Err((e, env)) = self.0.enqueue(msg, Some(token), Some(deadline)) {
             drop(env);
             slot.state.set(ABANDONED);
             return Err(match e {
@@ -2132,7 +2183,21 @@ impl<R: 'static> Reply<R> {
 }
 
 impl<R: 'static> Drop for Reply<R> {
+    // Inlined: a reply that was sent leaves nothing to do, and a call would cost more than
+    // the test.
+    #[inline(always)]
     fn drop(&mut self) {
+        if self.slot.is_some() {
+            self.dropped_unsent();
+        }
+    }
+}
+
+impl<R: 'static> Reply<R> {
+    /// Dropped without an answer: fails the ask at once.
+    #[cold]
+    #[inline(never)]
+    fn dropped_unsent(&mut self) {
         if let Some(s) = self.slot.take() {
             if s.state.get() == PENDING {
                 s.complete(Err(Error::ReplyDropped), SOFT);
@@ -2894,6 +2959,12 @@ fn body<A: Actor>(
         }
     }
     let b = &cell.base;
+    // Whether the incarnation hibernates when idle rather than park (the activation's place
+    // does not change while it runs).
+    let sleeps = b.hibernate || b.on_dispatcher.get();
+    // Whether taking a message is all there is to it: no blocked tellers to hand a slot to
+    // (no `Block` mailbox), no time in handler measured.
+    let plain = b.space.is_none() && !b.measure;
     loop {
         // The system lane first.
         let sys = if b.sys_len.get() == 0 {
@@ -2917,9 +2988,8 @@ fn body<A: Actor>(
             }
             continue;
         }
-        let env = cell.user.borrow_mut().pop_front();
-        let Some(Envelope { msg, token }) = env else {
-            if b.hibernate || ctx.hibernate || b.on_dispatcher.get() {
+        let Some((msg, token)) = cell.user.borrow_mut().pop_msg() else {
+            if sleeps || ctx.hibernate {
                 // (An actor cannot park on the dispatcher: a lazily started one sleeps until
                 // a user message gives it a greenlet of its own.)
                 return Outcome::Hibernate;
@@ -2931,8 +3001,12 @@ fn body<A: Actor>(
             b.park.set(RUN);
             continue;
         };
-        cell.took_one();
-        let t0 = b.measure.then(evergreen::hub::now);
+        let t0 = if plain {
+            None
+        } else {
+            cell.took_one();
+            b.measure.then(evergreen::hub::now)
+        };
         match token {
             None => {
                 b.handled.set(b.handled.get() + 1);
@@ -2943,51 +3017,80 @@ fn body<A: Actor>(
                     return Outcome::Stopped(ExitReason::Panicked(panic_message(&*p)));
                 }
             }
-            Some(t) => {
-                if !t.is_ask() {
-                    t.taken();
-                    if !t.live() {
-                        continue;
-                    }
-                    timer_delivered(b, &t);
-                    drop(t);
-                    b.handled.set(b.handled.get() + 1);
-                    if let Err(p) = catch_unwind(AssertUnwindSafe(|| actor.handle(msg, ctx))) {
-                        if is_kill(&*p) {
-                            resume_unwind(p);
-                        }
-                        return Outcome::Stopped(ExitReason::Panicked(panic_message(&*p)));
-                    }
-                } else {
-                    b.handled.set(b.handled.get() + 1);
-                    if let Err(p) = catch_unwind(AssertUnwindSafe(|| actor.handle(msg, ctx))) {
-                        if is_kill(&*p) {
-                            t.fail(Error::Dead(ExitReason::Killed, ()), true);
-                            resume_unwind(p);
-                        }
-                        let m = panic_message(&*p);
-                        log::warn!(
-                            "actor {} panicked answering an ask (the asker gets the error; \
-                             the actor lives on): {m}",
-                            b.label()
-                        );
-                        t.fail(Error::Panicked(m), true);
-                    } else if t.still_pending() {
-                        // The reply handle was handed on: the callee's final exit must fail it.
-                        t.set_registered();
-                        b.with_extras(|e| e.asks.push(t));
-                    }
-                }
-            }
+            // (Apart: the plain message's path then carries no token across the handler.)
+            Some(t) => match handle_with_token(cell, actor, ctx, msg, t) {
+                Next::Go => {}
+                Next::Skip => continue,
+                Next::Stop(o) => return o,
+            },
         }
         if let Some(t0) = t0 {
             let d = evergreen::hub::now().saturating_duration_since(t0);
             b.with_extras(|e| e.busy_ns = e.busy_ns.saturating_add(d.as_nanos() as u64));
         }
-        if let Some(r) = ctx.stop.take() {
-            return Outcome::Stopped(r);
+        if ctx.stop.is_some() {
+            return Outcome::Stopped(ctx.stop.take().expect("a stop request"));
         }
     }
+}
+
+/// What the loop does after a message with a token.
+enum Next {
+    /// Goes on as after any message handled.
+    Go,
+    /// Takes the next message at once (a cancelled timer's message was dropped).
+    Skip,
+    /// Ends the incarnation.
+    Stop(Outcome),
+}
+
+/// Handles a message that came with a token: an ask's (the reply slot is failed if the
+/// handler panics, registered with the callee if the reply handle was handed on) or a timer's
+/// (dropped if the timer was cancelled or replaced since).
+#[inline(always)]
+fn handle_with_token<A: Actor>(
+    cell: &Rc<Cell<A>>,
+    actor: &mut A,
+    ctx: &mut Ctx<A>,
+    msg: A::Msg,
+    t: Rc<dyn Token>,
+) -> Next {
+    let b = &cell.base;
+    if !cell.user.borrow().last_ask {
+        t.taken();
+        if !t.live() {
+            return Next::Skip;
+        }
+        timer_delivered(b, &t);
+        drop(t);
+        b.handled.set(b.handled.get() + 1);
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| actor.handle(msg, ctx))) {
+            if is_kill(&*p) {
+                resume_unwind(p);
+            }
+            return Next::Stop(Outcome::Stopped(ExitReason::Panicked(panic_message(&*p))));
+        }
+    } else {
+        b.handled.set(b.handled.get() + 1);
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| actor.handle(msg, ctx))) {
+            if is_kill(&*p) {
+                t.fail(Error::Dead(ExitReason::Killed, ()), true);
+                resume_unwind(p);
+            }
+            let m = panic_message(&*p);
+            log::warn!(
+                "actor {} panicked answering an ask (the asker gets the error; the actor lives \
+                 on): {m}",
+                b.label()
+            );
+            t.fail(Error::Panicked(m), true);
+        } else if t.still_pending() {
+            // The reply handle was handed on: the callee's final exit must fail it.
+            t.set_registered();
+            b.with_extras(|e| e.asks.push(t));
+        }
+    }
+    Next::Go
 }
 
 fn on_sys<A: Actor>(b: &Base, actor: &mut A, ctx: &mut Ctx<A>, s: Sys) -> Option<ExitReason> {
@@ -3072,7 +3175,11 @@ mod tests {
             TAGS.with(|v| v.borrow_mut().push((Rc::as_ptr(&t), t.0)));
             t as Rc<dyn Token>
         });
-        Envelope { msg: n, token }
+        Envelope {
+            msg: n,
+            token,
+            ask: with_token,
+        }
     }
 
     #[test]
