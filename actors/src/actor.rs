@@ -3178,7 +3178,8 @@ mod tests {
         Envelope {
             msg: n,
             token,
-            ask: with_token,
+            // Tokens of even messages are asks', of odd ones timers'.
+            ask: with_token && n % 2 == 0,
         }
     }
 
@@ -3186,7 +3187,8 @@ mod tests {
     fn the_user_lane_gives_each_message_back_with_its_own_token() {
         // Tokens on some messages only, pushes and pops interleaved so the inline first slot,
         // the buffer and the token lane's own inline slot all take turns; every message must
-        // come back in order with exactly the token it was pushed with.
+        // come back in order with exactly the token it was pushed with, and whether that is an
+        // ask's.
         let mut lane = UserLane::<u32>::default();
         let mut expect = VecDeque::new();
         let mut next = 0u32;
@@ -3195,7 +3197,14 @@ mod tests {
             let pushes = (round * 7) % 5 + 1;
             for _ in 0..pushes {
                 let with_token = next % 3 == 0 || next % 11 == 4;
-                lane.push_back(env(next, with_token));
+                // Both pushes: the general one and tell's and ask's (given the length).
+                let e = env(next, with_token);
+                if next % 4 < 2 {
+                    lane.push_back(e);
+                } else {
+                    let len = lane.len();
+                    lane.push_back_len(len, e.msg, e.token, e.ask);
+                }
                 expect.push_back((next, with_token));
                 next += 1;
             }
@@ -3208,6 +3217,7 @@ mod tests {
                     (Some(e), Some((n, with_token))) => {
                         assert_eq!(e.msg, n);
                         assert_eq!(tag_of(&e.token), with_token.then_some(n), "message {n}");
+                        assert_eq!(e.ask, with_token && n % 2 == 0, "message {n}");
                         popped += 1;
                     }
                     (g, w) => panic!("lane gave {:?}, expected {w:?}", g.map(|e| e.msg)),
@@ -3216,10 +3226,11 @@ mod tests {
             }
         }
         // What is left comes out through the iterator (a stopping actor's leftovers).
-        let rest: Vec<(u32, Option<u32>)> = lane.map(|e| (e.msg, tag_of(&e.token))).collect();
-        let want: Vec<(u32, Option<u32>)> = expect
+        let rest: Vec<(u32, Option<u32>, bool)> =
+            lane.map(|e| (e.msg, tag_of(&e.token), e.ask)).collect();
+        let want: Vec<(u32, Option<u32>, bool)> = expect
             .into_iter()
-            .map(|(n, t)| (n, t.then_some(n)))
+            .map(|(n, t)| (n, t.then_some(n), t && n % 2 == 0))
             .collect();
         assert_eq!(rest, want);
         assert!(popped > 100);
