@@ -296,6 +296,9 @@ pub(crate) enum Status {
 pub(crate) struct Envelope<M> {
     msg: M,
     token: Option<Rc<dyn Token>>,
+    /// Whether the token is an ask's (known where it is made: the loop then needs no call
+    /// through the token to tell an ask from a timer).
+    ask: bool,
 }
 
 /// What the loop needs to know about an envelope's token (an ask's reply slot, or a timer).
@@ -627,10 +630,11 @@ pub(crate) struct Base {
     /// have [`Extras`]), and it then costs no allocation. The other entries wait in
     /// [`Extras::sys`].
     sys_first: RefCell<Option<ExitReason>>,
-    cap: usize,
     policy: Policy,
-    /// Slots handed to blocked tellers that have not pushed yet (Block policy).
-    reserved: StdCell<usize>,
+    /// The mailbox's capacity less the slots handed to blocked tellers that have not pushed
+    /// yet (Block policy): a message is queued at once while the mailbox holds fewer (one
+    /// test per tell, not an addition and a test).
+    room: StdCell<usize>,
     space: Option<Box<Space>>,
     gid: StdCell<u64>,
     incarnation: StdCell<u32>,
@@ -705,9 +709,8 @@ impl Base {
             wake: OnceCell::new(),
             sys_len: StdCell::new(0),
             sys_first: RefCell::new(None),
-            cap: mailbox.cap,
             policy: mailbox.policy,
-            reserved: StdCell::new(0),
+            room: StdCell::new(mailbox.cap),
             space: bounded_block.then(|| {
                 Box::new(Space {
                     sem: Semaphore::new(0),
@@ -974,10 +977,23 @@ impl<T> Default for Lane<T> {
 }
 
 impl<T> Lane<T> {
-    #[inline]
+    #[inline(always)]
     fn push_back(&mut self, v: T) {
         if self.rest.is_empty() && self.first.is_none() {
             self.first = Some(v);
+        } else {
+            self.rest.push_back(v);
+        }
+    }
+
+    /// [`push_back`](Self::push_back) given the lane's length (the caller has it already).
+    #[inline(always)]
+    fn push_back_len(&mut self, len: usize, v: T) {
+        if len == 0 {
+            // `first` is empty (the lane is): nothing to drop.
+            let none = self.first.replace(v);
+            debug_assert!(none.is_none());
+            std::mem::forget(none);
         } else {
             self.rest.push_back(v);
         }
@@ -1023,16 +1039,20 @@ impl<T> IntoIterator for Lane<T> {
 /// slots, timers') beside them, each tagged with its message's place in the sequence. A tell
 /// costs the mailbox `size_of::<M>()` bytes, not that plus a token slot (16 bytes more per
 /// queued message: a mailbox of millions of messages touches half the memory).
+///
+/// A message without a token is pushed with no bookkeeping at all, and popped with one
+/// countdown (`ahead`): no sequence number is kept per push or pop.
 struct UserLane<M> {
     msgs: Lane<M>,
-    /// `(sequence number of the message, its token)`, in sequence order.
-    tokens: Lane<(u64, Rc<dyn Token>)>,
-    /// The sequence number of the front message (the next pop).
-    head: u64,
-    /// The sequence number the next message pushed gets.
-    tail: u64,
-    /// The sequence number of the first token's message (`u64::MAX` when there is none).
-    next_token: u64,
+    /// `(sequence number of the message, its token)`, in sequence order. The numbers count
+    /// from an origin of their own: only their differences, and `ahead`, matter.
+    /// With each token, whether it is an ask's.
+    tokens: Lane<(u64, bool, Rc<dyn Token>)>,
+    /// How many messages are ahead of the first token's message (while there is no token, a
+    /// count down from `u64::MAX` that never gets to 0).
+    ahead: u64,
+    /// Whether the last token taken is an ask's.
+    last_ask: bool,
 }
 
 impl<M> Default for UserLane<M> {
@@ -1040,44 +1060,76 @@ impl<M> Default for UserLane<M> {
         UserLane {
             msgs: Lane::default(),
             tokens: Lane::default(),
-            head: 0,
-            tail: 0,
-            next_token: u64::MAX,
+            ahead: u64::MAX,
+            last_ask: false,
         }
     }
 }
 
 impl<M> UserLane<M> {
-    #[inline]
+    #[inline(always)]
     fn push_back(&mut self, env: Envelope<M>) {
         if let Some(t) = env.token {
-            if self.next_token == u64::MAX {
-                self.next_token = self.tail;
-            }
-            self.tokens.push_back((self.tail, t));
+            self.push_token(t, env.ask);
         }
-        self.tail += 1;
         self.msgs.push_back(env.msg);
+    }
+
+    /// [`push_back`](Self::push_back) given the lane's length.
+    #[inline(always)]
+    fn push_back_len(&mut self, len: usize, msg: M, token: Option<Rc<dyn Token>>, ask: bool) {
+        if let Some(t) = token {
+            self.push_token(t, ask);
+        }
+        self.msgs.push_back_len(len, msg);
+    }
+
+    /// Files the token of the message about to be pushed.
+    #[inline]
+    fn push_token(&mut self, t: Rc<dyn Token>, ask: bool) {
+        let len = self.msgs.len() as u64;
+        let seq = match self.tokens.front() {
+            // The front message's number is the first token's less the messages ahead of it.
+            Some((first, _, _)) => *first - self.ahead + len,
+            None => {
+                self.ahead = len;
+                len
+            }
+        };
+        self.tokens.push_back((seq, ask, t));
     }
 
     #[inline]
     fn pop_front(&mut self) -> Option<Envelope<M>> {
+        let (msg, token) = self.pop_msg()?;
+        let ask = token.is_some() && self.last_ask;
+        Some(Envelope { msg, token, ask })
+    }
+
+    /// Pops the front message and its token; whether that is an ask's is in `last_ask` (read
+    /// only when there is a token: the common pop carries nothing more than the message).
+    #[inline(always)]
+    fn pop_msg(&mut self) -> Option<(M, Option<Rc<dyn Token>>)> {
         let msg = self.msgs.pop_front()?;
-        let seq = self.head;
-        self.head += 1;
-        let token = if seq == self.next_token {
+        let token = if self.ahead == 0 {
             self.take_token()
         } else {
+            self.ahead -= 1;
             None
         };
-        Some(Envelope { msg, token })
+        Some((msg, token))
     }
 
     /// Takes the first token (its message was just popped).
+    #[inline]
     fn take_token(&mut self) -> Option<Rc<dyn Token>> {
-        let t = self.tokens.pop_front().map(|(_, t)| t);
-        self.next_token = self.tokens.front().map_or(u64::MAX, |(s, _)| *s);
-        t
+        let (seq, ask, t) = self.tokens.pop_front()?;
+        self.ahead = self
+            .tokens
+            .front()
+            .map_or(u64::MAX, |(next, _, _)| *next - seq - 1);
+        self.last_ask = ask;
+        Some(t)
     }
 
     #[inline]
@@ -1234,7 +1286,11 @@ impl<A: Actor> Cell<A> {
             return false;
         }
         let mut q = self.user.borrow_mut();
-        q.push_back(Envelope { msg, token });
+        q.push_back(Envelope {
+            msg,
+            token,
+            ask: false,
+        });
         let len = q.len();
         drop(q);
         if len > self.base.hwm.get() {
@@ -1245,21 +1301,28 @@ impl<A: Actor> Cell<A> {
     }
 
     /// Queues an envelope under the mailbox's policy. `block`: whether a full `Block` mailbox
-    /// may block the caller, and until when.
-    #[inline]
+    /// may block the caller, and until when. Inlined into `tell` and `ask`: a call costs the
+    /// fast path as much again (saving registers, passing the envelope and the result).
+    #[inline(always)]
     fn enqueue(
         &self,
-        env: Envelope<A::Msg>,
+        msg: A::Msg,
+        token: Option<Rc<dyn Token>>,
         block: Option<Option<Instant>>,
     ) -> Result<(), (Error, Envelope<A::Msg>)> {
         let b = &self.base;
         if b.status.get() == Status::Dead {
-            return Err(self.dead(env));
+            return Err(self.dead(Envelope {
+                ask: token.is_some(),
+                msg,
+                token,
+            }));
         }
         let mut q = self.user.borrow_mut();
         let len = q.len();
-        if len + b.reserved.get() < b.cap {
-            q.push_back(env);
+        if len < b.room.get() {
+            let ask = token.is_some();
+            q.push_back_len(len, msg, token, ask);
             drop(q);
             if len >= b.hwm.get() {
                 b.hwm.set(len + 1);
@@ -1268,7 +1331,15 @@ impl<A: Actor> Cell<A> {
             return Ok(());
         }
         drop(q);
-        self.enqueue_full(env, block)
+        // (Only an ask comes with a token here.)
+        self.enqueue_full(
+            Envelope {
+                ask: token.is_some(),
+                msg,
+                token,
+            },
+            block,
+        )
     }
 
     #[cold]
@@ -1350,7 +1421,7 @@ impl<A: Actor> Cell<A> {
                     return Err((Error::Timeout(left), env));
                 }
                 // A slot was reserved for us.
-                b.reserved.set(b.reserved.get() - 1);
+                b.room.set(b.room.get() + 1);
                 if b.status.get() == Status::Dead {
                     return Err(self.dead(env));
                 }
@@ -1407,7 +1478,7 @@ impl<A: Actor> Cell<A> {
     fn took_one(&self) {
         if let Some(space) = &self.base.space {
             if space.sem.waiter_count() > 0 {
-                self.base.reserved.set(self.base.reserved.get() + 1);
+                self.base.room.set(self.base.room.get().saturating_sub(1));
                 // The longest waiter gets the slot: it is no longer blocked.
                 if let Some(g) = space.waiting.borrow_mut().pop_front() {
                     unblocked(g);
@@ -1475,7 +1546,7 @@ impl<A: Actor> Cell<A> {
         // Blocked tellers: each gets a slot and finds the actor dead.
         if let Some(space) = &b.space {
             for _ in 0..space.sem.waiter_count() {
-                b.reserved.set(b.reserved.get() + 1);
+                b.room.set(b.room.get().saturating_sub(1));
                 if let Some(g) = space.waiting.borrow_mut().pop_front() {
                     unblocked(g);
                 }
@@ -1585,7 +1656,7 @@ impl<A: Actor> ActorRef<A> {
     #[inline]
     pub fn tell(&self, msg: A::Msg) -> Result<(), Error<A::Msg>> {
         self.0
-            .enqueue(Envelope { msg, token: None }, Some(None))
+            .enqueue(msg, None, Some(None))
             .map_err(|(e, env)| with_msg(e, env.msg))
     }
 
@@ -1594,7 +1665,7 @@ impl<A: Actor> ActorRef<A> {
     #[inline]
     pub fn try_tell(&self, msg: A::Msg) -> Result<(), Error<A::Msg>> {
         self.0
-            .enqueue(Envelope { msg, token: None }, None)
+            .enqueue(msg, None, None)
             .map_err(|(e, env)| with_msg(e, env.msg))
     }
 
@@ -1626,8 +1697,8 @@ impl<A: Actor> ActorRef<A> {
     ) -> Result<R, Error> {
         let b = &self.0.base;
         // A parked actor is not the caller: skip the lookup of the current greenlet then.
-        let me = evergreen::getcurrent_id();
         if b.park.get() == RUN {
+            let me = evergreen::getcurrent_id();
             if b.gid.get() == me && me != 0 {
                 return Err(Error::SelfAsk);
             }
@@ -1649,13 +1720,7 @@ impl<A: Actor> ActorRef<A> {
         let msg = make(Reply {
             slot: Some(slot.clone()),
         });
-        if let Err((e, env)) = self.0.enqueue(
-            Envelope {
-                msg,
-                token: Some(token),
-            },
-            Some(deadline),
-        ) {
+        if let Err((e, env)) = self.0.enqueue(msg, Some(token), Some(deadline)) {
             drop(env);
             slot.state.set(ABANDONED);
             return Err(match e {
@@ -1671,7 +1736,22 @@ impl<A: Actor> ActorRef<A> {
             asking: Option<u64>,
         }
         impl<R: 'static> Drop for Waiting<'_, R> {
+            #[inline(always)]
             fn drop(&mut self) {
+                // The common case: an ask from outside any actor, answered in its handler.
+                if self.asking.is_none() && !self.slot.registered.get() {
+                    if self.slot.state.get() == PENDING {
+                        self.slot.state.set(ABANDONED);
+                    }
+                    return;
+                }
+                self.unregister();
+            }
+        }
+        impl<R: 'static> Waiting<'_, R> {
+            #[cold]
+            #[inline(never)]
+            fn unregister(&mut self) {
                 if let Some(me) = self.asking {
                     let _ = ASKING.try_with(|a| {
                         let mut a = a.borrow_mut();
@@ -1701,6 +1781,7 @@ impl<A: Actor> ActorRef<A> {
         // Only an actor's own greenlet can be part of a cycle of waits; while no actor runs,
         // the caller is none.
         let asking = (RUNNING.with(StdCell::get) != 0).then(|| {
+            let me = evergreen::getcurrent_id();
             ASKING.with(|a| a.borrow_mut().push((me, self.0.clone())));
             me
         });
@@ -2034,6 +2115,7 @@ impl<R: 'static> Slot<R> {
         });
     }
 
+    #[inline(always)]
     fn complete(&self, r: Result<R, Error>, state: u8) {
         *self.value.borrow_mut() = Some(r);
         self.state.set(state);
@@ -2101,7 +2183,21 @@ impl<R: 'static> Reply<R> {
 }
 
 impl<R: 'static> Drop for Reply<R> {
+    // Inlined: a reply that was sent leaves nothing to do, and a call would cost more than
+    // the test.
+    #[inline(always)]
     fn drop(&mut self) {
+        if self.slot.is_some() {
+            self.dropped_unsent();
+        }
+    }
+}
+
+impl<R: 'static> Reply<R> {
+    /// Dropped without an answer: fails the ask at once.
+    #[cold]
+    #[inline(never)]
+    fn dropped_unsent(&mut self) {
         if let Some(s) = self.slot.take() {
             if s.state.get() == PENDING {
                 s.complete(Err(Error::ReplyDropped), SOFT);
@@ -2863,6 +2959,12 @@ fn body<A: Actor>(
         }
     }
     let b = &cell.base;
+    // Whether the incarnation hibernates when idle rather than park (the activation's place
+    // does not change while it runs).
+    let sleeps = b.hibernate || b.on_dispatcher.get();
+    // Whether taking a message is all there is to it: no blocked tellers to hand a slot to
+    // (no `Block` mailbox), no time in handler measured.
+    let plain = b.space.is_none() && !b.measure;
     loop {
         // The system lane first.
         let sys = if b.sys_len.get() == 0 {
@@ -2886,9 +2988,8 @@ fn body<A: Actor>(
             }
             continue;
         }
-        let env = cell.user.borrow_mut().pop_front();
-        let Some(Envelope { msg, token }) = env else {
-            if b.hibernate || ctx.hibernate || b.on_dispatcher.get() {
+        let Some((msg, token)) = cell.user.borrow_mut().pop_msg() else {
+            if sleeps || ctx.hibernate {
                 // (An actor cannot park on the dispatcher: a lazily started one sleeps until
                 // a user message gives it a greenlet of its own.)
                 return Outcome::Hibernate;
@@ -2900,8 +3001,12 @@ fn body<A: Actor>(
             b.park.set(RUN);
             continue;
         };
-        cell.took_one();
-        let t0 = b.measure.then(evergreen::hub::now);
+        let t0 = if plain {
+            None
+        } else {
+            cell.took_one();
+            b.measure.then(evergreen::hub::now)
+        };
         match token {
             None => {
                 b.handled.set(b.handled.get() + 1);
@@ -2912,51 +3017,80 @@ fn body<A: Actor>(
                     return Outcome::Stopped(ExitReason::Panicked(panic_message(&*p)));
                 }
             }
-            Some(t) => {
-                if !t.is_ask() {
-                    t.taken();
-                    if !t.live() {
-                        continue;
-                    }
-                    timer_delivered(b, &t);
-                    drop(t);
-                    b.handled.set(b.handled.get() + 1);
-                    if let Err(p) = catch_unwind(AssertUnwindSafe(|| actor.handle(msg, ctx))) {
-                        if is_kill(&*p) {
-                            resume_unwind(p);
-                        }
-                        return Outcome::Stopped(ExitReason::Panicked(panic_message(&*p)));
-                    }
-                } else {
-                    b.handled.set(b.handled.get() + 1);
-                    if let Err(p) = catch_unwind(AssertUnwindSafe(|| actor.handle(msg, ctx))) {
-                        if is_kill(&*p) {
-                            t.fail(Error::Dead(ExitReason::Killed, ()), true);
-                            resume_unwind(p);
-                        }
-                        let m = panic_message(&*p);
-                        log::warn!(
-                            "actor {} panicked answering an ask (the asker gets the error; \
-                             the actor lives on): {m}",
-                            b.label()
-                        );
-                        t.fail(Error::Panicked(m), true);
-                    } else if t.still_pending() {
-                        // The reply handle was handed on: the callee's final exit must fail it.
-                        t.set_registered();
-                        b.with_extras(|e| e.asks.push(t));
-                    }
-                }
-            }
+            // (Apart: the plain message's path then carries no token across the handler.)
+            Some(t) => match handle_with_token(cell, actor, ctx, msg, t) {
+                Next::Go => {}
+                Next::Skip => continue,
+                Next::Stop(o) => return o,
+            },
         }
         if let Some(t0) = t0 {
             let d = evergreen::hub::now().saturating_duration_since(t0);
             b.with_extras(|e| e.busy_ns = e.busy_ns.saturating_add(d.as_nanos() as u64));
         }
-        if let Some(r) = ctx.stop.take() {
-            return Outcome::Stopped(r);
+        if ctx.stop.is_some() {
+            return Outcome::Stopped(ctx.stop.take().expect("a stop request"));
         }
     }
+}
+
+/// What the loop does after a message with a token.
+enum Next {
+    /// Goes on as after any message handled.
+    Go,
+    /// Takes the next message at once (a cancelled timer's message was dropped).
+    Skip,
+    /// Ends the incarnation.
+    Stop(Outcome),
+}
+
+/// Handles a message that came with a token: an ask's (the reply slot is failed if the
+/// handler panics, registered with the callee if the reply handle was handed on) or a timer's
+/// (dropped if the timer was cancelled or replaced since).
+#[inline(always)]
+fn handle_with_token<A: Actor>(
+    cell: &Rc<Cell<A>>,
+    actor: &mut A,
+    ctx: &mut Ctx<A>,
+    msg: A::Msg,
+    t: Rc<dyn Token>,
+) -> Next {
+    let b = &cell.base;
+    if !cell.user.borrow().last_ask {
+        t.taken();
+        if !t.live() {
+            return Next::Skip;
+        }
+        timer_delivered(b, &t);
+        drop(t);
+        b.handled.set(b.handled.get() + 1);
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| actor.handle(msg, ctx))) {
+            if is_kill(&*p) {
+                resume_unwind(p);
+            }
+            return Next::Stop(Outcome::Stopped(ExitReason::Panicked(panic_message(&*p))));
+        }
+    } else {
+        b.handled.set(b.handled.get() + 1);
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| actor.handle(msg, ctx))) {
+            if is_kill(&*p) {
+                t.fail(Error::Dead(ExitReason::Killed, ()), true);
+                resume_unwind(p);
+            }
+            let m = panic_message(&*p);
+            log::warn!(
+                "actor {} panicked answering an ask (the asker gets the error; the actor lives \
+                 on): {m}",
+                b.label()
+            );
+            t.fail(Error::Panicked(m), true);
+        } else if t.still_pending() {
+            // The reply handle was handed on: the callee's final exit must fail it.
+            t.set_registered();
+            b.with_extras(|e| e.asks.push(t));
+        }
+    }
+    Next::Go
 }
 
 fn on_sys<A: Actor>(b: &Base, actor: &mut A, ctx: &mut Ctx<A>, s: Sys) -> Option<ExitReason> {
@@ -3041,14 +3175,20 @@ mod tests {
             TAGS.with(|v| v.borrow_mut().push((Rc::as_ptr(&t), t.0)));
             t as Rc<dyn Token>
         });
-        Envelope { msg: n, token }
+        Envelope {
+            msg: n,
+            token,
+            // Tokens of even messages are asks', of odd ones timers'.
+            ask: with_token && n % 2 == 0,
+        }
     }
 
     #[test]
     fn the_user_lane_gives_each_message_back_with_its_own_token() {
         // Tokens on some messages only, pushes and pops interleaved so the inline first slot,
         // the buffer and the token lane's own inline slot all take turns; every message must
-        // come back in order with exactly the token it was pushed with.
+        // come back in order with exactly the token it was pushed with, and whether that is an
+        // ask's.
         let mut lane = UserLane::<u32>::default();
         let mut expect = VecDeque::new();
         let mut next = 0u32;
@@ -3057,7 +3197,14 @@ mod tests {
             let pushes = (round * 7) % 5 + 1;
             for _ in 0..pushes {
                 let with_token = next % 3 == 0 || next % 11 == 4;
-                lane.push_back(env(next, with_token));
+                // Both pushes: the general one and tell's and ask's (given the length).
+                let e = env(next, with_token);
+                if next % 4 < 2 {
+                    lane.push_back(e);
+                } else {
+                    let len = lane.len();
+                    lane.push_back_len(len, e.msg, e.token, e.ask);
+                }
                 expect.push_back((next, with_token));
                 next += 1;
             }
@@ -3070,6 +3217,7 @@ mod tests {
                     (Some(e), Some((n, with_token))) => {
                         assert_eq!(e.msg, n);
                         assert_eq!(tag_of(&e.token), with_token.then_some(n), "message {n}");
+                        assert_eq!(e.ask, with_token && n % 2 == 0, "message {n}");
                         popped += 1;
                     }
                     (g, w) => panic!("lane gave {:?}, expected {w:?}", g.map(|e| e.msg)),
@@ -3078,10 +3226,11 @@ mod tests {
             }
         }
         // What is left comes out through the iterator (a stopping actor's leftovers).
-        let rest: Vec<(u32, Option<u32>)> = lane.map(|e| (e.msg, tag_of(&e.token))).collect();
-        let want: Vec<(u32, Option<u32>)> = expect
+        let rest: Vec<(u32, Option<u32>, bool)> =
+            lane.map(|e| (e.msg, tag_of(&e.token), e.ask)).collect();
+        let want: Vec<(u32, Option<u32>, bool)> = expect
             .into_iter()
-            .map(|(n, t)| (n, t.then_some(n)))
+            .map(|(n, t)| (n, t.then_some(n), t && n % 2 == 0))
             .collect();
         assert_eq!(rest, want);
         assert!(popped > 100);
