@@ -24,7 +24,7 @@
 //! A finished greenlet's stack goes back to the pool *warm* (its pages still committed, so
 //! the next greenlet reuses them without page faults), up to `Config::stack_pool_max` stacks.
 //! Stacks freed beyond that are released to the kernel with `MADV_DONTNEED`, in batches of
-//! [`RELEASE_BATCH`]: sorted by address, the neighbours of one slab go in one call covering
+//! `RELEASE_BATCH`: sorted by address, the neighbours of one slab go in one call covering
 //! their whole run (guard pages included: `MADV_DONTNEED` keeps `MADV_GUARD_INSTALL` markers,
 //! and a `PROT_NONE` page has nothing to release). Releasing them one by one cost a system
 //! call and a TLB flush per greenlet, a third of the CPU time of spawning and ending many
