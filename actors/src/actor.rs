@@ -354,7 +354,7 @@ pub(crate) struct Extras {
     busy_ns: u64,
     /// Greenlets spawned with [`Ctx::spawn_linked`]: killed when the incarnation ends.
     linked: Vec<evergreen::GreenletRef>,
-    /// The system lane but an inline first stop request ([`Base::sys_first`]).
+    /// The system lane but an inline first stop request with no text ([`Base::sys_first`]).
     sys: VecDeque<Sys>,
 }
 
@@ -625,11 +625,12 @@ pub(crate) struct Base {
     /// How many system-lane entries (stop requests, exit and down signals) wait, in
     /// `sys_first` and [`Extras::sys`]: the loop tests only this count before each message.
     sys_len: StdCell<u32>,
-    /// The system lane's first entry if it is a stop request, kept inline: most actors only
-    /// ever get that one (exit and down signals come to actors with links or monitors, which
-    /// have [`Extras`]), and it then costs no allocation. The other entries wait in
-    /// [`Extras::sys`].
-    sys_first: RefCell<Option<ExitReason>>,
+    /// The system lane's first entry if it is a stop request with a reason that carries no
+    /// text (`Normal` or `Shutdown`), kept inline as one byte ([`STOP_NONE`], [`STOP_NORMAL`],
+    /// [`STOP_SHUTDOWN`]): most actors only ever get that one (exit and down signals come to
+    /// actors with links or monitors, which have [`Extras`]), and it then costs no allocation
+    /// and no room for a whole [`ExitReason`]. The other entries wait in [`Extras::sys`].
+    sys_first: StdCell<u8>,
     policy: Policy,
     /// The mailbox's capacity less the slots handed to blocked tellers that have not pushed
     /// yet (Block policy): a message is queued at once while the mailbox holds fewer (one
@@ -644,6 +645,23 @@ pub(crate) struct Base {
     pub(crate) restarts: StdCell<u32>,
     measure: bool,
     pub(crate) extras: RefCell<Option<Box<Extras>>>,
+}
+
+/// `Base::sys_first`: no inline stop request.
+const STOP_NONE: u8 = 0;
+/// `Base::sys_first`: a stop request with [`ExitReason::Normal`].
+const STOP_NORMAL: u8 = 1;
+/// `Base::sys_first`: a stop request with [`ExitReason::Shutdown`].
+const STOP_SHUTDOWN: u8 = 2;
+
+/// The inline stop request `code` (`Base::sys_first`) as a system-lane entry.
+#[inline(always)]
+fn inline_stop(code: u8) -> Option<Sys> {
+    match code {
+        STOP_NONE => None,
+        STOP_NORMAL => Some(Sys::Stop(ExitReason::Normal)),
+        _ => Some(Sys::Stop(ExitReason::Shutdown)),
+    }
 }
 
 /// `Base::park`: handling messages (or blocked in a handler).
@@ -708,7 +726,7 @@ impl Base {
             keep: StdCell::new(None),
             wake: OnceCell::new(),
             sys_len: StdCell::new(0),
-            sys_first: RefCell::new(None),
+            sys_first: StdCell::new(STOP_NONE),
             policy: mailbox.policy,
             room: StdCell::new(mailbox.cap),
             space: bounded_block.then(|| {
@@ -843,7 +861,12 @@ impl Base {
             return;
         }
         match s {
-            Sys::Stop(r) if self.sys_len.get() == 0 => *self.sys_first.borrow_mut() = Some(r),
+            Sys::Stop(ExitReason::Normal) if self.sys_len.get() == 0 => {
+                self.sys_first.set(STOP_NORMAL)
+            }
+            Sys::Stop(ExitReason::Shutdown) if self.sys_len.get() == 0 => {
+                self.sys_first.set(STOP_SHUTDOWN)
+            }
             s => self.with_extras(|e| e.sys.push_back(s)),
         }
         self.sys_len.set(self.sys_len.get() + 1);
@@ -1513,9 +1536,8 @@ impl<A: Actor> Cell<A> {
                 .borrow_mut()
                 .as_deref_mut()
                 .map(|e| std::mem::take(&mut e.sys));
-            let first = b.sys_first.borrow_mut().take();
+            b.sys_first.set(STOP_NONE);
             b.sys_len.set(0);
-            drop(first);
             drop(sys);
         }
         // Queued user messages: asks fail with the reason, tells become dead letters.
@@ -2971,8 +2993,8 @@ fn body<A: Actor>(
             None
         } else {
             b.sys_len.set(b.sys_len.get() - 1);
-            let first = b.sys_first.borrow_mut().take();
-            first.map(Sys::Stop).or_else(|| {
+            let first = inline_stop(b.sys_first.replace(STOP_NONE));
+            first.or_else(|| {
                 b.extras
                     .borrow_mut()
                     .as_deref_mut()
