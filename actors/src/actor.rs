@@ -702,6 +702,7 @@ thread_local! {
 }
 
 impl Base {
+    #[inline(always)]
     fn new(
         name: Option<String>,
         mailbox: Mailbox,
@@ -1272,6 +1273,7 @@ impl<A: Actor> Cell<A> {
         g.start();
     }
 
+    #[inline(always)]
     pub(crate) fn new(
         name: Option<String>,
         mailbox: Mailbox,
