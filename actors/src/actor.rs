@@ -3144,6 +3144,20 @@ fn on_sys<A: Actor>(b: &Base, actor: &mut A, ctx: &mut Ctx<A>, s: Sys) -> Option
 /// exit final.
 pub(crate) fn incarnation_ended<A: Actor>(cell: &Rc<Cell<A>>, reason: ExitReason) {
     let b = &cell.base;
+    if b.extras.borrow().is_none() {
+        // No bookkeeping (most actors): no timers to cancel, no linked greenlets to kill, no
+        // parent to tell, and a `Normal` reason has nothing to record. One test, not one
+        // look at the extras for each.
+        b.gid.set(0);
+        b.park.set(RUN);
+        let g = b.greenlet.borrow_mut().take();
+        drop(g);
+        if !matches!(reason, ExitReason::Normal) {
+            b.set_reason(&reason);
+        }
+        cell.finalize(reason);
+        return;
+    }
     cancel_timers(b);
     kill_linked(b);
     b.gid.set(0);
