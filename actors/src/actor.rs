@@ -594,7 +594,8 @@ fn unblocked(g: u64) {
 /// The untyped part of a cell.
 pub(crate) struct Base {
     pub(crate) id: u64,
-    name: Option<Box<str>>,
+    /// Boxed once more: 8 bytes in the cell, not 16 (most actors have no name).
+    name: Option<Box<String>>,
     status: StdCell<Status>,
     /// Where the incarnation is: running a message (`RUN`), parked on `wake` (`PARKED`),
     /// hibernated without a greenlet (`ASLEEP`), or hibernated with an activation on its way
@@ -606,6 +607,9 @@ pub(crate) struct Base {
     /// dispatcher, without a greenlet, until a user message wakes it from sleep; it then gets
     /// a greenlet of its own and parks from then on. (Supervisors start eagerly.)
     lazy: bool,
+    /// Whether the hibernated incarnation has not started yet (`started` is still to run):
+    /// kept here, among the other flags, rather than beside the state in [`Asleep`].
+    starting: StdCell<bool>,
     /// Whether the current activation started on the dispatcher: there it cannot park, and
     /// hibernates when idle instead.
     on_dispatcher: StdCell<bool>,
@@ -715,6 +719,7 @@ impl Base {
             hibernate: false,
             lazy: false,
             on_dispatcher: StdCell::new(false),
+            starting: StdCell::new(false),
             keep: StdCell::new(None),
             wake: OnceCell::new(),
             sys_len: StdCell::new(0),
@@ -749,7 +754,7 @@ impl Base {
             id
         });
         if let Some(name) = name {
-            self.name = Some(name.into_boxed_str());
+            self.name = Some(Box::new(name));
         }
         self.hibernate = hibernate;
         self.lazy = lazy && !hibernate;
@@ -773,7 +778,7 @@ impl Base {
     }
 
     pub(crate) fn name(&self) -> Option<&str> {
-        self.name.as_deref()
+        self.name.as_deref().map(String::as_str)
     }
 
     pub(crate) fn status(&self) -> Status {
@@ -1199,11 +1204,12 @@ pub(crate) struct Cell<A: Actor> {
     asleep: RefCell<Option<Asleep<A>>>,
 }
 
-/// A hibernated incarnation: the actor's state, and whether `started` is still to run.
+/// A hibernated incarnation: the actor's state (whether `started` is still to run is
+/// [`Base::starting`]).
 struct Asleep<A> {
     actor: A,
-    /// `Some` if the incarnation has not started yet (with the supervisor's start signal).
-    start: Option<Option<Rc<StartSignal>>>,
+    /// The supervisor's start signal, if `started` is still to run (see [`Base::starting`]).
+    signal: Option<Rc<StartSignal>>,
 }
 
 /// A blank cell, for [`Cell::new`] to fill in.
@@ -1253,9 +1259,10 @@ impl<A: Actor> CellDyn for Cell<A> {
             // Killed, or activated on a greenlet of its own, while it waited.
             return;
         }
-        let Some(Asleep { actor, start }) = self.asleep.borrow_mut().take() else {
+        let Some(Asleep { actor, signal }) = self.asleep.borrow_mut().take() else {
             return;
         };
+        let start = b.starting.replace(false).then_some(signal);
         HIBERNATING.with(|h| h.set(h.get() - 1));
         b.park.set(RUN);
         b.gid.set(g.id());
@@ -1271,7 +1278,8 @@ impl<A: Actor> CellDyn for Cell<A> {
         HIBERNATING.with(|h| h.set(h.get() - 1));
         b.park.set(RUN);
         let keep = b.keep.take();
-        if let Some(Some(s)) = &asleep.start {
+        b.starting.set(false);
+        if let Some(s) = &asleep.signal {
             s.done(Err("killed before it started".into()));
         }
         // Its own cleanup may block (as a killed greenlet's unwinding may).
@@ -1325,7 +1333,10 @@ impl<A: Actor> Cell<A> {
     /// greenlet ends (the stack goes back to the pool), and the cell keeps itself alive.
     fn fall_asleep(self: &Rc<Self>, actor: A) {
         let b = &self.base;
-        *self.asleep.borrow_mut() = Some(Asleep { actor, start: None });
+        *self.asleep.borrow_mut() = Some(Asleep {
+            actor,
+            signal: None,
+        });
         HIBERNATING.with(|h| h.set(h.get() + 1));
         // Give the mailbox's buffers back too (Erlang's hibernate shrinks the heap), unless
         // they are small: an actor woken for one message at a time would otherwise allocate
@@ -2813,10 +2824,8 @@ pub(crate) fn start_incarnation<A: Actor>(
     if b.hibernate || b.lazy {
         // Born asleep: the activation that runs `started` is scheduled like any other, so
         // that spawning many actors at once does not take a stack each.
-        *cell.asleep.borrow_mut() = Some(Asleep {
-            actor,
-            start: Some(signal),
-        });
+        *cell.asleep.borrow_mut() = Some(Asleep { actor, signal });
+        b.starting.set(true);
         HIBERNATING.with(|h| h.set(h.get() + 1));
         b.park.set(ROUSED);
         schedule_activation(cell.clone());
@@ -2855,9 +2864,10 @@ impl<A: Actor> Drop for Activation<A> {
 fn resume<A: Actor>(mut guard: Activation<A>) {
     let cell = guard.0.take().expect("activation cell");
     drop(guard);
-    let Some(Asleep { actor, start }) = cell.asleep.borrow_mut().take() else {
+    let Some(Asleep { actor, signal }) = cell.asleep.borrow_mut().take() else {
         return;
     };
+    let start = cell.base.starting.replace(false).then_some(signal);
     HIBERNATING.with(|h| h.set(h.get() - 1));
     cell.base.park.set(RUN);
     cell.base.on_dispatcher.set(false);
