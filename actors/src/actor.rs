@@ -883,14 +883,18 @@ impl Base {
         if self.status.get() == Status::Dead {
             return;
         }
-        match s {
-            Sys::Stop(ExitReason::Normal) if self.sys_len.get() == 0 => {
-                self.sys_first.set(STOP_NORMAL)
-            }
-            Sys::Stop(ExitReason::Shutdown) if self.sys_len.get() == 0 => {
-                self.sys_first.set(STOP_SHUTDOWN)
-            }
-            s => self.with_extras(|e| e.sys.push_back(s)),
+        let code = match &s {
+            Sys::Stop(ExitReason::Normal) => STOP_NORMAL,
+            Sys::Stop(ExitReason::Shutdown) => STOP_SHUTDOWN,
+            _ => STOP_NONE,
+        };
+        if code != STOP_NONE && self.sys_len.get() == 0 {
+            self.sys_first.set(code);
+            // A stop request without text owns nothing: forgetting it skips a call to its
+            // drop glue (which would only test that).
+            std::mem::forget(s);
+        } else {
+            self.with_extras(|e| e.sys.push_back(s));
         }
         self.sys_len.set(self.sys_len.get() + 1);
         self.wake_up(false);
