@@ -819,7 +819,19 @@ impl Base {
 
     /// Records the last incarnation's exit reason. A `Normal` exit of an actor without
     /// bookkeeping allocates none: no recorded reason reads as `Normal`.
+    #[inline]
     fn set_reason(&self, reason: &ExitReason) {
+        if matches!(reason, ExitReason::Normal) && self.extras.borrow().is_none() {
+            return;
+        }
+        self.record_reason(reason);
+    }
+
+    /// The rest of [`set_reason`](Self::set_reason): an exit that is not `Normal`, or an actor
+    /// with bookkeeping.
+    #[cold]
+    #[inline(never)]
+    fn record_reason(&self, reason: &ExitReason) {
         let mut e = self.extras.borrow_mut();
         match e.as_deref_mut() {
             Some(e) => e.reason = Some(reason.clone()),
