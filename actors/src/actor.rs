@@ -595,6 +595,7 @@ fn unblocked(g: u64) {
 pub(crate) struct Base {
     pub(crate) id: u64,
     /// Boxed once more: 8 bytes in the cell, not 16 (most actors have no name).
+    #[allow(clippy::box_collection)] // the thin pointer is the point
     name: Option<Box<String>>,
     status: StdCell<Status>,
     /// Where the incarnation is: running a message (`RUN`), parked on `wake` (`PARKED`),
