@@ -354,7 +354,7 @@ pub(crate) struct Extras {
     busy_ns: u64,
     /// Greenlets spawned with [`Ctx::spawn_linked`]: killed when the incarnation ends.
     linked: Vec<evergreen::GreenletRef>,
-    /// The system lane but an inline first stop request ([`Base::sys_first`]).
+    /// The system lane but an inline first stop request with no text ([`Base::sys_first`]).
     sys: VecDeque<Sys>,
 }
 
@@ -594,7 +594,9 @@ fn unblocked(g: u64) {
 /// The untyped part of a cell.
 pub(crate) struct Base {
     pub(crate) id: u64,
-    name: Option<Box<str>>,
+    /// Boxed once more: 8 bytes in the cell, not 16 (most actors have no name).
+    #[allow(clippy::box_collection)] // the thin pointer is the point
+    name: Option<Box<String>>,
     status: StdCell<Status>,
     /// Where the incarnation is: running a message (`RUN`), parked on `wake` (`PARKED`),
     /// hibernated without a greenlet (`ASLEEP`), or hibernated with an activation on its way
@@ -606,6 +608,9 @@ pub(crate) struct Base {
     /// dispatcher, without a greenlet, until a user message wakes it from sleep; it then gets
     /// a greenlet of its own and parks from then on. (Supervisors start eagerly.)
     lazy: bool,
+    /// Whether the hibernated incarnation has not started yet (`started` is still to run):
+    /// kept here, among the other flags, rather than beside the state in [`Asleep`].
+    starting: StdCell<bool>,
     /// Whether the current activation started on the dispatcher: there it cannot park, and
     /// hibernates when idle instead.
     on_dispatcher: StdCell<bool>,
@@ -625,11 +630,12 @@ pub(crate) struct Base {
     /// How many system-lane entries (stop requests, exit and down signals) wait, in
     /// `sys_first` and [`Extras::sys`]: the loop tests only this count before each message.
     sys_len: StdCell<u32>,
-    /// The system lane's first entry if it is a stop request, kept inline: most actors only
-    /// ever get that one (exit and down signals come to actors with links or monitors, which
-    /// have [`Extras`]), and it then costs no allocation. The other entries wait in
-    /// [`Extras::sys`].
-    sys_first: RefCell<Option<ExitReason>>,
+    /// The system lane's first entry if it is a stop request with a reason that carries no
+    /// text (`Normal` or `Shutdown`), kept inline as one byte ([`STOP_NONE`], [`STOP_NORMAL`],
+    /// [`STOP_SHUTDOWN`]): most actors only ever get that one (exit and down signals come to
+    /// actors with links or monitors, which have [`Extras`]), and it then costs no allocation
+    /// and no room for a whole [`ExitReason`]. The other entries wait in [`Extras::sys`].
+    sys_first: StdCell<u8>,
     policy: Policy,
     /// The mailbox's capacity less the slots handed to blocked tellers that have not pushed
     /// yet (Block policy): a message is queued at once while the mailbox holds fewer (one
@@ -644,6 +650,23 @@ pub(crate) struct Base {
     pub(crate) restarts: StdCell<u32>,
     measure: bool,
     pub(crate) extras: RefCell<Option<Box<Extras>>>,
+}
+
+/// `Base::sys_first`: no inline stop request.
+const STOP_NONE: u8 = 0;
+/// `Base::sys_first`: a stop request with [`ExitReason::Normal`].
+const STOP_NORMAL: u8 = 1;
+/// `Base::sys_first`: a stop request with [`ExitReason::Shutdown`].
+const STOP_SHUTDOWN: u8 = 2;
+
+/// The inline stop request `code` (`Base::sys_first`) as a system-lane entry.
+#[inline(always)]
+fn inline_stop(code: u8) -> Option<Sys> {
+    match code {
+        STOP_NONE => None,
+        STOP_NORMAL => Some(Sys::Stop(ExitReason::Normal)),
+        _ => Some(Sys::Stop(ExitReason::Shutdown)),
+    }
 }
 
 /// `Base::park`: handling messages (or blocked in a handler).
@@ -684,48 +707,67 @@ thread_local! {
 }
 
 impl Base {
-    fn new(
-        name: Option<String>,
-        mailbox: Mailbox,
-        measure: bool,
-        hibernate: bool,
-        lazy: bool,
-    ) -> Base {
-        let id = NEXT_ID.with(|n| {
-            let id = n.get();
-            n.set(id + 1);
-            id
-        });
-        let bounded_block = mailbox.cap != usize::MAX && mailbox.policy == Policy::Block;
+    /// A blank base (id 0, unnamed, unbounded mailbox, not started): [`Cell::new`] fills it
+    /// in where it lies, in the cell's `Rc` allocation.
+    #[inline(always)]
+    fn blank() -> Base {
+        let mailbox = Mailbox::unbounded();
         Base {
-            id,
-            name: name.map(String::into_boxed_str),
+            id: 0,
+            name: None,
             status: StdCell::new(Status::Running),
             park: StdCell::new(RUN),
-            hibernate,
-            lazy: lazy && !hibernate,
+            hibernate: false,
+            lazy: false,
             on_dispatcher: StdCell::new(false),
+            starting: StdCell::new(false),
             keep: StdCell::new(None),
             wake: OnceCell::new(),
             sys_len: StdCell::new(0),
-            sys_first: RefCell::new(None),
+            sys_first: StdCell::new(STOP_NONE),
             policy: mailbox.policy,
             room: StdCell::new(mailbox.cap),
-            space: bounded_block.then(|| {
-                Box::new(Space {
-                    sem: Semaphore::new(0),
-                    waiting: RefCell::new(VecDeque::new()),
-                })
-            }),
+            space: None,
             gid: StdCell::new(0),
             incarnation: StdCell::new(0),
             greenlet: RefCell::new(None),
             handled: StdCell::new(0),
             hwm: StdCell::new(0),
             restarts: StdCell::new(0),
-            measure,
+            measure: false,
             extras: RefCell::new(None),
         }
+    }
+
+    /// Fills in a [`blank`](Self::blank) base: a new id, and the options.
+    #[inline(always)]
+    fn fill(
+        &mut self,
+        name: Option<String>,
+        mailbox: Mailbox,
+        measure: bool,
+        hibernate: bool,
+        lazy: bool,
+    ) {
+        self.id = NEXT_ID.with(|n| {
+            let id = n.get();
+            n.set(id + 1);
+            id
+        });
+        if let Some(name) = name {
+            self.name = Some(Box::new(name));
+        }
+        self.hibernate = hibernate;
+        self.lazy = lazy && !hibernate;
+        self.policy = mailbox.policy;
+        self.room.set(mailbox.cap);
+        if mailbox.cap != usize::MAX && mailbox.policy == Policy::Block {
+            self.space = Some(Box::new(Space {
+                sem: Semaphore::new(0),
+                waiting: RefCell::new(VecDeque::new()),
+            }));
+        }
+        self.measure = measure;
     }
 
     /// The actor's name, or `#id`.
@@ -737,7 +779,7 @@ impl Base {
     }
 
     pub(crate) fn name(&self) -> Option<&str> {
-        self.name.as_deref()
+        self.name.as_deref().map(String::as_str)
     }
 
     pub(crate) fn status(&self) -> Status {
@@ -778,7 +820,19 @@ impl Base {
 
     /// Records the last incarnation's exit reason. A `Normal` exit of an actor without
     /// bookkeeping allocates none: no recorded reason reads as `Normal`.
+    #[inline]
     fn set_reason(&self, reason: &ExitReason) {
+        if matches!(reason, ExitReason::Normal) && self.extras.borrow().is_none() {
+            return;
+        }
+        self.record_reason(reason);
+    }
+
+    /// The rest of [`set_reason`](Self::set_reason): an exit that is not `Normal`, or an actor
+    /// with bookkeeping.
+    #[cold]
+    #[inline(never)]
+    fn record_reason(&self, reason: &ExitReason) {
         let mut e = self.extras.borrow_mut();
         match e.as_deref_mut() {
             Some(e) => e.reason = Some(reason.clone()),
@@ -842,9 +896,18 @@ impl Base {
         if self.status.get() == Status::Dead {
             return;
         }
-        match s {
-            Sys::Stop(r) if self.sys_len.get() == 0 => *self.sys_first.borrow_mut() = Some(r),
-            s => self.with_extras(|e| e.sys.push_back(s)),
+        let code = match &s {
+            Sys::Stop(ExitReason::Normal) => STOP_NORMAL,
+            Sys::Stop(ExitReason::Shutdown) => STOP_SHUTDOWN,
+            _ => STOP_NONE,
+        };
+        if code != STOP_NONE && self.sys_len.get() == 0 {
+            self.sys_first.set(code);
+            // A stop request without text owns nothing: forgetting it skips a call to its
+            // drop glue (which would only test that).
+            std::mem::forget(s);
+        } else {
+            self.with_extras(|e| e.sys.push_back(s));
         }
         self.sys_len.set(self.sys_len.get() + 1);
         self.wake_up(false);
@@ -1158,11 +1221,24 @@ pub(crate) struct Cell<A: Actor> {
     asleep: RefCell<Option<Asleep<A>>>,
 }
 
-/// A hibernated incarnation: the actor's state, and whether `started` is still to run.
+/// A hibernated incarnation: the actor's state (whether `started` is still to run is
+/// [`Base::starting`]).
 struct Asleep<A> {
     actor: A,
-    /// `Some` if the incarnation has not started yet (with the supervisor's start signal).
-    start: Option<Option<Rc<StartSignal>>>,
+    /// The supervisor's start signal, if `started` is still to run (see [`Base::starting`]).
+    signal: Option<Rc<StartSignal>>,
+}
+
+/// A blank cell, for [`Cell::new`] to fill in.
+impl<A: Actor> Default for Cell<A> {
+    #[inline(always)]
+    fn default() -> Self {
+        Cell {
+            base: Base::blank(),
+            user: RefCell::new(UserLane::default()),
+            asleep: RefCell::new(None),
+        }
+    }
 }
 
 impl<A: Actor> CellDyn for Cell<A> {
@@ -1200,9 +1276,10 @@ impl<A: Actor> CellDyn for Cell<A> {
             // Killed, or activated on a greenlet of its own, while it waited.
             return;
         }
-        let Some(Asleep { actor, start }) = self.asleep.borrow_mut().take() else {
+        let Some(Asleep { actor, signal }) = self.asleep.borrow_mut().take() else {
             return;
         };
+        let start = b.starting.replace(false).then_some(signal);
         HIBERNATING.with(|h| h.set(h.get() - 1));
         b.park.set(RUN);
         b.gid.set(g.id());
@@ -1218,7 +1295,8 @@ impl<A: Actor> CellDyn for Cell<A> {
         HIBERNATING.with(|h| h.set(h.get() - 1));
         b.park.set(RUN);
         let keep = b.keep.take();
-        if let Some(Some(s)) = &asleep.start {
+        b.starting.set(false);
+        if let Some(s) = &asleep.signal {
             s.done(Err("killed before it started".into()));
         }
         // Its own cleanup may block (as a killed greenlet's unwinding may).
@@ -1249,6 +1327,7 @@ impl<A: Actor> Cell<A> {
         g.start();
     }
 
+    #[inline(always)]
     pub(crate) fn new(
         name: Option<String>,
         mailbox: Mailbox,
@@ -1256,18 +1335,25 @@ impl<A: Actor> Cell<A> {
         hibernate: bool,
         lazy: bool,
     ) -> Rc<Cell<A>> {
-        Rc::new(Cell {
-            base: Base::new(name, mailbox, measure, hibernate, lazy),
-            user: RefCell::new(UserLane::default()),
-            asleep: RefCell::new(None),
-        })
+        // Built in place: `Rc::default` writes the blank cell straight into the allocation
+        // (`Rc::new` would build it on the stack and copy it in: a call to `memcpy` of the
+        // whole cell, 64 instructions per spawn).
+        let mut cell: Rc<Cell<A>> = Rc::default();
+        Rc::get_mut(&mut cell)
+            .expect("a new cell is not shared")
+            .base
+            .fill(name, mailbox, measure, hibernate, lazy);
+        cell
     }
 
     /// The incarnation hibernates (its mailbox is empty): its state goes into the cell, its
     /// greenlet ends (the stack goes back to the pool), and the cell keeps itself alive.
     fn fall_asleep(self: &Rc<Self>, actor: A) {
         let b = &self.base;
-        *self.asleep.borrow_mut() = Some(Asleep { actor, start: None });
+        *self.asleep.borrow_mut() = Some(Asleep {
+            actor,
+            signal: None,
+        });
         HIBERNATING.with(|h| h.set(h.get() + 1));
         // Give the mailbox's buffers back too (Erlang's hibernate shrinks the heap), unless
         // they are small: an actor woken for one message at a time would otherwise allocate
@@ -1513,9 +1599,8 @@ impl<A: Actor> Cell<A> {
                 .borrow_mut()
                 .as_deref_mut()
                 .map(|e| std::mem::take(&mut e.sys));
-            let first = b.sys_first.borrow_mut().take();
+            b.sys_first.set(STOP_NONE);
             b.sys_len.set(0);
-            drop(first);
             drop(sys);
         }
         // Queued user messages: asks fail with the reason, tells become dead letters.
@@ -2756,10 +2841,8 @@ pub(crate) fn start_incarnation<A: Actor>(
     if b.hibernate || b.lazy {
         // Born asleep: the activation that runs `started` is scheduled like any other, so
         // that spawning many actors at once does not take a stack each.
-        *cell.asleep.borrow_mut() = Some(Asleep {
-            actor,
-            start: Some(signal),
-        });
+        *cell.asleep.borrow_mut() = Some(Asleep { actor, signal });
+        b.starting.set(true);
         HIBERNATING.with(|h| h.set(h.get() + 1));
         b.park.set(ROUSED);
         schedule_activation(cell.clone());
@@ -2798,9 +2881,10 @@ impl<A: Actor> Drop for Activation<A> {
 fn resume<A: Actor>(mut guard: Activation<A>) {
     let cell = guard.0.take().expect("activation cell");
     drop(guard);
-    let Some(Asleep { actor, start }) = cell.asleep.borrow_mut().take() else {
+    let Some(Asleep { actor, signal }) = cell.asleep.borrow_mut().take() else {
         return;
     };
+    let start = cell.base.starting.replace(false).then_some(signal);
     HIBERNATING.with(|h| h.set(h.get() - 1));
     cell.base.park.set(RUN);
     cell.base.on_dispatcher.set(false);
@@ -2971,8 +3055,8 @@ fn body<A: Actor>(
             None
         } else {
             b.sys_len.set(b.sys_len.get() - 1);
-            let first = b.sys_first.borrow_mut().take();
-            first.map(Sys::Stop).or_else(|| {
+            let first = inline_stop(b.sys_first.replace(STOP_NONE));
+            first.or_else(|| {
                 b.extras
                     .borrow_mut()
                     .as_deref_mut()
@@ -3120,6 +3204,20 @@ fn on_sys<A: Actor>(b: &Base, actor: &mut A, ctx: &mut Ctx<A>, s: Sys) -> Option
 /// exit final.
 pub(crate) fn incarnation_ended<A: Actor>(cell: &Rc<Cell<A>>, reason: ExitReason) {
     let b = &cell.base;
+    if b.extras.borrow().is_none() {
+        // No bookkeeping (most actors): no timers to cancel, no linked greenlets to kill, no
+        // parent to tell, and a `Normal` reason has nothing to record. One test, not one
+        // look at the extras for each.
+        b.gid.set(0);
+        b.park.set(RUN);
+        let g = b.greenlet.borrow_mut().take();
+        drop(g);
+        if !matches!(reason, ExitReason::Normal) {
+            b.set_reason(&reason);
+        }
+        cell.finalize(reason);
+        return;
+    }
     cancel_timers(b);
     kill_linked(b);
     b.gid.set(0);

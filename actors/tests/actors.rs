@@ -393,6 +393,26 @@ fn stop_after_the_current_message_then_queued_asks_fail_with_dead() {
 }
 
 #[test]
+fn the_first_stop_request_wins_whatever_its_reason() {
+    // The first stop request of a reason without text is kept inline, others are queued:
+    // either way the first one queued is the one taken.
+    run_virtual(|| {
+        for (first, second) in [
+            (ExitReason::Normal, ExitReason::Error("second".into())),
+            (ExitReason::Error("first".into()), ExitReason::Normal),
+            (ExitReason::Shutdown, ExitReason::Normal),
+            (ExitReason::Error("first".into()), ExitReason::Shutdown),
+        ] {
+            let log = Log::new();
+            let a = probe("a", &log);
+            a.stop_with(first.clone());
+            a.stop_with(second);
+            assert_eq!(a.join(), Ok(first));
+        }
+    });
+}
+
+#[test]
 fn shutdown_escalates_stop_to_kill_after_the_timeout() {
     run_virtual(|| {
         let log = Log::new();
