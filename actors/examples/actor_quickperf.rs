@@ -73,6 +73,32 @@ impl Actor for Cheap {
     }
 }
 
+/// Times `n` round trips between this greenlet and another, each side waking the other through
+/// a doorbell of type `$q` (`Queue<()>` or `Channel<()>`, which share these method names but no
+/// trait).
+macro_rules! doorbell_floor {
+    ($q:ty, $n:expr) => {{
+        let a = Rc::new(<$q>::new());
+        let b = Rc::new(<$q>::new());
+        let (a2, b2) = (a.clone(), b.clone());
+        let g = evergreen::spawn(move || loop {
+            if a2.get().is_err() {
+                break;
+            }
+            let _ = b2.put_nowait(());
+        });
+        evergreen::sleep(Duration::ZERO);
+        let t0 = Instant::now();
+        for _ in 0..$n {
+            let _ = a.put_nowait(());
+            let _ = b.get();
+        }
+        let t = t0.elapsed();
+        g.kill();
+        t
+    }};
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let what = args
@@ -117,50 +143,10 @@ fn main() {
                 a.join().unwrap();
                 t
             }
-            "floor" => {
-                // The runtime's floor for an ask: two greenlets bouncing on `Queue<()>`
-                // doorbells (two wake-ups and two parks per round trip).
-                let a = Rc::new(evergreen::Queue::<()>::new());
-                let b = Rc::new(evergreen::Queue::<()>::new());
-                let (a2, b2) = (a.clone(), b.clone());
-                let g = evergreen::spawn(move || loop {
-                    if a2.get().is_err() {
-                        break;
-                    }
-                    let _ = b2.put_nowait(());
-                });
-                evergreen::sleep(Duration::ZERO);
-                let t0 = Instant::now();
-                for _ in 0..n {
-                    let _ = a.put_nowait(());
-                    let _ = b.get();
-                }
-                let t = t0.elapsed();
-                g.kill();
-                t
-            }
-            "cfloor" => {
-                // The runtime's floor for an ask: two greenlets bouncing on `Channel<()>`
-                // doorbells (two wake-ups and two parks per round trip).
-                let a = Rc::new(evergreen::Channel::<()>::new());
-                let b = Rc::new(evergreen::Channel::<()>::new());
-                let (a2, b2) = (a.clone(), b.clone());
-                let g = evergreen::spawn(move || loop {
-                    if a2.get().is_err() {
-                        break;
-                    }
-                    let _ = b2.put_nowait(());
-                });
-                evergreen::sleep(Duration::ZERO);
-                let t0 = Instant::now();
-                for _ in 0..n {
-                    let _ = a.put_nowait(());
-                    let _ = b.get();
-                }
-                let t = t0.elapsed();
-                g.kill();
-                t
-            }
+            // The runtime's floor for an ask: two greenlets bouncing on `Queue<()>` (`floor`)
+            // or `Channel<()>` (`cfloor`) doorbells: two wake-ups and two parks per round trip.
+            "floor" => doorbell_floor!(evergreen::Queue::<()>, n),
+            "cfloor" => doorbell_floor!(evergreen::Channel::<()>, n),
             "gspawn" => {
                 // The runtime's floor for the spawn workload: bare greenlets, each parked on
                 // its own doorbell, woken once, then ended.
