@@ -23,9 +23,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use evergreen_bench::{bench_mode, cpu_model, Summary};
+use evergreen_bench::{bench_mode, cpu_model, process_cpu, Summary};
 
 const CONCURRENCY: usize = 100;
 
@@ -166,21 +166,6 @@ fn report(rows: &[(&str, Summary, Summary, Vec<f64>)], requests: usize, rounds: 
         }
     }
     s
-}
-
-/// User + system CPU time of this process so far.
-fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // utime and stime are fields 14 and 15 (1-based); `rest` starts at field 3 (state, not
-    // numeric, filtered out), so they are at indices 10 and 11 of the numbers.
-    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
-    Duration::from_millis(ticks * 10)
 }
 
 // ---- the clients ----

@@ -29,9 +29,9 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use evergreen_bench::{bench_mode, cpu_model, Summary};
+use evergreen_bench::{bench_mode, cpu_model, process_cpu, Summary};
 use mysql::prelude::Queryable;
 
 const POOL: usize = 10;
@@ -255,18 +255,6 @@ fn counting_runq_wait<R>(f: impl FnOnce() -> R) -> R {
     let r = f();
     RUNQ_WAIT_NS.fetch_add(thread_runq_wait().saturating_sub(w0), Ordering::Relaxed);
     r
-}
-
-/// User + system CPU time of this process so far.
-fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
-    Duration::from_millis(ticks * 10)
 }
 
 fn run_evergreen(db: &str, work: Work, ops: usize) -> usize {

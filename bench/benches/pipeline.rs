@@ -33,7 +33,7 @@ use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use evergreen_bench::{bench_mode, cpu_model, peak_rss_kib, record, Summary};
+use evergreen_bench::{bench_mode, cpu_model, peak_rss_kib, process_cpu, record, Summary};
 use evergreen_services::store::{Date, Table};
 use mysql::prelude::Queryable;
 
@@ -279,25 +279,13 @@ fn run_child(rt: &str, base_url: &str, db_url: &str) -> Result<ChildRun, String>
     })
 }
 
-/// This process's CPU time so far (user + system, every thread), from `/proc/self/stat`.
-fn cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
-    ticks as f64 / 100.0
-}
-
 /// `--crunch <runtime> <base_url> <db_url>`: one crunch of [`DATE`], timed; prints `RESULT`.
 fn crunch_child(args: &[String]) {
     let [rt, base_url, db_url] = args else {
         panic!("--crunch needs <runtime> <base_url> <db_url>")
     };
     let date = Date::parse(DATE).expect("a valid date");
-    let (cpu0, t0) = (cpu_secs(), Instant::now());
+    let (cpu0, t0) = (process_cpu().as_secs_f64(), Instant::now());
     let (users, done, rows) = match rt.as_str() {
         "evergreen" => {
             use evergreen_services::stats::{Metrics, Outcome, Pipeline, PipelineConfig};
@@ -360,7 +348,7 @@ fn crunch_child(args: &[String]) {
         other => panic!("unknown runtime {other:?}"),
     };
     let secs = t0.elapsed().as_secs_f64();
-    let cpu = cpu_secs() - cpu0;
+    let cpu = process_cpu().as_secs_f64() - cpu0;
     println!(
         "RESULT {}",
         serde_json::json!({

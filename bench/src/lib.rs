@@ -88,6 +88,22 @@ fn status_field_kib(field: &str) -> Option<u64> {
         .ok()
 }
 
+/// User + system CPU time of this process so far, every thread included (`/proc/self/stat`,
+/// in clock ticks of 10 ms); zero where that file cannot be read.
+pub fn process_cpu() -> std::time::Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // utime and stime are fields 14 and 15 (1-based); `rest` starts at field 3 (the state,
+    // not numeric, filtered out), so they are at indices 10 and 11 of the numbers.
+    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+    std::time::Duration::from_millis(ticks * 10)
+}
+
 /// True when cargo runs a bench target as a benchmark (`cargo bench` passes `--bench`) and
 /// [`QUICK_ENV`] is not set; false when it runs it as a test (`cargo test --benches`) or in
 /// the report's quick mode, where targets should do a quick smoke run and write no file.
