@@ -395,6 +395,28 @@ pub fn in_original() -> bool {
 struct Sock {
     /// `SOCK_STREAM`: blocking writes and `MSG_WAITALL` reads transfer everything.
     stream: bool,
+    /// A read would find nothing: see [`Reactor::read_known_drained`](reactor::Reactor).
+    read_drained: bool,
+}
+
+/// A read of up to `len` bytes from a stream socket that takes what it reads (not a peek),
+/// for [`coop`]'s drained-queue rule.
+#[derive(Clone, Copy)]
+struct StreamRead {
+    len: usize,
+    /// The socket's receive queue is known to be empty: wait before trying.
+    drained: bool,
+}
+
+impl Sock {
+    /// The [`StreamRead`] of a call in `dir` with `flags` moving up to `len` bytes, if it is one.
+    #[inline]
+    fn stream_read(self, dir: Dir, flags: c_int, len: usize) -> Option<StreamRead> {
+        (self.stream && dir == Dir::Read && flags & libc::MSG_PEEK == 0).then_some(StreamRead {
+            len,
+            drained: self.read_drained,
+        })
+    }
 }
 
 /// Whether a socket call on `fd` must be made cooperative here.
@@ -425,8 +447,14 @@ fn cooperative_socket(fd: RawFd) -> Option<Sock> {
         return None;
     };
     match r.kind(fd) {
-        FdKind::Socket => Some(Sock { stream: false }),
-        FdKind::StreamSocket => Some(Sock { stream: true }),
+        FdKind::Socket => Some(Sock {
+            stream: false,
+            read_drained: false,
+        }),
+        FdKind::StreamSocket => Some(Sock {
+            stream: true,
+            read_drained: r.read_known_drained(fd),
+        }),
         FdKind::Owned | FdKind::Other => None,
         FdKind::Unknown => {
             // SAFETY: a zeroed stat buffer filled by fstat(2).
@@ -442,9 +470,12 @@ fn cooperative_socket(fd: RawFd) -> Option<Sock> {
                 FdKind::Socket
             };
             r.state(fd).kind = kind;
+            // A socket seen for the first time is not registered: nothing is known drained.
             match kind {
-                FdKind::Socket => Some(Sock { stream: false }),
-                FdKind::StreamSocket => Some(Sock { stream: true }),
+                FdKind::Socket | FdKind::StreamSocket => Some(Sock {
+                    stream: kind == FdKind::StreamSocket,
+                    read_drained: false,
+                }),
                 _ => None,
             }
         }
@@ -484,24 +515,20 @@ fn socket_domain(fd: RawFd) -> Option<c_int> {
 /// Runs `op` (which returns -1 and sets errno on failure) cooperatively: retried after
 /// waiting for `fd` whenever it fails with `EAGAIN` on a blocking socket.
 ///
-/// `stream_read` is `Some(len)` for a read of up to `len` bytes from a stream socket that
-/// takes what it reads (not a peek). Such a read that returns fewer bytes than asked for has
-/// emptied the receive queue, and the next read on the fd, unless an event said readable in
-/// between, waits first instead of making a system call that would fail with `EAGAIN` (a
-/// request/response protocol saves one `recvfrom` per response; see
-/// [`reactor::mark_read_drained`]).
+/// `stream_read` is set for a read from a stream socket that takes what it reads (not a
+/// peek). Such a read that returns fewer bytes than asked for has emptied the receive queue,
+/// and the next read on the fd, unless an event said readable in between (`drained`), waits
+/// first instead of making a system call that would fail with `EAGAIN` (a request/response
+/// protocol saves one `recvfrom` per response; see [`reactor::mark_read_drained`]).
 fn coop<R: Copy + PartialOrd + From<i8> + TryInto<i64>>(
     fd: RawFd,
     dir: Dir,
-    stream_read: Option<usize>,
+    stream_read: Option<StreamRead>,
     mut op: impl FnMut() -> R,
 ) -> R {
     let fail: R = R::from(-1);
     let mut deadline: Option<Option<Instant>> = None;
-    if stream_read.is_some_and(|len| len > 0)
-        && reactor::read_known_drained(fd)
-        && !is_nonblocking(fd)
-    {
+    if stream_read.is_some_and(|s| s.drained && s.len > 0) && !is_nonblocking(fd) {
         let d =
             *deadline.get_or_insert_with(|| sock_timeout(fd, dir).and_then(|t| hub().deadline(t)));
         if let Err(err) = reactor::wait_io_no_unwind(fd, dir, d, false) {
@@ -512,7 +539,7 @@ fn coop<R: Copy + PartialOrd + From<i8> + TryInto<i64>>(
     loop {
         let r = op();
         if r != fail {
-            if let Some(len) = stream_read {
+            if let Some(StreamRead { len, .. }) = stream_read {
                 let n: i64 = r.try_into().unwrap_or(0);
                 if n > 0 && (n as u64) < len as u64 {
                     reactor::mark_read_drained(fd);
@@ -656,8 +683,7 @@ fn buffer_call(
     };
     let all = sock.stream && (dir == Dir::Write || flags & libc::MSG_WAITALL != 0);
     if !all {
-        let stream_read =
-            (sock.stream && dir == Dir::Read && flags & libc::MSG_PEEK == 0).then_some(len);
+        let stream_read = sock.stream_read(dir, flags, len);
         return coop(fd, dir, stream_read, || {
             call(0, len, flags | libc::MSG_DONTWAIT)
         });
@@ -682,8 +708,7 @@ fn msg_call(
     };
     let all = sock.stream && (dir == Dir::Write || flags & libc::MSG_WAITALL != 0);
     if !all || msg.is_null() {
-        let stream_read =
-            (sock.stream && dir == Dir::Read && flags & libc::MSG_PEEK == 0).then(|| msg_len(msg));
+        let stream_read = sock.stream_read(dir, flags, msg_len(msg));
         return coop(fd, dir, stream_read, || {
             call(msg, flags | libc::MSG_DONTWAIT)
         });
@@ -874,7 +899,7 @@ pub unsafe extern "C-unwind" fn read(fd: c_int, buf: *mut c_void, count: size_t)
     let Some(sock) = cooperative_socket(fd) else {
         return sys!(libc::SYS_read, fd, buf, count) as ssize_t;
     };
-    coop(fd, Dir::Read, sock.stream.then_some(count), || {
+    coop(fd, Dir::Read, sock.stream_read(Dir::Read, 0, count), || {
         sys!(
             libc::SYS_recvfrom,
             fd,
@@ -925,7 +950,7 @@ pub unsafe extern "C-unwind" fn readv(
         return sys!(libc::SYS_readv, fd, iov, iovcnt) as ssize_t;
     };
     let mut m = iov_msg(iov, iovcnt);
-    let stream_read = sock.stream.then(|| msg_len(&m));
+    let stream_read = sock.stream_read(Dir::Read, 0, msg_len(&m));
     coop(fd, Dir::Read, stream_read, || {
         sys!(
             libc::SYS_recvmsg,

@@ -15,7 +15,7 @@
 //!   exception, as in tokio: a hooked read on a blocking stream socket that returned fewer
 //!   bytes than asked for has emptied the receive queue, so the fd's `readable` flag is cleared
 //!   then too (`mark_read_drained`), and the next hooked read waits for an event before
-//!   trying (`read_known_drained`): a request/response client saves the `recvfrom` that
+//!   trying (`Reactor::read_known_drained`): a request/response client saves the `recvfrom` that
 //!   would fail with `EAGAIN` on every response. (gevent always tries first.)
 //! * **One reader and one writer per fd.** A second greenlet waiting to read (or write) the same
 //!   fd while the first one waits is an error, [`Error::ConcurrentObjectUse`], as in gevent.
@@ -136,6 +136,18 @@ impl Reactor {
             .get(fd as usize)
             .map(|s| s.kind)
             .unwrap_or_default()
+    }
+
+    /// Whether a read on `fd` is known to find nothing: the fd is registered and no event has
+    /// said readable since its receive queue was last seen empty (a `WouldBlock`, or a short
+    /// read on a stream socket, see [`mark_read_drained`]). A read hook then waits before
+    /// trying, saving the system call that would fail with `EAGAIN`.
+    pub(crate) fn read_known_drained(&self, fd: RawFd) -> bool {
+        fd >= 0
+            && self
+                .fds
+                .get(fd as usize)
+                .is_some_and(|s| s.registered && !s.readable)
     }
 
     /// Whether `fd` is registered with epoll.
@@ -304,20 +316,6 @@ fn dir_name(dir: Dir) -> &'static str {
         Dir::Read => "readable",
         Dir::Write => "writable",
     }
-}
-
-/// Whether a read on `fd` is known to find nothing: the fd is registered and no event has said
-/// readable since its receive queue was last seen empty (a `WouldBlock`, or a short read on a
-/// stream socket, see [`mark_read_drained`]). A read hook then waits before trying, saving the
-/// system call that would fail with `EAGAIN`.
-pub(crate) fn read_known_drained(fd: RawFd) -> bool {
-    let Ok(r) = hub().reactor.try_borrow() else {
-        return false;
-    };
-    fd >= 0
-        && r.fds
-            .get(fd as usize)
-            .is_some_and(|s| s.registered && !s.readable)
 }
 
 /// Records that a read on the stream socket `fd` just emptied its receive queue: it returned
