@@ -337,7 +337,7 @@ fn write_report(table: &str, settings: Settings) -> PathBuf {
         .unwrap_or_else(|| {
             format!("{STRACE_SECTION}\n\nNot measured yet: run `benches/strace_echo.sh`.\n")
         });
-    let cpu = common::cpu_model();
+    let cpu = common::cpu::cpu_model();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let md = format!(
         "# TCP echo benchmark\n\n\

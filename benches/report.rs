@@ -273,7 +273,7 @@ fn verdict(value: Option<f64>, limit: f64) -> &'static str {
 
 /// A few facts about the machine, for the report header.
 fn machine() -> String {
-    let cpu = common::cpu_model();
+    let cpu = common::cpu::cpu_model();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())

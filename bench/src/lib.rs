@@ -54,18 +54,9 @@ impl Summary {
     }
 }
 
-/// The CPU model from `/proc/cpuinfo`, for report headers.
-pub fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_string())
-}
+#[path = "../../benches/common/cpu.rs"]
+mod cpu;
+pub use cpu::cpu_model;
 
 /// Peak resident set size of this process in KiB (`VmHWM` in `/proc/self/status`), if known.
 pub fn peak_rss_kib() -> Option<u64> {

@@ -31,6 +31,7 @@
 // Each bench target compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+pub mod cpu;
 pub mod echo;
 pub mod evergreen_rt;
 pub mod may_rt;
@@ -212,26 +213,6 @@ pub fn dispatch_child() {
             .unwrap_or(memory::PARKED_TASKS);
         memory::child_main(rt, tasks);
         std::process::exit(0);
-    }
-}
-
-/// The CPU model from `/proc/cpuinfo`, for report headers.
-pub fn cpu_model() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |name: &str| {
-        info.lines()
-            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
-            .and_then(|l| l.split_once(':'))
-            .map(|(_, v)| v.trim().to_string())
-    };
-    let Some(model) = field("model name") else {
-        return "unknown CPU".to_string();
-    };
-    // A VM may show only a family name ("AMD EPYC"): the family, model and stepping numbers
-    // tell the generation apart.
-    match (field("cpu family"), field("model"), field("stepping")) {
-        (Some(f), Some(m), Some(s)) => format!("{model} (family {f}, model {m}, stepping {s})"),
-        _ => model,
     }
 }
 
