@@ -12,11 +12,12 @@
 //!   wait that starts after the event arrived returns at once, and an edge is never lost.
 //! * **Try first, wait on `WouldBlock`.** Sockets try the syscall first and only wait when it
 //!   would block; waits tolerate spurious wake-ups (the caller simply tries again). One
-//!   exception, as in tokio: a hooked read on a blocking stream socket that returned fewer
-//!   bytes than asked for has emptied the receive queue, so the fd's `readable` flag is cleared
-//!   then too (`mark_read_drained`), and the next hooked read waits for an event before
-//!   trying (`Reactor::read_known_drained`): a request/response client saves the `recvfrom` that
-//!   would fail with `EAGAIN` on every response. (gevent always tries first.)
+//!   exception, as in tokio: a read on a stream socket (evergreen's `TcpStream`/`UnixStream`,
+//!   or a blocking one through the hooks) that returned fewer bytes than asked for has emptied
+//!   the receive queue, so the fd's `readable` flag is cleared then too (`mark_read_drained`),
+//!   and the next read waits for an event before trying (`Reactor::read_known_drained`): a
+//!   request/response client saves the `recvfrom` that would fail with `EAGAIN` on every
+//!   response. (gevent always tries first.)
 //! * **One reader and one writer per fd.** A second greenlet waiting to read (or write) the same
 //!   fd while the first one waits is an error, [`Error::ConcurrentObjectUse`], as in gevent.
 //! * **Closing wakes waiters.** Closing an fd (an evergreen socket's `close`, or `close(2)` through the hooks) deregisters the fd and wakes its reader and writer,
@@ -334,6 +335,15 @@ pub(crate) fn mark_read_drained(fd: RawFd) {
             s.readable = false;
         }
     }
+}
+
+/// Whether a read on the stream socket `fd` is known to find nothing (see
+/// [`Reactor::read_known_drained`]); false if the reactor is in use.
+pub(crate) fn stream_read_known_drained(fd: RawFd) -> bool {
+    hub()
+        .reactor
+        .try_borrow()
+        .is_ok_and(|r| r.read_known_drained(fd))
 }
 
 /// Waits until `fd` is ready in `dir`, `deadline` passes (`TimedOut`), or the fd is closed by

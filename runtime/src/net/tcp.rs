@@ -230,12 +230,14 @@ impl TcpStream {
 impl Read for &TcpStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut inner = &self.inner;
-        self.io.io(Dir::Read, || inner.read(buf))
+        let len = buf.len();
+        self.io.read_stream(len, || inner.read(buf))
     }
 
     fn read_vectored(&mut self, bufs: &mut [io::IoSliceMut<'_>]) -> io::Result<usize> {
         let mut inner = &self.inner;
-        self.io.io(Dir::Read, || inner.read_vectored(bufs))
+        let len = bufs.iter().map(|b| b.len()).sum();
+        self.io.read_stream(len, || inner.read_vectored(bufs))
     }
 }
 

@@ -93,7 +93,8 @@ impl UnixStream {
 impl Read for &UnixStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut inner = &self.inner;
-        self.io.io(Dir::Read, || inner.read(buf))
+        let len = buf.len();
+        self.io.read_stream(len, || inner.read(buf))
     }
 }
 
