@@ -54,7 +54,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use evergreen_bench::{cpu_model, Summary, QUICK_ENV, RESULTS_ENV};
+use evergreen_bench::{cpu_model, LoadRun, Summary, QUICK_ENV, RESULTS_ENV};
 use serde_json::Value;
 
 /// A point whose `(max - min) / median` is above this is flagged in the report.
@@ -635,14 +635,12 @@ fn child_main(args: &[String]) {
                         } else {
                             common::tokio_rt::TokioRunner::multi_thread(2)
                         };
-                        r.run(w, iters / 10 + 1);
-                        r.run(w, iters)
+                        warmed(iters, |n| r.run(w, n))
                     }
                     _ => common::may_rt::run_in_process(w, iters),
                 }
             };
-            run(a / 10 + 1); // warm-up
-            let d = run(a);
+            let d = warmed(a, run);
             serde_json::json!({"ops": a, "secs": d.as_secs_f64()})
         }
         ("timers" | "scaling", _) => {
@@ -655,11 +653,7 @@ fn child_main(args: &[String]) {
                 "may-1" | "may-2" => sleepers::may(tasks, sleeps, TIMER_DELAY),
                 _ => fail(&format!("--child: unknown runtime {rt:?}")),
             };
-            serde_json::json!({
-                "ops": a * b,
-                "secs": r.elapsed.as_secs_f64(),
-                "bytes_per_task": r.peak_growth as f64 / a as f64,
-            })
+            load_result(a * b, a, &r)
         }
         ("parked_memory", _) => {
             let n = a as usize;
@@ -690,11 +684,7 @@ fn child_main(args: &[String]) {
                 "may-1" | "may-2" => conns::may(ports, n, trips),
                 _ => fail(&format!("--child: unknown runtime {rt:?}")),
             };
-            serde_json::json!({
-                "ops": a * b,
-                "secs": r.elapsed.as_secs_f64(),
-                "bytes_per_task": r.peak_growth as f64 / a as f64,
-            })
+            load_result(a * b, a, &r)
         }
         ("cpu_bound", _) => {
             let d = cpu_bound(rt, a, b);
@@ -704,27 +694,17 @@ fn child_main(args: &[String]) {
             use common::echo::*;
             let (conns, trips) = (a as usize, b);
             let d = match rt.as_str() {
-                "evergreen" => {
-                    evergreen_echo::run(conns, trips / 10 + 1);
-                    evergreen_echo::run(conns, trips)
-                }
-                TWO_HUBS => {
-                    evergreen_2hubs_echo::run(conns, trips / 10 + 1);
-                    evergreen_2hubs_echo::run(conns, trips)
-                }
+                "evergreen" => warmed(trips, |n| evergreen_echo::run(conns, n)),
+                TWO_HUBS => warmed(trips, |n| evergreen_2hubs_echo::run(conns, n)),
                 "tokio-ct" | "tokio-mt2" => {
                     let t = if rt == "tokio-ct" {
                         tokio_echo::TokioEcho::current_thread()
                     } else {
                         tokio_echo::TokioEcho::multi_thread(2)
                     };
-                    t.run(conns, trips / 10 + 1);
-                    t.run(conns, trips)
+                    warmed(trips, |n| t.run(conns, n))
                 }
-                "may-1" | "may-2" => {
-                    may_echo::run(conns, trips / 10 + 1);
-                    may_echo::run(conns, trips)
-                }
+                "may-1" | "may-2" => warmed(trips, |n| may_echo::run(conns, n)),
                 _ => fail(&format!("--child: unknown runtime {rt:?}")),
             };
             serde_json::json!({"ops": a * b, "secs": d.as_secs_f64()})
@@ -734,6 +714,23 @@ fn child_main(args: &[String]) {
         )),
     };
     println!("RESULT {result}");
+}
+
+/// Runs `run(n / 10 + 1)` to warm up, then `run(n)`: the second run's result. Every `run`
+/// times itself.
+fn warmed<T>(n: u64, mut run: impl FnMut(u64) -> T) -> T {
+    run(n / 10 + 1);
+    run(n)
+}
+
+/// A child's record of a [`LoadRun`]: `ops` operations over its time, and its peak memory
+/// per task of `tasks`.
+fn load_result(ops: u64, tasks: u64, r: &LoadRun) -> Value {
+    serde_json::json!({
+        "ops": ops,
+        "secs": r.elapsed.as_secs_f64(),
+        "bytes_per_task": r.peak_growth as f64 / tasks as f64,
+    })
 }
 
 /// One unit of CPU work: `iters` dependent multiply-adds (an LCG step), no memory traffic.
