@@ -1375,22 +1375,33 @@ fn scaling_section(
     md
 }
 
+/// A record of the `pipeline` bench target, `pipeline/<what>/<API latency ms>`: (what,
+/// latency, runtime, samples); `None` for any other record.
+fn pipeline_record(v: &Value) -> Option<(&str, u64, &str, Vec<f64>)> {
+    let mut parts = v["workload"].as_str()?.split('/');
+    let (Some("pipeline"), Some(what), Some(Ok(lat))) = (
+        parts.next(),
+        parts.next(),
+        parts.next().map(str::parse::<u64>),
+    ) else {
+        return None;
+    };
+    let samples = v["samples"].as_array()?;
+    Some((
+        what,
+        lat,
+        v["runtime"].as_str()?,
+        samples.iter().filter_map(Value::as_f64).collect(),
+    ))
+}
+
 /// The application-level section, from the `pipeline` bench target's records
 /// (`pipeline/{rate,cpu,rss}/<latency>`, one per runtime).
 fn pipeline_section(app: &[Value], chart_rel: &str) -> String {
     // (latency, runtime) → (rate, cpu, rss) samples.
     let mut points: BTreeMap<(u64, String), [Vec<f64>; 3]> = BTreeMap::new();
     for v in app {
-        let (Some(k), Some(rt), Some(samples)) = (
-            v["workload"].as_str(),
-            v["runtime"].as_str(),
-            v["samples"].as_array(),
-        ) else {
-            continue;
-        };
-        let mut parts = k.split('/').skip(1);
-        let (Some(what), Some(Ok(lat))) = (parts.next(), parts.next().map(str::parse::<u64>))
-        else {
+        let Some((what, lat, rt, samples)) = pipeline_record(v) else {
             continue;
         };
         let slot = match what {
@@ -1399,8 +1410,7 @@ fn pipeline_section(app: &[Value], chart_rel: &str) -> String {
             "rss" => 2,
             _ => continue,
         };
-        points.entry((lat, rt.to_string())).or_default()[slot] =
-            samples.iter().filter_map(Value::as_f64).collect();
+        points.entry((lat, rt.to_string())).or_default()[slot] = samples;
     }
     let mut md = String::from(
         "## The application: stats pipeline on both models\n\nevergreen's stats pipeline \
@@ -1473,19 +1483,7 @@ fn pipeline_section(app: &[Value], chart_rel: &str) -> String {
 fn pipeline_points(peers: &[Value]) -> BTreeMap<(u64, String), (Summary, Summary)> {
     let mut raw: BTreeMap<(u64, String), [Vec<f64>; 2]> = BTreeMap::new();
     for v in peers {
-        let (Some(k), Some(rt), Some(samples)) = (
-            v["workload"].as_str(),
-            v["runtime"].as_str(),
-            v["samples"].as_array(),
-        ) else {
-            continue;
-        };
-        let mut parts = k.split('/');
-        let (Some("pipeline"), Some(what), Some(Ok(lat))) = (
-            parts.next(),
-            parts.next(),
-            parts.next().map(str::parse::<u64>),
-        ) else {
+        let Some((what, lat, rt, samples)) = pipeline_record(v) else {
             continue;
         };
         let slot = match what {
@@ -1493,8 +1491,7 @@ fn pipeline_points(peers: &[Value]) -> BTreeMap<(u64, String), (Summary, Summary
             "cpu" => 1,
             _ => continue,
         };
-        raw.entry((lat, rt.to_string())).or_default()[slot] =
-            samples.iter().filter_map(Value::as_f64).collect();
+        raw.entry((lat, rt.to_string())).or_default()[slot] = samples;
     }
     raw.into_iter()
         .filter(|(_, [r, c])| !r.is_empty() && !c.is_empty())
