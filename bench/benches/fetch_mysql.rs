@@ -267,23 +267,25 @@ trait Statements {
     fn insert(&mut self, w: u32, n: u32);
 }
 
-impl Statements for evergreen_services::fetch::mysql::PooledConn {
-    fn select(&mut self, id: u32) -> Option<String> {
-        self.exec_first(sql(Work::Select), (id,)).unwrap()
-    }
-    fn insert(&mut self, w: u32, n: u32) {
-        self.exec_drop(sql(Work::Insert), (w, n)).unwrap()
-    }
+/// The same calls for each type, each resolving to that type's own methods (evergreen's
+/// inherent ones, `mysql`'s `Queryable`), so both clients run the same statements.
+macro_rules! impl_statements {
+    ($($conn:ty),*) => {$(
+        impl Statements for $conn {
+            fn select(&mut self, id: u32) -> Option<String> {
+                self.exec_first(sql(Work::Select), (id,)).unwrap()
+            }
+            fn insert(&mut self, w: u32, n: u32) {
+                self.exec_drop(sql(Work::Insert), (w, n)).unwrap()
+            }
+        }
+    )*};
 }
 
-impl Statements for mysql::PooledConn {
-    fn select(&mut self, id: u32) -> Option<String> {
-        self.exec_first(sql(Work::Select), (id,)).unwrap()
-    }
-    fn insert(&mut self, w: u32, n: u32) {
-        self.exec_drop(sql(Work::Insert), (w, n)).unwrap()
-    }
-}
+impl_statements!(
+    evergreen_services::fetch::mysql::PooledConn,
+    mysql::PooledConn
+);
 
 /// One blocking worker (`w`) of a run: takes operation numbers from `next` until `ops`, each
 /// on a connection from `checkout` (given back after it); how many did their work.
