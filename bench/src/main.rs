@@ -1375,43 +1375,45 @@ fn scaling_section(
     md
 }
 
-/// A record of the `pipeline` bench target, `pipeline/<what>/<API latency ms>`: (what,
-/// latency, runtime, samples); `None` for any other record.
-fn pipeline_record(v: &Value) -> Option<(&str, u64, &str, Vec<f64>)> {
-    let mut parts = v["workload"].as_str()?.split('/');
-    let (Some("pipeline"), Some(what), Some(Ok(lat))) = (
-        parts.next(),
-        parts.next(),
-        parts.next().map(str::parse::<u64>),
-    ) else {
-        return None;
-    };
-    let samples = v["samples"].as_array()?;
-    Some((
-        what,
-        lat,
-        v["runtime"].as_str()?,
-        samples.iter().filter_map(Value::as_f64).collect(),
-    ))
+/// The samples of the `pipeline` bench target's records (`pipeline/<what>/<API latency ms>`)
+/// by (latency, runtime), one slot per name in `whats`; other records are skipped.
+fn pipeline_samples<const N: usize>(
+    records: &[Value],
+    whats: [&str; N],
+) -> BTreeMap<(u64, String), [Vec<f64>; N]> {
+    let mut points: BTreeMap<(u64, String), [Vec<f64>; N]> = BTreeMap::new();
+    for v in records {
+        let (Some(k), Some(rt), Some(samples)) = (
+            v["workload"].as_str(),
+            v["runtime"].as_str(),
+            v["samples"].as_array(),
+        ) else {
+            continue;
+        };
+        let mut parts = k.split('/');
+        let (Some("pipeline"), Some(what), Some(Ok(lat))) = (
+            parts.next(),
+            parts.next(),
+            parts.next().map(str::parse::<u64>),
+        ) else {
+            continue;
+        };
+        let Some(slot) = whats.iter().position(|w| *w == what) else {
+            continue;
+        };
+        points
+            .entry((lat, rt.to_string()))
+            .or_insert_with(|| std::array::from_fn(|_| Vec::new()))[slot] =
+            samples.iter().filter_map(Value::as_f64).collect();
+    }
+    points
 }
 
 /// The application-level section, from the `pipeline` bench target's records
 /// (`pipeline/{rate,cpu,rss}/<latency>`, one per runtime).
 fn pipeline_section(app: &[Value], chart_rel: &str) -> String {
     // (latency, runtime) → (rate, cpu, rss) samples.
-    let mut points: BTreeMap<(u64, String), [Vec<f64>; 3]> = BTreeMap::new();
-    for v in app {
-        let Some((what, lat, rt, samples)) = pipeline_record(v) else {
-            continue;
-        };
-        let slot = match what {
-            "rate" => 0,
-            "cpu" => 1,
-            "rss" => 2,
-            _ => continue,
-        };
-        points.entry((lat, rt.to_string())).or_default()[slot] = samples;
-    }
+    let points = pipeline_samples(app, ["rate", "cpu", "rss"]);
     let mut md = String::from(
         "## The application: stats pipeline on both models\n\nevergreen's stats pipeline \
          (services/src/stats: three service actors, ≤ 50 users in flight each through an \
@@ -1481,19 +1483,8 @@ fn pipeline_section(app: &[Value], chart_rel: &str) -> String {
 
 /// The pipeline's points for the charts: (latency, runtime) → (rate, cpu) summaries.
 fn pipeline_points(peers: &[Value]) -> BTreeMap<(u64, String), (Summary, Summary)> {
-    let mut raw: BTreeMap<(u64, String), [Vec<f64>; 2]> = BTreeMap::new();
-    for v in peers {
-        let Some((what, lat, rt, samples)) = pipeline_record(v) else {
-            continue;
-        };
-        let slot = match what {
-            "rate" => 0,
-            "cpu" => 1,
-            _ => continue,
-        };
-        raw.entry((lat, rt.to_string())).or_default()[slot] = samples;
-    }
-    raw.into_iter()
+    pipeline_samples(peers, ["rate", "cpu"])
+        .into_iter()
         .filter(|(_, [r, c])| !r.is_empty() && !c.is_empty())
         .map(|(k, [r, c])| (k, (Summary::of(&r), Summary::of(&c))))
         .collect()
