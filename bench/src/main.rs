@@ -178,29 +178,18 @@ struct Mode {
 }
 
 fn mode(quick: bool) -> Mode {
-    let sizes = if quick {
-        [
-            ("spawn_join", (5_000, 0)),
-            ("yield", (10_000, 0)),
-            ("queue_ping_pong", (5_000, 0)),
-            ("one_way_throughput", (20_000, 0)),
-            ("timers", (1_000, 5)),
-            ("parked_memory", (2_000, 0)),
-            ("tcp_echo", (10, 100)),
-            ("cpu_bound", (20, 200_000)),
-        ]
-    } else {
-        [
-            ("spawn_join", (200_000, 0)),
-            ("yield", (500_000, 0)),
-            ("queue_ping_pong", (200_000, 0)),
-            ("one_way_throughput", (1_000_000, 0)),
-            ("timers", (10_000, 10)),
-            ("parked_memory", (100_000, 0)),
-            ("tcp_echo", (100, 2_000)),
-            ("cpu_bound", (200, 1_000_000)),
-        ]
-    };
+    // (workload, quick sizes, full sizes).
+    let sizes = [
+        ("spawn_join", (5_000, 0), (200_000, 0)),
+        ("yield", (10_000, 0), (500_000, 0)),
+        ("queue_ping_pong", (5_000, 0), (200_000, 0)),
+        ("one_way_throughput", (20_000, 0), (1_000_000, 0)),
+        ("timers", (1_000, 5), (10_000, 10)),
+        ("parked_memory", (2_000, 0), (100_000, 0)),
+        ("tcp_echo", (10, 100), (100, 2_000)),
+        ("cpu_bound", (20, 200_000), (200, 1_000_000)),
+    ]
+    .map(|(w, q, full)| (w, if quick { q } else { full }));
     Mode {
         name: if quick { "quick" } else { "all" },
         // Three interleaved runs per point in the full run keep it near the 30-minute
