@@ -291,18 +291,20 @@ fn main() {
     };
     let mut results = Results::default();
 
-    // The points: (workload key, sizes, runtimes).
+    // The runtimes of this run (gevent only with its venv), and the points: (workload key,
+    // sizes, runtimes).
+    let available: Vec<&str> = RUNTIMES
+        .iter()
+        .copied()
+        .filter(|rt| *rt != "gevent" || python.is_some())
+        .collect();
     let mut points: Vec<(String, u64, u64, Vec<&str>)> = Vec::new();
     for spec in SPECS {
         if !wanted(spec.key) {
             continue;
         }
         let (a, b) = mode.sizes[spec.key];
-        let mut rts: Vec<&str> = RUNTIMES
-            .iter()
-            .copied()
-            .filter(|rt| *rt != "gevent" || python.is_some())
-            .collect();
+        let mut rts = available.clone();
         if spec.key == "cpu_bound" {
             // Interpreted Python would measure the interpreter, not its scheduler.
             rts.retain(|rt| *rt != "gevent");
@@ -314,12 +316,12 @@ fn main() {
     }
     if wanted("scaling") {
         for &c in &mode.scaling {
-            let rts = RUNTIMES
-                .iter()
-                .copied()
-                .filter(|rt| *rt != "gevent" || python.is_some())
-                .collect();
-            points.push((format!("scaling/{c}"), c, mode.scaling_sleeps, rts));
+            points.push((
+                format!("scaling/{c}"),
+                c,
+                mode.scaling_sleeps,
+                available.clone(),
+            ));
         }
     }
     // The connection sweep needs its echo server process and file descriptors.
@@ -339,13 +341,8 @@ fn main() {
         }
         if echo.ports.is_some() {
             for &c in &mode.scaling {
-                let rts = RUNTIMES
-                    .iter()
-                    .copied()
-                    .filter(|rt| *rt != "gevent" || python.is_some())
-                    .collect();
                 let trips = conns::trips_for(c, mode.conn_total_trips, mode.conn_min_trips);
-                points.push((format!("scaling_conn/{c}"), c, trips, rts));
+                points.push((format!("scaling_conn/{c}"), c, trips, available.clone()));
             }
         }
     }
