@@ -127,6 +127,17 @@ impl Work {
     ];
 }
 
+/// Runs `driver` as a task on `lib`'s tokio runtime (created for it) and returns its output;
+/// the driver times itself.
+fn on_tokio<F>(lib: Lib, driver: F) -> F::Output
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let rt = lib.tokio().expect("rt");
+    rt.block_on(async move { tokio::spawn(driver).await.unwrap() })
+}
+
 /// One timed run; `None` if the library cannot do this workload.
 fn run(lib: Lib, w: Work, cfg: &Cfg) -> Option<Duration> {
     match lib {
@@ -137,20 +148,10 @@ fn run(lib: Lib, w: Work, cfg: &Cfg) -> Option<Duration> {
             if w == Work::TellBounded {
                 return None;
             }
-            let rt = lib.tokio().expect("rt");
-            let cfg = *cfg;
-            Some(rt.block_on(async move { tokio::spawn(rc::run(w, cfg)).await.unwrap() }))
+            Some(on_tokio(lib, rc::run(w, *cfg)))
         }
-        Lib::KameoCt | Lib::KameoMt => {
-            let rt = lib.tokio().expect("rt");
-            let cfg = *cfg;
-            Some(rt.block_on(async move { tokio::spawn(km::run(w, cfg)).await.unwrap() }))
-        }
-        Lib::XtraCt | Lib::XtraMt => {
-            let rt = lib.tokio().expect("rt");
-            let cfg = *cfg;
-            Some(rt.block_on(async move { tokio::spawn(xt::run(w, cfg)).await.unwrap() }))
-        }
+        Lib::KameoCt | Lib::KameoMt => Some(on_tokio(lib, km::run(w, *cfg))),
+        Lib::XtraCt | Lib::XtraMt => Some(on_tokio(lib, xt::run(w, *cfg))),
     }
 }
 
@@ -170,21 +171,9 @@ fn spawn_child(lib: Lib, n: u64) -> SpawnResult {
         Lib::Evergreen => ev::spawn(n, &stats, false),
         Lib::EvergreenHib => ev::spawn(n, &stats, true),
         Lib::Actix => actix::System::new().block_on(ax::spawn(n, stats.clone())),
-        Lib::RactorCt | Lib::RactorMt => {
-            let rt = lib.tokio().expect("rt");
-            let s = stats.clone();
-            rt.block_on(async move { tokio::spawn(rc::spawn(n, s)).await.unwrap() })
-        }
-        Lib::KameoCt | Lib::KameoMt => {
-            let rt = lib.tokio().expect("rt");
-            let s = stats.clone();
-            rt.block_on(async move { tokio::spawn(km::spawn(n, s)).await.unwrap() })
-        }
-        Lib::XtraCt | Lib::XtraMt => {
-            let rt = lib.tokio().expect("rt");
-            let s = stats.clone();
-            rt.block_on(async move { tokio::spawn(xt::spawn(n, s)).await.unwrap() })
-        }
+        Lib::RactorCt | Lib::RactorMt => on_tokio(lib, rc::spawn(n, stats.clone())),
+        Lib::KameoCt | Lib::KameoMt => on_tokio(lib, km::spawn(n, stats.clone())),
+        Lib::XtraCt | Lib::XtraMt => on_tokio(lib, xt::spawn(n, stats.clone())),
     };
     let idle_kib = stats.idle_rss_kib.load(Ordering::SeqCst);
     let peak = peak_rss_kib().unwrap_or(0);

@@ -257,6 +257,62 @@ fn counting_runq_wait<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// The two statements on a blocking connection checked out of a pool: evergreen's green
+/// pool's or `mysql::Pool`'s, each through its own methods (evergreen's wrap the `mysql`
+/// crate's with error mapping and a retry on a lost connection).
+trait Statements {
+    /// The point SELECT of row `id`.
+    fn select(&mut self, id: u32) -> Option<String>;
+    /// The INSERT of row `n` by worker `w`.
+    fn insert(&mut self, w: u32, n: u32);
+}
+
+/// The same calls for each type, each resolving to that type's own methods (evergreen's
+/// inherent ones, `mysql`'s `Queryable`), so both clients run the same statements.
+macro_rules! impl_statements {
+    ($($conn:ty),*) => {$(
+        impl Statements for $conn {
+            fn select(&mut self, id: u32) -> Option<String> {
+                self.exec_first(sql(Work::Select), (id,)).unwrap()
+            }
+            fn insert(&mut self, w: u32, n: u32) {
+                self.exec_drop(sql(Work::Insert), (w, n)).unwrap()
+            }
+        }
+    )*};
+}
+
+impl_statements!(
+    evergreen_services::fetch::mysql::PooledConn,
+    mysql::PooledConn
+);
+
+/// One blocking worker (`w`) of a run: takes operation numbers from `next` until `ops`, each
+/// on a connection from `checkout` (given back after it); how many did their work.
+fn blocking_worker<C: Statements>(
+    next: &AtomicUsize,
+    ops: usize,
+    work: Work,
+    w: u32,
+    mut checkout: impl FnMut() -> C,
+) -> usize {
+    let mut done = 0;
+    loop {
+        let n = next.fetch_add(1, Ordering::Relaxed);
+        if n >= ops {
+            return done;
+        }
+        let mut c = checkout();
+        match work {
+            Work::Select => done += c.select((n as u32 * 7919) % ROWS).is_some() as usize,
+            Work::Insert => {
+                c.insert(w, n as u32);
+                done += 1;
+            }
+        }
+    }
+}
+
 fn run_evergreen(db: &str, work: Work, ops: usize) -> usize {
     let workers: usize = std::env::var("EVG_FETCH_WORKERS")
         .ok()
@@ -292,26 +348,7 @@ fn run_hubs(db: &str, work: Work, ops: usize, hubs: usize, workers: usize, conns
                             let (pool, next) = (pool.clone(), next.clone());
                             let w = (h * workers + w) as u32;
                             evergreen::spawn(move || {
-                                let mut done = 0;
-                                loop {
-                                    let n = next.fetch_add(1, Ordering::Relaxed);
-                                    if n >= ops {
-                                        return done;
-                                    }
-                                    let mut c = pool.get().unwrap();
-                                    match work {
-                                        Work::Select => {
-                                            let v: Option<String> = c
-                                                .exec_first(sql(work), ((n as u32 * 7919) % ROWS,))
-                                                .unwrap();
-                                            done += v.is_some() as usize;
-                                        }
-                                        Work::Insert => {
-                                            c.exec_drop(sql(work), (w, n as u32)).unwrap();
-                                            done += 1;
-                                        }
-                                    }
-                                }
+                                blocking_worker(&next, ops, work, w, || pool.get().unwrap())
                             })
                         })
                         .collect();
@@ -348,26 +385,7 @@ fn run_mysql_pool(db: &str, work: Work, ops: usize) -> usize {
             let (pool, next) = (pool.clone(), next.clone());
             std::thread::spawn(move || {
                 counting_runq_wait(|| {
-                    let mut done = 0;
-                    loop {
-                        let n = next.fetch_add(1, Ordering::Relaxed);
-                        if n >= ops {
-                            return done;
-                        }
-                        let mut c = pool.get_conn().unwrap();
-                        match work {
-                            Work::Select => {
-                                let v: Option<String> = c
-                                    .exec_first(sql(work), ((n as u32 * 7919) % ROWS,))
-                                    .unwrap();
-                                done += v.is_some() as usize;
-                            }
-                            Work::Insert => {
-                                c.exec_drop(sql(work), (w as u32, n as u32)).unwrap();
-                                done += 1;
-                            }
-                        }
-                    }
+                    blocking_worker(&next, ops, work, w as u32, || pool.get_conn().unwrap())
                 })
             })
         })

@@ -7,9 +7,11 @@
 //! pipeline (user fetches/s and CPU per user fetch, by API latency).
 
 use std::collections::BTreeMap;
+use std::error::Error;
 use std::path::Path;
 
 use evergreen_bench::Summary;
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::Spec;
@@ -138,26 +140,55 @@ pub fn draw_all(
     Ok(())
 }
 
+/// A white SVG canvas 760 pixels wide at `path`.
+fn canvas(path: &Path, height: u32) -> Result<DrawingArea<SVGBackend<'_>, Shift>, Box<dyn Error>> {
+    let root = SVGBackend::new(path, (760, height)).into_drawing_area();
+    root.fill(&WHITE)?;
+    Ok(root)
+}
+
+/// The frame every chart shares: `caption`, margins and label areas.
+fn frame<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    caption: &str,
+) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut b = ChartBuilder::on(root);
+    b.caption(caption, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(70);
+    b
+}
+
+/// The legend every chart with one shares, at `position`.
+fn legend<'a, 'b: 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'b>, CT>,
+    position: SeriesLabelPosition,
+) -> Result<(), Box<dyn Error>> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
 fn bars(
     path: &Path,
     title: &str,
     unit: &str,
     rows: &[(String, Summary)],
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let root = SVGBackend::new(path, (760, 400)).into_drawing_area();
-    root.fill(&WHITE)?;
+    let root = canvas(path, 400)?;
     let top = rows.iter().map(|(_, s)| s.max).fold(0.0, f64::max) * 1.1;
     let n = rows.len();
     let names: Vec<String> = rows.iter().map(|(rt, _)| rt.clone()).collect();
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("{title} ({unit}; bar = median, whisker = min..max)"),
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(70)
-        .build_cartesian_2d((0..n).into_segmented(), 0f64..top.max(1e-9))?;
+    let mut chart = frame(
+        &root,
+        &format!("{title} ({unit}; bar = median, whisker = min..max)"),
+    )
+    .build_cartesian_2d((0..n).into_segmented(), 0f64..top.max(1e-9))?;
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -200,8 +231,7 @@ fn lines(
     unit: &str,
     series: &[(String, Vec<(f64, f64)>)],
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let root = SVGBackend::new(path, (760, 440)).into_drawing_area();
-    root.fill(&WHITE)?;
+    let root = canvas(path, 440)?;
     let all = series.iter().flat_map(|(_, v)| v.iter());
     let (mut x1, mut y0, mut y1) = (1.0f64, f64::MAX, 0.0f64);
     for (x, y) in all {
@@ -212,15 +242,10 @@ fn lines(
     if y0 > y1 {
         (y0, y1) = (1.0, 10.0);
     }
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(70)
-        .build_cartesian_2d(
-            (1f64..x1 * 1.5).log_scale(),
-            (y0 / 1.5..y1 * 1.5).log_scale(),
-        )?;
+    let mut chart = frame(&root, title).build_cartesian_2d(
+        (1f64..x1 * 1.5).log_scale(),
+        (y0 / 1.5..y1 * 1.5).log_scale(),
+    )?;
     chart
         .configure_mesh()
         .x_desc("concurrent tasks")
@@ -236,12 +261,7 @@ fn lines(
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
         chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, c.filled())))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     root.present()?;
     Ok(())
 }
@@ -254,8 +274,7 @@ fn grouped_bars(
     unit: &str,
     groups: &[(String, Vec<(String, Summary)>)],
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let root = SVGBackend::new(path, (760, 420)).into_drawing_area();
-    root.fill(&WHITE)?;
+    let root = canvas(path, 420)?;
     let top = groups
         .iter()
         .flat_map(|(_, rows)| rows.iter().map(|(_, s)| s.max))
@@ -264,14 +283,7 @@ fn grouped_bars(
     let width = groups.iter().map(|(_, r)| r.len()).max().unwrap_or(1) as f64 + 1.0;
     let n = groups.len() as f64 * width;
     let names: Vec<String> = groups.iter().map(|(g, _)| g.clone()).collect();
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("{title} (median, whisker = min..max)"),
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(70)
+    let mut chart = frame(&root, &format!("{title} (median, whisker = min..max)"))
         .build_cartesian_2d(0f64..n, 0f64..top.max(1e-9))?;
     chart
         .configure_mesh()
@@ -314,12 +326,7 @@ fn grouped_bars(
             )))?;
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present()?;
     Ok(())
 }

@@ -16,9 +16,9 @@
 //! fit.
 
 use std::io::{Read, Write};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use evergreen_bench::{peak_rss_kib, rss_kib};
+use evergreen_bench::{rss_kib, LoadRun};
 
 use crate::common::echo::{client_loop, serve_loop, MESSAGE};
 
@@ -28,18 +28,6 @@ pub const SERVER_PORTS: usize = 4;
 /// Environment variable through which the harness tells a client child the server's ports
 /// (comma-separated).
 pub const PORTS_ENV: &str = "EVG_ECHO_PORTS";
-
-/// Result of one run.
-pub struct ConnRun {
-    /// From the first task's spawn to the last task's end (connections already open).
-    pub elapsed: Duration,
-    /// Peak resident set growth during the run (connecting included), in bytes.
-    pub peak_growth: u64,
-}
-
-fn growth(before_kib: u64) -> u64 {
-    peak_rss_kib().unwrap_or(0).saturating_sub(before_kib) * 1024
-}
 
 /// The server's ports, from [`PORTS_ENV`].
 pub fn ports_from_env() -> Result<Vec<u16>, String> {
@@ -117,7 +105,7 @@ pub fn serve() {
 }
 
 /// evergreen: a greenlet per connection.
-pub fn evergreen(ports: Vec<u16>, conns: usize, trips: u64) -> ConnRun {
+pub fn evergreen(ports: Vec<u16>, conns: usize, trips: u64) -> LoadRun {
     evergreen::spawn(move || {
         let before = rss_kib().unwrap_or(0);
         let streams: Vec<_> = (0..conns)
@@ -138,10 +126,7 @@ pub fn evergreen(ports: Vec<u16>, conns: usize, trips: u64) -> ConnRun {
         for g in gs {
             g.into_result().expect("client greenlet failed");
         }
-        ConnRun {
-            elapsed,
-            peak_growth: growth(before),
-        }
+        LoadRun::new(elapsed, before)
     })
     .into_result()
     .expect("evergreen connections driver failed")
@@ -149,7 +134,7 @@ pub fn evergreen(ports: Vec<u16>, conns: usize, trips: u64) -> ConnRun {
 
 /// tokio (`current_thread` for `None`, `multi_thread` with that many workers otherwise): a
 /// task per connection.
-pub fn tokio(workers: Option<usize>, ports: Vec<u16>, conns: usize, trips: u64) -> ConnRun {
+pub fn tokio(workers: Option<usize>, ports: Vec<u16>, conns: usize, trips: u64) -> LoadRun {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rt = crate::common::tokio_rt::build_runtime(workers);
     rt.block_on(async move {
@@ -181,10 +166,7 @@ pub fn tokio(workers: Option<usize>, ports: Vec<u16>, conns: usize, trips: u64) 
                 h.await.expect("client task panicked");
             }
             let elapsed = start.elapsed();
-            ConnRun {
-                elapsed,
-                peak_growth: growth(before),
-            }
+            LoadRun::new(elapsed, before)
         })
         .await
         .expect("tokio connections driver panicked")
@@ -192,7 +174,7 @@ pub fn tokio(workers: Option<usize>, ports: Vec<u16>, conns: usize, trips: u64) 
 }
 
 /// may (configure it first): a coroutine per connection.
-pub fn may(ports: Vec<u16>, conns: usize, trips: u64) -> ConnRun {
+pub fn may(ports: Vec<u16>, conns: usize, trips: u64) -> LoadRun {
     may::go!(move || {
         let before = rss_kib().unwrap_or(0);
         let streams: Vec<_> = (0..conns)
@@ -212,10 +194,7 @@ pub fn may(ports: Vec<u16>, conns: usize, trips: u64) -> ConnRun {
             h.join().expect("client coroutine panicked");
         }
         let elapsed = start.elapsed();
-        ConnRun {
-            elapsed,
-            peak_growth: growth(before),
-        }
+        LoadRun::new(elapsed, before)
     })
     .join()
     .expect("may connections driver panicked")

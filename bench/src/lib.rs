@@ -68,6 +68,26 @@ pub fn rss_kib() -> Option<u64> {
     status_field_kib("VmRSS:")
 }
 
+/// One timed run of a load of many tasks: its time and the peak memory it added.
+pub struct LoadRun {
+    /// The timed part of the run.
+    pub elapsed: std::time::Duration,
+    /// Peak resident set growth during the run, in bytes: `VmHWM` at the end minus `VmRSS`
+    /// before the load started.
+    pub peak_growth: u64,
+}
+
+impl LoadRun {
+    /// A run that took `elapsed`, its peak growth over `before_kib` (an earlier [`rss_kib`])
+    /// read now.
+    pub fn new(elapsed: std::time::Duration, before_kib: u64) -> LoadRun {
+        LoadRun {
+            elapsed,
+            peak_growth: peak_rss_kib().unwrap_or(0).saturating_sub(before_kib) * 1024,
+        }
+    }
+}
+
 fn status_field_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;

@@ -54,7 +54,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use evergreen_bench::{cpu_model, Summary, QUICK_ENV, RESULTS_ENV};
+use evergreen_bench::{cpu_model, LoadRun, Summary, QUICK_ENV, RESULTS_ENV};
 use serde_json::Value;
 
 /// A point whose `(max - min) / median` is above this is flagged in the report.
@@ -178,29 +178,18 @@ struct Mode {
 }
 
 fn mode(quick: bool) -> Mode {
-    let sizes = if quick {
-        [
-            ("spawn_join", (5_000, 0)),
-            ("yield", (10_000, 0)),
-            ("queue_ping_pong", (5_000, 0)),
-            ("one_way_throughput", (20_000, 0)),
-            ("timers", (1_000, 5)),
-            ("parked_memory", (2_000, 0)),
-            ("tcp_echo", (10, 100)),
-            ("cpu_bound", (20, 200_000)),
-        ]
-    } else {
-        [
-            ("spawn_join", (200_000, 0)),
-            ("yield", (500_000, 0)),
-            ("queue_ping_pong", (200_000, 0)),
-            ("one_way_throughput", (1_000_000, 0)),
-            ("timers", (10_000, 10)),
-            ("parked_memory", (100_000, 0)),
-            ("tcp_echo", (100, 2_000)),
-            ("cpu_bound", (200, 1_000_000)),
-        ]
-    };
+    // (workload, quick sizes, full sizes).
+    let sizes = [
+        ("spawn_join", (5_000, 0), (200_000, 0)),
+        ("yield", (10_000, 0), (500_000, 0)),
+        ("queue_ping_pong", (5_000, 0), (200_000, 0)),
+        ("one_way_throughput", (20_000, 0), (1_000_000, 0)),
+        ("timers", (1_000, 5), (10_000, 10)),
+        ("parked_memory", (2_000, 0), (100_000, 0)),
+        ("tcp_echo", (10, 100), (100, 2_000)),
+        ("cpu_bound", (20, 200_000), (200, 1_000_000)),
+    ]
+    .map(|(w, q, full)| (w, if quick { q } else { full }));
     Mode {
         name: if quick { "quick" } else { "all" },
         // Three interleaved runs per point in the full run keep it near the issue's 30-minute
@@ -302,18 +291,20 @@ fn main() {
     };
     let mut results = Results::default();
 
-    // The points: (workload key, sizes, runtimes).
+    // The runtimes of this run (gevent only with its venv), and the points: (workload key,
+    // sizes, runtimes).
+    let available: Vec<&str> = RUNTIMES
+        .iter()
+        .copied()
+        .filter(|rt| *rt != "gevent" || python.is_some())
+        .collect();
     let mut points: Vec<(String, u64, u64, Vec<&str>)> = Vec::new();
     for spec in SPECS {
         if !wanted(spec.key) {
             continue;
         }
         let (a, b) = mode.sizes[spec.key];
-        let mut rts: Vec<&str> = RUNTIMES
-            .iter()
-            .copied()
-            .filter(|rt| *rt != "gevent" || python.is_some())
-            .collect();
+        let mut rts = available.clone();
         if spec.key == "cpu_bound" {
             // Interpreted Python would measure the interpreter, not its scheduler.
             rts.retain(|rt| *rt != "gevent");
@@ -325,12 +316,12 @@ fn main() {
     }
     if wanted("scaling") {
         for &c in &mode.scaling {
-            let rts = RUNTIMES
-                .iter()
-                .copied()
-                .filter(|rt| *rt != "gevent" || python.is_some())
-                .collect();
-            points.push((format!("scaling/{c}"), c, mode.scaling_sleeps, rts));
+            points.push((
+                format!("scaling/{c}"),
+                c,
+                mode.scaling_sleeps,
+                available.clone(),
+            ));
         }
     }
     // The connection sweep needs its echo server process and file descriptors.
@@ -350,13 +341,8 @@ fn main() {
         }
         if echo.ports.is_some() {
             for &c in &mode.scaling {
-                let rts = RUNTIMES
-                    .iter()
-                    .copied()
-                    .filter(|rt| *rt != "gevent" || python.is_some())
-                    .collect();
                 let trips = conns::trips_for(c, mode.conn_total_trips, mode.conn_min_trips);
-                points.push((format!("scaling_conn/{c}"), c, trips, rts));
+                points.push((format!("scaling_conn/{c}"), c, trips, available.clone()));
             }
         }
     }
@@ -635,14 +621,12 @@ fn child_main(args: &[String]) {
                         } else {
                             common::tokio_rt::TokioRunner::multi_thread(2)
                         };
-                        r.run(w, iters / 10 + 1);
-                        r.run(w, iters)
+                        warmed(iters, |n| r.run(w, n))
                     }
                     _ => common::may_rt::run_in_process(w, iters),
                 }
             };
-            run(a / 10 + 1); // warm-up
-            let d = run(a);
+            let d = warmed(a, run);
             serde_json::json!({"ops": a, "secs": d.as_secs_f64()})
         }
         ("timers" | "scaling", _) => {
@@ -655,11 +639,7 @@ fn child_main(args: &[String]) {
                 "may-1" | "may-2" => sleepers::may(tasks, sleeps, TIMER_DELAY),
                 _ => fail(&format!("--child: unknown runtime {rt:?}")),
             };
-            serde_json::json!({
-                "ops": a * b,
-                "secs": r.elapsed.as_secs_f64(),
-                "bytes_per_task": r.peak_growth as f64 / a as f64,
-            })
+            load_result(a * b, a, &r)
         }
         ("parked_memory", _) => {
             let n = a as usize;
@@ -690,11 +670,7 @@ fn child_main(args: &[String]) {
                 "may-1" | "may-2" => conns::may(ports, n, trips),
                 _ => fail(&format!("--child: unknown runtime {rt:?}")),
             };
-            serde_json::json!({
-                "ops": a * b,
-                "secs": r.elapsed.as_secs_f64(),
-                "bytes_per_task": r.peak_growth as f64 / a as f64,
-            })
+            load_result(a * b, a, &r)
         }
         ("cpu_bound", _) => {
             let d = cpu_bound(rt, a, b);
@@ -704,27 +680,17 @@ fn child_main(args: &[String]) {
             use common::echo::*;
             let (conns, trips) = (a as usize, b);
             let d = match rt.as_str() {
-                "evergreen" => {
-                    evergreen_echo::run(conns, trips / 10 + 1);
-                    evergreen_echo::run(conns, trips)
-                }
-                TWO_HUBS => {
-                    evergreen_2hubs_echo::run(conns, trips / 10 + 1);
-                    evergreen_2hubs_echo::run(conns, trips)
-                }
+                "evergreen" => warmed(trips, |n| evergreen_echo::run(conns, n)),
+                TWO_HUBS => warmed(trips, |n| evergreen_2hubs_echo::run(conns, n)),
                 "tokio-ct" | "tokio-mt2" => {
                     let t = if rt == "tokio-ct" {
                         tokio_echo::TokioEcho::current_thread()
                     } else {
                         tokio_echo::TokioEcho::multi_thread(2)
                     };
-                    t.run(conns, trips / 10 + 1);
-                    t.run(conns, trips)
+                    warmed(trips, |n| t.run(conns, n))
                 }
-                "may-1" | "may-2" => {
-                    may_echo::run(conns, trips / 10 + 1);
-                    may_echo::run(conns, trips)
-                }
+                "may-1" | "may-2" => warmed(trips, |n| may_echo::run(conns, n)),
                 _ => fail(&format!("--child: unknown runtime {rt:?}")),
             };
             serde_json::json!({"ops": a * b, "secs": d.as_secs_f64()})
@@ -734,6 +700,23 @@ fn child_main(args: &[String]) {
         )),
     };
     println!("RESULT {result}");
+}
+
+/// Runs `run(n / 10 + 1)` to warm up, then `run(n)`: the second run's result. Every `run`
+/// times itself.
+fn warmed<T>(n: u64, mut run: impl FnMut(u64) -> T) -> T {
+    run(n / 10 + 1);
+    run(n)
+}
+
+/// A child's record of a [`LoadRun`]: `ops` operations over its time, and its peak memory
+/// per task of `tasks`.
+fn load_result(ops: u64, tasks: u64, r: &LoadRun) -> Value {
+    serde_json::json!({
+        "ops": ops,
+        "secs": r.elapsed.as_secs_f64(),
+        "bytes_per_task": r.peak_growth as f64 / tasks as f64,
+    })
 }
 
 /// One unit of CPU work: `iters` dependent multiply-adds (an LCG step), no memory traffic.
@@ -1378,12 +1361,14 @@ fn scaling_section(
     md
 }
 
-/// The application-level section, from the `pipeline` bench target's records
-/// (`pipeline/{rate,cpu,rss}/<latency>`, one per runtime).
-fn pipeline_section(app: &[Value], chart_rel: &str) -> String {
-    // (latency, runtime) → (rate, cpu, rss) samples.
-    let mut points: BTreeMap<(u64, String), [Vec<f64>; 3]> = BTreeMap::new();
-    for v in app {
+/// The samples of the `pipeline` bench target's records (`pipeline/<what>/<API latency ms>`)
+/// by (latency, runtime), one slot per name in `whats`; other records are skipped.
+fn pipeline_samples<const N: usize>(
+    records: &[Value],
+    whats: [&str; N],
+) -> BTreeMap<(u64, String), [Vec<f64>; N]> {
+    let mut points: BTreeMap<(u64, String), [Vec<f64>; N]> = BTreeMap::new();
+    for v in records {
         let (Some(k), Some(rt), Some(samples)) = (
             v["workload"].as_str(),
             v["runtime"].as_str(),
@@ -1391,20 +1376,30 @@ fn pipeline_section(app: &[Value], chart_rel: &str) -> String {
         ) else {
             continue;
         };
-        let mut parts = k.split('/').skip(1);
-        let (Some(what), Some(Ok(lat))) = (parts.next(), parts.next().map(str::parse::<u64>))
-        else {
+        let mut parts = k.split('/');
+        let (Some("pipeline"), Some(what), Some(Ok(lat))) = (
+            parts.next(),
+            parts.next(),
+            parts.next().map(str::parse::<u64>),
+        ) else {
             continue;
         };
-        let slot = match what {
-            "rate" => 0,
-            "cpu" => 1,
-            "rss" => 2,
-            _ => continue,
+        let Some(slot) = whats.iter().position(|w| *w == what) else {
+            continue;
         };
-        points.entry((lat, rt.to_string())).or_default()[slot] =
+        points
+            .entry((lat, rt.to_string()))
+            .or_insert_with(|| std::array::from_fn(|_| Vec::new()))[slot] =
             samples.iter().filter_map(Value::as_f64).collect();
     }
+    points
+}
+
+/// The application-level section, from the `pipeline` bench target's records
+/// (`pipeline/{rate,cpu,rss}/<latency>`, one per runtime).
+fn pipeline_section(app: &[Value], chart_rel: &str) -> String {
+    // (latency, runtime) → (rate, cpu, rss) samples.
+    let points = pipeline_samples(app, ["rate", "cpu", "rss"]);
     let mut md = String::from(
         "## The application: stats pipeline on both models\n\nevergreen's stats pipeline \
          (services/src/stats: three service actors, ≤ 50 users in flight each through an \
@@ -1474,32 +1469,8 @@ fn pipeline_section(app: &[Value], chart_rel: &str) -> String {
 
 /// The pipeline's points for the charts: (latency, runtime) → (rate, cpu) summaries.
 fn pipeline_points(peers: &[Value]) -> BTreeMap<(u64, String), (Summary, Summary)> {
-    let mut raw: BTreeMap<(u64, String), [Vec<f64>; 2]> = BTreeMap::new();
-    for v in peers {
-        let (Some(k), Some(rt), Some(samples)) = (
-            v["workload"].as_str(),
-            v["runtime"].as_str(),
-            v["samples"].as_array(),
-        ) else {
-            continue;
-        };
-        let mut parts = k.split('/');
-        let (Some("pipeline"), Some(what), Some(Ok(lat))) = (
-            parts.next(),
-            parts.next(),
-            parts.next().map(str::parse::<u64>),
-        ) else {
-            continue;
-        };
-        let slot = match what {
-            "rate" => 0,
-            "cpu" => 1,
-            _ => continue,
-        };
-        raw.entry((lat, rt.to_string())).or_default()[slot] =
-            samples.iter().filter_map(Value::as_f64).collect();
-    }
-    raw.into_iter()
+    pipeline_samples(peers, ["rate", "cpu"])
+        .into_iter()
         .filter(|(_, [r, c])| !r.is_empty() && !c.is_empty())
         .map(|(k, [r, c])| (k, (Summary::of(&r), Summary::of(&c))))
         .collect()

@@ -9,22 +9,10 @@
 
 use std::time::{Duration, Instant};
 
-use evergreen_bench::{peak_rss_kib, rss_kib};
-
-/// Result of one sleepers run.
-pub struct SleepersRun {
-    /// Time from the first spawn to the last task's exit.
-    pub elapsed: Duration,
-    /// Peak resident set growth during the run, in bytes.
-    pub peak_growth: u64,
-}
-
-fn growth(before_kib: u64) -> u64 {
-    peak_rss_kib().unwrap_or(0).saturating_sub(before_kib) * 1024
-}
+use evergreen_bench::{rss_kib, LoadRun};
 
 /// evergreen: `tasks` greenlets each calling `evergreen::sleep(delay)` `sleeps` times.
-pub fn evergreen(tasks: usize, sleeps: usize, delay: Duration) -> SleepersRun {
+pub fn evergreen(tasks: usize, sleeps: usize, delay: Duration) -> LoadRun {
     evergreen::spawn(move || {
         let before = rss_kib().unwrap_or(0);
         let start = Instant::now();
@@ -39,10 +27,7 @@ pub fn evergreen(tasks: usize, sleeps: usize, delay: Duration) -> SleepersRun {
             .collect();
         evergreen::joinall(&greenlets);
         let elapsed = start.elapsed();
-        SleepersRun {
-            elapsed,
-            peak_growth: growth(before),
-        }
+        LoadRun::new(elapsed, before)
     })
     .into_result()
     .expect("evergreen sleepers driver failed")
@@ -50,7 +35,7 @@ pub fn evergreen(tasks: usize, sleeps: usize, delay: Duration) -> SleepersRun {
 
 /// tokio (`current_thread` for `None`, `multi_thread` with that many workers otherwise):
 /// `tasks` tasks each awaiting `tokio::time::sleep(delay)` `sleeps` times.
-pub fn tokio(workers: Option<usize>, tasks: usize, sleeps: usize, delay: Duration) -> SleepersRun {
+pub fn tokio(workers: Option<usize>, tasks: usize, sleeps: usize, delay: Duration) -> LoadRun {
     let rt = crate::common::tokio_rt::build_runtime(workers);
     rt.block_on(async move {
         tokio::spawn(async move {
@@ -71,10 +56,7 @@ pub fn tokio(workers: Option<usize>, tasks: usize, sleeps: usize, delay: Duratio
                 h.await.expect("tokio sleeper panicked");
             }
             let elapsed = start.elapsed();
-            SleepersRun {
-                elapsed,
-                peak_growth: growth(before),
-            }
+            LoadRun::new(elapsed, before)
         })
         .await
         .expect("tokio sleepers driver panicked")
@@ -83,7 +65,7 @@ pub fn tokio(workers: Option<usize>, tasks: usize, sleeps: usize, delay: Duratio
 
 /// may (configure it first): `tasks` coroutines each calling `may::coroutine::sleep(delay)`
 /// `sleeps` times.
-pub fn may(tasks: usize, sleeps: usize, delay: Duration) -> SleepersRun {
+pub fn may(tasks: usize, sleeps: usize, delay: Duration) -> LoadRun {
     may::go!(move || {
         let before = rss_kib().unwrap_or(0);
         let start = Instant::now();
@@ -100,10 +82,7 @@ pub fn may(tasks: usize, sleeps: usize, delay: Duration) -> SleepersRun {
             h.join().expect("may sleeper panicked");
         }
         let elapsed = start.elapsed();
-        SleepersRun {
-            elapsed,
-            peak_growth: growth(before),
-        }
+        LoadRun::new(elapsed, before)
     })
     .join()
     .expect("may sleepers driver panicked")

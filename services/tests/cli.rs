@@ -130,6 +130,59 @@ fn serve_api(dir: &TempDir, args: &[&str]) -> (Proc, String) {
     (p, url)
 }
 
+/// `crunch --date 2016-08-18` of the API at `url` into `db_url`.
+fn crunch(dir: &TempDir, url: &str, db_url: &str) -> Command {
+    let mut c = cmd(dir);
+    c.args([
+        "crunch",
+        "--date",
+        "2016-08-18",
+        "--base-url",
+        url,
+        "--database-url",
+        db_url,
+    ]);
+    c
+}
+
+/// Starts `c` with stdout and stderr piped: (process, stderr lines, stdout lines).
+fn spawn_piped(mut c: Command) -> (Proc, mpsc::Receiver<String>, mpsc::Receiver<String>) {
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = lines(child.stderr.take().unwrap());
+    let out = lines(child.stdout.take().unwrap());
+    (Proc(child), err, out)
+}
+
+/// The data `serve-api` serves (its default seed, 1).
+fn dataset(users: usize, networks: usize) -> Dataset {
+    Dataset {
+        seed: 1,
+        users,
+        networks,
+        malformed_rate: 0.0,
+    }
+}
+
+/// The demo API with `users` users on 3 networks, 2 ms per request: slow enough for a run to
+/// be stopped mid-date.
+fn serve_slow_api(dir: &TempDir, users: usize) -> (Proc, String) {
+    serve_api(
+        dir,
+        &[
+            "--users",
+            &users.to_string(),
+            "--networks",
+            "3",
+            "--latency-ms",
+            "2",
+        ],
+    )
+}
+
 fn d(s: &str) -> Date {
     Date::parse(s).unwrap()
 }
@@ -224,19 +277,12 @@ fn bad_flags_env_and_dotenv_are_clear_config_errors() {
 fn wrong_api_key_exits_3_without_printing_keys() {
     let dir = TempDir::new("cli_key");
     let (_api, url) = serve_api(&dir, &["--users", "5"]);
-    let mut c = cmd(&dir);
-    c.args([
-        "crunch",
-        "--date",
-        "2016-08-18",
-        "--base-url",
-        &url,
-        "--database-url",
-        "sqlite://./s.db",
-    ])
-    .env("APIKEY", "wrong-key-zz9")
-    .env("RUST_LOG", "debug");
-    let (st, out, err) = output(c);
+    let crunch_with_key = |key: &str| {
+        let mut c = crunch(&dir, &url, "sqlite://./s.db");
+        c.env("APIKEY", key).env("RUST_LOG", "debug");
+        c
+    };
+    let (st, out, err) = output(crunch_with_key("wrong-key-zz9"));
     assert_eq!(st.code(), Some(3), "{out}{err}");
     assert!(err.contains("refused the api key"), "{err}");
     assert!(
@@ -244,19 +290,7 @@ fn wrong_api_key_exits_3_without_printing_keys() {
         "the key was printed"
     );
     // The right key: exit 0, exact data, and still no key anywhere in the output.
-    let mut c = cmd(&dir);
-    c.args([
-        "crunch",
-        "--date",
-        "2016-08-18",
-        "--base-url",
-        &url,
-        "--database-url",
-        "sqlite://./s.db",
-    ])
-    .env("APIKEY", KEY)
-    .env("RUST_LOG", "debug");
-    let (st, out, err) = output(c);
+    let (st, out, err) = output(crunch_with_key(KEY));
     assert_eq!(st.code(), Some(0), "{out}{err}");
     assert!(
         !out.contains(KEY) && !err.contains(KEY),
@@ -267,33 +301,14 @@ fn wrong_api_key_exits_3_without_printing_keys() {
         "{out}"
     );
     let s = store::open(&format!("sqlite://{}/s.db", dir.path())).unwrap();
-    assert_exact(
-        &*s,
-        &Dataset {
-            seed: 1,
-            users: 5,
-            networks: 5,
-            malformed_rate: 0.0,
-        },
-        d("2016-08-18"),
-    );
+    assert_exact(&*s, &dataset(5, 5), d("2016-08-18"));
 }
 
 /// `run` stopped mid-date (`sig`), then restarted: complete, exact, no duplicates, and the
 /// cursor never passed the unfinished date.
 fn stop_mid_date_then_restart(sig: &str, db_url: &str, dir: &TempDir) {
     let users = 1500;
-    let (_api, url) = serve_api(
-        dir,
-        &[
-            "--users",
-            &users.to_string(),
-            "--networks",
-            "3",
-            "--latency-ms",
-            "2",
-        ],
-    );
+    let (_api, url) = serve_slow_api(dir, users);
     let run = |once: bool| {
         let mut c = cmd(dir);
         c.args([
@@ -323,14 +338,7 @@ fn stop_mid_date_then_restart(sig: &str, db_url: &str, dir: &TempDir) {
         }
         c
     };
-    let mut c = run(false);
-    let mut child = c
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = lines(child.stderr.take().unwrap());
-    let mut p = Proc(child);
+    let (mut p, err, _out) = spawn_piped(run(false));
     wait_line(&err, "writer: wrote");
     p.signal(sig);
     let st = p.wait();
@@ -358,29 +366,10 @@ fn stop_mid_date_then_restart(sig: &str, db_url: &str, dir: &TempDir) {
     // Restart: one tick catches up both dates.
     let (st, out, err) = output(run(true));
     assert_eq!(st.code(), Some(0), "{out}{err}");
-    let data = Dataset {
-        seed: 1,
-        users,
-        networks: 3,
-        malformed_rate: 0.0,
-    };
+    let data = dataset(users, 3);
     assert_exact(&*s, &data, first);
     assert_exact(&*s, &data, first.succ());
     assert_eq!(s.cursor(CURSOR).unwrap(), Some(first.succ()));
-}
-
-#[test]
-fn sigterm_mid_date_then_restart_sqlite() {
-    let dir = TempDir::new("cli_term");
-    let url = format!("sqlite://{}/s.db", dir.path());
-    stop_mid_date_then_restart("TERM", &url, &dir);
-}
-
-#[test]
-fn kill9_mid_date_then_restart_sqlite() {
-    let dir = TempDir::new("cli_kill");
-    let url = format!("sqlite://{}/s.db", dir.path());
-    stop_mid_date_then_restart("KILL", &url, &dir);
 }
 
 fn in_hub<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -394,12 +383,47 @@ fn in_hub<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     .unwrap()
 }
 
+/// Runs `f(database URL, dir)` on a SQLite file in a temp dir named after `tag`.
+fn on_sqlite(tag: &str, f: impl FnOnce(&str, &TempDir)) {
+    let dir = TempDir::new(tag);
+    f(&format!("sqlite://{}/s.db", dir.path()), &dir);
+}
+
+/// Runs `f(database URL, dir)` on a MariaDB database of its own (named after `tag`, the temp
+/// dir after `{tag}_my`), in a fresh hub thread.
+fn on_mysql(tag: &str, f: impl FnOnce(&str, &TempDir) + Send + 'static) {
+    let dir = TempDir::new(&format!("{tag}_my"));
+    let db = MySqlDb::new(tag);
+    let url = db.url();
+    in_hub(move || f(&url, &dir));
+}
+
+#[test]
+fn sigterm_mid_date_then_restart_sqlite() {
+    on_sqlite("cli_term", |url, dir| {
+        stop_mid_date_then_restart("TERM", url, dir)
+    });
+}
+
+#[test]
+fn kill9_mid_date_then_restart_sqlite() {
+    on_sqlite("cli_kill", |url, dir| {
+        stop_mid_date_then_restart("KILL", url, dir)
+    });
+}
+
 #[test]
 fn sigterm_mid_date_then_restart_mysql() {
-    let dir = TempDir::new("cli_term_my");
-    let db = MySqlDb::new("cli_term");
-    let url = db.url();
-    in_hub(move || stop_mid_date_then_restart("TERM", &url, &dir));
+    on_mysql("cli_term", |url, dir| {
+        stop_mid_date_then_restart("TERM", url, dir)
+    });
+}
+
+#[test]
+fn kill9_mid_date_then_restart_mysql() {
+    on_mysql("cli_kill", |url, dir| {
+        stop_mid_date_then_restart("KILL", url, dir)
+    });
 }
 
 #[test]
@@ -407,40 +431,13 @@ fn mysql_connections_killed_mid_run_still_completes() {
     let dir = TempDir::new("cli_mykill");
     let db = MySqlDb::new("cli_mykill");
     let users = 1200;
-    let (_api, url) = serve_api(
-        &dir,
-        &[
-            "--users",
-            &users.to_string(),
-            "--networks",
-            "3",
-            "--latency-ms",
-            "2",
-        ],
-    );
-    let mut c = cmd(&dir);
-    c.args([
-        "crunch",
-        "--date",
-        "2016-08-18",
-        "--base-url",
-        &url,
-        "--database-url",
-        &db.url(),
-        "--concurrency",
-        "8",
-    ])
-    .args(["--flush-ms", "50", "--batch-size", "100"])
-    .env("APIKEY", KEY)
-    .env("RUST_LOG", "evergreen_services=debug");
-    let mut child = c
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = lines(child.stderr.take().unwrap());
-    let out = lines(child.stdout.take().unwrap());
-    let mut p = Proc(child);
+    let (_api, url) = serve_slow_api(&dir, users);
+    let mut c = crunch(&dir, &url, &db.url());
+    c.args(["--concurrency", "8"])
+        .args(["--flush-ms", "50", "--batch-size", "100"])
+        .env("APIKEY", KEY)
+        .env("RUST_LOG", "evergreen_services=debug");
+    let (mut p, err, out) = spawn_piped(c);
     wait_line(&err, "writer: wrote");
     // KILL every connection of the pipeline's database, from the server side.
     let ids: Vec<u64> = MySqlDb::admin_query(&format!(
@@ -457,16 +454,7 @@ fn mysql_connections_killed_mid_run_still_completes() {
     let name = db.url();
     in_hub(move || {
         let s = store::open(&name).unwrap();
-        assert_exact(
-            &*s,
-            &Dataset {
-                seed: 1,
-                users,
-                networks: 3,
-                malformed_rate: 0.0,
-            },
-            d("2016-08-18"),
-        );
+        assert_exact(&*s, &dataset(users, 3), d("2016-08-18"));
     });
 }
 
@@ -476,17 +464,8 @@ fn mysql_connections_killed_mid_run_still_completes() {
 fn hundred_thousand(db_url: &str, dir: &TempDir) {
     let users = 100_000;
     let (_api, url) = serve_api(dir, &["--users", &users.to_string()]);
-    let mut c = cmd(dir);
-    c.args([
-        "crunch",
-        "--date",
-        "2016-08-18",
-        "--base-url",
-        &url,
-        "--database-url",
-        db_url,
-    ])
-    .env("APIKEY", KEY);
+    let mut c = crunch(dir, &url, db_url);
+    c.env("APIKEY", KEY);
     let (st, out, err) = output(c);
     assert_eq!(st.code(), Some(0), "{out}{err}");
     let rss: f64 = out
@@ -508,17 +487,13 @@ fn hundred_thousand(db_url: &str, dir: &TempDir) {
 #[test]
 #[ignore = "long: run in release (see hundred_thousand)"]
 fn hundred_thousand_users_in_bounded_memory_sqlite() {
-    let dir = TempDir::new("cli_100k");
-    hundred_thousand(&format!("sqlite://{}/s.db", dir.path()), &dir);
+    on_sqlite("cli_100k", hundred_thousand);
 }
 
 #[test]
 #[ignore = "long: run in release (see hundred_thousand)"]
 fn hundred_thousand_users_in_bounded_memory_mysql() {
-    let dir = TempDir::new("cli_100k_my");
-    let db = MySqlDb::new("cli_100k");
-    let url = db.url();
-    in_hub(move || hundred_thousand(&url, &dir));
+    on_mysql("cli_100k", hundred_thousand);
 }
 
 fn http_get(addr: &str, path: &str) -> String {
@@ -555,14 +530,7 @@ fn run_serves_metrics_and_healthz_then_stops_on_sigterm() {
     .env("APIKEY", KEY)
     .env("STATS_TODAY", "2016-08-18")
     .env("RUST_LOG", "info");
-    let mut child = c
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = lines(child.stderr.take().unwrap());
-    let _out = lines(child.stdout.take().unwrap());
-    let mut p = Proc(child);
+    let (mut p, err, _out) = spawn_piped(c);
     wait_line(&err, "2016-08-18: complete");
     let m = http_get(&maddr, "/metrics");
     assert!(m.starts_with("HTTP/1.1 200"), "{m}");
@@ -576,14 +544,6 @@ fn run_serves_metrics_and_healthz_then_stops_on_sigterm() {
     assert!(h.starts_with("HTTP/1.1 200") && h.ends_with("ok\n"), "{h}");
     p.signal("TERM");
     assert_eq!(p.wait().code(), Some(0));
-}
-
-#[test]
-fn kill9_mid_date_then_restart_mysql() {
-    let dir = TempDir::new("cli_kill_my");
-    let db = MySqlDb::new("cli_kill");
-    let url = db.url();
-    in_hub(move || stop_mid_date_then_restart("KILL", &url, &dir));
 }
 
 #[test]

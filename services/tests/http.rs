@@ -19,6 +19,17 @@ fn client() -> evergreen_services::fetch::http::ClientBuilder {
         .backoff(Duration::from_millis(10), Duration::from_millis(100))
 }
 
+/// A greenlet that GETs `url` with `c`: the body, or the error's text.
+fn spawn_get(c: &Client, url: String) -> evergreen::Greenlet<Result<String, String>> {
+    let c = c.clone();
+    evergreen::spawn(move || {
+        c.get(&url)
+            .send()
+            .map(|r| r.text())
+            .map_err(|e| e.to_string())
+    })
+}
+
 #[test]
 fn keep_alive_reuses_one_connection_counted_by_the_server() {
     run(|| {
@@ -638,16 +649,7 @@ fn a_thousand_concurrent_fetches_share_one_bounded_pool() {
         let srv = TestServer::start(|req| ok(&req.path));
         let c = client().max_connections_per_host(50).build().unwrap();
         let gs: Vec<_> = (0..1000)
-            .map(|i| {
-                let c = c.clone();
-                let url = srv.url(&format!("/item/{i}"));
-                evergreen::spawn(move || {
-                    c.get(&url)
-                        .send()
-                        .map(|r| r.text())
-                        .map_err(|e| e.to_string())
-                })
-            })
+            .map(|i| spawn_get(&c, srv.url(&format!("/item/{i}"))))
             .collect();
         for (i, g) in gs.iter().enumerate() {
             assert_eq!(g.get().unwrap().unwrap(), format!("/item/{i}"));
@@ -677,14 +679,7 @@ fn waiting_for_a_pooled_connection_times_out_clearly() {
             .pool_timeout(Duration::from_secs(1))
             .build()
             .unwrap();
-        let c2 = c.clone();
-        let url = srv.url("/");
-        let first = evergreen::spawn(move || {
-            c2.get(&url)
-                .send()
-                .map(|r| r.text())
-                .map_err(|e| e.to_string())
-        });
+        let first = spawn_get(&c, srv.url("/"));
         evergreen::sleep(Duration::ZERO);
         assert_err(
             c.get(&srv.url("/")).send(),
@@ -744,16 +739,7 @@ fn waiters_for_a_full_host_are_served_in_arrival_order() {
         let srv = TestServer::start(|req| ok(&req.path));
         let c = client().max_connections_per_host(1).build().unwrap();
         let gs: Vec<_> = (0..20)
-            .map(|i| {
-                let c = c.clone();
-                let url = srv.url(&format!("/{i}"));
-                evergreen::spawn(move || {
-                    c.get(&url)
-                        .send()
-                        .map(|r| r.text())
-                        .map_err(|e| e.to_string())
-                })
-            })
+            .map(|i| spawn_get(&c, srv.url(&format!("/{i}"))))
             .collect();
         evergreen::joinall(&gs);
         let order: Vec<String> = srv.seen().into_iter().map(|s| s.path).collect();

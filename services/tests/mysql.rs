@@ -38,6 +38,11 @@ impl TestDb {
     fn opts(&self) -> PoolOptions {
         PoolOptions::from_url(&format!("mysql://root@127.0.0.1:3306/{}", self.name)).unwrap()
     }
+
+    /// Runs `sql` as root (on the admin pool).
+    fn admin_exec(&self, sql: &str) {
+        self.admin.get().unwrap().query_drop(sql).unwrap();
+    }
 }
 
 impl Drop for TestDb {
@@ -55,6 +60,20 @@ const SCHEMA: &[Migration] = &[Migration {
           country VARCHAR(64) NOT NULL, cost DECIMAL(18,4) NOT NULL, \
           PRIMARY KEY (username, date, network, country))",
 }];
+
+/// The columns of `costs`, in order.
+const COLS: [&str; 5] = ["username", "date", "network", "country", "cost"];
+
+/// A row of `costs`.
+fn cost_row(username: &str, date: &str, network: &str, country: &str, cost: &str) -> Vec<Value> {
+    vec![
+        username.into(),
+        date.into(),
+        network.into(),
+        country.into(),
+        cost.into(),
+    ]
+}
 
 fn count(pool: &MySqlPool, table: &str) -> u64 {
     pool.get()
@@ -138,11 +157,7 @@ fn a_pooled_connection_killed_on_the_server_is_replaced() {
         let pool = MySqlPool::new(db.opts().max_connections(1));
         let id = pool.get().unwrap().connection_id();
         assert_eq!(pool.stats().idle, 1);
-        db.admin
-            .get()
-            .unwrap()
-            .query_drop(&format!("KILL {id}"))
-            .unwrap();
+        db.admin_exec(&format!("KILL {id}"));
         // The next checkout gets the dead connection back (it was idle only briefly, so it
         // is not pinged); its first statement fails as lost and is retried on a new one.
         let mut c = pool.get().unwrap();
@@ -156,11 +171,7 @@ fn a_pooled_connection_killed_on_the_server_is_replaced() {
         // the connection, and the body runs once.
         pool.migrate(SCHEMA).unwrap();
         let id = pool.get().unwrap().connection_id();
-        db.admin
-            .get()
-            .unwrap()
-            .query_drop(&format!("KILL {id}"))
-            .unwrap();
+        db.admin_exec(&format!("KILL {id}"));
         let runs = Cell::new(0);
         let mut c = pool.get().unwrap();
         c.transaction("inserting after a kill", |tx| {
@@ -182,11 +193,7 @@ fn a_pooled_connection_killed_on_the_server_is_replaced() {
                 .check_after_idle(Duration::ZERO),
         );
         let id = pool.get().unwrap().connection_id();
-        db.admin
-            .get()
-            .unwrap()
-            .query_drop(&format!("KILL {id}"))
-            .unwrap();
+        db.admin_exec(&format!("KILL {id}"));
         let mut c = pool.get().unwrap();
         assert_ne!(c.connection_id(), id);
         assert_eq!(c.query::<i64>("SELECT 1").unwrap(), vec![1]);
@@ -225,31 +232,11 @@ fn a_failed_transaction_rolls_back_and_leaves_no_rows() {
         assert_eq!(count(&pool, "costs"), 0);
         // An upsert batch with a bad row rolls back every batch before it.
         let mut rows: Vec<Vec<Value>> = (0..250)
-            .map(|i| {
-                vec![
-                    format!("u{i}").into(),
-                    "2016-08-18".into(),
-                    "N".into(),
-                    "C".into(),
-                    "1.00".into(),
-                ]
-            })
+            .map(|i| cost_row(&format!("u{i}"), "2016-08-18", "N", "C", "1.00"))
             .collect();
-        rows.push(vec![
-            "bad".into(),
-            "not a date".into(),
-            "N".into(),
-            "C".into(),
-            "1".into(),
-        ]);
+        rows.push(cost_row("bad", "not a date", "N", "C", "1"));
         let e = pool
-            .upsert(
-                "costs",
-                &["username", "date", "network", "country", "cost"],
-                &["cost"],
-                &rows,
-                100,
-            )
+            .upsert("costs", &COLS, &["cost"], &rows, 100)
             .unwrap_err();
         assert!(
             e.to_string().contains("upserting 251 rows into costs"),
@@ -267,32 +254,31 @@ fn upsert_batches_are_idempotent_and_update_values() {
         let db = TestDb::new("upsert");
         let pool = MySqlPool::new(db.opts());
         pool.migrate(SCHEMA).unwrap();
-        let cols = ["username", "date", "network", "country", "cost"];
         let rows = |cost: &str| -> Vec<Vec<Value>> {
             (0..1000)
                 .map(|i| {
-                    vec![
-                        format!("user{}", i / 5).into(),
-                        "2016-08-18".into(),
-                        format!("net{}", i % 5).into(),
-                        "Kenya".into(),
-                        cost.into(),
-                    ]
+                    cost_row(
+                        &format!("user{}", i / 5),
+                        "2016-08-18",
+                        &format!("net{}", i % 5),
+                        "Kenya",
+                        cost,
+                    )
                 })
                 .collect()
         };
         let s = pool
-            .upsert("costs", &cols, &["cost"], &rows("1.25"), 300)
+            .upsert("costs", &COLS, &["cost"], &rows("1.25"), 300)
             .unwrap();
         // 300, 300, 300, then the remaining 100 as 64 + 32 + 4.
         assert_eq!((s.rows, s.batches, s.affected), (1000, 6, 1000));
         let s = pool
-            .upsert("costs", &cols, &["cost"], &rows("1.25"), 300)
+            .upsert("costs", &COLS, &["cost"], &rows("1.25"), 300)
             .unwrap();
         assert_eq!(s.affected, 0, "nothing changed");
         assert_eq!(count(&pool, "costs"), 1000);
         let s = pool
-            .upsert("costs", &cols, &["cost"], &rows("2.50"), 300)
+            .upsert("costs", &COLS, &["cost"], &rows("2.50"), 300)
             .unwrap();
         assert_eq!(s.affected, 2000, "every row updated");
         assert_eq!(count(&pool, "costs"), 1000);
@@ -304,11 +290,11 @@ fn upsert_batches_are_idempotent_and_update_values() {
         assert_eq!(sum, vec!["2500.0000".to_string()]);
         // Bad identifiers and row shapes are refused before any SQL is sent.
         let e = pool
-            .upsert("costs; DROP TABLE costs", &cols, &[], &rows("1"), 10)
+            .upsert("costs; DROP TABLE costs", &COLS, &[], &rows("1"), 10)
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config);
         let e = pool
-            .upsert("costs", &cols, &["cost"], &[vec![Value::from(1)]], 10)
+            .upsert("costs", &COLS, &["cost"], &[vec![Value::from(1)]], 10)
             .unwrap_err();
         assert!(
             e.to_string().contains("row 0 has 1 values for 5 columns"),
@@ -334,18 +320,9 @@ fn upserts_of_any_size_prepare_a_bounded_set_of_statements() {
         // One connection: every statement goes through the same session.
         let pool = MySqlPool::new(db.opts().max_connections(1));
         pool.migrate(SCHEMA).unwrap();
-        let cols = ["username", "date", "network", "country", "cost"];
         let rows = |n: usize| -> Vec<Vec<Value>> {
             (0..n)
-                .map(|i| {
-                    vec![
-                        format!("user{i}").into(),
-                        "2016-08-18".into(),
-                        "net".into(),
-                        "Kenya".into(),
-                        "1.50".into(),
-                    ]
-                })
+                .map(|i| cost_row(&format!("user{i}"), "2016-08-18", "net", "Kenya", "1.50"))
                 .collect()
         };
         let (id, before) = {
@@ -357,7 +334,7 @@ fn upserts_of_any_size_prepare_a_bounded_set_of_statements() {
         let mut inserted = 0;
         for n in 1..=40 {
             let s = pool
-                .upsert("costs", &cols, &["cost"], &rows(n), 16)
+                .upsert("costs", &COLS, &["cost"], &rows(n), 16)
                 .unwrap();
             assert_eq!(s.rows, n as u64);
             assert!(
@@ -374,7 +351,7 @@ fn upserts_of_any_size_prepare_a_bounded_set_of_statements() {
         // Idempotent: the same upserts again change nothing.
         for n in 1..=40 {
             let s = pool
-                .upsert("costs", &cols, &["cost"], &rows(n), 16)
+                .upsert("costs", &COLS, &["cost"], &rows(n), 16)
                 .unwrap();
             assert_eq!(s.affected, 0, "{n} rows: nothing changed");
         }
@@ -513,11 +490,7 @@ fn the_servers_connection_limit_is_reported_clearly_not_a_hang() {
             assert!(!msg.contains("pw-SECRET"), "{msg}");
         }
         drop(pool);
-        db.admin
-            .get()
-            .unwrap()
-            .query_drop(&format!("DROP USER '{user}'@'%'"))
-            .unwrap();
+        db.admin_exec(&format!("DROP USER '{user}'@'%'"));
         drop(db);
     });
 }

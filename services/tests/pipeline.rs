@@ -13,23 +13,29 @@ use pipeline_util::{MySqlDb, TempDir};
 
 const KEY: &str = "k3y-for-tests";
 
-fn api(users: usize, networks: usize, malformed: f64, error_rate: f64, drop_rate: f64) -> DemoApi {
-    DemoApi::start(
-        "127.0.0.1:0",
-        ApiConfig {
-            data: Dataset {
-                seed: 42,
-                users,
-                networks,
-                malformed_rate: malformed,
-            },
-            api_key: KEY.into(),
-            latency: Duration::ZERO,
-            error_rate,
-            drop_rate,
-        },
-    )
-    .unwrap()
+/// The data every test's API serves (seed 42).
+fn dataset(users: usize, networks: usize, malformed_rate: f64) -> Dataset {
+    Dataset {
+        seed: 42,
+        users,
+        networks,
+        malformed_rate,
+    }
+}
+
+/// The demo API's settings: `data`, the test's key, no latency, these fault rates.
+fn api_config(data: &Dataset, error_rate: f64, drop_rate: f64) -> ApiConfig {
+    ApiConfig {
+        data: data.clone(),
+        api_key: KEY.into(),
+        latency: Duration::ZERO,
+        error_rate,
+        drop_rate,
+    }
+}
+
+fn api(data: &Dataset, error_rate: f64, drop_rate: f64) -> DemoApi {
+    DemoApi::start("127.0.0.1:0", api_config(data, error_rate, drop_rate)).unwrap()
 }
 
 fn config(api: &DemoApi, key: &str) -> PipelineConfig {
@@ -37,6 +43,11 @@ fn config(api: &DemoApi, key: &str) -> PipelineConfig {
     c.concurrency = 20;
     c.http_timeout = Duration::from_secs(20);
     c
+}
+
+/// A pipeline on `s` with metrics of its own.
+fn start(cfg: &PipelineConfig, s: &Rc<dyn Store>) -> Pipeline {
+    Pipeline::start(cfg, s.clone(), Rc::new(Metrics::new())).unwrap()
 }
 
 fn d(s: &str) -> Date {
@@ -84,15 +95,9 @@ fn with_store(kind: &str, f: impl FnOnce(Rc<dyn Store>) + 'static) {
 fn exact_and_idempotent(kind: &'static str) {
     common::run(move || {
         with_store(kind, |s| {
-            let api = api(120, 5, 0.0, 0.0, 0.0);
-            let data = Dataset {
-                seed: 42,
-                users: 120,
-                networks: 5,
-                malformed_rate: 0.0,
-            };
-            let p =
-                Pipeline::start(&config(&api, KEY), s.clone(), Rc::new(Metrics::new())).unwrap();
+            let data = dataset(120, 5, 0.0);
+            let api = api(&data, 0.0, 0.0);
+            let p = start(&config(&api, KEY), &s);
             let date = d("2016-08-18");
             let r = p.crunch_date(date, &[]);
             assert_eq!(r.outcome(), Outcome::Complete, "{r:?}");
@@ -141,15 +146,9 @@ fn mysql_exact_rows_and_idempotent_rerun() {
 fn faults_and_malformed(kind: &'static str) {
     common::run(move || {
         with_store(kind, |s| {
-            let api = api(150, 6, 0.05, 0.1, 0.03);
-            let data = Dataset {
-                seed: 42,
-                users: 150,
-                networks: 6,
-                malformed_rate: 0.05,
-            };
-            let p =
-                Pipeline::start(&config(&api, KEY), s.clone(), Rc::new(Metrics::new())).unwrap();
+            let data = dataset(150, 6, 0.05);
+            let api = api(&data, 0.1, 0.03);
+            let p = start(&config(&api, KEY), &s);
             let date = d("2020-02-29");
             // A user fails only if 6 attempts in a row hit a fault (p = 0.13^6 each); the
             // scheduler would retry the date on its next tick: so does this test, at most twice.
@@ -193,13 +192,8 @@ fn mysql_faults_retried_and_malformed_counted() {
 fn wrong_api_key_is_refused_and_nothing_written() {
     common::run(|| {
         with_store("sqlite", |s| {
-            let api = api(10, 2, 0.0, 0.0, 0.0);
-            let p = Pipeline::start(
-                &config(&api, "wrong-key-123"),
-                s.clone(),
-                Rc::new(Metrics::new()),
-            )
-            .unwrap();
+            let api = api(&dataset(10, 2, 0.0), 0.0, 0.0);
+            let p = start(&config(&api, "wrong-key-123"), &s);
             let r = p.crunch_date(d("2016-08-18"), &[]);
             assert_eq!(r.outcome(), Outcome::Refused);
             let detail = r.record().detail;
@@ -222,18 +216,13 @@ fn wrong_api_key_is_refused_and_nothing_written() {
 fn cursor_days(kind: &'static str) {
     common::run(move || {
         with_store(kind, |s| {
-            let api = api(30, 3, 0.0, 0.0, 0.0);
-            let data = Dataset {
-                seed: 42,
-                users: 30,
-                networks: 3,
-                malformed_rate: 0.0,
-            };
+            let data = dataset(30, 3, 0.0);
+            let api = api(&data, 0.0, 0.0);
             let today = d("2016-08-20");
             let mut cfg = config(&api, KEY);
             cfg.today = Some(today);
             cfg.start_date = Some(d("2016-08-16"));
-            let p = Pipeline::start(&cfg, s.clone(), Rc::new(Metrics::new())).unwrap();
+            let p = start(&cfg, &s);
             // Catch-up: four past dates and today in one tick, the cursor stops at today.
             let done = p.catch_up().unwrap();
             let dates: Vec<String> = done.iter().map(|r| r.date.to_string()).collect();
@@ -260,7 +249,7 @@ fn cursor_days(kind: &'static str) {
             p.shutdown(Duration::from_secs(5));
             // The day after: a new pipeline with a later "today" advances past the old today.
             cfg.today = Some(today.succ());
-            let p = Pipeline::start(&cfg, s.clone(), Rc::new(Metrics::new())).unwrap();
+            let p = start(&cfg, &s);
             let done = p.catch_up().unwrap();
             assert_eq!(
                 done.iter().map(|r| r.date).collect::<Vec<_>>(),
@@ -289,18 +278,18 @@ fn a_failed_date_keeps_the_cursor_and_is_retried() {
         with_store("sqlite", |s| {
             // The API refuses every request for the first tick (wrong key), then a pipeline
             // with the right key completes the same date: the cursor never skipped it.
-            let api = api(20, 2, 0.0, 0.0, 0.0);
+            let api = api(&dataset(20, 2, 0.0), 0.0, 0.0);
             let mut cfg = config(&api, "nope");
             cfg.today = Some(d("2016-08-19"));
             cfg.start_date = Some(d("2016-08-18"));
-            let p = Pipeline::start(&cfg, s.clone(), Rc::new(Metrics::new())).unwrap();
+            let p = start(&cfg, &s);
             let done = p.catch_up().unwrap();
             assert_eq!(done.len(), 1);
             assert_eq!(done[0].outcome(), Outcome::Refused);
             assert_eq!(s.cursor(CURSOR).unwrap(), Some(d("2016-08-18")));
             p.shutdown(Duration::from_secs(5));
             cfg.api_key = KEY.into();
-            let p = Pipeline::start(&cfg, s.clone(), Rc::new(Metrics::new())).unwrap();
+            let p = start(&cfg, &s);
             let done = p.catch_up().unwrap();
             assert_eq!(
                 done.iter().map(|r| r.outcome()).collect::<Vec<_>>(),
@@ -318,15 +307,9 @@ fn a_crashed_service_is_restarted_and_its_date_retried() {
     use evergreen_services::stats::{BaseService, BulkSmsCost};
     common::run(|| {
         with_store("sqlite", |s| {
-            let api = api(40, 2, 0.0, 0.0, 0.0);
-            let data = Dataset {
-                seed: 42,
-                users: 40,
-                networks: 2,
-                malformed_rate: 0.0,
-            };
-            let p =
-                Pipeline::start(&config(&api, KEY), s.clone(), Rc::new(Metrics::new())).unwrap();
+            let data = dataset(40, 2, 0.0);
+            let api = api(&data, 0.0, 0.0);
+            let p = start(&config(&api, KEY), &s);
             let svc = p
                 .supervisor()
                 .child::<BaseService<BulkSmsCost>>("bulk-sms-cost")
@@ -376,7 +359,7 @@ fn scheduler_actor_ticks_and_metrics_render() {
     use evergreen_services::stats::CrunchReport;
     common::run(|| {
         with_store("sqlite", |s| {
-            let api = api(10, 2, 0.0, 0.0, 0.0);
+            let api = api(&dataset(10, 2, 0.0), 0.0, 0.0);
             let mut cfg = config(&api, KEY);
             cfg.today = Some(d("2016-08-19"));
             cfg.start_date = Some(d("2016-08-17"));
@@ -451,7 +434,7 @@ fn demo_api_shapes_auth_and_validation() {
     use evergreen_services::fetch::http::Client;
     use serde_json::{json, Value as Json};
     common::run(|| {
-        let api = api(12, 2, 0.0, 0.0, 0.0);
+        let api = api(&dataset(12, 2, 0.0), 0.0, 0.0);
         let base = api.base_url();
         let http = Client::builder().max_retries(0).build().unwrap();
         let get = |path: &str, key: Option<&str>| -> (u16, Json) {
@@ -532,22 +515,14 @@ fn users_in_flight_per_service_are_bounded_by_the_pool() {
             let api = DemoApi::start(
                 "127.0.0.1:0",
                 ApiConfig {
-                    data: Dataset {
-                        seed: 42,
-                        users: 60,
-                        networks: 1,
-                        malformed_rate: 0.0,
-                    },
-                    api_key: KEY.into(),
                     latency: Duration::from_millis(20),
-                    error_rate: 0.0,
-                    drop_rate: 0.0,
+                    ..api_config(&dataset(60, 1, 0.0), 0.0, 0.0)
                 },
             )
             .unwrap();
             let mut cfg = config(&api, KEY);
             cfg.concurrency = 7;
-            let p = Pipeline::start(&cfg, s.clone(), Rc::new(Metrics::new())).unwrap();
+            let p = start(&cfg, &s);
             let r = p.crunch_date(d("2016-08-18"), &[]);
             assert_eq!(r.outcome(), Outcome::Complete);
             for v in 0..3 {
