@@ -1,6 +1,12 @@
-//! Timers ordered by `(deadline, seq)` with O(1) cancel (libev's timer heap, as gevent uses).
+//! Timers ordered by `(deadline, seq)` with O(1) cancel (the role of libev's timer heap, which
+//! gevent uses).
 //!
-//! A binary min-heap holds `(deadline, seq, slot)`; the action lives in a slab slot. Cancelling
+//! A binary min-heap holds `(deadline, seq, slot)`; the action lives in a slab slot. (libev
+//! uses a 4-ary heap with each node's timestamp cached in it. Tried here, keyed by one `u128`
+//! of deadline nanoseconds and sequence number: 1,264 instructions per timer against 1,073 in
+//! the `timers` workload of 10,000 sleepers, and 2–4 % slower in time. std's binary heap pops
+//! with one comparison per level (sift to the bottom, then up), a 4-ary heap needs four per
+//! level, and turning an `Instant` into nanoseconds costs more than comparing two.) Cancelling
 //! empties the slot in O(1) and leaves the heap entry behind as a tombstone, skipped when it
 //! reaches the top; when tombstones outnumber live timers the heap is rebuilt, so memory stays
 //! proportional to live timers. Two timers with the same deadline fire in the order they were
@@ -216,6 +222,72 @@ mod tests {
         assert_ne!(old, new);
         assert_eq!(second.cancel(old), None, "a stale id cancels nothing");
         assert_eq!(second.pop_due(t0), Some(2));
+    }
+
+    #[test]
+    fn random_inserts_cancels_and_pops_match_a_sorted_reference() {
+        // Deadlines from a small range (many equal ones), a third of the timers cancelled
+        // (enough tombstones to trigger compactions), pops at advancing times: every pop
+        // must return what a sorted (deadline, creation order) list of the live timers says.
+        let t0 = Instant::now();
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut t = Timers::default();
+        // (deadline ms, creation index, id) of the live timers.
+        let mut live: Vec<(u64, u64, TimerId)> = Vec::new();
+        let mut created = 0u64;
+        let mut now_ms = 0u64;
+        for round in 0..200 {
+            for _ in 0..(next() % 60) {
+                let ms = now_ms + next() % 50;
+                let id = t.insert(t0 + Duration::from_millis(ms), created);
+                live.push((ms, created, id));
+                created += 1;
+            }
+            for _ in 0..(next() % 25) {
+                if live.is_empty() {
+                    break;
+                }
+                let (_, c, id) = live.swap_remove((next() % live.len() as u64) as usize);
+                assert_eq!(t.cancel(id), Some(c), "round {round}");
+            }
+            live.sort_by_key(|&(ms, c, _)| (ms, c));
+            assert_eq!(t.len(), live.len());
+            assert_eq!(
+                t.next_deadline(),
+                live.first()
+                    .map(|&(ms, _, _)| t0 + Duration::from_millis(ms)),
+                "round {round}"
+            );
+            now_ms += next() % 20;
+            let due = live.iter().take_while(|&&(ms, _, _)| ms <= now_ms).count();
+            let expect: Vec<u64> = live.drain(..due).map(|(_, c, _)| c).collect();
+            let mut got = Vec::new();
+            while let Some(c) = t.pop_due(t0 + Duration::from_millis(now_ms)) {
+                got.push(c);
+            }
+            assert_eq!(got, expect, "round {round}");
+            assert!(
+                t.heap.len() <= 2 * t.len() + 64,
+                "round {round}: not compacted"
+            );
+        }
+    }
+
+    #[test]
+    fn an_instant_before_the_queue_was_made_is_due_first() {
+        let early = Instant::now();
+        let mut t = Timers::default();
+        let later = t.insert(Instant::now() + Duration::from_millis(1), "later");
+        t.insert(early, "early");
+        assert_eq!(t.next_deadline(), Some(early));
+        assert_eq!(t.pop_due(early), Some("early"));
+        assert!(t.contains(later));
     }
 
     #[test]
