@@ -586,3 +586,39 @@ fn the_monitor_tells_without_a_logger() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_link_notification_still_queued_at_destroy_releases_its_greenlet() {
+    // A finished greenlet with links queues its notification with a count of its own (a
+    // tagged word in the run queue, not a boxed closure): dropping the queue at `destroy`
+    // must release that count, freeing the greenlet and its value.
+    run(|| {
+        struct Flag(Rc<Cell<bool>>);
+        impl Drop for Flag {
+            fn drop(&mut self) {
+                self.0.set(true);
+            }
+        }
+        let dropped = Rc::new(Cell::new(false));
+        let d2 = dropped.clone();
+        let g = spawn(move || Flag(d2));
+        let ran = Rc::new(Cell::new(false));
+        let r2 = ran.clone();
+        g.rawlink(move || r2.set(true));
+        // The greenlet runs and ends; its notification is queued behind the root's wake-up.
+        sleep(Duration::ZERO);
+        assert!(g.dead());
+        assert!(!ran.get(), "the notification has not run yet");
+        drop(g);
+        assert!(!dropped.get(), "the queued notification holds the greenlet");
+        evergreen::hub::destroy();
+        assert!(
+            dropped.get(),
+            "destroy released the queued notification's count"
+        );
+        assert!(
+            !ran.get(),
+            "destroy drops queued tasks without running them"
+        );
+    });
+}

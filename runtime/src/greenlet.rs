@@ -542,7 +542,7 @@ impl Core {
     fn schedule_notify(&self) {
         if self.links.begin_notify() {
             let g = GRef::from_core(self);
-            hub().schedule_callback(Box::new(move || notify_links(g)));
+            hub().schedule_notify_links(g);
         }
     }
 
@@ -671,7 +671,7 @@ impl Core {
 /// does not run; one added meanwhile does), and when a joiner's turn comes it is woken and the
 /// rest of the notification is scheduled behind it, so it runs before the links registered
 /// after it (gevent switches to it in the middle of the notification).
-fn notify_links(g: GRef) {
+pub(crate) fn notify_links(g: GRef) {
     let core = g.core();
     loop {
         let link = core.links.front_ordinal();
@@ -691,7 +691,7 @@ fn notify_links(g: GRef) {
                 core.joiners.wake_all();
                 core.links.end_notify();
             } else {
-                hub().schedule_callback(Box::new(move || notify_links(g)));
+                hub().schedule_notify_links(g);
             }
             return;
         } else {
@@ -785,6 +785,14 @@ impl GRef {
     #[inline(always)]
     pub(crate) fn is_last(&self) -> bool {
         self.core().refs.get() == 1
+    }
+
+    /// Gives up this count as a raw pointer, for [`adopt`](Self::adopt) to take back.
+    #[inline(always)]
+    pub(crate) fn into_raw(self) -> CorePtr {
+        let p = self.0;
+        std::mem::forget(self);
+        p
     }
 
     /// Whether both refer to the same greenlet.

@@ -100,6 +100,10 @@ pub(crate) enum Task {
     Callback(Box<dyn FnOnce()>),
     /// Wake the root context if it is still in the `sleep(ZERO)` with this sequence number.
     WakeRoot(u64),
+    /// Run a finished greenlet's links and wake its joiners (`greenlet::notify_links`), in
+    /// hub context: the callback every greenlet with links needs, queued without a boxed
+    /// closure.
+    NotifyLinks(GRef),
 }
 
 /// What a timer does when it fires.
@@ -242,6 +246,8 @@ struct Ring {
 const TAG_MASK: usize = 3;
 const TAG_CALLBACK: usize = 1;
 const TAG_WAKE_ROOT: usize = 2;
+/// A [`Task::NotifyLinks`]: the core's address (8-aligned) with this tag, owning one count.
+const TAG_NOTIFY: usize = 3;
 
 /// Whether a root wake-up carrying `seq` (as packed in the run queue: the bits that fit in a
 /// word after the tag) is for the root's park number `current`.
@@ -285,6 +291,11 @@ impl RunQueue {
             }
             // Keeps the low bits of the sequence number that fit (see `root_seq_matches`).
             Task::WakeRoot(seq) => ((seq as usize) << 2) | TAG_WAKE_ROOT,
+            Task::NotifyLinks(g) => {
+                let p = g.into_raw();
+                debug_assert_eq!(p.as_ptr() as usize & TAG_MASK, 0);
+                p.as_ptr() as usize | TAG_NOTIFY
+            }
         };
         if r.tail.wrapping_sub(r.head) > r.mask {
             r.grow();
@@ -347,7 +358,12 @@ impl RunQueue {
                     .pop_front()
                     .expect("a callback marker has its callback"),
             ),
-            _ => Task::WakeRoot((word >> 2) as u64),
+            TAG_WAKE_ROOT => Task::WakeRoot((word >> 2) as u64),
+            // SAFETY: a `TAG_NOTIFY` word is a core's non-null address with the tag, carrying
+            // the count its `GRef` gave up in `push`; it is taken from the queue once.
+            _ => Task::NotifyLinks(unsafe {
+                GRef::adopt(CorePtr::new_unchecked((word & !TAG_MASK) as *mut Core))
+            }),
         }
     }
 
@@ -1248,10 +1264,22 @@ impl Hub {
             // Only `run_until_root_woken` acts on the root's markers; elsewhere (teardown)
             // the root is running and they are stale.
             Task::WakeRoot(_) => {}
+            Task::NotifyLinks(g) => self.run_in_callback(move || crate::greenlet::notify_links(g)),
         }
     }
 
     pub(crate) fn run_hub_callback(&self, f: Box<dyn FnOnce()>) {
+        self.run_in_callback(f);
+    }
+
+    /// Queues the notification of a finished greenlet's links and joiners.
+    pub(crate) fn schedule_notify_links(&self, g: GRef) {
+        self.run_queue.push(Task::NotifyLinks(g));
+    }
+
+    /// Runs `f` as a hub callback: flagged as one (it must not block), seen by the monitor,
+    /// a panic logged and ignored.
+    fn run_in_callback(&self, f: impl FnOnce()) {
         let was = self.in_callback.replace(true);
         if let Some(m) = self.monitor.get() {
             m.callback();
@@ -1591,6 +1619,8 @@ mod tests {
                 "cb".into()
             }
             Task::WakeRoot(s) => format!("root{s}"),
+            // The fake count is given up, not released (the address is never dereferenced).
+            Task::NotifyLinks(g) => format!("n{}", g.into_raw().as_ptr() as usize / 8 - 1),
         }
     }
 
@@ -1610,6 +1640,11 @@ mod tests {
                     5 => {
                         q.push(Task::WakeRoot(k as u64));
                         expected.push_back(format!("root{k}"));
+                    }
+                    6 => {
+                        // SAFETY: the fake count is never released: `describe` gives it up raw.
+                        q.push(Task::NotifyLinks(unsafe { GRef::adopt(fake(k)) }));
+                        expected.push_back(format!("n{k}"));
                     }
                     _ => {
                         q.push(Task::Resume(fake(k)));
