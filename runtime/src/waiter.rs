@@ -317,10 +317,58 @@ struct LinkEntry {
     cb: Callback,
 }
 
+/// A FIFO whose front item is kept inline: an object with one link (a greenlet joined by
+/// `joinall` or `wait`) never allocates a buffer for it.
+#[derive(Default)]
+struct Entries {
+    /// The front item; `None` only when the FIFO is empty.
+    first: Option<LinkEntry>,
+    /// The items after `first`.
+    rest: std::collections::VecDeque<LinkEntry>,
+}
+
+impl Entries {
+    fn push_back(&mut self, e: LinkEntry) {
+        if self.first.is_none() {
+            debug_assert!(self.rest.is_empty());
+            self.first = Some(e);
+        } else {
+            self.rest.push_back(e);
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<LinkEntry> {
+        let e = self.first.take()?;
+        self.first = self.rest.pop_front();
+        Some(e)
+    }
+
+    fn front(&self) -> Option<&LinkEntry> {
+        self.first.as_ref()
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    /// Removes the entry of link `id`, if it is here.
+    fn remove(&mut self, id: u64) -> Option<LinkEntry> {
+        if self.first.as_ref()?.id == id {
+            return self.pop_front();
+        }
+        let p = self.rest.iter().position(|e| e.id == id)?;
+        self.rest.remove(p)
+    }
+}
+
 /// The links of one object, shared with the notification callback while one is scheduled.
 #[derive(Default)]
 struct LinkList {
-    entries: std::collections::VecDeque<LinkEntry>,
+    entries: Entries,
     next_ordinal: u32,
     /// A notification callback is scheduled or running: it will run what is added meanwhile.
     notifying: bool,
@@ -382,10 +430,7 @@ impl Links {
         };
         let removed = {
             let mut l = rc.borrow_mut();
-            match l.entries.iter().position(|e| e.id == id.0) {
-                Some(p) => l.entries.remove(p),
-                None => None,
-            }
+            l.entries.remove(id.0)
         };
         // Dropped outside the borrow: a callback's captures may do anything when dropped.
         removed.is_some()
@@ -501,4 +546,49 @@ pub trait Waitable {
     fn rawlink(&self, f: Box<dyn FnOnce()>) -> LinkId;
     /// Removes a link that has not fired; `false` if it had fired or was unknown.
     fn unlink(&self, id: LinkId) -> bool;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: u64) -> LinkEntry {
+        LinkEntry {
+            id,
+            ordinal: id as u32,
+            cb: Box::new(|| {}),
+        }
+    }
+
+    fn ids(e: &mut Entries) -> Vec<u64> {
+        std::iter::from_fn(|| e.pop_front().map(|x| x.id)).collect()
+    }
+
+    #[test]
+    fn the_inline_front_keeps_fifo_order_through_removals() {
+        let mut e = Entries::default();
+        assert!(e.is_empty() && e.front().is_none());
+        for id in 1..=5 {
+            e.push_back(entry(id));
+        }
+        assert_eq!(e.len(), 5);
+        // The front (inline), one in the middle, the last, and one that is not there.
+        assert_eq!(e.remove(1).map(|x| x.id), Some(1));
+        assert_eq!(
+            e.front().map(|x| x.id),
+            Some(2),
+            "the next one moves inline"
+        );
+        assert_eq!(e.remove(4).map(|x| x.id), Some(4));
+        assert_eq!(e.remove(5).map(|x| x.id), Some(5));
+        assert!(e.remove(9).is_none());
+        e.push_back(entry(6));
+        assert_eq!(e.len(), 3);
+        assert_eq!(ids(&mut e), vec![2, 3, 6]);
+        assert!(e.is_empty());
+        // Emptied, it starts inline again.
+        e.push_back(entry(7));
+        assert!(e.rest.is_empty());
+        assert_eq!(ids(&mut e), vec![7]);
+    }
 }
