@@ -383,6 +383,15 @@ mod tests {
         total
     }
 
+    /// A connected loopback TCP pair: (client, server).
+    fn tcp_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accept = crate::spawn(move || listener.accept().unwrap().0);
+        let client = TcpStream::connect(addr).unwrap();
+        (client, accept.into_result().unwrap())
+    }
+
     #[test]
     fn request_response_reads_wait_for_the_reactor_instead_of_failing_with_eagain() {
         // Every read here is issued before its bytes arrive, into a buffer larger than the
@@ -423,11 +432,7 @@ mod tests {
 
     #[test]
     fn request_response_rounds_over_tcp_lose_nothing() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accept = crate::spawn(move || listener.accept().unwrap().0);
-        let client = TcpStream::connect(addr).unwrap();
-        let server = accept.into_result().unwrap();
+        let (client, server) = tcp_pair();
         // The server answers in two small writes: without this, Nagle holds the second one
         // until the delayed ACK of the first (40 ms a round).
         server.set_nodelay(true).unwrap();
@@ -463,11 +468,7 @@ mod tests {
 
     #[test]
     fn a_peek_does_not_hide_the_bytes_it_saw_from_the_next_read() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accept = crate::spawn(move || listener.accept().unwrap().0);
-        let client = TcpStream::connect(addr).unwrap();
-        let server = accept.into_result().unwrap();
+        let (client, server) = tcp_pair();
         let first_read = std::rc::Rc::new(crate::Event::new());
         let first_read2 = first_read.clone();
         let reader = crate::spawn(move || {
