@@ -622,3 +622,37 @@ fn a_link_notification_still_queued_at_destroy_releases_its_greenlet() {
         );
     });
 }
+
+#[test]
+fn a_notification_queued_while_destroy_drops_the_queue_is_released() {
+    // Found in review: dropping what `destroy` took from the run queue runs user code; here a
+    // link's captures link another dead greenlet, which queues its notification (owning a
+    // count of it) into the queue `destroy` had just emptied. It must be released too.
+    run(|| {
+        struct Flag(Rc<Cell<bool>>);
+        impl Drop for Flag {
+            fn drop(&mut self) {
+                self.0.set(true);
+            }
+        }
+        struct Relink(Option<evergreen::Greenlet<Flag>>);
+        impl Drop for Relink {
+            fn drop(&mut self) {
+                if let Some(g) = self.0.take() {
+                    g.rawlink(|| {});
+                }
+            }
+        }
+        let dropped = Rc::new(Cell::new(false));
+        let d2 = dropped.clone();
+        let g2 = spawn(move || Flag(d2));
+        let g1 = spawn(|| ());
+        sleep(Duration::ZERO);
+        assert!(g1.dead() && g2.dead());
+        let r = Relink(Some(g2));
+        g1.rawlink(move || drop(r));
+        drop(g1);
+        evergreen::hub::destroy();
+        assert!(dropped.get(), "the count queued during destroy leaked");
+    });
+}

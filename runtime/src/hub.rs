@@ -577,25 +577,45 @@ pub fn destroy() {
                 g.core().leak_coroutine();
             }
         }
-        // Take them out first: dropping an action may touch the hub (an armed Timeout's Drop
-        // cancels its timer, an IMap's Drop kills its feeder).
-        let actions = hub.timers.borrow_mut().drain();
-        hub.drop_on_hub(actions);
-        let queued = hub.run_queue.take_all();
-        for t in &queued {
-            if let Task::Resume(p) = t {
-                // SAFETY: a queued greenlet is alive: registered, or killed before it started
-                // with its count owned by this entry.
-                let c = unsafe { p.as_ref() };
-                if c.state.get() == State::Dead && !c.in_live() {
-                    // SAFETY: see `kill_dyn`: the entry owns that count.
-                    hub.drop_on_hub(unsafe { GRef::adopt(*p) });
+        // Dropping what is queued runs user code (a link's captures, a greenlet's value) that
+        // may queue more: a link added to a dead greenlet queues its notification, which owns
+        // a count of it. So repeat until a round finds nothing, or give up (leaking what is
+        // left) after `ROUNDS` rounds of drops that keep queueing.
+        const ROUNDS: usize = 100;
+        for round in 0.. {
+            // Take them out first: dropping an action may touch the hub (an armed Timeout's
+            // Drop cancels its timer, an IMap's Drop kills its feeder).
+            let actions = hub.timers.borrow_mut().drain();
+            let mut any = !actions.is_empty();
+            hub.drop_on_hub(actions);
+            let queued = hub.run_queue.take_all();
+            any |= !queued.is_empty();
+            for t in &queued {
+                if let Task::Resume(p) = t {
+                    // SAFETY: a queued greenlet is alive: registered, or killed before it
+                    // started with its count owned by this entry.
+                    let c = unsafe { p.as_ref() };
+                    if c.state.get() == State::Dead && !c.in_live() {
+                        // SAFETY: see `kill_dyn`: the entry owns that count.
+                        hub.drop_on_hub(unsafe { GRef::adopt(*p) });
+                    }
                 }
             }
+            hub.drop_on_hub(queued);
+            let declined = std::mem::take(&mut *hub.declined.borrow_mut());
+            any |= !declined.is_empty();
+            hub.drop_on_hub(declined);
+            if !any {
+                break;
+            }
+            if round == ROUNDS {
+                log::error!(
+                    "evergreen: destroy: dropping queued tasks kept queueing more for {ROUNDS} \
+                     rounds; the rest is leaked"
+                );
+                break;
+            }
         }
-        hub.drop_on_hub(queued);
-        let declined = std::mem::take(&mut *hub.declined.borrow_mut());
-        hub.drop_on_hub(declined);
     }
     HUB.with(|h| h.set(std::ptr::null()));
     // SAFETY: `p` came from `Box::into_raw` and the thread-local no longer points to it.
