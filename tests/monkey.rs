@@ -847,9 +847,18 @@ fn the_hooks_see_flags_and_timeouts_changed_after_they_cached_them() {
     });
 }
 
+/// A connected loopback pair of std TCP streams (client, server), made through the hooks (the
+/// drained-queue rule is for TCP only).
+fn std_tcp_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let server = listener.accept().unwrap().0;
+    (client, server)
+}
+
 /// Spawns a greenlet that reads from `s` with a 64-byte buffer until the end of stream and
 /// returns the size of each read, the final 0 included.
-fn read_to_end_in_greenlet(s: &Rc<std::os::unix::net::UnixStream>) -> Greenlet<Vec<usize>> {
+fn read_to_end_in_greenlet(s: &Rc<std::net::TcpStream>) -> Greenlet<Vec<usize>> {
     let s = s.clone();
     spawn(move || {
         let mut sizes = Vec::new();
@@ -872,8 +881,7 @@ fn a_short_read_followed_by_the_end_of_stream_returns_zero_without_waiting() {
     // stream, not wait for an edge that never comes.
     monkey::patch_all();
     run(|| {
-        use std::os::unix::net::UnixStream;
-        let (a, b) = UnixStream::pair().unwrap();
+        let (b, a) = std_tcp_pair();
         let (a, b) = (Rc::new(a), Rc::new(b));
         // The reader starts first: its read finds nothing and waits (registering the fd).
         let reader = read_to_end_in_greenlet(&a);
@@ -891,8 +899,7 @@ fn a_peek_does_not_hide_the_bytes_it_saw_from_the_next_read() {
     // A short MSG_PEEK leaves the bytes queued: it must not mark the queue empty.
     monkey::patch_all();
     run(|| {
-        use std::os::unix::net::UnixStream;
-        let (a, b) = UnixStream::pair().unwrap();
+        let (b, a) = std_tcp_pair();
         let (a, b) = (Rc::new(a), Rc::new(b));
         let a2 = a.clone();
         let reader = spawn(move || {
@@ -919,8 +926,10 @@ fn request_response_rounds_over_hooked_blocking_sockets_lose_nothing() {
     // arrives, in order, and no read waits for an edge already consumed.
     monkey::patch_all();
     run(|| {
-        use std::os::unix::net::UnixStream;
-        let (client, server) = UnixStream::pair().unwrap();
+        let (client, server) = std_tcp_pair();
+        // The server answers in two small writes: without this, Nagle holds the second one
+        // until the delayed ACK of the first.
+        server.set_nodelay(true).unwrap();
         let (client, server) = (Rc::new(client), Rc::new(server));
         let rounds = 300usize;
         let srv = server.clone();
@@ -964,5 +973,81 @@ fn request_response_rounds_over_hooked_blocking_sockets_lose_nothing() {
             (0..rounds).map(|r| 1 + (r * 37) % 300).sum::<usize>()
         );
         server_g.join();
+    });
+}
+
+#[test]
+fn a_hooked_read_stopped_by_tcp_urgent_data_is_not_taken_for_an_empty_queue() {
+    // recv stops at the urgent mark: "xy" comes back short with "tail" queued behind it, all
+    // under one edge. The urgent data's EPOLLPRI turns the drained-queue rule off for the fd.
+    monkey::patch_all();
+    run(|| {
+        let (client, server) = std_tcp_pair();
+        (&client).write_all(b"xy").unwrap();
+        // SAFETY: send(2) of one byte from a valid buffer on our own open socket.
+        let r = unsafe { libc::send(client.as_raw_fd(), b"!".as_ptr().cast(), 1, libc::MSG_OOB) };
+        assert_eq!(r, 1);
+        (&client).write_all(b"tail").unwrap();
+        // The hooks make a read cooperative only in a greenlet (not in the root context).
+        let reader = spawn(move || {
+            // The hub sees the socket readable: the edge of everything written is processed.
+            evergreen::wait_read(server.as_raw_fd(), Some(Duration::from_secs(2))).unwrap();
+            let mut buf = [0u8; 64];
+            let first = (&server).read(&mut buf).unwrap();
+            let r = evergreen::with_timeout(Duration::from_secs(2), || (&server).read(&mut buf));
+            (first, r.ok().map(|r| r.unwrap()), buf[..4].to_vec())
+        });
+        let (first, next, tail) = reader.get().unwrap();
+        assert_eq!(first, 2);
+        assert_eq!(next, Some(4), "the next read hung");
+        assert_eq!(tail, b"tail");
+    });
+}
+
+#[test]
+fn a_hooked_unix_read_stopped_by_passed_fds_is_not_taken_for_an_empty_queue() {
+    // A Unix stream read stops after a message that carries fds: "a" comes back short with
+    // "b" queued. Hooked Unix stream sockets always try the read first.
+    monkey::patch_all();
+    run(|| {
+        use std::os::unix::net::UnixStream;
+        let (a, b) = UnixStream::pair().unwrap();
+        let fd = b.as_raw_fd();
+        // SAFETY: sendmsg(2) of one byte and one fd (the socket's own) from buffers that live
+        // through the call, on our own open socket; the control buffer is u64-aligned and
+        // large enough for one `SCM_RIGHTS` message.
+        unsafe {
+            let mut byte = *b"a";
+            let mut iov = libc::iovec {
+                iov_base: byte.as_mut_ptr().cast(),
+                iov_len: 1,
+            };
+            let mut cbuf = [0u64; 8];
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = cbuf.as_mut_ptr().cast();
+            msg.msg_controllen = libc::CMSG_SPACE(4) as _;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(4) as _;
+            *(libc::CMSG_DATA(c) as *mut i32) = fd;
+            assert_eq!(libc::sendmsg(fd, &msg, 0), 1);
+        }
+        (&b).write_all(b"b").unwrap();
+        // The hooks make a read cooperative only in a greenlet (not in the root context).
+        let reader = spawn(move || {
+            evergreen::wait_read(a.as_raw_fd(), Some(Duration::from_secs(2))).unwrap();
+            let mut buf = [0u8; 64];
+            let first = (&a).read(&mut buf).unwrap();
+            let r = evergreen::with_timeout(Duration::from_secs(2), || (&a).read(&mut buf));
+            (first, r.ok().map(|r| r.unwrap()), buf[0])
+        });
+        let (first, next, byte) = reader.get().unwrap();
+        assert_eq!(first, 1);
+        assert_eq!(next, Some(1), "the next read hung");
+        assert_eq!(byte, b'b');
+        drop(b);
     });
 }

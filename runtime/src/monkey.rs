@@ -395,6 +395,8 @@ pub fn in_original() -> bool {
 struct Sock {
     /// `SOCK_STREAM`: blocking writes and `MSG_WAITALL` reads transfer everything.
     stream: bool,
+    /// TCP: a short read means an empty receive queue (the drained-queue rule).
+    tcp: bool,
     /// A read would find nothing: see [`Reactor::read_known_drained`](reactor::Reactor).
     read_drained: bool,
 }
@@ -412,7 +414,7 @@ impl Sock {
     /// The [`StreamRead`] of a call in `dir` with `flags` moving up to `len` bytes, if it is one.
     #[inline]
     fn stream_read(self, dir: Dir, flags: c_int, len: usize) -> Option<StreamRead> {
-        (self.stream && dir == Dir::Read && flags & libc::MSG_PEEK == 0).then_some(StreamRead {
+        (self.tcp && dir == Dir::Read && flags & libc::MSG_PEEK == 0).then_some(StreamRead {
             len,
             drained: self.read_drained,
         })
@@ -449,10 +451,17 @@ fn cooperative_socket(fd: RawFd) -> Option<Sock> {
     match r.kind(fd) {
         FdKind::Socket => Some(Sock {
             stream: false,
+            tcp: false,
             read_drained: false,
         }),
         FdKind::StreamSocket => Some(Sock {
             stream: true,
+            tcp: false,
+            read_drained: false,
+        }),
+        FdKind::TcpSocket => Some(Sock {
+            stream: true,
+            tcp: true,
             read_drained: r.read_known_drained(fd),
         }),
         FdKind::Owned | FdKind::Other => None,
@@ -465,15 +474,19 @@ fn cooperative_socket(fd: RawFd) -> Option<Sock> {
             let kind = if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
                 FdKind::Other
             } else if socket_type(fd) == Some(libc::SOCK_STREAM) {
-                FdKind::StreamSocket
+                match socket_domain(fd) {
+                    Some(libc::AF_INET | libc::AF_INET6) => FdKind::TcpSocket,
+                    _ => FdKind::StreamSocket,
+                }
             } else {
                 FdKind::Socket
             };
             r.state(fd).kind = kind;
             // A socket seen for the first time is not registered: nothing is known drained.
             match kind {
-                FdKind::Socket | FdKind::StreamSocket => Some(Sock {
-                    stream: kind == FdKind::StreamSocket,
+                FdKind::Socket | FdKind::StreamSocket | FdKind::TcpSocket => Some(Sock {
+                    stream: kind != FdKind::Socket,
+                    tcp: kind == FdKind::TcpSocket,
                     read_drained: false,
                 }),
                 _ => None,

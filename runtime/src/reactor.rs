@@ -12,9 +12,9 @@
 //!   wait that starts after the event arrived returns at once, and an edge is never lost.
 //! * **Try first, wait on `WouldBlock`.** Sockets try the syscall first and only wait when it
 //!   would block; waits tolerate spurious wake-ups (the caller simply tries again). One
-//!   exception, as in tokio: a read on a stream socket (evergreen's `TcpStream`/`UnixStream`,
-//!   or a blocking one through the hooks) that returned fewer bytes than asked for has emptied
-//!   the receive queue, so the fd's `readable` flag is cleared then too (`mark_read_drained`),
+//!   exception, as in tokio: a read on a TCP socket (evergreen's `TcpStream`, or a blocking
+//!   one through the hooks) that returned fewer bytes than asked for has emptied the receive
+//!   queue (unless urgent data was seen on it: reads stop at the urgent mark), so the fd's `readable` flag is cleared then too (`mark_read_drained`),
 //!   and the next read waits for an event before trying (`Reactor::read_known_drained`): a
 //!   request/response client saves the `recvfrom` that would fail with `EAGAIN` on every
 //!   response. (gevent always tries first.)
@@ -59,6 +59,11 @@ pub(crate) enum FdKind {
     /// A `SOCK_STREAM` socket created elsewhere: blocking writes and `MSG_WAITALL` reads
     /// must transfer everything, as the kernel's would.
     StreamSocket,
+    /// A TCP (`AF_INET`/`AF_INET6` `SOCK_STREAM`) socket created elsewhere: as
+    /// [`StreamSocket`](Self::StreamSocket), and a short read means its receive queue is
+    /// empty (see [`mark_read_drained`]; not so for Unix stream sockets, whose reads also stop
+    /// at a message that carries fds or another sender's credentials).
+    TcpSocket,
     /// Not a socket (file, pipe, tty): hooks pass it through.
     Other,
 }
@@ -76,6 +81,10 @@ pub(crate) struct FdState {
     /// on, reads never wait before trying (a short read may be followed by the end of stream,
     /// whose edge has already been seen).
     read_closed: bool,
+    /// An event said urgent (TCP out-of-band) data arrived (`EPOLLPRI`): a read stops at the
+    /// urgent mark, so a short read no longer means an empty queue, and from then on reads
+    /// never wait before trying.
+    urgent: bool,
     /// The greenlet waiting to read, if any.
     reader: Option<CorePtr>,
     /// The greenlet waiting to write, if any.
@@ -148,7 +157,7 @@ impl Reactor {
             && self
                 .fds
                 .get(fd as usize)
-                .is_some_and(|s| s.registered && !s.readable)
+                .is_some_and(|s| s.registered && !s.readable && !s.urgent)
     }
 
     /// Whether `fd` is registered with epoll.
@@ -167,7 +176,8 @@ impl Reactor {
         let Some(poll) = self.poll.as_ref() else {
             return Err(io::Error::other("evergreen: the hub has no epoll instance"));
         };
-        let interest = Interest::READABLE | Interest::WRITABLE;
+        // PRIORITY: urgent TCP data is reported (see `FdState::urgent`).
+        let interest = Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY;
         let r = poll
             .registry()
             .register(&mut SourceFd(&fd), Token(fd as usize), interest);
@@ -255,6 +265,7 @@ impl Reactor {
             if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                 st.readable = true;
                 st.read_closed |= ev.is_read_closed() || ev.is_error();
+                st.urgent |= ev.is_priority();
                 if let Some(g) = st.reader {
                     self.woken.push(g);
                 }
@@ -319,19 +330,23 @@ fn dir_name(dir: Dir) -> &'static str {
     }
 }
 
-/// Records that a read on the stream socket `fd` just emptied its receive queue: it returned
-/// fewer bytes than asked for (more than zero, and not a peek). Every byte that arrives after
+/// Records that a read on the TCP socket `fd` just emptied its receive queue: it returned
+/// fewer bytes than asked for (more than zero, not a peek, from at most as many buffers as
+/// one `readv` takes). Every byte that arrives after
 /// that raises a new edge (the kernel reports each arrival to epoll), and events are processed
 /// only by the hub, never during the read, so clearing the flag cannot lose an arrival; an
 /// event for bytes this read already took only costs one read that finds nothing. The end of
 /// stream raises no edge after the one already seen, so once an event said the reading side
-/// is closed the flag stays set.
+/// is closed the flag stays set; so it does once urgent data was seen (a read stops at the
+/// urgent mark with data behind it). Only for TCP: a Unix stream read also stops, with data
+/// behind, at a message that carries fds or another sender's credentials, and epoll cannot
+/// tell.
 pub(crate) fn mark_read_drained(fd: RawFd) {
     let Ok(mut r) = hub().reactor.try_borrow_mut() else {
         return;
     };
     if let Some(s) = r.fds.get_mut(fd as usize) {
-        if s.registered && !s.read_closed {
+        if s.registered && !s.read_closed && !s.urgent {
             s.readable = false;
         }
     }

@@ -131,7 +131,7 @@ impl IoState {
         self.io_until(dir, deadline, op)
     }
 
-    /// A read of up to `len` bytes from a stream socket (`op`, which takes what it reads: not a
+    /// A read of up to `len` bytes from a TCP socket (`op`, which takes what it reads: not a
     /// peek), with the reactor's drained-queue rule: a read that returns fewer bytes than
     /// asked for has emptied the receive queue, so the next read, unless an event said
     /// readable in between, waits for one before trying instead of making a system call that
@@ -398,7 +398,7 @@ mod tests {
         // message (as an HTTP client reads a response), so each read that gets a message
         // comes back short. Without the drained-queue rule the next read on each side is a
         // `recvfrom` that fails with `EAGAIN`, then a wait: two per round.
-        let (client, server) = UnixStream::pair().unwrap();
+        let (client, server) = tcp_pair();
         let rounds = 200usize;
         let before = would_block();
         let server_g = crate::spawn(move || {
@@ -447,7 +447,7 @@ mod tests {
     fn a_short_read_followed_by_the_end_of_stream_returns_zero_without_waiting() {
         // The last bytes and the end of stream arrive in one edge, seen before the short read
         // that takes the bytes: the next read must find the end of stream, not wait.
-        let (a, b) = UnixStream::pair().unwrap();
+        let (b, a) = tcp_pair();
         let reader = crate::spawn(move || {
             let mut sizes = Vec::new();
             let mut buf = [0u8; 64];
@@ -490,7 +490,7 @@ mod tests {
 
     #[test]
     fn a_read_timeout_still_applies_when_the_read_waits_first() {
-        let (a, _b) = UnixStream::pair().unwrap();
+        let (a, _b) = tcp_pair();
         a.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
         // Nothing arrives: the first read tries, fails with EAGAIN, waits and times out; the
         // second waits first (no short read marked it, but the WouldBlock cleared readiness)
@@ -499,6 +499,87 @@ mod tests {
             let e = (&a).read(&mut [0u8; 8]).unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::TimedOut);
         }
+    }
+
+    /// Waits until the hub has seen `s` readable: the events of the bytes written so far are
+    /// processed (loopback writes are delivered within the writer's system call).
+    fn seen_readable(s: &impl std::os::fd::AsRawFd) {
+        crate::wait_read(s.as_raw_fd(), Some(Duration::from_secs(2))).unwrap();
+    }
+
+    #[test]
+    fn read_vectored_into_more_buffers_than_readv_takes_is_not_a_short_read() {
+        // Found in review: readv fills at most 1024 buffers, so 2048 one-byte buffers get
+        // 1024 bytes of the 2000 queued; taking that for an empty queue hung the next read.
+        let (client, server) = tcp_pair();
+        (&client).write_all(&[7u8; 2000]).unwrap();
+        seen_readable(&server);
+        let mut storage = vec![[0u8; 1]; 2048];
+        let mut bufs: Vec<io::IoSliceMut<'_>> = storage
+            .iter_mut()
+            .map(|b| io::IoSliceMut::new(&mut b[..]))
+            .collect();
+        assert_eq!((&server).read_vectored(&mut bufs).unwrap(), 1024);
+        let mut buf = [0u8; 64];
+        let r = crate::with_timeout(Duration::from_secs(2), || (&server).read(&mut buf));
+        assert_eq!(r.ok().map(|r| r.unwrap()), Some(64), "the next read hung");
+    }
+
+    #[test]
+    fn a_read_stopped_by_tcp_urgent_data_is_not_taken_for_an_empty_queue() {
+        // Found in review: recv stops at the urgent mark, so "xy" comes back short with "tail"
+        // queued behind it, all under one edge. The urgent data's EPOLLPRI turns the rule off.
+        use std::os::fd::AsRawFd;
+        let (client, server) = tcp_pair();
+        (&client).write_all(b"xy").unwrap();
+        // SAFETY: send(2) of one byte from a valid buffer on our own open socket.
+        let r = unsafe { libc::send(client.as_raw_fd(), b"!".as_ptr().cast(), 1, libc::MSG_OOB) };
+        assert_eq!(r, 1);
+        (&client).write_all(b"tail").unwrap();
+        seen_readable(&server);
+        let mut buf = [0u8; 64];
+        assert_eq!((&server).read(&mut buf).unwrap(), 2);
+        let r = crate::with_timeout(Duration::from_secs(2), || (&server).read(&mut buf));
+        assert_eq!(r.ok().map(|r| r.unwrap()), Some(4), "the next read hung");
+        assert_eq!(&buf[..4], b"tail");
+    }
+
+    #[test]
+    fn a_unix_read_stopped_by_passed_fds_is_not_taken_for_an_empty_queue() {
+        // Found in review: a Unix stream read stops after a message that carries fds, so "a"
+        // comes back short with "b" queued. Unix streams always try the read first.
+        use std::os::fd::AsRawFd;
+        let (a, b) = UnixStream::pair().unwrap();
+        let fd = b.as_raw_fd();
+        // SAFETY: sendmsg(2) of one byte and one fd (the socket's own) from buffers that
+        // live through the call, on our own open socket; the control buffer is u64-aligned
+        // and large enough for one `SCM_RIGHTS` message.
+        unsafe {
+            let mut byte = *b"a";
+            let mut iov = libc::iovec {
+                iov_base: byte.as_mut_ptr().cast(),
+                iov_len: 1,
+            };
+            let mut cbuf = [0u64; 8];
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = cbuf.as_mut_ptr().cast();
+            msg.msg_controllen = libc::CMSG_SPACE(4) as _;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(4) as _;
+            *(libc::CMSG_DATA(c) as *mut i32) = fd;
+            assert_eq!(libc::sendmsg(fd, &msg, 0), 1);
+        }
+        (&b).write_all(b"b").unwrap();
+        seen_readable(&a);
+        let mut buf = [0u8; 64];
+        assert_eq!((&a).read(&mut buf).unwrap(), 1);
+        let r = crate::with_timeout(Duration::from_secs(2), || (&a).read(&mut buf));
+        assert_eq!(r.ok().map(|r| r.unwrap()), Some(1), "the next read hung");
+        assert_eq!(buf[0], b'b');
     }
 
     #[test]

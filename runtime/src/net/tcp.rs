@@ -236,7 +236,13 @@ impl Read for &TcpStream {
 
     fn read_vectored(&mut self, bufs: &mut [io::IoSliceMut<'_>]) -> io::Result<usize> {
         let mut inner = &self.inner;
-        let len = bufs.iter().map(|b| b.len()).sum();
+        // `readv` fills at most `UIO_MAXIOV` buffers (std passes no more): what a full read
+        // can return is what those hold, or a read of more buffers would look short.
+        let len = bufs
+            .iter()
+            .take(libc::UIO_MAXIOV as usize)
+            .map(|b| b.len())
+            .sum();
         self.io.read_stream(len, || inner.read_vectored(bufs))
     }
 }

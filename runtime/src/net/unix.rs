@@ -92,9 +92,10 @@ impl UnixStream {
 
 impl Read for &UnixStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // No drained-queue rule (see `IoState::read_stream`): a Unix stream read also stops at
+        // a message that carries fds, with data behind it.
         let mut inner = &self.inner;
-        let len = buf.len();
-        self.io.read_stream(len, || inner.read(buf))
+        self.io.io(Dir::Read, || inner.read(buf))
     }
 }
 
