@@ -151,13 +151,15 @@ impl Reactor {
     /// Whether a read on `fd` is known to find nothing: the fd is registered and no event has
     /// said readable since its receive queue was last seen empty (a `WouldBlock`, or a short
     /// read on a stream socket, see [`mark_read_drained`]). A read hook then waits before
-    /// trying, saving the system call that would fail with `EAGAIN`.
+    /// trying, saving the system call that would fail with `EAGAIN`. Not while another
+    /// greenlet waits to read the fd: a read then tries first, as it always did, and only a
+    /// `WouldBlock` makes it a second waiter ([`Error::ConcurrentObjectUse`]).
     pub(crate) fn read_known_drained(&self, fd: RawFd) -> bool {
         fd >= 0
             && self
                 .fds
                 .get(fd as usize)
-                .is_some_and(|s| s.registered && !s.readable && !s.urgent)
+                .is_some_and(|s| s.registered && !s.readable && !s.urgent && s.reader.is_none())
     }
 
     /// Whether `fd` is registered with epoll.

@@ -583,6 +583,34 @@ mod tests {
     }
 
     #[test]
+    fn a_read_beside_a_greenlet_waiting_on_the_fd_still_tries_first() {
+        // Found in review: on a drained fd whose reader slot another greenlet holds (here in
+        // `wait_read`), waiting first made the read a second waiter (`ConcurrentObjectUse`)
+        // although a byte had arrived whose event the hub had not processed yet. Such a read
+        // tries first, as it did before the drained-queue rule.
+        use std::os::fd::AsRawFd;
+        let (client, server) = tcp_pair();
+        let server = std::rc::Rc::new(server);
+        (&client).write_all(b"a").unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(
+            (&*server).read(&mut buf).unwrap(),
+            1,
+            "a short read: drained"
+        );
+        let s2 = server.clone();
+        let waiter = crate::spawn(move || crate::wait_read(s2.as_raw_fd(), None).is_ok());
+        crate::sleep(Duration::ZERO);
+        (&client).write_all(b"z").unwrap();
+        // No poll since the write: the byte is queued, its event not processed.
+        let r = (&*server).read(&mut buf).map_err(|e| e.to_string());
+        assert_eq!(r, Ok(1));
+        assert_eq!(buf[0], b'z');
+        (&client).write_all(b"!").unwrap();
+        assert_eq!(waiter.get(), Ok(true));
+    }
+
+    #[test]
     fn host_port_splitting() {
         assert_eq!(
             split_host_port("example.com:80").unwrap(),
