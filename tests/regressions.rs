@@ -656,3 +656,43 @@ fn a_notification_queued_while_destroy_drops_the_queue_is_released() {
         assert!(dropped.get(), "the count queued during destroy leaked");
     });
 }
+
+#[test]
+fn wait_read_after_an_eagain_the_reactor_did_not_see_waits() {
+    // Found in review: gevent's pattern read -> EAGAIN -> wait_read -> read, with a read the
+    // reactor does not see (a raw read of a pipe). The reactor's flag still said readable from
+    // the first byte's event, so wait_read returned at once, and the loop spun without ever
+    // yielding. It asks the kernel now, and waits (here until its timeout).
+    run_virtual(|| {
+        let mut fds = [0i32; 2];
+        // SAFETY: pipe2(2) fills the two fds of a fresh pipe.
+        assert_eq!(
+            unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) },
+            0
+        );
+        let (r, w) = (fds[0], fds[1]);
+        // SAFETY: write(2) of one byte from a valid buffer to our pipe.
+        assert_eq!(unsafe { libc::write(w, b"a".as_ptr().cast(), 1) }, 1);
+        evergreen::wait_read(r, Some(Duration::from_secs(1))).unwrap();
+        let mut b = [0u8; 8];
+        // SAFETY: read(2) into a valid buffer of its length, from our pipe.
+        assert_eq!(unsafe { libc::read(r, b.as_mut_ptr().cast(), 8) }, 1);
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::read(r, b.as_mut_ptr().cast(), 8) }, -1);
+        let res = evergreen::wait_read(r, Some(Duration::from_millis(100)));
+        assert_eq!(
+            res.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::TimedOut),
+            "wait_read returned although the pipe is empty"
+        );
+        // And it still returns at once when there is something to read.
+        // SAFETY: as the first write.
+        assert_eq!(unsafe { libc::write(w, b"b".as_ptr().cast(), 1) }, 1);
+        evergreen::wait_read(r, Some(Duration::from_secs(1))).unwrap();
+        // SAFETY: closing the two fds of our pipe, used by nothing else.
+        unsafe {
+            libc::close(r);
+            libc::close(w);
+        }
+    });
+}

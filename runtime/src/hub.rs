@@ -611,7 +611,7 @@ pub fn destroy() {
             if round == ROUNDS {
                 log::error!(
                     "evergreen: destroy: dropping queued tasks kept queueing more for {ROUNDS} \
-                     rounds; the rest is leaked"
+                     rounds; the rest is dropped with the hub, outside it"
                 );
                 break;
             }

@@ -474,20 +474,25 @@ fn cooperative_socket(fd: RawFd) -> Option<Sock> {
             let kind = if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
                 FdKind::Other
             } else if socket_type(fd) == Some(libc::SOCK_STREAM) {
-                match socket_domain(fd) {
-                    Some(libc::AF_INET | libc::AF_INET6) => FdKind::TcpSocket,
+                // TCP only: SCTP's one-to-one sockets are `SOCK_STREAM` too but return one
+                // message per read, a short read with more queued.
+                match (socket_domain(fd), socket_protocol(fd)) {
+                    (Some(libc::AF_INET | libc::AF_INET6), Some(libc::IPPROTO_TCP)) => {
+                        FdKind::TcpSocket
+                    }
                     _ => FdKind::StreamSocket,
                 }
             } else {
                 FdKind::Socket
             };
             r.state(fd).kind = kind;
-            // A socket seen for the first time is not registered: nothing is known drained.
+            // (Examined again after its first registration, see `Reactor::register`: it may
+            // be known drained already.)
             match kind {
                 FdKind::Socket | FdKind::StreamSocket | FdKind::TcpSocket => Some(Sock {
                     stream: kind != FdKind::Socket,
                     tcp: kind == FdKind::TcpSocket,
-                    read_drained: false,
+                    read_drained: kind == FdKind::TcpSocket && r.read_known_drained(fd),
                 }),
                 _ => None,
             }
@@ -508,6 +513,21 @@ fn socket_type(fd: RawFd) -> Option<c_int> {
         &mut len as *mut socklen_t
     );
     (r == 0).then_some(ty)
+}
+
+/// `SO_PROTOCOL` of a socket.
+fn socket_protocol(fd: RawFd) -> Option<c_int> {
+    let mut p: c_int = 0;
+    let mut len = std::mem::size_of::<c_int>() as socklen_t;
+    let r = sys!(
+        libc::SYS_getsockopt,
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_PROTOCOL,
+        &mut p as *mut c_int,
+        &mut len as *mut socklen_t
+    );
+    (r == 0).then_some(p)
 }
 
 /// `SO_DOMAIN` of a socket.
@@ -1529,7 +1549,8 @@ pub unsafe extern "C-unwind" fn ioctl(
 }
 
 /// Hook for `setsockopt(2)`: the real call; at `SOL_SOCKET` level (the timeouts), the hooks
-/// then forget what they cached about fds' timeouts.
+/// then forget what they cached about fds' timeouts; a `TCP_ULP` (kernel TLS) turns the
+/// drained-queue rule off for the fd (its reads stop before a record of another type).
 ///
 /// # Safety
 ///
@@ -1543,6 +1564,11 @@ pub unsafe extern "C-unwind" fn setsockopt(
     len: socklen_t,
 ) -> c_int {
     let r = sys!(libc::SYS_setsockopt, fd, level, name, value, len) as c_int;
+    if r == 0 && level == libc::IPPROTO_TCP && name == libc::TCP_ULP && crate::hub::exists() {
+        let e = errno();
+        reactor::short_reads_ambiguous(fd);
+        set_errno(e);
+    }
     if level == libc::SOL_SOCKET {
         let e = errno();
         fd_changed();

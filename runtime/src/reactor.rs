@@ -81,10 +81,11 @@ pub(crate) struct FdState {
     /// on, reads never wait before trying (a short read may be followed by the end of stream,
     /// whose edge has already been seen).
     read_closed: bool,
-    /// An event said urgent (TCP out-of-band) data arrived (`EPOLLPRI`): a read stops at the
-    /// urgent mark, so a short read no longer means an empty queue, and from then on reads
-    /// never wait before trying.
-    urgent: bool,
+    /// A short read may leave data queued: an event said urgent (TCP out-of-band) data
+    /// arrived (`EPOLLPRI`; a read stops at the urgent mark), or an upper-layer protocol was
+    /// installed (`TCP_ULP`, kernel TLS: a read stops before a record of another type). From
+    /// then on reads never wait before trying.
+    short_reads_ambiguous: bool,
     /// The greenlet waiting to read, if any.
     reader: Option<CorePtr>,
     /// The greenlet waiting to write, if any.
@@ -156,10 +157,9 @@ impl Reactor {
     /// `WouldBlock` makes it a second waiter ([`Error::ConcurrentObjectUse`]).
     pub(crate) fn read_known_drained(&self, fd: RawFd) -> bool {
         fd >= 0
-            && self
-                .fds
-                .get(fd as usize)
-                .is_some_and(|s| s.registered && !s.readable && !s.urgent && s.reader.is_none())
+            && self.fds.get(fd as usize).is_some_and(|s| {
+                s.registered && !s.readable && !s.short_reads_ambiguous && s.reader.is_none()
+            })
     }
 
     /// Whether `fd` is registered with epoll.
@@ -178,7 +178,7 @@ impl Reactor {
         let Some(poll) = self.poll.as_ref() else {
             return Err(io::Error::other("evergreen: the hub has no epoll instance"));
         };
-        // PRIORITY: urgent TCP data is reported (see `FdState::urgent`).
+        // PRIORITY: urgent TCP data is reported (see `FdState::short_reads_ambiguous`).
         let interest = Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY;
         let r = poll
             .registry()
@@ -199,7 +199,16 @@ impl Reactor {
         }
         // Readiness flags start clear: with edge-triggered epoll, registering an fd that is
         // already ready produces an event at the next poll, which sets them.
-        self.state(fd).registered = true;
+        let st = self.state(fd);
+        st.registered = true;
+        // What the hooks learned about an fd number they had not registered may be stale: a
+        // close on another thread does not reach this hub, and the number may now be another
+        // kind of fd (a TCP socket's number reused by a Unix one). Registered from now on,
+        // the fd is forgotten by every close this hub sees; the hooks examine it again at its
+        // next call.
+        if st.kind != FdKind::Owned {
+            st.kind = FdKind::Unknown;
+        }
         Ok(())
     }
 
@@ -267,7 +276,7 @@ impl Reactor {
             if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                 st.readable = true;
                 st.read_closed |= ev.is_read_closed() || ev.is_error();
-                st.urgent |= ev.is_priority();
+                st.short_reads_ambiguous |= ev.is_priority();
                 if let Some(g) = st.reader {
                     self.woken.push(g);
                 }
@@ -348,7 +357,7 @@ pub(crate) fn mark_read_drained(fd: RawFd) {
         return;
     };
     if let Some(s) = r.fds.get_mut(fd as usize) {
-        if s.registered && !s.read_closed && !s.urgent {
+        if s.registered && !s.read_closed && !s.short_reads_ambiguous {
             s.readable = false;
         }
     }
@@ -361,6 +370,50 @@ pub(crate) fn stream_read_known_drained(fd: RawFd) -> bool {
         .reactor
         .try_borrow()
         .is_ok_and(|r| r.read_known_drained(fd))
+}
+
+/// Records that short reads on `fd` may leave data queued from now on (see
+/// `FdState::short_reads_ambiguous`): a `TCP_ULP` was installed.
+pub(crate) fn short_reads_ambiguous(fd: RawFd) {
+    let Ok(mut r) = hub().reactor.try_borrow_mut() else {
+        return;
+    };
+    if fd >= 0 && (fd as usize) < r.fds.len() {
+        let s = r.state(fd);
+        s.short_reads_ambiguous = true;
+        s.readable = true;
+    }
+}
+
+/// Whether `fd` is ready in `dir` now, by the kernel's own account (`ppoll` with a zero
+/// timeout, not through the hooks); an fd that cannot be polled counts as ready.
+fn ready_now(fd: RawFd, dir: Dir) -> bool {
+    let events = match dir {
+        Dir::Read => libc::POLLIN,
+        Dir::Write => libc::POLLOUT,
+    };
+    let mut p = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ppoll(2) on one valid `pollfd` with a zero timeout and no signal mask; it only
+    // writes `p.revents`.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_ppoll,
+            &mut p as *mut libc::pollfd,
+            1 as libc::nfds_t,
+            &zero as *const libc::timespec,
+            std::ptr::null::<libc::sigset_t>(),
+            0usize,
+        )
+    };
+    n != 0
 }
 
 /// Waits until `fd` is ready in `dir`, `deadline` passes (`TimedOut`), or the fd is closed by
@@ -614,15 +667,53 @@ pub(crate) fn adopt_fd(fd: RawFd) -> io::Result<()> {
 /// Blocks the current greenlet until `fd` is readable (gevent's `wait_read`), or `timeout`
 /// passes (`io::ErrorKind::TimedOut`), or the fd is closed by another greenlet.
 ///
-/// Works on any pollable fd (sockets, pipes, eventfds...). May return spuriously: try the
-/// operation and wait again if it would block.
+/// Works on any pollable fd (sockets, pipes, eventfds...). Readiness is the kernel's at the
+/// call, as gevent's level-triggered watchers see it (one `ppoll`): after an `EAGAIN` it
+/// waits for new data even if the reactor saw the fd readable before. May return spuriously:
+/// try the operation and wait again if it would block.
 pub fn wait_read(fd: RawFd, timeout: Option<Duration>) -> io::Result<()> {
-    let deadline = timeout.and_then(|t| hub().deadline(t));
-    wait_io(fd, Dir::Read, deadline, false)
+    wait_public(fd, Dir::Read, timeout)
 }
 
 /// Like [`wait_read`], for writability (gevent's `wait_write`).
 pub fn wait_write(fd: RawFd, timeout: Option<Duration>) -> io::Result<()> {
+    wait_public(fd, Dir::Write, timeout)
+}
+
+/// [`wait_read`] / [`wait_write`]: readiness as the kernel has it now, as gevent's
+/// (level-triggered) watchers see it. The reactor's own flag can be stale here: the caller
+/// typically just got `EAGAIN` from a call the reactor did not see (a raw `read` of a pipe),
+/// and trusting the flag would return at once, again and again, without ever yielding. So the
+/// kernel is asked (one `ppoll`): ready, it returns; not ready, the flag is cleared and the
+/// greenlet waits for the next event.
+fn wait_public(fd: RawFd, dir: Dir, timeout: Option<Duration>) -> io::Result<()> {
     let deadline = timeout.and_then(|t| hub().deadline(t));
-    wait_io(fd, Dir::Write, deadline, false)
+    let ready = ready_now(fd, dir);
+    wait_io(fd, dir, deadline, !ready)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn a_kind_the_hooks_cached_is_forgotten_when_the_fd_is_first_registered() {
+        // Found in review: the hooks cache what an fd number is (here a TCP socket, so short
+        // reads drain); closed on another thread, the number can come back as another kind of
+        // fd (here a Unix stream, whose short reads do not drain), which must be examined
+        // again, not taken for the old one.
+        let mut r = Reactor::new();
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = a.as_raw_fd();
+        r.state(fd).kind = FdKind::TcpSocket;
+        r.register(fd).unwrap();
+        assert_eq!(r.kind(fd), FdKind::Unknown);
+        // An fd of evergreen's own keeps its kind (set when it is adopted).
+        let (c, _d) = std::os::unix::net::UnixStream::pair().unwrap();
+        let own = c.as_raw_fd();
+        r.state(own).kind = FdKind::Owned;
+        r.register(own).unwrap();
+        assert_eq!(r.kind(own), FdKind::Owned);
+    }
 }
