@@ -583,6 +583,15 @@ pub fn destroy() {
         // left) after `ROUNDS` rounds of drops that keep queueing.
         const ROUNDS: usize = 100;
         for round in 0.. {
+            // Greenlets spawned by the previous round's drops never run: killed now (they
+            // have not started, so this only completes them, and a queued one's registry
+            // count passes to its run-queue entry, taken below), not left for a later drop to
+            // kill after their entry was visited. The ones leaked above have started.
+            for g in hub.live_greenlets() {
+                if !g.core().started() {
+                    crate::greenlet::kill_dyn(&g);
+                }
+            }
             // Take them out first: dropping an action may touch the hub (an armed Timeout's
             // Drop cancels its timer, an IMap's Drop kills its feeder).
             let actions = hub.timers.borrow_mut().drain();
