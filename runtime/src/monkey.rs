@@ -473,10 +473,13 @@ fn cooperative_socket(fd: RawFd) -> Option<Sock> {
             }
             let kind = if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
                 FdKind::Other
-            } else if socket_type(fd) == Some(libc::SOCK_STREAM) {
+            } else if socket_int_opt(fd, libc::SO_TYPE) == Some(libc::SOCK_STREAM) {
                 // TCP only: SCTP's one-to-one sockets are `SOCK_STREAM` too but return one
                 // message per read, a short read with more queued.
-                match (socket_domain(fd), socket_protocol(fd)) {
+                match (
+                    socket_int_opt(fd, libc::SO_DOMAIN),
+                    socket_int_opt(fd, libc::SO_PROTOCOL),
+                ) {
                     (Some(libc::AF_INET | libc::AF_INET6), Some(libc::IPPROTO_TCP)) => {
                         FdKind::TcpSocket
                     }
@@ -500,49 +503,20 @@ fn cooperative_socket(fd: RawFd) -> Option<Sock> {
     }
 }
 
-/// `SO_TYPE` of a socket.
-fn socket_type(fd: RawFd) -> Option<c_int> {
-    let mut ty: c_int = 0;
+/// The integer socket option `name` at `SOL_SOCKET` level (`SO_TYPE`, `SO_DOMAIN`,
+/// `SO_PROTOCOL`), by a raw `getsockopt` (not through the hooks).
+fn socket_int_opt(fd: RawFd, name: c_int) -> Option<c_int> {
+    let mut v: c_int = 0;
     let mut len = std::mem::size_of::<c_int>() as socklen_t;
     let r = sys!(
         libc::SYS_getsockopt,
         fd,
         libc::SOL_SOCKET,
-        libc::SO_TYPE,
-        &mut ty as *mut c_int,
+        name,
+        &mut v as *mut c_int,
         &mut len as *mut socklen_t
     );
-    (r == 0).then_some(ty)
-}
-
-/// `SO_PROTOCOL` of a socket.
-fn socket_protocol(fd: RawFd) -> Option<c_int> {
-    let mut p: c_int = 0;
-    let mut len = std::mem::size_of::<c_int>() as socklen_t;
-    let r = sys!(
-        libc::SYS_getsockopt,
-        fd,
-        libc::SOL_SOCKET,
-        libc::SO_PROTOCOL,
-        &mut p as *mut c_int,
-        &mut len as *mut socklen_t
-    );
-    (r == 0).then_some(p)
-}
-
-/// `SO_DOMAIN` of a socket.
-fn socket_domain(fd: RawFd) -> Option<c_int> {
-    let mut d: c_int = 0;
-    let mut len = std::mem::size_of::<c_int>() as socklen_t;
-    let r = sys!(
-        libc::SYS_getsockopt,
-        fd,
-        libc::SOL_SOCKET,
-        libc::SO_DOMAIN,
-        &mut d as *mut c_int,
-        &mut len as *mut socklen_t
-    );
-    (r == 0).then_some(d)
+    (r == 0).then_some(v)
 }
 
 /// Runs `op` (which returns -1 and sets errno on failure) cooperatively: retried after
@@ -1221,7 +1195,7 @@ pub unsafe extern "C-unwind" fn connect(fd: c_int, addr: *const sockaddr, len: s
         let e = errno();
         let d = *deadline
             .get_or_insert_with(|| sock_timeout(fd, Dir::Write).and_then(|t| hub().deadline(t)));
-        if e == libc::EAGAIN && socket_domain(fd) == Some(libc::AF_UNIX) {
+        if e == libc::EAGAIN && socket_int_opt(fd, libc::SO_DOMAIN) == Some(libc::AF_UNIX) {
             // The listen queue is full: the blocking call would wait for room.
             let now = hub().now();
             if d.is_some_and(|d| now >= d) {
