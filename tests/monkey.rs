@@ -3,6 +3,8 @@
 //! Patching is process-wide, so every test here patches (idempotently) before it starts.
 
 mod common;
+#[path = "support/fdpass.rs"]
+mod fdpass;
 
 use std::cell::Cell;
 use std::io::{ErrorKind, Read, Write};
@@ -1012,29 +1014,7 @@ fn a_hooked_unix_read_stopped_by_passed_fds_is_not_taken_for_an_empty_queue() {
     run(|| {
         use std::os::unix::net::UnixStream;
         let (a, b) = UnixStream::pair().unwrap();
-        let fd = b.as_raw_fd();
-        // SAFETY: sendmsg(2) of one byte and one fd (the socket's own) from buffers that live
-        // through the call, on our own open socket; the control buffer is u64-aligned and
-        // large enough for one `SCM_RIGHTS` message.
-        unsafe {
-            let mut byte = *b"a";
-            let mut iov = libc::iovec {
-                iov_base: byte.as_mut_ptr().cast(),
-                iov_len: 1,
-            };
-            let mut cbuf = [0u64; 8];
-            let mut msg: libc::msghdr = std::mem::zeroed();
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = cbuf.as_mut_ptr().cast();
-            msg.msg_controllen = libc::CMSG_SPACE(4) as _;
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(4) as _;
-            *(libc::CMSG_DATA(c) as *mut i32) = fd;
-            assert_eq!(libc::sendmsg(fd, &msg, 0), 1);
-        }
+        fdpass::send_byte_with_fd(b.as_raw_fd(), b'a');
         (&b).write_all(b"b").unwrap();
         // The hooks make a read cooperative only in a greenlet (not in the root context).
         let reader = spawn(move || {

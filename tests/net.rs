@@ -1,6 +1,8 @@
 //! Cooperative I/O: sockets yield instead of blocking, and the reactor's contract holds.
 
 mod common;
+#[path = "support/fdpass.rs"]
+mod fdpass;
 
 use std::cell::Cell;
 use std::io::{ErrorKind, Read, Write};
@@ -481,5 +483,23 @@ fn tcp_streams_convert_from_and_into_std_and_raw_fds_and_take_socket_options() {
         let mut plain = s.into_std();
         plain.set_nonblocking(false).unwrap();
         assert_eq!(plain.read(&mut back).unwrap(), 0, "the server closed");
+    });
+}
+
+#[test]
+fn a_unix_read_stopped_by_passed_fds_is_not_taken_for_an_empty_queue() {
+    // Found in review: a Unix stream read stops after a message that carries fds, so "a"
+    // comes back short with "b" queued. Unix streams always try the read first.
+    run(|| {
+        let (a, b) = UnixStream::pair().unwrap();
+        fdpass::send_byte_with_fd(b.as_raw_fd(), b'a');
+        (&b).write_all(b"b").unwrap();
+        // The hub sees the socket readable: the events of both writes are processed.
+        evergreen::wait_read(a.as_raw_fd(), Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!((&a).read(&mut buf).unwrap(), 1);
+        let r = evergreen::with_timeout(Duration::from_secs(2), || (&a).read(&mut buf));
+        assert_eq!(r.ok().map(|r| r.unwrap()), Some(1), "the next read hung");
+        assert_eq!(buf[0], b'b');
     });
 }

@@ -587,18 +587,22 @@ fn the_monitor_tells_without_a_logger() {
     );
 }
 
+/// Sets its flag when dropped: shows that what holds it (a greenlet's value, a link's
+/// captures) was released.
+struct Flag(Rc<Cell<bool>>);
+
+impl Drop for Flag {
+    fn drop(&mut self) {
+        self.0.set(true);
+    }
+}
+
 #[test]
 fn a_link_notification_still_queued_at_destroy_releases_its_greenlet() {
     // A finished greenlet with links queues its notification with a count of its own (a
     // tagged word in the run queue, not a boxed closure): dropping the queue at `destroy`
     // must release that count, freeing the greenlet and its value.
     run(|| {
-        struct Flag(Rc<Cell<bool>>);
-        impl Drop for Flag {
-            fn drop(&mut self) {
-                self.0.set(true);
-            }
-        }
         let dropped = Rc::new(Cell::new(false));
         let d2 = dropped.clone();
         let g = spawn(move || Flag(d2));
@@ -629,12 +633,6 @@ fn a_notification_queued_while_destroy_drops_the_queue_is_released() {
     // link's captures link another dead greenlet, which queues its notification (owning a
     // count of it) into the queue `destroy` had just emptied. It must be released too.
     run(|| {
-        struct Flag(Rc<Cell<bool>>);
-        impl Drop for Flag {
-            fn drop(&mut self) {
-                self.0.set(true);
-            }
-        }
         struct Relink(Option<evergreen::Greenlet<Flag>>);
         impl Drop for Relink {
             fn drop(&mut self) {
@@ -703,12 +701,6 @@ fn a_greenlet_spawned_and_killed_by_drops_during_destroy_is_released() {
     // round, G still live, so the entry is skipped) and a later drop kills G: its registry
     // count passed to the entry already visited and G leaked, with everything it held.
     run(|| {
-        struct Flag(Rc<Cell<bool>>);
-        impl Drop for Flag {
-            fn drop(&mut self) {
-                self.0.set(true);
-            }
-        }
         struct Killer(Option<evergreen::Greenlet<()>>);
         impl Drop for Killer {
             fn drop(&mut self) {

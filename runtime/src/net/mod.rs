@@ -545,44 +545,6 @@ mod tests {
     }
 
     #[test]
-    fn a_unix_read_stopped_by_passed_fds_is_not_taken_for_an_empty_queue() {
-        // Found in review: a Unix stream read stops after a message that carries fds, so "a"
-        // comes back short with "b" queued. Unix streams always try the read first.
-        use std::os::fd::AsRawFd;
-        let (a, b) = UnixStream::pair().unwrap();
-        let fd = b.as_raw_fd();
-        // SAFETY: sendmsg(2) of one byte and one fd (the socket's own) from buffers that
-        // live through the call, on our own open socket; the control buffer is u64-aligned
-        // and large enough for one `SCM_RIGHTS` message.
-        unsafe {
-            let mut byte = *b"a";
-            let mut iov = libc::iovec {
-                iov_base: byte.as_mut_ptr().cast(),
-                iov_len: 1,
-            };
-            let mut cbuf = [0u64; 8];
-            let mut msg: libc::msghdr = std::mem::zeroed();
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = cbuf.as_mut_ptr().cast();
-            msg.msg_controllen = libc::CMSG_SPACE(4) as _;
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(4) as _;
-            *(libc::CMSG_DATA(c) as *mut i32) = fd;
-            assert_eq!(libc::sendmsg(fd, &msg, 0), 1);
-        }
-        (&b).write_all(b"b").unwrap();
-        seen_readable(&a);
-        let mut buf = [0u8; 64];
-        assert_eq!((&a).read(&mut buf).unwrap(), 1);
-        let r = crate::with_timeout(Duration::from_secs(2), || (&a).read(&mut buf));
-        assert_eq!(r.ok().map(|r| r.unwrap()), Some(1), "the next read hung");
-        assert_eq!(buf[0], b'b');
-    }
-
-    #[test]
     fn a_read_beside_a_greenlet_waiting_on_the_fd_still_tries_first() {
         // Found in review: on a drained fd whose reader slot another greenlet holds (here in
         // `wait_read`), waiting first made the read a second waiter (`ConcurrentObjectUse`)
