@@ -378,10 +378,10 @@ pub(crate) fn short_reads_ambiguous(fd: RawFd) {
     let Ok(mut r) = hub().reactor.try_borrow_mut() else {
         return;
     };
-    if fd >= 0 && (fd as usize) < r.fds.len() {
-        let s = r.state(fd);
-        s.short_reads_ambiguous = true;
-        s.readable = true;
+    // Recorded also for an fd the reactor has not seen yet (the table grows): the hooks may
+    // classify it as TCP later, and registering it keeps this flag; only a close clears it.
+    if fd >= 0 {
+        r.state(fd).short_reads_ambiguous = true;
     }
 }
 
@@ -696,6 +696,24 @@ fn wait_public(fd: RawFd, dir: Dir, timeout: Option<Duration>) -> io::Result<()>
 mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
+
+    #[test]
+    fn an_upper_layer_protocol_set_before_the_reactor_saw_the_fd_is_remembered() {
+        // `setsockopt(TCP_ULP)` (kernel TLS) on an fd this hub never saw: the flag must
+        // survive the table's growth and the fd's later registration, so short reads there
+        // never mark it drained.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let fd = s.as_raw_fd();
+        assert!(
+            hub().reactor.borrow().fds.len() <= fd as usize,
+            "a fresh fd"
+        );
+        short_reads_ambiguous(fd);
+        hub().reactor.borrow_mut().register(fd).unwrap();
+        mark_read_drained(fd);
+        assert!(!hub().reactor.borrow().read_known_drained(fd));
+    }
 
     #[test]
     fn a_kind_the_hooks_cached_is_forgotten_when_the_fd_is_first_registered() {
